@@ -1,0 +1,34 @@
+"""User-facing errors: each carries one line that names the file, field or account at fault.
+
+The CLI prints ``str(err)`` and exits with ``err.exit_code``; no traceback reaches a user.
+"""
+
+
+class SlurmgovError(Exception):
+    """Base of every error a user may see; the message is one line."""
+
+    exit_code = 1
+
+
+class InputError(SlurmgovError):
+    """Bad input (jobspec, site file, command-line value)."""
+
+    exit_code = 2
+
+
+class InfeasibleError(SlurmgovError):
+    """A request that can never be placed on the site."""
+
+    exit_code = 3
+
+
+class BudgetRefused(SlurmgovError):
+    """Admission refused: the account's budget does not cover the worst case."""
+
+    exit_code = 4
+
+
+class LedgerError(SlurmgovError):
+    """The ledger cannot be opened or is inconsistent."""
+
+    exit_code = 5

@@ -1,0 +1,223 @@
+"""The site description: nodes, GPU types, NVLink domains, the switch tree, partitions,
+accounts and their budgets, price weights, the ledger URL and the fail policy.
+
+Validated as strictly as a jobspec; errors name the file, line and field.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Optional
+
+import hostlist
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slurmgov import yamlfile
+from slurmgov.errors import InputError
+from slurmgov.governance.topology import Topology
+from slurmgov.units import parse_memory_mb, parse_time_seconds
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _expand(v: str) -> list[str]:
+    try:
+        names = hostlist.expand_hostlist(v)
+    except hostlist.BadHostlist as exc:
+        raise ValueError(f"bad hostlist {v!r}: {exc}") from None
+    if not names:
+        raise ValueError(f"empty hostlist {v!r}")
+    return names
+
+
+class GpuType(Strict):
+    memory_gb: float = Field(gt=0, le=100_000)
+    weight: float = Field(1.0, gt=0, le=1000, description="price weight per GPU-hour")
+
+
+class NodeGroup(Strict):
+    names: str
+    gpus: int = Field(ge=0, le=1024)
+    gpu_type: Optional[str] = None
+    cpus: int = Field(1, ge=1, le=100_000)
+    memory_mb: int = Field(0, ge=0, alias="memory")
+    features: tuple[str, ...] = ()
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("memory_mb", mode="before")
+    @classmethod
+    def _mem(cls, v):
+        return parse_memory_mb(v)
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v):
+        _expand(v)
+        return v
+
+    @model_validator(mode="after")
+    def _typed(self):
+        if self.gpus and not self.gpu_type:
+            raise ValueError("nodes with GPUs need a gpu_type")
+        return self
+
+
+class Domain(Strict):
+    name: str = Field(pattern=NAME)
+    nodes: str
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v):
+        _expand(v)
+        return v
+
+
+class Switch(Strict):
+    name: str = Field(pattern=NAME)
+    nodes: Optional[str] = None
+    switches: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.nodes is None) == (self.switches is None):
+            raise ValueError("a switch lists exactly one of `nodes` (a leaf) or `switches`")
+        _expand(self.nodes or self.switches)
+        return self
+
+
+class Partition(Strict):
+    name: str = Field(pattern=NAME)
+    nodes: str
+    default: bool = False
+    default_time_s: int = Field(3600, alias="default_time")
+    max_time_s: Optional[int] = Field(None, alias="max_time")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("default_time_s", "max_time_s", mode="before")
+    @classmethod
+    def _time(cls, v):
+        return None if v is None else parse_time_seconds(v)
+
+
+class Account(Strict):
+    budget_gpu_hours: float = Field(ge=0, le=1e12)
+    period: Literal["monthly", "quarterly", "none"] = "monthly"
+
+
+class Site(Strict):
+    site: str = Field(pattern=NAME)
+    description: str = ""
+    executor: Literal["local", "slurm"] = "slurm"
+    gpu_types: dict[str, GpuType] = Field(default_factory=dict)
+    nodes: tuple[NodeGroup, ...] = Field(min_length=1)
+    nvlink_domains: tuple[Domain, ...] = ()
+    switches: tuple[Switch, ...] = ()
+    partitions: tuple[Partition, ...] = ()
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    ledger: str = "sqlite:///${SLURMGOV_HOME}/ledger.sqlite"
+    fail_policy: Literal["closed", "open"] = "closed"
+    snapshot_max_age_s: int = Field(300, ge=1, le=86400 * 30)
+    default_weight: float = Field(1.0, gt=0)
+
+    @field_validator("accounts")
+    @classmethod
+    def _acct_names(cls, v):
+        import re
+
+        for k in v:
+            if not re.match(NAME, k):
+                raise ValueError(f"account name {k!r} must match {NAME}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for g in self.nodes:
+            if g.gpu_type and g.gpu_type not in self.gpu_types:
+                raise ValueError(f"node group {g.names}: gpu_type {g.gpu_type!r} is not in gpu_types")
+        self.topology  # builds and cross-checks names; raises ValueError
+        if sum(p.default for p in self.partitions) > 1:
+            raise ValueError("more than one partition is marked default")
+        return self
+
+    @cached_property
+    def topology(self) -> Topology:
+        nodes = {}
+        for g in self.nodes:
+            for n in _expand(g.names):
+                if n in nodes:
+                    raise ValueError(f"node {n} is listed twice")
+                nodes[n] = (g.gpus, g.gpu_type, g.cpus, g.memory_mb, g.features)
+        domains = {d.name: _expand(d.nodes) for d in self.nvlink_domains}
+        leaves = {s.name: _expand(s.nodes) for s in self.switches if s.nodes}
+        uppers = {s.name: _expand(s.switches) for s in self.switches if s.switches}
+        parts = {p.name: _expand(p.nodes) for p in self.partitions} or {"default": sorted(nodes)}
+        return Topology(nodes, domains, leaves, uppers, parts)
+
+    def partition(self, name: str | None) -> Partition:
+        if not self.partitions:
+            return Partition(name="default", nodes=hostlist.collect_hostlist(sorted(self.topology.nodes)))
+        if name is None:
+            for p in self.partitions:
+                if p.default:
+                    return p
+            return self.partitions[0]
+        for p in self.partitions:
+            if p.name == name:
+                return p
+        raise InputError(f"site {self.site}: no partition {name!r} (have: {', '.join(p.name for p in self.partitions)})")
+
+    def weight(self, gpu_type: str | None) -> float:
+        """Price weight of a GPU type; an untyped request is priced at the dearest type (worst case)."""
+        if gpu_type is None:
+            return max((t.weight for t in self.gpu_types.values()), default=self.default_weight)
+        t = self.gpu_types.get(gpu_type)
+        return t.weight if t else self.default_weight
+
+    def ledger_url(self) -> str:
+        return self.ledger.replace("${SLURMGOV_HOME}", str(slurmgov_home()))
+
+
+def slurmgov_home() -> Path:
+    """$SLURMGOV_HOME, else the user's XDG data directory."""
+    if os.environ.get("SLURMGOV_HOME"):
+        return Path(os.environ["SLURMGOV_HOME"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "slurmgov"
+
+
+def _describe(loc, data):
+    if len(loc) >= 2 and loc[0] in ("nodes", "partitions", "switches", "nvlink_domains") and isinstance(loc[1], int):
+        try:
+            item = data[loc[0]][loc[1]]
+            label = item.get("name") or item.get("names")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            label = None
+        return (f"{loc[0]}[{label or loc[1] + 1}]", loc[2:])
+    return None, loc
+
+
+def parse(doc: yamlfile.Located) -> Site:
+    if not isinstance(doc.data, dict):
+        raise InputError(f"{doc.path}: a site file is a YAML mapping with site, gpu_types, nodes, ...")
+    try:
+        return Site.model_validate(doc.data)
+    except ValidationError as err:
+        raise yamlfile.first_error(err, doc, _describe) from None
+
+
+def load(path: str | Path) -> Site:
+    return parse(yamlfile.load(path))
+
+
+def default_site_path() -> Path:
+    """site_configs/local.yaml next to the package (source checkout) or $SLURMGOV_SITE."""
+    if os.environ.get("SLURMGOV_SITE"):
+        return Path(os.environ["SLURMGOV_SITE"])
+    return Path(__file__).resolve().parents[2] / "site_configs" / "local.yaml"

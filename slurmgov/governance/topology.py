@@ -1,0 +1,133 @@
+"""The site's shape: nodes, NVLink domains and the switch tree, with the capacity questions
+the planner asks ("how many 4-GPU nodes sit under one leaf switch?").
+
+Pure data; built once per site and cached, so planning 10,000 steps asks cheap questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    gpus: int
+    gpu_type: str | None
+    cpus: int
+    memory_mb: int
+    features: tuple[str, ...]
+
+
+class Topology:
+    def __init__(self, nodes, domains, leaves, uppers, partitions):
+        self.nodes: dict[str, Node] = {n: Node(n, *v) for n, v in nodes.items()}
+        self.partitions: dict[str, list[str]] = partitions
+        self.leaves: dict[str, list[str]] = leaves
+        self.uppers: dict[str, list[str]] = uppers
+        self._leaf_of: dict[str, str] = {}
+        for name, members in leaves.items():
+            for n in members:
+                self._require_node(n, f"switch {name}")
+                if n in self._leaf_of:
+                    raise ValueError(f"node {n} sits under two leaf switches ({self._leaf_of[n]}, {name})")
+                self._leaf_of[n] = name
+        known = set(leaves) | set(uppers)
+        for name, children in uppers.items():
+            for c in children:
+                if c not in known:
+                    raise ValueError(f"switch {name}: unknown child switch {c}")
+        # NVLink domains: declared multi-node ones; every other GPU node is its own domain (HGX).
+        self._domain_of: dict[str, str] = {}
+        self.domains: dict[str, list[str]] = {}
+        for name, members in domains.items():
+            for n in members:
+                self._require_node(n, f"nvlink domain {name}")
+                if n in self._domain_of:
+                    raise ValueError(f"node {n} is in two NVLink domains")
+                self._domain_of[n] = name
+            self.domains[name] = list(members)
+        for n, node in self.nodes.items():
+            if n not in self._domain_of and node.gpus:
+                self._domain_of[n] = n
+                self.domains[n] = [n]
+        for p, members in partitions.items():
+            for n in members:
+                self._require_node(n, f"partition {p}")
+
+    def _require_node(self, n: str, where: str) -> None:
+        if n not in self.nodes:
+            raise ValueError(f"{where}: unknown node {n}")
+
+    def leaf_of(self, node: str) -> str | None:
+        return self._leaf_of.get(node)
+
+    def domain_of(self, node: str) -> str | None:
+        return self._domain_of.get(node)
+
+    def multi_node_domains(self) -> bool:
+        return any(len(m) > 1 for m in self.domains.values())
+
+    @lru_cache(maxsize=None)
+    def eligible(self, partition: str, gpu_type: str | None, gpus_per_node: int) -> tuple[str, ...]:
+        """Nodes of the partition that can hold ``gpus_per_node`` GPUs of the type (None: any type)."""
+        out = []
+        for n in self.partitions.get(partition, ()):
+            node = self.nodes[n]
+            if node.gpus >= gpus_per_node and (gpu_type is None or node.gpu_type == gpu_type or gpus_per_node == 0):
+                out.append(n)
+        return tuple(out)
+
+    @lru_cache(maxsize=None)
+    def max_per_group(self, partition: str, gpu_type: str | None, gpus_per_node: int, group: str) -> tuple[int, str | None]:
+        """Most eligible nodes inside one group ('leaf-switch' or 'nvlink-domain'), and that group."""
+        counts: dict[str, int] = {}
+        of = self._leaf_of if group == "leaf-switch" else self._domain_of
+        for n in self.eligible(partition, gpu_type, gpus_per_node):
+            g = of.get(n)
+            if g is not None:
+                counts[g] = counts.get(g, 0) + 1
+        if not counts:
+            return 0, None
+        best = max(counts, key=counts.get)
+        return counts[best], best
+
+    @lru_cache(maxsize=None)
+    def domain_gpus(self, partition: str, gpu_type: str | None) -> int:
+        """GPUs in the largest NVLink domain (of the type) within the partition."""
+        best = 0
+        for name, members in self.domains.items():
+            total = sum(
+                self.nodes[n].gpus
+                for n in members
+                if n in self.partitions.get(partition, ()) and (gpu_type is None or self.nodes[n].gpu_type == gpu_type)
+            )
+            best = max(best, total)
+        return best
+
+    def domains_with(self, partition: str, gpu_type: str | None, nodes: int, gpus_per_node: int) -> list[str]:
+        """Multi-node NVLink domains with at least ``nodes`` eligible nodes."""
+        elig = set(self.eligible(partition, gpu_type, gpus_per_node))
+        return sorted(d for d, m in self.domains.items() if len(m) > 1 and sum(n in elig for n in m) >= nodes)
+
+    @lru_cache(maxsize=None)
+    def node_gpus(self, partition: str, gpu_type: str | None) -> int:
+        """GPUs on the biggest eligible node of the type."""
+        return max((self.nodes[n].gpus for n in self.eligible(partition, gpu_type, 1)), default=0)
+
+    def gpu_types(self, partition: str) -> list[str]:
+        return sorted({self.nodes[n].gpu_type for n in self.partitions.get(partition, ()) if self.nodes[n].gpu_type})
+
+    def locality(self, nodes: list[str]) -> str:
+        """The tightest group that holds all of ``nodes``: node, nvlink-domain, leaf-switch or any."""
+        if len(set(nodes)) <= 1:
+            return "node"
+        if len({self._domain_of.get(n) for n in nodes}) == 1 and self._domain_of.get(nodes[0]):
+            return "nvlink-domain"
+        if len({self._leaf_of.get(n) for n in nodes}) == 1 and self._leaf_of.get(nodes[0]):
+            return "leaf-switch"
+        return "any"
+
+    def __hash__(self):
+        return id(self)

@@ -1,0 +1,266 @@
+"""The jobspec: an agent workflow DAG in YAML, validated strictly.
+
+Every error is one line naming the file, the line, the step and the field, e.g.
+``jobspecs/x.yaml:14: step 'critic': resources.gpus: Input should be greater than or equal to 0``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slurmgov import yamlfile
+from slurmgov.context.kv_size import DTYPE_BYTES, PRESETS, KVShape
+from slurmgov.errors import InputError
+from slurmgov.units import parse_memory_mb, parse_time_seconds
+
+# Names end up in Slurm job names, sacctmgr, SQL and the Lua hook's data: keep them plain.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+Within = Literal["node", "nvlink-domain", "leaf-switch", "any"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    gpus: int = Field(0, ge=0, le=4096, description="GPUs in total for the step")
+    gpu_type: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    nodes: int = Field(1, ge=1, le=4096)
+    cpus: int = Field(1, ge=1, le=4096, description="CPUs per node")
+    memory_mb: int = Field(0, ge=0, alias="memory", description="memory per node (e.g. 16G)")
+    time_s: Optional[int] = Field(None, alias="time", description="time limit (Slurm format)")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("memory_mb", mode="before")
+    @classmethod
+    def _mem(cls, v):
+        return parse_memory_mb(v)
+
+    @field_validator("time_s", mode="before")
+    @classmethod
+    def _time(cls, v):
+        return None if v is None else parse_time_seconds(v)
+
+    @model_validator(mode="after")
+    def _split(self):
+        if self.gpus % self.nodes:
+            raise ValueError(f"gpus ({self.gpus}) must split evenly over nodes ({self.nodes})")
+        return self
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus // self.nodes
+
+
+class Model(Strict):
+    layers: int = Field(ge=1, le=1000)
+    kv_heads: int = Field(ge=1, le=1024)
+    head_dim: int = Field(ge=1, le=4096)
+    dtype: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    params_b: float = Field(0.0, ge=0, le=100_000)
+
+
+class Context(Strict):
+    model: Model | str
+    tokens: int = Field(ge=1, le=100_000_000, description="context tokens per sequence")
+    sequences: int = Field(1, ge=1, le=1_000_000)
+    share: Optional[str] = Field(None, pattern=NAME, description="steps with the same key reuse one KV prefix")
+
+    @field_validator("model")
+    @classmethod
+    def _preset(cls, v):
+        if isinstance(v, str) and v not in PRESETS:
+            raise ValueError(f"unknown model preset {v!r} (known: {', '.join(sorted(PRESETS))})")
+        return v
+
+    @property
+    def shape(self) -> KVShape:
+        if isinstance(self.model, str):
+            return KVShape(**PRESETS[self.model])
+        m = self.model
+        return KVShape(m.layers, m.kv_heads, m.head_dim, m.dtype, m.params_b)
+
+
+class Step(Strict):
+    id: str = Field(pattern=NAME)
+    run: Optional[str] = Field(None, min_length=1, description="shell command")
+    call: Optional[str] = Field(None, description="Python callable module:function")
+    params: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    resources: Resources = Resources()
+    within: Optional[Within] = None
+    context: Optional[Context] = None
+    retries: int = Field(0, ge=0, le=10)
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, v):
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("call")
+    @classmethod
+    def _call(cls, v):
+        if v is not None and not CALLABLE.match(v):
+            raise ValueError(f"{v!r} is not a Python callable; write module.path:function")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v):
+        for k in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise ValueError(f"{k!r} is not an environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if (self.run is None) == (self.call is None):
+            raise ValueError("a step runs exactly one of `run` (shell) or `call` (module:function)")
+        if self.params and self.call is None:
+            raise ValueError("`params` go with `call`, not `run`")
+        if self.within == "node" and self.resources.nodes > 1:
+            raise ValueError(f"within: node, but the step asks for {self.resources.nodes} nodes")
+        if self.within in ("nvlink-domain", "leaf-switch") and self.resources.gpus == 0:
+            raise ValueError(f"within: {self.within} constrains GPUs, but the step asks for none")
+        return self
+
+    @property
+    def placement(self) -> Within:
+        """The topology requirement, defaulted: one node when it fits one node, else any."""
+        if self.within:
+            return self.within
+        return "node" if self.resources.nodes == 1 else "any"
+
+
+class Workflow(Strict):
+    workflow: str = Field(pattern=NAME)
+    account: str = Field(pattern=NAME)
+    description: str = ""
+    partition: Optional[str] = Field(None, pattern=NAME)
+    on_failure: Literal["continue", "cancel"] = "continue"
+    steps: tuple[Step, ...] = Field(min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _dag(self):
+        ids: dict[str, int] = {}
+        for i, s in enumerate(self.steps):
+            if s.id in ids:
+                raise _StepError(i, "id", f"duplicate step id {s.id!r}")
+            ids[s.id] = i
+        for i, s in enumerate(self.steps):
+            for d in s.after:
+                if d not in ids:
+                    raise _StepError(i, "after", f"unknown step {d!r}")
+                if d == s.id:
+                    raise _StepError(i, "after", "a step cannot come after itself")
+        cycle = find_cycle(self.steps)
+        if cycle:
+            raise _StepError(ids[cycle[0]], "after", "cycle: " + " -> ".join(cycle + [cycle[0]]))
+        return self
+
+    def step(self, step_id: str) -> Step:
+        return self.by_id[step_id]
+
+    @property
+    def by_id(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
+
+
+class _StepError(ValueError):
+    """A DAG error that knows which step it belongs to (pydantic only knows the workflow)."""
+
+    def __init__(self, index: int, field: str, msg: str):
+        super().__init__(msg)
+        self.index, self.field, self.msg = index, field, msg
+
+
+def find_cycle(steps) -> list[str] | None:
+    """Return one cycle as a list of step ids, or None. Iterative: 100k-step chains are fine."""
+    after = {s.id: s.after for s in steps}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    for root in after:
+        if root in state:
+            continue
+        stack = [(root, iter(after[root]))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt) :][::-1]
+            elif nxt not in state:
+                state[nxt] = 1
+                stack.append((nxt, iter(after[nxt])))
+                path.append(nxt)
+    return None
+
+
+def topo_order(wf: Workflow) -> list[Step]:
+    """Steps in dependency order (Kahn), ties kept in file order."""
+    indeg = {s.id: len(s.after) for s in wf.steps}
+    children: dict[str, list[str]] = {s.id: [] for s in wf.steps}
+    for s in wf.steps:
+        for d in s.after:
+            children[d].append(s.id)
+    by_id = wf.by_id
+    ready = [s.id for s in wf.steps if indeg[s.id] == 0]
+    out = []
+    while ready:
+        sid = ready.pop(0) if len(ready) < 64 else ready.pop()
+        out.append(by_id[sid])
+        for c in children[sid]:
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                ready.append(c)
+    return out
+
+
+def _describe(data):
+    def describe(loc, _):
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            try:
+                sid = data["steps"][loc[1]].get("id")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                sid = None
+            return (f"step {sid!r}" if sid else f"step #{loc[1] + 1}"), loc[2:]
+        return None, loc
+
+    return describe
+
+
+def parse(doc: yamlfile.Located) -> Workflow:
+    if not isinstance(doc.data, dict):
+        raise InputError(f"{doc.path}: a jobspec is a YAML mapping with workflow, account and steps")
+    try:
+        return Workflow.model_validate(doc.data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        exc = e.get("ctx", {}).get("error")
+        if isinstance(exc, _StepError):
+            loc = ("steps", exc.index, exc.field)
+            name, rest = _describe(doc.data)(loc, None)
+            raise InputError(f"{doc.where(loc)}: {name}: {exc.field}: {exc.msg}") from None
+        raise yamlfile.first_error(err, doc, _describe(doc.data)) from None
+
+
+def load(path: str | Path) -> Workflow:
+    return parse(yamlfile.load(path))
+
+
+def loads(text: str, name: str = "<jobspec>") -> Workflow:
+    return parse(yamlfile.load_text(text, name))
+
+
+__all__ = ["Workflow", "Step", "Resources", "Context", "load", "loads", "topo_order", "DTYPE_BYTES"]

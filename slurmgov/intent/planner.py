@@ -1,0 +1,391 @@
+"""The planner: a workflow DAG -> Slurm allocations, each with its options and worst-case price.
+
+Pilot style: steps of the same shape whose worst-case windows touch share one allocation,
+sized for their peak concurrency; an allocation ends where a gap begins (no GPU is held idle
+while upstream work runs elsewhere) or where the partition's time limit would be crossed.
+A request that can never be placed is refused here, with the reason, before anything queues.
+
+Pure: no I/O. On Slurm 22.05 an NVLink domain is a node unless the site declares multi-node
+domains; those are requested with a matching-OR constraint (``--constraint=[nvl1|nvl2]``),
+which Slurm satisfies with nodes that all carry the same one of the features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from slurmgov.context.kv_size import GIB, KVNeed, need
+from slurmgov.errors import InfeasibleError
+from slurmgov.governance.pricing import gpu_hours, split
+from slurmgov.governance.site import Site
+from slurmgov.intent.jobspec import Step, Workflow, topo_order
+from slurmgov.units import format_time
+
+SWITCH_WAIT = "00:10:00"  # how long Slurm may hold a leaf-switch allocation for one leaf
+HOST = "host"  # steps with no GPUs run on the submitting host: no Slurm job, no GPU cost
+
+
+@dataclass
+class PlannedStep:
+    id: str
+    alloc: str
+    gpus: int
+    nodes: int
+    gpus_per_node: int
+    gpu_type: str | None
+    cpus: int
+    memory_mb: int
+    time_s: int
+    retries: int
+    within: str
+    after: tuple[str, ...]
+    start_s: int  # worst-case schedule, seconds from the workflow's start
+    end_s: int
+    share_h: float = 0.0  # this step's part of its allocation's worst case (the hold share)
+    kv_bytes: int = 0
+    weight_bytes: int = 0
+    context_share: str | None = None
+
+    @property
+    def worst_gpu_s(self) -> int:
+        return self.gpus * self.time_s * (1 + self.retries)
+
+
+@dataclass
+class Allocation:
+    id: str
+    kind: str  # "gpu" (one Slurm job) or "host" (the submitting host)
+    partition: str | None
+    gpu_type: str | None
+    nodes: int
+    gpus_per_node: int
+    cpus_per_node: int
+    memory_mb: int
+    time_s: int
+    within: str
+    weight: float
+    start_s: int
+    end_s: int
+    steps: list[str] = field(default_factory=list)
+    constraint: str | None = None
+    cost_h: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def slurm_options(self, workflow: str, account: str) -> list[str]:
+        if self.kind == HOST:
+            return []
+        opts = [
+            f"--job-name=sg.{workflow}.{self.id}",
+            f"--account={account}",
+            f"--partition={self.partition}",
+            f"--nodes={self.nodes}",
+            "--ntasks-per-node=1",
+            f"--gpus-per-node={self.gpu_type + ':' if self.gpu_type else ''}{self.gpus_per_node}",
+            f"--cpus-per-task={self.cpus_per_node}",
+            f"--time={format_time(self.time_s)}",
+        ]
+        if self.memory_mb:
+            opts.append(f"--mem={self.memory_mb}M")
+        if self.within == "leaf-switch" and self.nodes > 1:
+            opts.append(f"--switches=1@{SWITCH_WAIT}")
+        if self.constraint:
+            opts.append(f"--constraint={self.constraint}")
+        opts.append(f"--comment=slurmgov:wf={workflow},alloc={self.id}")
+        return opts
+
+
+@dataclass
+class Plan:
+    workflow: str
+    account: str
+    site: str
+    steps: dict[str, PlannedStep]
+    allocations: list[Allocation]
+    notes: list[str]
+
+    @property
+    def cost_h(self) -> float:
+        return sum(a.cost_h for a in self.allocations)
+
+    @property
+    def makespan_s(self) -> int:
+        return max((s.end_s for s in self.steps.values()), default=0)
+
+    def shares(self) -> dict[str, float]:
+        return {s.id: s.share_h for s in self.steps.values()}
+
+    def allocation(self, alloc_id: str) -> Allocation:
+        return next(a for a in self.allocations if a.id == alloc_id)
+
+    def to_dict(self) -> dict:
+        return {
+            "workflow": self.workflow,
+            "account": self.account,
+            "site": self.site,
+            "worst_case_gpu_hours": round(self.cost_h, 6),
+            "worst_case_makespan_s": self.makespan_s,
+            "allocations": [
+                {**asdict(a), "gpus": a.gpus, "slurm_options": a.slurm_options(self.workflow, self.account)}
+                for a in self.allocations
+            ],
+            "steps": [asdict(s) for s in self.steps.values()],
+            "notes": self.notes,
+        }
+
+
+def plan(wf: Workflow, site: Site) -> Plan:
+    topo = site.topology
+    partition = site.partition(wf.partition)
+    steps: dict[str, PlannedStep] = {}
+    notes: list[str] = []
+    for st in topo_order(wf):
+        ps = _resolve(st, site, partition)
+        ps.start_s = max((steps[d].end_s for d in st.after), default=0)
+        ps.end_s = ps.start_s + ps.time_s * (1 + ps.retries)
+        steps[st.id] = ps
+
+    groups: dict[tuple, list[PlannedStep]] = {}
+    for ps in steps.values():
+        if ps.gpus == 0:
+            key = (HOST,)
+        elif ps.nodes == 1:
+            key = ("single", ps.gpu_type)
+        else:
+            key = ("multi", ps.gpu_type, ps.nodes, ps.gpus_per_node, ps.within)
+        groups.setdefault(key, []).append(ps)
+
+    allocations: list[Allocation] = []
+    for key, members in groups.items():
+        for window in _windows(members, None if key[0] == HOST else partition.max_time_s):
+            alloc = _size(key, window, site, partition, f"a{len(allocations) + 1}")
+            allocations.append(alloc)
+            notes.extend(f"{alloc.id}: {n}" for n in alloc.notes)
+    # Allocations in the order they would start, numbered in that order.
+    allocations.sort(key=lambda a: (a.start_s, a.kind == HOST, a.id))
+    for i, a in enumerate(allocations, 1):
+        new = f"a{i}"
+        for sid in a.steps:
+            steps[sid].alloc = new
+        a.id = new
+    for a in allocations:
+        members = [steps[s] for s in a.steps]
+        for ps, share in zip(members, split(a.cost_h, [m.worst_gpu_s for m in members])):
+            ps.share_h = share
+    notes.extend(_context_notes(steps))
+    return Plan(wf.workflow, wf.account, site.site, steps, allocations, notes)
+
+
+def _resolve(st: Step, site: Site, partition) -> PlannedStep:
+    """Defaults filled in, and every way the step could never be placed refused."""
+    topo = site.topology
+    r = st.resources
+    pname = partition.name
+    time_s = r.time_s or partition.default_time_s
+    if partition.max_time_s and time_s > partition.max_time_s:
+        raise InfeasibleError(
+            f"step {st.id!r}: time limit {format_time(time_s)} exceeds partition {pname}'s maximum {format_time(partition.max_time_s)}"
+        )
+    gpu_type = r.gpu_type
+    within = st.placement
+    kv = None
+    if r.gpus:
+        types = topo.gpu_types(pname)
+        if gpu_type is None and len(types) == 1:
+            gpu_type = types[0]
+        if gpu_type is not None and gpu_type not in types:
+            raise InfeasibleError(
+                f"step {st.id!r}: no {gpu_type} GPUs in partition {pname} (it has: {', '.join(types) or 'no GPUs'})"
+            )
+        gpn = r.gpus_per_node
+        tname = gpu_type or "GPU"
+        if within == "nvlink-domain":
+            largest = topo.domain_gpus(pname, gpu_type)
+            if r.gpus > largest:
+                raise InfeasibleError(
+                    f"step {st.id!r}: needs {r.gpus} GPUs in one NVLink domain; the largest NVLink domain "
+                    f"in partition {pname} has {largest} {tname}"
+                )
+        biggest = topo.node_gpus(pname, gpu_type)
+        if gpn > biggest:
+            hint = f"; spread it with nodes: {math.ceil(r.gpus / biggest)}" if biggest and within != "node" else ""
+            raise InfeasibleError(
+                f"step {st.id!r}: needs {gpn} GPUs on one node; the largest {tname} node in partition {pname} has {biggest}{hint}"
+            )
+        eligible = topo.eligible(pname, gpu_type, gpn)
+        if r.nodes > len(eligible):
+            raise InfeasibleError(
+                f"step {st.id!r}: needs {r.nodes} nodes with {gpn} {tname} each; partition {pname} has {len(eligible)}"
+            )
+        if within == "leaf-switch" and r.nodes > 1:
+            most, _ = topo.max_per_group(pname, gpu_type, gpn, "leaf-switch")
+            if r.nodes > most:
+                raise InfeasibleError(
+                    f"step {st.id!r}: needs {r.nodes} nodes under one leaf switch; at most {most} eligible nodes share a leaf in partition {pname}"
+                )
+        if within == "nvlink-domain" and r.nodes > 1 and not topo.domains_with(pname, gpu_type, r.nodes, gpn):
+            raise InfeasibleError(f"step {st.id!r}: no NVLink domain in partition {pname} has {r.nodes} nodes with {gpn} {tname} each")
+        if st.context is not None:
+            mem = site.gpu_types[gpu_type].memory_gb if gpu_type else min(t.memory_gb for t in site.gpu_types.values())
+            kv = need(st.context.shape, st.context.tokens, st.context.sequences, r.gpus, mem)
+            if not kv.fits:
+                raise InfeasibleError(_kv_refusal(st.id, kv, tname, mem))
+    elif r.nodes > 1:
+        raise InfeasibleError(f"step {st.id!r}: a step without GPUs runs on the submitting host; it cannot span {r.nodes} nodes")
+    elif st.context is not None:
+        s = st.context.shape
+        kv = KVNeed(s.bytes_per_token * st.context.tokens * st.context.sequences, s.weight_bytes, 0, 0, 0)
+    return PlannedStep(
+        id=st.id, alloc="", gpus=r.gpus, nodes=r.nodes, gpus_per_node=r.gpus_per_node, gpu_type=gpu_type,
+        cpus=r.cpus, memory_mb=r.memory_mb, time_s=time_s, retries=st.retries, within=within,
+        after=st.after, start_s=0, end_s=0,
+        kv_bytes=kv.kv_bytes if kv else 0, weight_bytes=kv.weight_bytes if kv else 0,
+        context_share=st.context.share if st.context else None,
+    )
+
+
+def _kv_refusal(step_id: str, kv: KVNeed, tname: str, mem_gb: float) -> str:
+    return (
+        f"step {step_id!r}: context needs {kv.total_bytes / GIB:.1f} GiB (KV {kv.kv_bytes / GIB:.1f} + weights "
+        f"{kv.weight_bytes / GIB:.1f}); {kv.gpus_asked} x {tname} ({mem_gb:g} GiB) is too little; ask for at least {kv.gpus_needed} GPUs"
+    )
+
+
+def _windows(members: list[PlannedStep], max_time_s: int | None):
+    """Split a group into runs of steps whose worst-case windows touch, each within the time limit."""
+    members = sorted(members, key=lambda p: (p.start_s, p.id))
+    cur: list[PlannedStep] = []
+    start = end = 0
+    for ps in members:
+        too_long = max_time_s is not None and max(end, ps.end_s) - start > max_time_s
+        if cur and (ps.start_s > end or too_long):
+            yield cur
+            cur = []
+        if not cur:
+            start, end = ps.start_s, ps.end_s
+        cur.append(ps)
+        end = max(end, ps.end_s)
+    if cur:
+        yield cur
+
+
+def _peak(members: list[PlannedStep]) -> list[PlannedStep]:
+    """The largest set of steps whose worst-case windows overlap (a sweep over start/end events)."""
+    events = []
+    for i, ps in enumerate(members):
+        events.append((ps.start_s, 1, i))
+        events.append((ps.end_s, 0, i))  # ends sort before starts at the same instant
+    events.sort()
+    active: set[int] = set()
+    best: list[int] = []
+    best_gpus = -1
+    for k, (_, kind, i) in enumerate(events):
+        if kind:
+            active.add(i)
+            nxt = events[k + 1] if k + 1 < len(events) else None
+            # Measure only at a local maximum: after the last start before an end.
+            if nxt is None or nxt[1] == 0 or nxt[0] != events[k][0]:
+                g = sum(members[j].gpus for j in active)
+                if g > best_gpus:
+                    best_gpus, best = g, list(active)
+        else:
+            active.discard(i)
+    return [members[j] for j in best]
+
+
+def _pack(sizes: list[int], capacity: int) -> list[int]:
+    """Best-fit decreasing bin packing of integer GPU counts; returns each bin's fill.
+
+    Counts bins by free capacity, so 10,000 one-GPU steps pack in O(n x capacity)."""
+    free = [0] * (capacity + 1)  # free[c]: bins with c GPUs free
+    for s in sorted(sizes, reverse=True):
+        c = next((c for c in range(s, capacity + 1) if free[c]), None)
+        if c is None:
+            free[capacity - s] += 1
+        else:
+            free[c] -= 1
+            free[c - s] += 1
+    fills = []
+    for c, n in enumerate(free):
+        fills.extend([capacity - c] * n)
+    return fills
+
+
+def _size(key: tuple, window: list[PlannedStep], site: Site, partition, alloc_id: str) -> Allocation:
+    start = min(p.start_s for p in window)
+    end = max(p.end_s for p in window)
+    for ps in window:
+        ps.alloc = alloc_id
+    ids = [p.id for p in window]
+    if key[0] == HOST:
+        return Allocation(alloc_id, HOST, None, None, 0, 0, max(p.cpus for p in window), 0, end - start, "any", 0.0, start, end, ids)
+    topo = site.topology
+    pname = partition.name
+    gpu_type = key[1]
+    weight = site.weight(gpu_type)
+    peak = _peak(window)
+    longest = max(p.time_s * (1 + p.retries) for p in window)
+    notes = []
+    constraint = None
+    if key[0] == "single":
+        capacity = topo.node_gpus(pname, gpu_type)
+        fills = _pack([p.gpus for p in peak], capacity)
+        # Every node of a pilot is alike, and any of its steps must fit one of them.
+        gpn = max(max(fills), max(p.gpus for p in window))
+        available = len(topo.eligible(pname, gpu_type, gpn))
+        nodes = min(len(fills), available)
+        rounds = math.ceil(len(fills) / nodes)
+        within = "node"
+    else:
+        _, _, step_nodes, gpn, within = key
+        concurrent = len(peak)
+        if within == "leaf-switch":
+            room, _ = topo.max_per_group(pname, gpu_type, gpn, "leaf-switch")
+        elif within == "nvlink-domain":
+            doms = topo.domains_with(pname, gpu_type, step_nodes, gpn)
+            room = max(len(topo.domains[d]) for d in doms)
+            constraint = "[" + "|".join(doms) + "]"
+        else:
+            room = len(topo.eligible(pname, gpu_type, gpn))
+        fit = max(1, room // step_nodes)
+        nodes = min(concurrent, fit) * step_nodes
+        rounds = math.ceil(concurrent / min(concurrent, fit))
+    time_s = end - start + (rounds - 1) * longest
+    if rounds > 1:
+        notes.append(f"peak needs {rounds}x the nodes the partition can give at once; steps queue inside the allocation")
+    if partition.max_time_s and time_s > partition.max_time_s:
+        notes.append(f"queued steps stretch the allocation past {format_time(partition.max_time_s)}; it is capped there")
+        time_s = partition.max_time_s
+    time_s = math.ceil(time_s / 60) * 60  # Slurm counts minutes
+    node_cpus = min((topo.nodes[n].cpus for n in topo.eligible(pname, gpu_type, gpn)), default=1)
+    per_node = max(1, math.ceil(len(peak) / max(1, nodes)))
+    cpus = min(node_cpus, max(max(p.cpus for p in window), sum(p.cpus for p in peak) // max(1, nodes)))
+    mem = max(p.memory_mb for p in window) * (per_node if key[0] == "single" else 1)
+    a = Allocation(
+        alloc_id, "gpu", pname, gpu_type, nodes, gpn, cpus, mem, time_s, within, weight, start, end, ids,
+        constraint=constraint, notes=notes,
+    )
+    a.cost_h = gpu_hours(a.gpus, time_s, weight)
+    return a
+
+
+def _context_notes(steps: dict[str, PlannedStep]) -> list[str]:
+    shared: dict[str, list[PlannedStep]] = {}
+    for ps in steps.values():
+        if ps.context_share:
+            shared.setdefault(ps.context_share, []).append(ps)
+    notes = []
+    for key, members in shared.items():
+        if len(members) < 2:
+            continue
+        allocs = sorted({m.alloc for m in members})
+        names = ", ".join(m.id for m in members)
+        if len(allocs) == 1:
+            notes.append(f"context {key!r}: steps {names} share allocation {allocs[0]} and can reuse one KV prefix")
+        else:
+            notes.append(f"context {key!r}: steps {names} land in allocations {', '.join(allocs)}; the KV prefix is rebuilt in each")
+    return notes
