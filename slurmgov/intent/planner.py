@@ -212,7 +212,7 @@ def _resolve(st: Step, site: Site, partition) -> PlannedStep:
                 )
         biggest = topo.node_gpus(pname, gpu_type)
         if gpn > biggest:
-            hint = f"; spread it with nodes: {math.ceil(r.gpus / biggest)}" if biggest and within != "node" else ""
+            hint = f"; spread it with nodes: {math.ceil(r.gpus / biggest)}" if biggest and st.within != "node" else ""
             raise InfeasibleError(
                 f"step {st.id!r}: needs {gpn} GPUs on one node; the largest {tname} node in partition {pname} has {biggest}{hint}"
             )
