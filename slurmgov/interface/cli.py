@@ -1,0 +1,204 @@
+"""`slurmgov`: plan, run and account for agent workflows on Slurm GPU clusters.
+
+The site file defaults to $SLURMGOV_SITE or site_configs/local.yaml (the embedded default:
+local Dask, SQLite ledger under $SLURMGOV_HOME).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import os
+import re
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from slurmgov.governance import site as site_mod
+from slurmgov.governance.ledger import Ledger
+from slurmgov.intent import jobspec, planner
+from slurmgov.intent.launch import ensure_budget, launch
+from slurmgov.interface import report
+from slurmgov.interface.errors import EXIT_CODES, guarded
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _site(path) -> site_mod.Site:
+    return site_mod.load(path or site_mod.default_site_path())
+
+
+def _ledger(site: site_mod.Site) -> Ledger:
+    return Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
+
+
+def _json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+site_option = click.option("--site", "site_path", type=click.Path(dir_okay=False), default=None,
+                           help="Site description (default: $SLURMGOV_SITE or site_configs/local.yaml).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slurmgov")
+def cli():
+    """Govern what agent workflows cost on Slurm GPU clusters.
+
+    \b
+    Examples:
+      slurmgov plan jobspecs/research-fanout.yaml --site site_configs/demo-cluster.yaml
+      slurmgov run jobspecs/research-fanout.yaml
+      slurmgov budget show --json
+      slurmgov usage --by step
+    """
+
+
+@cli.command()
+@click.argument("jobspec_path", metavar="JOBSPEC", type=click.Path(dir_okay=False))
+@site_option
+@json_option
+def plan(jobspec_path, site_path, as_json):
+    """Show how JOBSPEC maps onto allocations, their Slurm options and worst-case cost.
+
+    \b
+    Example:
+      slurmgov plan jobspecs/multinode-finetune.yaml --site site_configs/demo-cluster.yaml --json
+    """
+    site = _site(site_path)
+    p = planner.plan(jobspec.load(jobspec_path), site)
+    if as_json:
+        _json(p.to_dict())
+    else:
+        report.plan_tables(p, out)
+
+
+@cli.command()
+@click.argument("jobspec_path", metavar="JOBSPEC", type=click.Path(dir_okay=False))
+@site_option
+@json_option
+def run(jobspec_path, site_path, as_json):
+    """Plan, price, admit against the budget, run on Dask, settle, and report the cost.
+
+    \b
+    Example:
+      slurmgov run jobspecs/research-fanout.yaml
+    """
+    site = _site(site_path)
+    wf = jobspec.load(jobspec_path)
+    ledger = _ledger(site)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True, disable=as_json)
+    task = progress.add_task(f"{wf.workflow}", total=len(wf.steps))
+
+    def admitted(p, hold_key):
+        if not as_json:
+            report.plan_tables(p, out)
+            out.print(f"admitted: hold {hold_key} of {p.cost_h:.2f} GPU-h on account {wf.account}")
+        progress.start()
+
+    def changed(engine):
+        done = sum(r.status in ("ok", "failed", "skipped", "cancelled") for r in engine.steps.values())
+        running = [s for s, r in engine.steps.items() if r.status == "running"]
+        progress.update(task, completed=done, description=f"{wf.workflow}: {', '.join(running[:3]) or '...'}")
+
+    try:
+        rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted)
+    finally:
+        progress.stop()
+    bal = ledger.balance(wf.account)
+    if as_json:
+        _json({
+            "run_id": rep.result.run_id, "status": rep.result.status, "worst_case_gpu_hours": rep.plan.cost_h,
+            "charged_gpu_hours": rep.charged_h, "balance": dataclasses.asdict(bal), "record": str(rep.record_path),
+            "steps": {s: {"status": r.status, "attempts": len(r.attempts), "gpu_seconds": r.gpu_seconds,
+                          "reason": r.reason, "output": r.output} for s, r in rep.result.steps.items()},
+        })
+    else:
+        report.run_tables(rep, bal, out)
+        for sid, rec in rep.result.steps.items():
+            if rec.status == "failed":
+                err.print(f"step {sid} failed: {rec.reason}")
+    sys.exit(0 if rep.result.status == "ok" else 1)
+
+
+@cli.group()
+def budget():
+    """Read and set accounts' GPU-hour budgets."""
+
+
+@budget.command("set")
+@click.argument("account")
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+def budget_set(account, gpu_hours, period, reason, site_path):
+    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period).
+
+    \b
+    Example:
+      slurmgov budget set chem-ai 750 --reason "Q4 grant"
+    """
+    site = _site(site_path)
+    if not re.match(jobspec.NAME, account):
+        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    ledger = _ledger(site)
+    ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason)
+    b = ledger.balance(account)
+    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+
+
+@budget.command("show")
+@click.argument("account", required=False)
+@site_option
+@json_option
+def budget_show(account, site_path, as_json):
+    """Show budgets: budget, charged, held and available GPU-hours.
+
+    \b
+    Example:
+      slurmgov budget show chem-ai --json
+    """
+    site = _site(site_path)
+    ledger = _ledger(site)
+    for name in site.accounts:
+        ensure_budget(ledger, site, name)
+    balances = [ledger.balance(account)] if account else ledger.balances()
+    if as_json:
+        _json([dataclasses.asdict(b) for b in balances])
+    else:
+        report.balance_table(balances, out)
+
+
+@cli.command()
+@click.option("--by", type=click.Choice(["account", "workflow", "step", "user", "gpu_type"]), default="account",
+              show_default=True)
+@site_option
+@json_option
+def usage(by, site_path, as_json):
+    """Charged GPU time, grouped by account, workflow, step, user or GPU type.
+
+    \b
+    Example:
+      slurmgov usage --by workflow --json
+    """
+    rows = _ledger(_site(site_path)).usage(by=by)
+    if as_json:
+        _json(rows)
+    else:
+        report.usage_table(rows, by, out)
+
+
+@guarded("slurmgov")
+def main(*args, **kwargs):
+    return cli.main(*args, prog_name="slurmgov", **kwargs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""One place that turns every failure into one line on stderr and a documented exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from slurmgov.errors import SlurmgovError
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  a step of the workflow failed
+  2  bad input (jobspec, site file, option)
+  3  the request can never be placed on the site
+  4  refused: the account's budget does not cover the worst case
+  5  the ledger cannot be used
+  70 internal error (SLURMGOV_DEBUG=1 shows the traceback)
+  130 interrupted (Ctrl-C); the workflow's hold is released
+"""
+
+
+def guarded(prog: str):
+    """Wrap a click entry point: SlurmgovError -> its one line and exit code; no tracebacks."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def main(*args, **kwargs):
+            try:
+                return fn(*args, standalone_mode=False, **kwargs)
+            except click.exceptions.Abort:
+                click.echo(f"{prog}: interrupted", err=True)
+                sys.exit(130)
+            except click.ClickException as exc:
+                exc.show()
+                sys.exit(2 if exc.exit_code == 1 else exc.exit_code)
+            except click.exceptions.Exit as exc:
+                sys.exit(exc.exit_code)
+            except SlurmgovError as exc:
+                click.echo(f"{prog}: {exc}", err=True)
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                click.echo(f"{prog}: interrupted; the workflow's hold was released", err=True)
+                sys.exit(130)
+            except Exception as exc:
+                if os.environ.get("SLURMGOV_DEBUG"):
+                    raise
+                line = str(exc).strip().splitlines()
+                click.echo(f"{prog}: internal error: {type(exc).__name__}: {line[0] if line else ''} "
+                           f"(SLURMGOV_DEBUG=1 shows the traceback)", err=True)
+                sys.exit(70)
+
+        return main
+
+    return wrap

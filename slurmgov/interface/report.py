@@ -1,0 +1,82 @@
+"""Rich tables for plans, run reports, budgets and usage (the human side of --json)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from slurmgov.units import format_time
+
+
+def _h(x: float) -> str:
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def plan_tables(p, console: Console) -> None:
+    t = Table(title=f"plan: {p.workflow} (account {p.account}, site {p.site})")
+    for col in ("alloc", "kind", "steps", "nodes x GPUs", "time", "worst case GPU-h", "Slurm options"):
+        t.add_column(col, overflow="fold")
+    for a in p.allocations:
+        opts = " ".join(o for o in a.slurm_options(p.workflow, p.account) if not o.startswith(("--job-name", "--comment", "--account")))
+        shape = "-" if a.kind == "host" else f"{a.nodes} x {a.gpus_per_node} {a.gpu_type or ''}".strip()
+        t.add_row(a.id, a.kind, ", ".join(a.steps), shape, format_time(a.time_s) if a.kind != "host" else "-",
+                  _h(a.cost_h), opts or "(runs on the submitting host)")
+    console.print(t)
+    s = Table(title="steps")
+    for col in ("step", "alloc", "GPUs", "within", "time", "retries", "worst-case window", "share GPU-h", "KV GiB"):
+        s.add_column(col)
+    for ps in p.steps.values():
+        s.add_row(ps.id, ps.alloc, str(ps.gpus), ps.within if ps.gpus else "-", format_time(ps.time_s), str(ps.retries),
+                  f"{format_time(ps.start_s) if ps.start_s else '0'} .. {format_time(ps.end_s)}", _h(ps.share_h),
+                  f"{ps.kv_bytes / 2**30:.1f}" if ps.kv_bytes else "-")
+    console.print(s)
+    for n in p.notes:
+        console.print(f"note: {n}")
+    console.print(f"worst case: [bold]{p.cost_h:.2f} GPU-h[/bold] (weighted), makespan up to {format_time(p.makespan_s)}")
+
+
+def run_tables(rep, balance, console: Console) -> None:
+    r = rep.result
+    t = Table(title=f"run {r.run_id}: {rep.plan.workflow} -> {r.status}")
+    for col in ("step", "status", "attempts", "alloc", "GPUs", "wall s", "GPU-s", "charged GPU-h", "share GPU-h", "note"):
+        t.add_column(col, overflow="fold")
+    weights = {a.id: a.weight for a in rep.plan.allocations}
+    for sid, rec in r.steps.items():
+        ps = rep.plan.steps[sid]
+        gpu_s = rec.gpu_seconds
+        t.add_row(sid, rec.status, str(len(rec.attempts)), rec.spec.alloc, str(rec.spec.gpus), f"{rec.wall_s:.2f}",
+                  f"{gpu_s:.2f}", f"{gpu_s * weights.get(rec.spec.alloc, 0) / 3600:.5f}", _h(ps.share_h), rec.reason or "")
+    console.print(t)
+    a = Table(title="allocations")
+    for col in ("alloc", "GPUs", "held GPU-s", "busy GPU-s", "idle GPU-s", "busy %"):
+        a.add_column(col)
+    for aid, al in r.allocations.items():
+        if al.spec.kind == "host":
+            continue
+        held = al.held_gpu_s
+        a.add_row(aid, str(al.spec.gpus), f"{held:.2f}", f"{al.busy_gpu_s:.2f}", f"{al.idle_gpu_s:.2f}",
+                  f"{100 * al.busy_gpu_s / held:.0f}%" if held else "-")
+    console.print(a)
+    console.print(
+        f"held up to {rep.plan.cost_h:.2f} GPU-h; charged {rep.charged_h:.5f} GPU-h; released the rest. "
+        f"account {balance.account}: {balance.available_h:.2f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
+    )
+
+
+def balance_table(balances, console: Console) -> None:
+    t = Table(title="budgets")
+    for col in ("account", "period", "budget GPU-h", "charged", "held", "available", "used %"):
+        t.add_column(col, justify="right" if col != "account" else "left")
+    for b in balances:
+        used = 100 * (b.charged_h + b.held_h) / b.budget_h if b.budget_h else 0
+        t.add_row(b.account, b.period, _h(b.budget_h), _h(b.charged_h), _h(b.held_h), _h(b.available_h), f"{used:.1f}%")
+    console.print(t)
+
+
+def usage_table(rows, by: str, console: Console) -> None:
+    t = Table(title=f"usage by {by}")
+    for col in (by, "charges", "GPU-s", "charged GPU-h"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["key"]), str(r["charges"]), f"{r['gpu_seconds']:.2f}", f"{r['charged_h']:.5f}")
+    console.print(t)

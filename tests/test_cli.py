@@ -1,0 +1,94 @@
+"""The CLI as a user meets it: real processes, exit codes, one-line errors, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def sg(*args, env=None, check=None):
+    proc = subprocess.run([str(BIN / "slurmgov"), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    if check is not None:
+        assert proc.returncode == check, proc.stderr + proc.stdout
+    return proc
+
+
+def test_plan_json_on_the_demo_cluster(root):
+    p = sg("plan", root / "jobspecs/multinode-finetune.yaml", "--site", root / "site_configs/demo-cluster.yaml",
+           "--json", check=0)
+    d = json.loads(p.stdout)
+    assert d["site"] == "demo-cluster" and d["worst_case_gpu_hours"] == pytest.approx(16.25)
+    opts = {o for a in d["allocations"] for o in a["slurm_options"]}
+    assert "--switches=1@00:10:00" in opts
+
+
+def test_plan_table(root):
+    p = sg("plan", root / "jobspecs/research-fanout.yaml", check=0)
+    assert "worst case" in p.stdout and "research-1" in p.stdout
+
+
+def test_run_then_budget_and_usage(root):
+    p = sg("run", root / "jobspecs/research-fanout.yaml", check=0)
+    assert "held up to 3.33 GPU-h" in p.stdout and "run " in p.stdout
+    bal = {b["account"]: b for b in json.loads(sg("budget", "show", "--json", check=0).stdout)}
+    assert bal["chem-ai"]["held_h"] == 0 and 0 < bal["chem-ai"]["charged_h"] < 0.01
+    assert bal["chem-ai"]["available_h"] == pytest.approx(500 - bal["chem-ai"]["charged_h"])
+    rows = json.loads(sg("usage", "--by", "step", "--json", check=0).stdout)
+    assert {r["key"] for r in rows} >= {"research-1", "critic"}
+    by_wf = json.loads(sg("usage", "--by", "workflow", "--json", check=0).stdout)
+    assert by_wf[0]["key"] == "deep-research"
+    assert by_wf[0]["charged_h"] == pytest.approx(bal["chem-ai"]["charged_h"])
+
+
+def test_run_json(root):
+    d = json.loads(sg("run", root / "jobspecs/tensor-parallel-eval.yaml", "--json", check=0).stdout)
+    assert d["status"] == "ok" and d["steps"]["generate-tp4"]["output"]["tp"] == 4
+
+
+def test_budget_refusal_exits_4_with_the_message(root):
+    sg("budget", "set", "physics", "2", "--reason", "test", check=0)
+    p = sg("run", root / "jobspecs/multinode-finetune.yaml", check=4)
+    assert p.stderr.strip() == "slurmgov: account physics: 2.0 GPU-h left, workflow needs up to 16.2 GPU-h"
+
+
+@pytest.mark.parametrize("args,code,fragment", [
+    (["plan", "nope.yaml"], 2, "nope.yaml: no such file"),
+    (["plan", "jobspecs/research-fanout.yaml", "--site", "README.md"], 2, "README.md"),
+    (["budget", "set", "chem-ai", "-5"], 2, "GPU_HOURS"),
+    (["budget", "set", "chem ai; rm", "5"], 2, "not an account name"),
+    (["budget", "show", "no-such-account"], None, "no-such-account"),
+    (["usage", "--by", "colour"], 2, "colour"),
+])
+def test_bad_input_is_one_line(root, args, code, fragment):
+    p = subprocess.run([str(BIN / "slurmgov"), *args], capture_output=True, text=True, cwd=root, timeout=60)
+    assert "Traceback" not in p.stderr
+    assert p.returncode != 0 and (code is None or p.returncode == code), p.stderr
+    assert fragment in p.stderr
+
+
+def test_infeasible_exits_3(root, tmp_path):
+    spec = tmp_path / "big.yaml"
+    spec.write_text("workflow: big\naccount: chem-ai\nsteps:\n  - {id: tp, run: x, within: nvlink-domain, resources: {gpus: 16, nodes: 2}}\n")
+    p = sg("plan", spec, "--site", root / "site_configs/large-fat-tree.yaml", check=3)
+    assert "the largest NVLink domain in partition h100 has 8" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_failed_step_exits_1(tmp_path):
+    spec = tmp_path / "f.yaml"
+    spec.write_text("workflow: f\naccount: chem-ai\nsteps:\n  - {id: a, run: 'exit 7'}\n")
+    p = sg("run", spec, check=1)
+    assert "step a failed: exit status 7" in p.stderr
+
+
+def test_help_has_examples():
+    for cmd in (["--help"], ["plan", "--help"], ["run", "--help"], ["budget", "set", "--help"], ["usage", "--help"]):
+        p = sg(*cmd, check=0)
+        assert "Example" in p.stdout

@@ -1,0 +1,427 @@
+"""The GPU-budget ledger: admission, holds, charges, periods, audit, concurrency, replays."""
+
+import multiprocessing
+import sqlite3
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slurmgov.errors import BudgetRefused, InputError, LedgerError
+from slurmgov.governance.ledger import Ledger, period_of
+
+MS = 3_600_000
+NOW = datetime(2026, 5, 15, 12, tzinfo=timezone.utc)
+LAST_MONTH = datetime(2026, 4, 30, 23, 59, tzinfo=timezone.utc).timestamp()
+THIS_MONTH = datetime(2026, 5, 1, 0, 0, tzinfo=timezone.utc).timestamp()
+
+
+def url(path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "sub" / "ledger.sqlite"
+
+
+@pytest.fixture
+def led(db):
+    led = Ledger.open(url(db))
+    led.ensure_account("chem", 10.0)
+    yield led
+    led.disconnect()
+
+
+def charge(led, key, hold, step, gpu_s, weight=1.0, ended=THIS_MONTH + 60, **kw):
+    return led.charge(key, hold, step, 1, gpu_seconds=gpu_s, weight=weight, gpu_type="a100",
+                      started=ended - 1, ended=ended, status="ok", **kw)
+
+
+def bal(led, account="chem"):
+    b = led.balance(account, now=NOW)
+    return b.budget_h, b.charged_h, b.held_h, b.available_h
+
+
+# ---- admission and balances ----------------------------------------------------------------
+
+def test_admit_under_budget_then_refused_with_exact_message(led):
+    h = led.admit("h1", "chem", "wf", {"a": 3.0, "b": 4.5}, user="alice", run_id="r1", now=NOW)
+    assert (h.amount_h, h.remaining_h, h.state, h.shares) == (7.5, 7.5, "open", {"a": 3.0, "b": 4.5})
+    assert (h.user, h.run_id) == ("alice", "r1")
+    assert bal(led) == (10.0, 0.0, 7.5, 2.5)
+    with pytest.raises(BudgetRefused) as e:
+        led.admit("h2", "chem", "wf", {"a": 2.0, "b": 1.0}, user="bob", now=NOW)
+    assert str(e.value) == "account chem: 2.5 GPU-h left, workflow needs up to 3.0 GPU-h"
+    assert e.value.exit_code == 4
+    assert bal(led) == (10.0, 0.0, 7.5, 2.5)  # a refusal holds nothing
+    # exactly what is left is admitted
+    led.admit("h3", "chem", "wf", {"a": 2.5}, user="bob", now=NOW)
+    assert bal(led) == (10.0, 0.0, 10.0, 0.0)
+
+
+def test_available_is_budget_minus_charged_minus_held(led):
+    led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW)
+    charge(led, "c1", "h", "a", 1800, weight=2.0)  # 1 weighted GPU-h
+    assert bal(led) == (10.0, 1.0, 4.0, 5.0)
+    assert led.hold("h").shares == {"a": 1.0, "b": 3.0}
+    led.settle_step("h", "a")
+    assert bal(led) == (10.0, 1.0, 3.0, 6.0)
+    assert led.hold("h").remaining_h == 3.0
+
+
+def test_amounts_are_exact_integers_rounded_half_up_once(led):
+    led.admit("h", "chem", "wf", {"a": 5.0}, user="u", now=NOW)
+    for i in range(10):
+        charge(led, f"c{i}", "h", "a", 36.0)  # 0.01 h each; float sums would drift
+    assert led.balance("chem", now=NOW).charged_h == 0.1
+    c = charge(led, "half", "h", "a", 0.0005)  # 0.5 ms rounds up to 1 ms
+    assert c["charged_h"] == 1 / MS
+    c = charge(led, "under", "h", "a", 0.00049)  # 0.49 ms rounds down to nothing
+    assert c["charged_h"] == 0
+
+
+def test_unknown_account_and_hold_and_bad_values(led):
+    with pytest.raises(InputError, match="account ghost has no budget"):
+        led.balance("ghost")
+    with pytest.raises(InputError, match="ghost"):
+        led.admit("h", "ghost", "wf", {"a": 1.0}, user="u")
+    with pytest.raises(LedgerError, match="hold nope is not in the ledger"):
+        charge(led, "c", "nope", "a", 10)
+    with pytest.raises(LedgerError, match="nope"):
+        led.settle_step("nope", "a")
+    with pytest.raises(LedgerError, match="nope"):
+        led.close("nope", "done")
+    with pytest.raises(InputError):
+        led.admit("h", "chem", "wf", {"a": -1.0}, user="u")
+    with pytest.raises(InputError):
+        led.admit("h", "chem", "wf", {"a": float("nan")}, user="u")
+    led.admit("h", "chem", "wf", {"a": 1.0}, user="u", now=NOW)
+    with pytest.raises(LedgerError, match="no share for step zz"):
+        led.settle_step("h", "zz")
+    with pytest.raises(InputError):
+        led.close("h", "exploded")
+    with pytest.raises(InputError):
+        led.usage(by="colour")
+    assert led.charges() == []  # nothing was half-written by the failures
+
+
+# ---- idempotent replays --------------------------------------------------------------------
+
+def test_replays_change_nothing(led):
+    h1 = led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW)
+    assert led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW) == h1
+    assert bal(led) == (10.0, 0.0, 5.0, 5.0)
+    c1 = charge(led, "c", "h", "a", 3600)
+    assert charge(led, "c", "h", "a", 3600) == c1
+    assert bal(led) == (10.0, 1.0, 4.0, 5.0) and len(led.charges()) == 1
+    led.settle_step("h", "a")
+    led.settle_step("h", "a")
+    assert bal(led) == (10.0, 1.0, 3.0, 6.0)
+    led.close("h", "done")
+    after = bal(led)
+    assert led.close("h", "failed").state == "done"  # the first close wins
+    assert led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW).state == "done"
+    assert charge(led, "c", "h", "a", 3600) == c1
+    assert bal(led) == after == (10.0, 1.0, 0.0, 9.0)
+
+
+def test_replay_with_different_request_is_an_error(led):
+    led.admit("h", "chem", "wf", {"a": 2.0}, user="u", now=NOW)
+    with pytest.raises(LedgerError, match="already exists"):
+        led.admit("h", "chem", "wf", {"a": 2.5}, user="u", now=NOW)
+    with pytest.raises(LedgerError, match="already exists"):
+        led.admit("h", "chem", "other-wf", {"a": 2.0}, user="u", now=NOW)
+    charge(led, "c", "h", "a", 100)
+    with pytest.raises(LedgerError, match="already exists"):
+        charge(led, "c", "h", "a", 200)
+    assert bal(led) == (10.0, 100 / 3600, 2.0 - 100 / 3600, 8.0)
+
+
+# ---- charges, settling, closing ------------------------------------------------------------
+
+def test_charge_beyond_share_is_charged_in_full_and_share_stops_at_zero(led):
+    led.admit("h", "chem", "wf", {"a": 1.0, "b": 2.0}, user="u", now=NOW)
+    charge(led, "c", "h", "a", 3 * 3600)  # ran 3x longer than planned
+    assert led.hold("h").shares == {"a": 0.0, "b": 2.0}
+    assert bal(led) == (10.0, 3.0, 2.0, 5.0)
+
+
+def test_close_releases_remainder(led):
+    led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW)
+    charge(led, "c", "h", "b", 3600)
+    h = led.close("h", "done")
+    assert (h.state, h.remaining_h, h.amount_h, h.shares) == ("done", 0.0, 5.0, {"a": 0.0, "b": 0.0})
+    assert bal(led) == (10.0, 1.0, 0.0, 9.0)
+
+
+def test_failed_workflow_releases_hold_keeps_charges_and_late_charges_land(led):
+    led.admit("h", "chem", "wf", {"a": 4.0, "b": 4.0}, user="u", now=NOW)
+    charge(led, "c1", "h", "a", 2 * 3600)
+    led.close("h", "failed")
+    assert bal(led) == (10.0, 2.0, 0.0, 8.0)
+    # an attempt that finished after the close still costs what it used; holds do not move
+    charge(led, "late", "h", "b", 1800)
+    h = led.hold("h")
+    assert (h.state, h.remaining_h) == ("failed", 0.0)
+    assert bal(led) == (10.0, 2.5, 0.0, 7.5)
+    assert sorted(c["charge_key"] for c in led.charges("h")) == ["c1", "late"]
+    assert led.charges("h")[0]["user"] == "u" and led.charges("h")[0]["workflow"] == "wf"
+
+
+def test_usage_groups_charges(led):
+    led.set_budget("phys", 100.0, actor="t")
+    led.admit("h1", "chem", "wf1", {"a": 5.0}, user="alice", now=NOW)
+    led.admit("h2", "phys", "wf2", {"a": 5.0, "b": 5.0}, user="bob", now=NOW)
+    charge(led, "c1", "h1", "a", 3600, weight=2.0)
+    charge(led, "c2", "h2", "a", 3600)
+    charge(led, "c3", "h2", "b", 1800, ended=LAST_MONTH)
+    by_acct = led.usage("account")
+    assert by_acct == [{"key": "chem", "gpu_seconds": 3600.0, "charged_h": 2.0, "charges": 1},
+                       {"key": "phys", "gpu_seconds": 5400.0, "charged_h": 1.5, "charges": 2}]
+    assert [(r["key"], r["charges"]) for r in led.usage("step")] == [("a", 2), ("b", 1)]
+    assert [r["key"] for r in led.usage("user")] == ["alice", "bob"]
+    assert led.usage("gpu_type")[0]["charged_h"] == 3.5
+    assert [r["key"] for r in led.usage("workflow", since=THIS_MONTH)] == ["wf1", "wf2"]
+    assert led.usage("account", since=THIS_MONTH)[1]["charged_h"] == 1.0
+    assert led.usage("account", until=THIS_MONTH) == [
+        {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1}]
+
+
+# ---- periods -------------------------------------------------------------------------------
+
+def test_period_keys():
+    t = datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+    key, start, end = period_of("monthly", t)
+    assert key == "2026-12" and start <= t < end == datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp()
+    assert period_of("quarterly", t)[0] == "2026-Q4"
+    assert period_of("quarterly", datetime(2026, 4, 1, tzinfo=timezone.utc).timestamp())[:2] == (
+        "2026-Q2", datetime(2026, 4, 1, tzinfo=timezone.utc).timestamp())
+    assert period_of("none", t)[0] == "all"
+
+
+def test_charges_count_in_the_period_of_their_end_time(led):
+    led.admit("h", "chem", "wf", {"a": 5.0}, user="u", now=LAST_MONTH - 3600)
+    charge(led, "old", "h", "a", 3600, ended=LAST_MONTH)
+    charge(led, "new", "h", "a", 1800, ended=THIS_MONTH)
+    assert led.balance("chem", now=LAST_MONTH).charged_h == 1.0
+    b = led.balance("chem", now=NOW)
+    assert (b.period, b.charged_h, b.held_h, b.available_h) == ("2026-05", 0.5, 3.5, 6.0)
+    # holds count against the current period whenever they were placed
+    assert led.balance("chem", now=LAST_MONTH).held_h == 3.5
+    # a naive datetime is UTC
+    assert led.balance("chem", now=datetime(2026, 5, 2)).period == "2026-05"
+    led.set_budget("chem", 10.0, "quarterly", actor="t")
+    b = led.balance("chem", now=NOW)
+    assert (b.period, b.charged_h) == ("2026-Q2", 1.5)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    assert led.balance("chem", now=NOW).period == "all"
+
+
+# ---- budgets and audit ---------------------------------------------------------------------
+
+def test_ensure_account_does_not_overwrite_and_audit_is_append_only(led, db):
+    led.ensure_account("chem", 999.0)
+    assert led.balance("chem").budget_h == 10.0
+    led.set_budget("chem", 20.0, "quarterly", actor="alice", reason="grant")
+    led.set_budget("chem", 15.0, actor="bob", reason="cut")
+    assert led.balance("chem").budget_h == 15.0
+    led.ensure_account("chem", 1.0)
+    a = led.audit()
+    assert [(r["actor"], r["action"], r["old_budget_h"], r["new_budget_h"], r["new_period"], r["reason"])
+            for r in a] == [("site-config", "seed", None, 10.0, "monthly", "seeded from site config"),
+                            ("alice", "set", 10.0, 20.0, "quarterly", "grant"),
+                            ("bob", "set", 20.0, 15.0, "monthly", "cut")]
+    assert all(r["at"].endswith("+00:00") for r in a)
+    with pytest.raises(InputError, match="actor"):
+        led.set_budget("chem", 1.0)
+    raw = sqlite3.connect(db)
+    for stmt in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            raw.execute(stmt)
+    raw.close()
+    assert len(led.audit()) == 3
+
+
+def test_persists_across_reopen(led, db):
+    led.admit("h", "chem", "wf", {"a": 3.0}, user="u", now=NOW)
+    charge(led, "c", "h", "a", 3600)
+    before = led.balances(now=NOW)
+    led.disconnect()
+    again = Ledger.open(url(db))
+    assert again.balances(now=NOW) == before
+    assert again.admit("h", "chem", "wf", {"a": 3.0}, user="u", now=NOW).remaining_h == 2.0
+    assert again.balances(now=NOW) == before
+    again.disconnect()
+
+
+def test_bad_urls_and_newer_schema(tmp_path, db, led):
+    for bad in ("sqlite://relative.db", "/abs/path.db", "ledger.db", "sqlite:///", ""):
+        with pytest.raises(LedgerError) as e:
+            Ledger.open(bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(LedgerError) as e:
+        Ledger.open("postgresql://admin:s3cret@db/ledger")
+    assert "s3cret" not in str(e.value) and "not supported" in str(e.value)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(LedgerError, match="junk.sqlite"):
+        Ledger.open(url(junk))
+    raw = sqlite3.connect(db)
+    raw.execute("INSERT INTO schema_version (version) VALUES (99)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(LedgerError, match="schema version 99, newer"):
+        Ledger.open(url(db))
+
+
+# ---- concurrency ---------------------------------------------------------------------------
+
+def _admit_one(u: str, key: str, barrier) -> bool:
+    led = Ledger.open(u)
+    try:
+        barrier.wait()
+        led.admit(key, "chem", "wf", {"s": 1.0}, user="u")
+        return True
+    except BudgetRefused:
+        return False
+    finally:
+        led.disconnect()
+
+
+def test_threads_each_with_own_ledger_never_overspend(led, db):
+    barrier, results, errors = threading.Barrier(16), [], []
+
+    def work(i):
+        try:
+            results.append(_admit_one(url(db), f"t{i}", barrier))
+        except Exception as e:  # surfaced below; a thread's exception would otherwise vanish
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == [False] * 6 + [True] * 10
+    b = led.balance("chem")
+    assert (b.held_h, b.available_h) == (10.0, 0.0)
+
+
+def _proc_admit(args) -> list[bool]:
+    u, proc, barrier = args
+    led = Ledger.open(u)
+    barrier.wait()
+    out = []
+    for i in range(4):
+        try:
+            led.admit(f"p{proc}-{i}", "chem", "wf", {"s": 1.0}, user="u")
+            out.append(True)
+        except BudgetRefused:
+            out.append(False)
+    led.disconnect()
+    return out
+
+
+def test_processes_never_overspend(led, db):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as m:
+        barrier = m.Barrier(4)
+        with ctx.Pool(4) as pool:
+            results = pool.map(_proc_admit, [(url(db), p, barrier) for p in range(4)])
+    assert sum(map(sum, results)) == 10
+    assert led.balance("chem").held_h == 10.0
+
+
+# ---- property: the ledger agrees with a plain model under any sequence ---------------------
+
+STEPS = ("a", "b")
+hold_keys = st.sampled_from(["h0", "h1", "h2", "h3"])
+ops = st.one_of(
+    st.tuples(st.just("admit"), hold_keys, st.fixed_dictionaries(
+        {}, optional={s: st.integers(0, 12).map(lambda q: q * 0.25) for s in STEPS})),
+    st.tuples(st.just("charge"), hold_keys, st.sampled_from(STEPS + ("x",)), st.integers(0, 5),
+              st.integers(0, 3 * 3600), st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.booleans()),
+    st.tuples(st.just("settle"), hold_keys, st.sampled_from(STEPS)),
+    st.tuples(st.just("close"), hold_keys, st.sampled_from(["done", "failed", "cancelled"])),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ops, max_size=25))
+def test_ledger_matches_model(seq):
+    budget = 6 * MS
+    holds: dict[str, dict] = {}  # key -> {"state", "req", "shares": {step: [amount, remaining]}}
+    charges: dict[str, tuple] = {}  # key -> (args, ms, counts this period)
+    with tempfile.TemporaryDirectory() as d:
+        led = Ledger.open(url(Path(d) / "l.sqlite"))
+        led.ensure_account("chem", 6.0)
+        for op in seq:
+            kind, key = op[0], op[1]
+            h = holds.get(key)
+            if kind == "admit":
+                shares = h["req"] if h else op[2]  # a known key replays its first request
+                need = sum(round(v * MS) for v in shares.values())
+                if h is None and need > budget - charged(charges) - held(holds):
+                    with pytest.raises(BudgetRefused):
+                        led.admit(key, "chem", "wf", shares, user="u", now=NOW)
+                    continue
+                led.admit(key, "chem", "wf", shares, user="u", now=NOW)
+                if h is None:
+                    holds[key] = {"state": "open", "req": shares, "shares": {s: [round(v * MS)] * 2 for s, v in shares.items()}}
+            elif kind == "charge":
+                ck = f"c{op[3]}"
+                args = charges[ck][0] if ck in charges else (key, op[2], op[4], op[5], op[6])
+                hk, step, secs, weight, this = args
+                ended = THIS_MONTH + 10 if this else LAST_MONTH
+                if hk not in holds:
+                    with pytest.raises(LedgerError):
+                        charge(led, ck, hk, step, secs, weight=weight, ended=ended)
+                    continue
+                charge(led, ck, hk, step, secs, weight=weight, ended=ended)
+                if ck not in charges:
+                    ms = round(secs * weight * 1000)
+                    charges[ck] = (args, ms, this)
+                    sh = holds[hk]["shares"].get(step)
+                    if holds[hk]["state"] == "open" and sh:
+                        sh[1] = max(0, sh[1] - ms)
+            elif kind == "settle":
+                if h is None or op[2] not in h["shares"]:
+                    with pytest.raises(LedgerError):
+                        led.settle_step(key, op[2])
+                    continue
+                led.settle_step(key, op[2])
+                h["shares"][op[2]][1] = 0
+            else:
+                if h is None:
+                    with pytest.raises(LedgerError):
+                        led.close(key, op[2])
+                    continue
+                assert led.close(key, op[2]).state == (op[2] if h["state"] == "open" else h["state"])
+                if h["state"] == "open":
+                    h["state"] = op[2]
+                    for sh in h["shares"].values():
+                        sh[1] = 0
+            b = led.balance("chem", now=NOW)
+            got = [round(x * MS) for x in (b.budget_h, b.charged_h, b.held_h, b.available_h)]
+            assert got == [budget, charged(charges), held(holds), budget - charged(charges) - held(holds)]
+            assert got[1] + got[2] + got[3] == got[0] and got[2] >= 0
+            for k, m in holds.items():
+                hk = led.hold(k)
+                assert hk.state == m["state"]
+                want = {s: v[1] for s, v in m["shares"].items()}
+                assert {s: round(v * MS) for s, v in hk.shares.items()} == want
+        led.disconnect()
+
+
+def charged(charges) -> int:
+    return sum(ms for _, ms, this in charges.values() if this)
+
+
+def held(holds) -> int:
+    return sum(sh[1] for h in holds.values() if h["state"] == "open" for sh in h["shares"].values())
