@@ -59,7 +59,7 @@ def run_tables(rep, balance, console: Console) -> None:
     console.print(a)
     console.print(
         f"held up to {rep.plan.cost_h:.2f} GPU-h; charged {rep.charged_h:.5f} GPU-h; released the rest. "
-        f"account {balance.account}: {balance.available_h:.2f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
+        f"account {balance.account}: {balance.available_h:.4f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
     )
 
 
