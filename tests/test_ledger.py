@@ -64,6 +64,15 @@ def test_admit_under_budget_then_refused_with_exact_message(led):
     assert bal(led) == (10.0, 0.0, 10.0, 0.0)
 
 
+def test_hook_admitted_holds_are_recorded_even_over_budget(led):
+    # The submit hook inside slurmctld already admitted the job: the ledger must show its hold,
+    # and the account goes negative rather than losing track of a running job.
+    led.admit("slurm:t1", "chem", "sbatch", {"job": 12.0}, user="alice", now=NOW, enforce=False)
+    assert bal(led) == (10.0, 0.0, 12.0, -2.0)
+    with pytest.raises(BudgetRefused):
+        led.admit("h2", "chem", "wf", {"a": 0.5}, user="bob", now=NOW)
+
+
 def test_available_is_budget_minus_charged_minus_held(led):
     led.admit("h", "chem", "wf", {"a": 2.0, "b": 3.0}, user="u", now=NOW)
     charge(led, "c1", "h", "a", 1800, weight=2.0)  # 1 weighted GPU-h

@@ -309,9 +309,10 @@ class Ledger:
         return self._read(lambda: self._hold(hold_key))
 
     def admit(self, hold_key: str, account: str, workflow: str, shares: dict[str, float], user: str | None = None,
-              run_id: str | None = None, now=None) -> Hold:
+              run_id: str | None = None, now=None, enforce: bool = True) -> Hold:
         """Hold sum(shares) against ``account``, or raise BudgetRefused. Replaying ``hold_key`` returns
-        the existing hold and holds nothing more."""
+        the existing hold and holds nothing more. ``enforce=False`` records a hold that was already
+        admitted elsewhere (by the submit hook inside slurmctld): the job exists, so must its hold."""
         want = {str(step): _ms(h, f"share of step {step}") for step, h in shares.items()}
         need, ts = sum(want.values()), _epoch(now, "now")
 
@@ -325,7 +326,7 @@ class Ledger:
                 return self._hold(hold_key)
             _, budget, charged, held = self._balance_ms(account, ts)
             avail = budget - charged - held
-            if avail < need:
+            if enforce and avail < need:
                 raise BudgetRefused(f"account {account}: {_h(avail):.1f} GPU-h left, "
                                     f"workflow needs up to {_h(need):.1f} GPU-h")
             self._x(S.HOLD_INSERT, (hold_key, account, workflow, user, run_id, need, ts))
