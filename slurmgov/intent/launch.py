@@ -58,7 +58,9 @@ def step_specs(wf: Workflow, p: Plan) -> tuple[list[StepSpec], list[AllocSpec]]:
 
 
 def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, run_id: str | None = None,
-           backend=None, on_change=None, on_admitted=None) -> LaunchReport:
+           backend=None, on_change=None, on_admitted=None, on_backend=None, on_finish=None) -> LaunchReport:
+    """``on_admitted(plan, hold_key)``, ``on_backend(backend)``, ``on_change(engine)`` and
+    ``on_finish(result)`` let the interface show progress and the dashboard page."""
     if site.executor != "local" and backend is None:
         raise InputError(
             f"site {site.site} runs workflows on Slurm allocations, which this version cannot do yet; "
@@ -99,8 +101,13 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     engine = Engine(backend, wf.workflow, run_id, specs, allocs, wf.on_failure, on_attempt=charge, on_change=on_change)
     state = "failed"
     try:
+        if on_backend:
+            on_backend(backend)
         result = engine.run()
         state = {"ok": "done", "failed": "failed", "cancelled": "cancelled"}[result.status]
+        ledger.close(hold_key, state)
+        if on_finish:
+            on_finish(result)
     except KeyboardInterrupt:
         state = "cancelled"
         raise

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import click
 from rich.console import Console
@@ -21,7 +22,7 @@ from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec, planner
 from slurmgov.intent.launch import ensure_budget, launch
-from slurmgov.interface import report
+from slurmgov.interface import dashboard, report
 from slurmgov.interface.errors import EXIT_CODES, guarded
 
 out = Console()
@@ -82,12 +83,18 @@ def plan(jobspec_path, site_path, as_json):
 @click.argument("jobspec_path", metavar="JOBSPEC", type=click.Path(dir_okay=False))
 @site_option
 @json_option
-def run(jobspec_path, site_path, as_json):
+@click.option("--linger", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="Keep the dashboard up this long after the workflow ends.")
+def run(jobspec_path, site_path, as_json, linger):
     """Plan, price, admit against the budget, run on Dask, settle, and report the cost.
+
+    While it runs, the workflow's page is served inside its Dask dashboard (the link is
+    printed): the DAG with each step's state and cost, the budget, allocation efficiency.
 
     \b
     Example:
       slurmgov run jobspecs/research-fanout.yaml
+      slurmgov run jobspecs/research-fanout.yaml --linger 60   # keep the page up a minute
     """
     site = _site(site_path)
     wf = jobspec.load(jobspec_path)
@@ -96,19 +103,37 @@ def run(jobspec_path, site_path, as_json):
                         console=err, transient=True, disable=as_json)
     task = progress.add_task(f"{wf.workflow}", total=len(wf.steps))
 
+    page = {}
+
     def admitted(p, hold_key):
+        page["state"] = dashboard.DashboardState(p, ledger)
         if not as_json:
             report.plan_tables(p, out)
             out.print(f"admitted: hold {hold_key} of {p.cost_h:.2f} GPU-h on account {wf.account}")
+
+    def backend_up(backend):
+        page["link"] = dashboard.install(backend, page["state"])
+        if not as_json:
+            out.print(f"dashboard: {page['link']}  (Dask: {backend.dashboard_link})")
         progress.start()
 
+    def finished(result):
+        page["state"].finish(result.status)
+        progress.stop()
+        if linger:
+            if not as_json:
+                out.print(f"workflow {result.status}; the dashboard stays up {linger:g} s")
+            time.sleep(linger)
+
     def changed(engine):
+        page["state"].update(engine)
         done = sum(r.status in ("ok", "failed", "skipped", "cancelled") for r in engine.steps.values())
         running = [s for s, r in engine.steps.items() if r.status == "running"]
         progress.update(task, completed=done, description=f"{wf.workflow}: {', '.join(running[:3]) or '...'}")
 
     try:
-        rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted)
+        rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
+                     on_finish=finished)
     finally:
         progress.stop()
     bal = ledger.balance(wf.account)
@@ -116,6 +141,7 @@ def run(jobspec_path, site_path, as_json):
         _json({
             "run_id": rep.result.run_id, "status": rep.result.status, "worst_case_gpu_hours": rep.plan.cost_h,
             "charged_gpu_hours": rep.charged_h, "balance": dataclasses.asdict(bal), "record": str(rep.record_path),
+            "dashboard": page.get("link"),
             "steps": {s: {"status": r.status, "attempts": len(r.attempts), "gpu_seconds": r.gpu_seconds,
                           "reason": r.reason, "output": r.output} for s, r in rep.result.steps.items()},
         })
