@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slurmgov.governance import governor
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec, planner
@@ -219,6 +220,79 @@ def usage(by, site_path, as_json):
         _json(rows)
     else:
         report.usage_table(rows, by, out)
+
+
+conf_dir_option = click.option("--slurm-conf-dir", "conf_dir", required=True,
+                               type=click.Path(file_okay=False, exists=True),
+                               help="Directory of slurm.conf, where the hooks and their files live.")
+
+
+def _state_dir(site) -> str:
+    return str(site_mod.slurmgov_home())
+
+
+@cli.command()
+@conf_dir_option
+@site_option
+@json_option
+def sync(conf_dir, site_path, as_json):
+    """One governor pass: ingest the hooks' journals, settle finished jobs, rewrite the snapshot.
+
+    \b
+    Example:
+      slurmgov sync --slurm-conf-dir /etc/slurm --site site_configs/demo-cluster.yaml
+    """
+    site = _site(site_path)
+    rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site))
+    if as_json:
+        _json(dataclasses.asdict(rep))
+    else:
+        out.print(f"admitted {rep.admitted}, settled {rep.settled}, snapshot serial {rep.snapshot_serial}")
+    for problem in rep.problems:
+        err.print(f"problem: {problem}")
+
+
+@cli.command("governor")
+@conf_dir_option
+@site_option
+@click.option("--interval", type=click.FloatRange(min=0.1), default=10, show_default=True, metavar="SECONDS")
+def governor_loop(conf_dir, site_path, interval):
+    """Run the governor: a sync pass every --interval seconds until stopped.
+
+    \b
+    Example:
+      slurmgov governor --slurm-conf-dir /etc/slurm --interval 5
+    """
+    site = _site(site_path)
+    ledger = _ledger(site)
+    while True:
+        rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site))
+        for problem in rep.problems:
+            err.print(f"problem: {problem}")
+        time.sleep(interval)
+
+
+@cli.group()
+def hooks():
+    """Install the Slurm hooks (job_submit.lua, jobcomp.lua) and their first snapshot."""
+
+
+@hooks.command("install")
+@conf_dir_option
+@site_option
+def hooks_install(conf_dir, site_path):
+    """Copy the hooks next to slurm.conf and write the first budget snapshot.
+
+    \b
+    Then set in slurm.conf:  JobSubmitPlugins=lua  and  JobCompType=jobcomp/lua
+    Example:
+      slurmgov hooks install --slurm-conf-dir /etc/slurm --site site_configs/demo-cluster.yaml
+    """
+    site = _site(site_path)
+    installed = governor.install_hooks(conf_dir)
+    rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site))
+    out.print(f"installed {', '.join(installed)} in {conf_dir}; snapshot serial {rep.snapshot_serial}")
+    out.print("slurm.conf needs: JobSubmitPlugins=lua and JobCompType=jobcomp/lua")
 
 
 @guarded("slurmgov")

@@ -1,0 +1,142 @@
+"""The governor: owns the ledger for jobs that the submit hook admitted inside slurmctld.
+
+One pass (``slurmgov sync``; ``slurmgov governor`` repeats it) reads the hooks' journals,
+records each admitted job's hold, settles each finished job's real GPU-seconds, and rewrites
+the snapshot the hook reads. Every event is applied under its own key, so a pass killed
+half-way and run again applies each line exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slurmgov.errors import SlurmgovError
+from slurmgov.governance import journal, snapshot
+from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.site import Site
+
+SNAPSHOT = "slurmgov_snapshot.txt"
+ADMITS = "slurmgov_journal.log"
+SETTLES = "slurmgov_settle.log"
+# Slurm's final job states -> how the job's hold closes.
+CLOSE_STATE = {"COMPLETED": "done", "CANCELLED": "cancelled"}
+
+
+@dataclass
+class SyncReport:
+    admitted: int = 0
+    settled: int = 0
+    problems: list[str] = field(default_factory=list)
+    snapshot_serial: int | None = None
+
+
+def hold_key(token: str) -> str:
+    return f"slurm:{token}"
+
+
+def _tasks(event: journal.Admit, site: Site) -> int:
+    """Array tasks of an admitted job, from its cost (the hook's journal line says how)."""
+    types = event.gpu_type.split("+") if event.gpu_type else [None]
+    weight = max(site.weight(t) if t else site.weight(None) for t in types)
+    unit = event.gpus * event.time_limit_min * 60 * weight
+    return max(1, round(event.cost_gpu_s / unit)) if unit > 0 else 1
+
+
+def apply(ledger: Ledger, site: Site, event) -> None:
+    """Apply one journal event to the ledger (idempotent).
+
+    A job's hold remembers its GPU type and array size in ``run_id`` (``token;type;tasks``):
+    the settle line from jobcomp has neither, and an array's hold closes with its last task."""
+    if isinstance(event, journal.Admit):
+        run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, site)}"
+        ledger.admit(hold_key(event.token), event.account, "sbatch", {"job": event.cost_gpu_s / 3600},
+                     user=event.user, run_id=run_id, now=event.ts, enforce=False)
+    elif isinstance(event, journal.Settle) and event.token:
+        key = hold_key(event.token)
+        _, gpu_type, tasks = ledger.hold(key).run_id.split(";")
+        gpu_type = None if gpu_type == "-" else gpu_type.split("+")[0]
+        ledger.charge(f"slurm:job:{event.job_id}", key, "job", 1, gpu_seconds=event.gpu_seconds,
+                      weight=site.weight(gpu_type), gpu_type=gpu_type, started=event.start or event.end,
+                      ended=event.end or time.time(), status=event.state.lower(), workflow="sbatch")
+        if len(ledger.charges(key)) >= int(tasks):
+            ledger.close(key, CLOSE_STATE.get(event.state.split()[0], "failed"))
+
+
+def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path) -> SyncReport:
+    conf_dir = Path(conf_dir)
+    rep = SyncReport()
+    for acct, a in site.accounts.items():
+        ledger.ensure_account(acct, a.budget_gpu_hours, a.period)
+    cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
+    admit_offset = None
+    for name in (ADMITS, SETTLES):
+        path = conf_dir / name
+        lines, cursor = cursors.read_new(path)
+        for offset, text in lines:
+            try:
+                event = journal.parse(text)
+            except ValueError as exc:
+                rep.problems.append(f"{path}@{offset}: {exc}")  # reported, never guessed at
+                continue
+            try:
+                apply(ledger, site, event)
+            except SlurmgovError as exc:
+                rep.problems.append(f"{path}@{offset}: {exc}")
+                continue
+            if isinstance(event, journal.Admit):
+                rep.admitted += 1
+            elif event.token:
+                rep.settled += 1
+        cursors.commit(path, cursor)
+        if name == ADMITS:
+            admit_offset = cursor.get("offset", 0)
+    # The hook subtracts every admit line from this offset on: those are not in the ledger yet.
+    rep.snapshot_serial = write_snapshot(ledger, site, conf_dir / SNAPSHOT, admit_offset)
+    return rep
+
+
+def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset: int | None = None) -> int:
+    path = Path(path)
+    try:
+        previous = snapshot.read(path).serial
+    except (OSError, ValueError, KeyError):
+        previous = None
+    part = site.partition(None)
+    snap = snapshot.Snapshot(
+        serial=snapshot.next_serial(previous), written=int(time.time()), max_age_s=site.snapshot_max_age_s,
+        fail_policy=site.fail_policy, default_time_min=part.default_time_s // 60,
+        max_gpus_per_node=max((n.gpus for n in site.topology.nodes.values()), default=0),
+        total_gpus=sum(n.gpus for n in site.topology.nodes.values()), journal_offset=journal_offset,
+        default_weight=site.weight(None), weights={t: g.weight for t, g in site.gpu_types.items()},
+        available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
+    )
+    snapshot.write(path, snap)
+    return snap.serial
+
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+
+def install_hooks(conf_dir: str | Path) -> list[str]:
+    """Copy the Lua hooks next to slurm.conf and create their journals, writable by root only."""
+    conf_dir = Path(conf_dir)
+    names = []
+    for name in ("job_submit.lua", "jobcomp.lua"):
+        src = PLUGINS / name
+        if not src.exists():
+            raise SlurmgovError(f"{src}: missing; install slurmgov from its source tree (pip install -e .)")
+        tmp = conf_dir / f".{name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, conf_dir / name)  # slurmctld reloads on mtime: never let it see half a file
+        names.append(name)
+    for name in (ADMITS, SETTLES):
+        path = conf_dir / name
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.chmod(path, 0o644)
+    return names

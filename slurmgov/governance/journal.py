@@ -1,0 +1,93 @@
+"""Reading the hook journals exactly once.
+
+slurmctld's hooks append one tab-separated line per event (job_submit.lua: ``admit``;
+jobcomp.lua: ``settle``). The governor reads each file from a saved offset; a last line
+without its newline is torn (a crash mid-write, or a write in progress) and is left for the
+next pass. The offset is only an optimisation: every event is applied under its own key in
+the ledger, so reading a line twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Admit:
+    ts: float
+    serial: int
+    token: str
+    account: str
+    user: str
+    cost_gpu_s: float  # weighted, worst case, all array tasks
+    gpus: int
+    time_limit_min: int
+    gpu_type: str | None
+
+
+@dataclass(frozen=True)
+class Settle:
+    job_id: str
+    token: str | None
+    account: str
+    gpus: int
+    gpu_type: str | None
+    start: int
+    end: int
+    state: str
+
+    @property
+    def gpu_seconds(self) -> float:
+        return self.gpus * max(0, self.end - self.start) if self.start else 0.0
+
+
+def parse(line: str):
+    """One journal line -> Admit | Settle; ValueError with the reason for anything else."""
+    f = line.split("\t")
+    if f[0] == "admit" and len(f) == 10:
+        return Admit(float(f[1]), int(f[2]), f[3], f[4], f[5], float(f[6]), int(f[7]), int(f[8]),
+                     None if f[9] in ("", "-") else f[9])
+    if f[0] == "settle" and len(f) in (8, 9):
+        gpu_type = (None if f[8] in ("", "-") else f[8]) if len(f) == 9 else None
+        return Settle(f[1], None if f[2] in ("", "-") else f[2], f[3], int(f[4] or 0), gpu_type,
+                      int(f[5] or 0), int(f[6] or 0), f[7])
+    raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")
+
+
+class Cursors:
+    """Per-file (inode, offset), saved atomically beside the ledger."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.data = {}
+
+    def read_new(self, journal: str | Path) -> tuple[list[tuple[int, str]], dict]:
+        """Complete new lines as (offset, text), and the cursor to save once they are applied."""
+        journal = Path(journal)
+        try:
+            st = journal.stat()
+        except FileNotFoundError:
+            return [], self.data.get(str(journal), {})
+        cur = self.data.get(str(journal), {})
+        offset = cur.get("offset", 0) if cur.get("inode") == st.st_ino and cur.get("offset", 0) <= st.st_size else 0
+        with open(journal, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+        lines, pos = [], offset
+        for raw in chunk.split(b"\n")[:-1]:  # the piece after the last newline is torn or empty
+            lines.append((pos, raw.decode("utf-8", "replace")))
+            pos += len(raw) + 1
+        return lines, {"inode": st.st_ino, "offset": pos}
+
+    def commit(self, journal: str | Path, cursor: dict) -> None:
+        self.data[str(Path(journal))] = cursor
+        tmp = self.path.with_suffix(".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)

@@ -1,0 +1,130 @@
+"""The governor's pass over the hooks' journals, on files written the way the hooks write them."""
+
+import time
+
+import pytest
+
+from slurmgov.governance import governor, snapshot
+from slurmgov.governance import site as site_mod
+from slurmgov.governance.ledger import Ledger
+
+
+@pytest.fixture
+def env(root, tmp_path):
+    site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    state = tmp_path / "state"
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    ledger.set_budget("physics", 10.0, "quarterly", actor="test")
+
+    def sync():
+        return governor.sync_once(ledger, site, conf, state)
+
+    return site, conf, state, ledger, sync
+
+
+T0 = int(time.time()) - 7200  # charges count in the period of their end: keep them in this one
+
+
+def admit(token, account="physics", cost_h=2.0, gpus=2, minutes=60, gpu_type="h100", ts=T0):
+    return f"admit\t{ts}\t1\t{token}\t{account}\t0\t{cost_h * 3600:.3f}\t{gpus}\t{minutes}\t{gpu_type}\n"
+
+
+def settle(job, token, gpus=2, start=T0 + 100, end=T0 + 1900, state="COMPLETED", account="physics"):
+    return f"settle\t{job}\t{token}\t{account}\t{gpus}\t{start}\t{end}\t{state}\n"
+
+
+def append(path, text):
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+def test_admit_then_settle(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("t1"))
+    rep = sync()
+    assert rep.admitted == 1 and not rep.problems
+    assert ledger.balance("physics").held_h == pytest.approx(2.0)
+    snap = snapshot.read(conf / governor.SNAPSHOT)
+    assert snap.available_gpu_s["physics"] == pytest.approx(8.0 * 3600)
+    assert snap.journal_offset == (conf / governor.ADMITS).stat().st_size  # ingested lines are not subtracted twice
+    append(conf / governor.SETTLES, settle(101, "t1"))  # 2 GPUs x 1800 s = 1 GPU-h
+    rep = sync()
+    b = ledger.balance("physics")
+    assert rep.settled == 1 and b.charged_h == pytest.approx(1.0) and b.held_h == 0
+    assert ledger.hold("slurm:t1").state == "done"
+    assert snapshot.read(conf / governor.SNAPSHOT).available_gpu_s["physics"] == pytest.approx(9.0 * 3600)
+
+
+def test_hook_admissions_over_budget_are_recorded(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("a", cost_h=7) + admit("b", cost_h=7))
+    sync()
+    assert ledger.balance("physics").available_h == pytest.approx(-4.0)
+    assert snapshot.read(conf / governor.SNAPSHOT).available_gpu_s["physics"] == 0  # never negative on disk
+
+
+def test_every_line_applied_exactly_once_even_without_cursors(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("t1") + admit("t2"))
+    append(conf / governor.SETTLES, settle(1, "t1") + settle(2, "t2", state="FAILED"))
+    sync()
+    before = ledger.balance("physics")
+    (state / "governor-cursors.json").unlink()  # as if the governor died before saving its cursor
+    sync()
+    sync()
+    assert ledger.balance("physics") == before
+    assert before.charged_h == pytest.approx(2.0) and ledger.hold("slurm:t2").state == "failed"
+
+
+def test_torn_line_waits_for_its_end(env):
+    site, conf, state, ledger, sync = env
+    line = admit("t1")
+    append(conf / governor.ADMITS, line[:20])  # the hook was mid-write
+    assert sync().admitted == 0
+    assert snapshot.read(conf / governor.SNAPSHOT).journal_offset == 0
+    append(conf / governor.ADMITS, line[20:])
+    assert sync().admitted == 1
+    assert ledger.balance("physics").held_h == pytest.approx(2.0)
+
+
+def test_malformed_lines_are_reported_not_guessed(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, "admit\tgarbage\n" + admit("t1"))
+    append(conf / governor.SETTLES, settle(9, "unknown-token"))
+    rep = sync()
+    assert rep.admitted == 1 and len(rep.problems) == 2
+    assert "unrecognised journal line" in rep.problems[0] and "unknown-token" in rep.problems[1]
+    assert ledger.balance("physics").charged_h == 0
+
+
+def test_array_hold_closes_with_its_last_task(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("arr", cost_h=3.0, gpus=1, minutes=60))  # 3 tasks x 1 GPU x 1 h
+    for job in (201, 202):
+        append(conf / governor.SETTLES, settle(job, "arr", gpus=1))
+    sync()
+    assert ledger.hold("slurm:arr").state == "open"
+    append(conf / governor.SETTLES, settle(203, "arr", gpus=1))
+    sync()
+    assert ledger.hold("slurm:arr").state == "done"
+    assert ledger.balance("physics").charged_h == pytest.approx(1.5)
+
+
+def test_cancelled_while_pending_releases_the_hold(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("p"))
+    append(conf / governor.SETTLES, settle(300, "p", gpus=0, start=0, state="CANCELLED"))
+    sync()
+    b = ledger.balance("physics")
+    assert b.held_h == 0 and b.charged_h == 0 and ledger.hold("slurm:p").state == "cancelled"
+
+
+def test_install_hooks(env, root):
+    site, conf, state, ledger, sync = env
+    names = governor.install_hooks(conf)
+    assert names == ["job_submit.lua", "jobcomp.lua"]
+    assert (conf / "job_submit.lua").read_text() == (root / "plugins" / "job_submit.lua").read_text()
+    for name in (governor.ADMITS, governor.SETTLES):
+        assert (conf / name).stat().st_mode & 0o777 == 0o644
