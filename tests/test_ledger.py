@@ -1,9 +1,15 @@
-"""The GPU-budget ledger: admission, holds, charges, periods, audit, concurrency, replays."""
+"""The GPU-budget ledger: admission, holds, charges, periods, audit, concurrency, replays.
+
+Every test that takes ``db`` or ``led`` runs on both backends: SQLite, and a real PostgreSQL
+server that tests/pg_harness.py starts for the session (each test gets a new, empty schema).
+"""
 
 import multiprocessing
 import sqlite3
+import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pg_harness
+from pg_harness import pg_url  # noqa: F401
 from slurmgov.errors import BudgetRefused, InputError, LedgerError
 from slurmgov.governance.ledger import Ledger, period_of
 
@@ -24,17 +32,49 @@ def url(path) -> str:
     return f"sqlite:///{path}"
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request):
+    """'sqlite', or the URL of the session's PostgreSQL server (skipped where it cannot run,
+    failed in CI)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgres" else "sqlite"
+
+
+def fresh(backend, where: Path, socket: bool = False) -> str:
+    """The URL of a new, empty ledger: a file under ``where``, or a new PostgreSQL schema
+    (over TCP with the password, or ``socket=True``: over the unix socket)."""
+    if backend == "sqlite":
+        return url(where / "sub" / "ledger.sqlite")
+    return pg_harness.fresh_url(socket=socket)
+
+
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "sub" / "ledger.sqlite"
+def db(backend, tmp_path):
+    """The URL of a new, empty ledger, on each backend."""
+    return fresh(backend, tmp_path)
 
 
 @pytest.fixture
 def led(db):
-    led = Ledger.open(url(db))
+    led = Ledger.open(db)
     led.ensure_account("chem", 10.0)
     yield led
     led.disconnect()
+
+
+@contextmanager
+def raw(db_url):
+    """A plain DB-API connection to the ledger's database, past the Ledger, and its error class."""
+    if db_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(db_url[len("sqlite://"):])
+        try:
+            yield conn, sqlite3.DatabaseError
+        finally:
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            yield conn, psycopg.Error
 
 
 def charge(led, key, hold, step, gpu_s, weight=1.0, ended=THIS_MONTH + 60, **kw):
@@ -248,11 +288,11 @@ def test_ensure_account_does_not_overwrite_and_audit_is_append_only(led, db):
     assert all(r["at"].endswith("+00:00") for r in a)
     with pytest.raises(InputError, match="actor"):
         led.set_budget("chem", 1.0)
-    raw = sqlite3.connect(db)
-    for stmt in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
-        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            raw.execute(stmt)
-    raw.close()
+    extra = () if db.startswith("sqlite:") else ("TRUNCATE audit", "DELETE FROM audit WHERE seq < 0")
+    with raw(db) as (conn, error):
+        for stmt in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", *extra):
+            with pytest.raises(error, match="append-only"):
+                conn.execute(stmt)
     assert len(led.audit()) == 3
 
 
@@ -261,31 +301,39 @@ def test_persists_across_reopen(led, db):
     charge(led, "c", "h", "a", 3600)
     before = led.balances(now=NOW)
     led.disconnect()
-    again = Ledger.open(url(db))
+    again = Ledger.open(db)
     assert again.balances(now=NOW) == before
     assert again.admit("h", "chem", "wf", {"a": 3.0}, user="u", now=NOW).remaining_h == 2.0
     assert again.balances(now=NOW) == before
     again.disconnect()
 
 
-def test_bad_urls_and_newer_schema(tmp_path, db, led):
-    for bad in ("sqlite://relative.db", "/abs/path.db", "ledger.db", "sqlite:///", ""):
+def test_bad_urls(tmp_path):
+    for bad in ("sqlite://relative.db", "/abs/path.db", "ledger.db", "sqlite:///", "", "postgresql:db"):
         with pytest.raises(LedgerError) as e:
             Ledger.open(bad)
         assert "\n" not in str(e.value)
-    with pytest.raises(LedgerError) as e:
-        Ledger.open("postgresql://admin:s3cret@db/ledger")
-    assert "s3cret" not in str(e.value) and "not supported" in str(e.value)
-    junk = tmp_path / "junk.sqlite"
+    with pytest.raises(LedgerError) as e:  # (PostgreSQL is supported now: here no host "db" answers)
+        Ledger.open("postgresql://admin:s3cret@db/ledger?connect_timeout=3")
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:  # then the error says what to install
+        assert "pip install 'slurmgov[postgres]'" in str(e.value)
+    else:
+        assert str(e.value).startswith("ledger postgresql://admin@db/ledger?connect_timeout=3: cannot connect: ")
+    junk = tmp_path / "junk.sqlite"  # SQLite only: a file that is not a database
     junk.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(LedgerError, match="junk.sqlite"):
         Ledger.open(url(junk))
-    raw = sqlite3.connect(db)
-    raw.execute("INSERT INTO schema_version (version) VALUES (99)")
-    raw.commit()
-    raw.close()
+
+
+def test_newer_schema_is_refused(db, led):
+    with raw(db) as (conn, _):
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+        conn.commit()
     with pytest.raises(LedgerError, match="schema version 99, newer"):
-        Ledger.open(url(db))
+        Ledger.open(db)
 
 
 # ---- concurrency ---------------------------------------------------------------------------
@@ -307,7 +355,7 @@ def test_threads_each_with_own_ledger_never_overspend(led, db):
 
     def work(i):
         try:
-            results.append(_admit_one(url(db), f"t{i}", barrier))
+            results.append(_admit_one(db, f"t{i}", barrier))
         except Exception as e:  # surfaced below; a thread's exception would otherwise vanish
             errors.append(e)
 
@@ -342,9 +390,132 @@ def test_processes_never_overspend(led, db):
     with ctx.Manager() as m:
         barrier = m.Barrier(4)
         with ctx.Pool(4) as pool:
-            results = pool.map(_proc_admit, [(url(db), p, barrier) for p in range(4)])
+            results = pool.map(_proc_admit, [(db, p, barrier) for p in range(4)])
     assert sum(map(sum, results)) == 10
     assert led.balance("chem").held_h == 10.0
+
+
+def _race(n: int, fn) -> list:
+    """Run fn(i) in n threads released together; each result, or the exception it raised."""
+    barrier, out = threading.Barrier(n), [None] * n
+
+    def work(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_concurrent_charges_on_one_share_lose_no_update(led, db):
+    led.admit("h", "chem", "wf", {"a": 10.0}, user="u", now=NOW)
+    ledgers = [Ledger.open(db) for _ in range(8)]  # opened first, so the charges start together
+    out = _race(8, lambda i: charge(ledgers[i], f"c{i}", "h", "a", 600))  # 1/6 GPU-h each
+    for mine in ledgers:
+        mine.disconnect()
+    assert not [r for r in out if isinstance(r, Exception)]
+    assert round(led.hold("h").remaining_h * MS) == 10 * MS - 8 * 600_000
+    assert bal(led)[1:] == (8 * 600 / 3600, led.hold("h").remaining_h, 10.0 - 8 * 600 / 3600
+                            - led.hold("h").remaining_h)
+
+
+def test_one_new_hold_key_raced_from_two_accounts(led, db):
+    led.ensure_account("phys", 10.0)
+    ledgers = [Ledger.open(db) for _ in range(8)]
+    out = _race(8, lambda i: ledgers[i].admit("k", ("chem", "phys")[i % 2], "wf", {"a": 1.0}, user="u", now=NOW))
+    for mine in ledgers:
+        mine.disconnect()
+    holds = [r for r in out if not isinstance(r, Exception)]
+    errors = [r for r in out if isinstance(r, Exception)]
+    assert holds and len({h.account for h in holds}) == 1  # one account won; its replays agree
+    assert len(holds) == 4 and len(errors) == 4
+    assert all(isinstance(e, LedgerError) and "already exists" in str(e) for e in errors)
+    assert sorted(b.held_h for b in led.balances(now=NOW)) == [0.0, 1.0]
+
+
+def test_concurrent_first_opens_create_one_schema(backend, tmp_path):
+    new = fresh(backend, tmp_path)
+
+    def one(i):
+        with Ledger.open(new) as mine:
+            mine.ensure_account("chem", 5.0)
+
+    assert _race(6, one) == [None] * 6
+    with Ledger.open(new) as led:
+        assert len(led.audit()) == 1 and led.balance("chem").budget_h == 5.0
+
+
+def test_large_amounts_stay_exact(led):
+    led.set_budget("big", 2_000_000.0, actor="t")  # 7.2e12 ms: past 32-bit integers
+    led.admit("h", "big", "wf", {"a": 1_234_567.25, "b": 0.001}, user="u", now=NOW)
+    charge(led, "c", "h", "a", 3_600_000_000.5)
+    b = led.balance("big", now=NOW)
+    assert (b.budget_h, b.charged_h) == (2_000_000.0, 1_000_000.0 + 0.5 / 3600)
+    assert round(b.held_h * MS) == round(234_567.25 * MS) - 500 + 3600
+    assert led.usage("account")[0]["charged_h"] == b.charged_h
+
+
+# ---- PostgreSQL: URLs, errors, driver -----------------------------------------------------
+
+def test_postgres_without_psycopg_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now raises ImportError
+    for u in ("postgresql://admin:s3cret@db/ledger", "postgres:///ledger?host=/run/postgresql"):
+        with pytest.raises(LedgerError) as e:
+            Ledger.open(u)
+        msg = str(e.value)
+        assert "pip install 'slurmgov[postgres]'" in msg and "s3cret" not in msg and "\n" not in msg
+
+
+def test_postgres_url_forms_and_errors_never_echo_the_password(pg_url):
+    server = pg_harness.current()
+    # postgres:// is the same as postgresql://; a unix-socket URL; a password in the query string
+    for u in (pg_harness.fresh_url(pg_url.replace("postgresql://", "postgres://", 1)),
+              pg_harness.fresh_url(socket=True),
+              pg_harness.fresh_url(f"postgresql://{pg_harness.ROLE}@127.0.0.1:{server.port}/"
+                                   f"{pg_harness.DBNAME}?password={pg_harness.PASSWORD}")):
+        with Ledger.open(u) as led:
+            led.ensure_account("chem", 1.0)
+            assert led.balance("chem").budget_h == 1.0
+            assert pg_harness.PASSWORD not in led._where
+    wrong = f"postgresql://{pg_harness.ROLE}:not-the-pw-42@127.0.0.1:{server.port}/{pg_harness.DBNAME}"
+    for u, why in ((wrong, "password authentication failed"),
+                   (wrong.replace(":not-the-pw-42@", "@") + "?password=not-the-pw-42",
+                    "password authentication failed"),
+                   (wrong.replace(f":{server.port}/", f":{pg_harness._free_port()}/"), "cannot connect"),
+                   (pg_url.replace(f"/{pg_harness.DBNAME}", "/no_such_db"), "no_such_db")):
+        with pytest.raises(LedgerError) as e:
+            Ledger.open(u)
+        msg = str(e.value)
+        assert why in msg and "\n" not in msg
+        assert "not-the-pw-42" not in msg and pg_harness.PASSWORD not in msg
+        assert msg.startswith(f"ledger postgresql://{pg_harness.ROLE}@127.0.0.1:")
+    with pytest.raises(LedgerError) as e:
+        Ledger.open("postgresql://u:s3cret@127.0.0.1:1/db?sslmode=bogus")
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_postgres_schema_types_and_audit_guard(pg_url):
+    u = pg_harness.fresh_url()
+    with Ledger.open(u) as led:
+        led.ensure_account("chem", 1.0)
+        with raw(u) as (conn, error):
+            types = dict(conn.execute(
+                "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND column_name LIKE '%\\_ms'").fetchall())
+            assert set(types.values()) == {"bigint"} and "charges.amount_ms" in types
+            with pytest.raises(error, match="append-only"):
+                conn.execute("DELETE FROM audit")
+        # a refusal rolls back the Ledger's open transaction and leaves its connection usable
+        with pytest.raises(BudgetRefused):
+            led.admit("h", "chem", "wf", {"a": 2.0}, user="u", now=NOW)
+        assert led.admit("h", "chem", "wf", {"a": 1.0}, user="u", now=NOW).state == "open"
 
 
 # ---- property: the ledger agrees with a plain model under any sequence ---------------------
@@ -363,12 +534,12 @@ ops = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, max_size=25))
-def test_ledger_matches_model(seq):
+def test_ledger_matches_model(backend, seq):
     budget = 6 * MS
     holds: dict[str, dict] = {}  # key -> {"state", "req", "shares": {step: [amount, remaining]}}
     charges: dict[str, tuple] = {}  # key -> (args, ms, counts this period)
     with tempfile.TemporaryDirectory() as d:
-        led = Ledger.open(url(Path(d) / "l.sqlite"))
+        led = Ledger.open(fresh(backend, Path(d), socket=True))
         led.ensure_account("chem", 6.0)
         for op in seq:
             kind, key = op[0], op[1]

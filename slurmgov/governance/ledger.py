@@ -12,18 +12,25 @@ Every mutating method is one transaction and idempotent by its key, so a caller 
 and replays cannot hold or charge twice. Admission takes the write lock before it reads the
 balance, so concurrent admissions (threads or processes, each with its own Ledger) can never
 hold more than the budget.
+
+Backends: ``sqlite:///ABSOLUTE/PATH`` (the standard library), and ``postgresql://`` or
+``postgres://`` URLs (psycopg 3, the ``postgres`` extra) for sites whose login nodes and
+controller share one ledger. The logic here is shared; the SQL and what differs between the
+engines (how a writer locks, see ledger_schema) is in ledger_schema.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from slurmgov.errors import BudgetRefused, InputError, LedgerError
 from slurmgov.governance import ledger_schema as S
@@ -33,8 +40,11 @@ PERIOD_KINDS = ("monthly", "quarterly", "none")
 CLOSED_STATES = ("done", "failed", "cancelled")
 USAGE_BY = tuple(S.USAGE_COLUMNS)
 _FOREVER = 1e18  # epoch-seconds bound for the open-ended period and unbounded usage queries
-_BUSY_S = 10.0  # how long SQLite itself waits for a lock before reporting "database is locked"
+_BUSY_S = S.LOCK_WAIT_MS / 1000  # how long the engine waits for a lock before reporting it busy
 _RETRIES = 8  # then we back off and retry the whole transaction this many times
+_CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
+_PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
+_PG_HINT = "pip install 'slurmgov[postgres]'"
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,87 @@ def _locked(e: sqlite3.Error) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+def _one_line(msg: str) -> str:
+    return "; ".join(line.strip() for line in str(msg).splitlines() if line.strip()) or "unknown error"
+
+
+class _Driver:
+    """What differs between the DB-API modules themselves (the SQL differences are a Dialect)."""
+
+    def __init__(self, error: type, secrets: tuple[str, ...] = ()):
+        self.error, self._secrets = error, secrets
+
+    def retryable(self, e: Exception) -> bool:
+        raise NotImplementedError
+
+    def in_tx(self, conn) -> bool:
+        raise NotImplementedError
+
+    def message(self, e: Exception) -> str:
+        """One line, and never a password from the URL."""
+        msg = _one_line(e)
+        for secret in self._secrets:
+            msg = msg.replace(secret, "***")
+        return msg
+
+
+class _SqliteDriver(_Driver):
+    def __init__(self):
+        super().__init__(sqlite3.Error)
+
+    def retryable(self, e: Exception) -> bool:
+        return isinstance(e, sqlite3.OperationalError) and _locked(e)
+
+    def in_tx(self, conn) -> bool:
+        return conn.in_transaction
+
+
+class _PgDriver(_Driver):
+    def __init__(self, psycopg, secrets: tuple[str, ...]):
+        super().__init__(psycopg.Error, secrets)
+        self._pg = psycopg
+        e = psycopg.errors
+        # 40001/40P01: a server set to stricter isolation may abort us; 55P03: lock_timeout ran out;
+        # 23505: two first-time inserts of one key raced, and the retry sees the winner's row.
+        self._retry = (e.SerializationFailure, e.DeadlockDetected, e.LockNotAvailable, e.UniqueViolation)
+
+    def retryable(self, e: Exception) -> bool:
+        return isinstance(e, self._retry)
+
+    def in_tx(self, conn) -> bool:
+        return conn.info.transaction_status != self._pg.pq.TransactionStatus.IDLE
+
+    def message(self, e: Exception) -> str:
+        diag = getattr(e, "diag", None)
+        primary = diag.message_primary if diag is not None else None
+        if primary:  # a server error: its first line, not the PL/pgSQL CONTEXT that follows
+            e = primary
+        return super().message(e)
+
+
+def _pg_where(url: str) -> tuple[str, tuple[str, ...]]:
+    """The URL as safe to show (no password) and the passwords it carries, to scrub from errors."""
+    secrets: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        user, _, pw = userinfo.partition(":")
+        if pw:
+            secrets |= {pw, unquote(pw)}
+        query = []
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            if k == "password":
+                secrets.add(v)
+            else:
+                query.append((k, v))
+        where = f"{parts.scheme}://{user}{at}{hosts}{parts.path}"
+        if query:
+            where += "?" + urlencode(query, safe="/=,:")
+    except ValueError:
+        where = "postgresql://(unparseable URL)"
+    return where, tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+
+
 def _charge_dict(r) -> dict:
     (key, hold_key, account, workflow, step, attempt, user, gpu_type, gpu_s, weight, ms, started, ended,
      status, recorded_at) = r
@@ -126,20 +217,26 @@ class Ledger:
     """One connection to one ledger. Safe to share between threads (calls are serialised);
     for parallel writers give each process its own Ledger."""
 
-    def __init__(self, conn: sqlite3.Connection, where: str, dialect: S.Dialect = S.SQLITE):
+    def __init__(self, conn, where: str, dialect: S.Dialect = S.SQLITE, driver: _Driver | None = None):
         self._conn, self._where, self._d = conn, where, dialect
+        self._drv = driver or _SqliteDriver()
         self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
     def open(cls, url: str) -> Ledger:
-        """Open (creating if needed) the ledger at ``sqlite:///ABSOLUTE/PATH``."""
+        """Open (creating if needed) the ledger at ``sqlite:///ABSOLUTE/PATH``, or on PostgreSQL at
+        ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`` (also ``postgres://``, and any libpq URL
+        such as ``postgresql:///DB?host=/run/postgresql`` for a unix socket)."""
+        if isinstance(url, str) and _PG_URL.match(url):
+            return cls._open_postgres(url)
         if not isinstance(url, str) or not url.startswith("sqlite:///"):
-            if isinstance(url, str) and url.split(":", 1)[0] in ("postgres", "postgresql"):
+            if isinstance(url, str) and url.split(":", 1)[0].lower() in ("postgres", "postgresql"):
                 # never echo a URL that may carry a password
-                raise LedgerError("PostgreSQL ledgers are not supported yet; use sqlite:///ABSOLUTE/PATH")
-            raise LedgerError(f"ledger URL {url!r} is not of the form sqlite:///ABSOLUTE/PATH")
+                raise LedgerError("ledger URL is not of the form postgresql://USER@HOST:PORT/DB")
+            raise LedgerError(f"ledger URL {url!r} is not of the form sqlite:///ABSOLUTE/PATH "
+                              f"or postgresql://USER@HOST:PORT/DB")
         path = Path(url[len("sqlite://"):])
         if not path.name:
             raise LedgerError(f"ledger URL {url!r} names no file")
@@ -156,17 +253,44 @@ class Ledger:
             raise
         return ledger
 
+    @classmethod
+    def _open_postgres(cls, url: str) -> Ledger:
+        try:
+            import psycopg
+        except ImportError:
+            raise LedgerError(f"PostgreSQL ledgers need psycopg 3, which is not installed: {_PG_HINT}") from None
+        where, secrets = _pg_where(url)
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            raise LedgerError(f"ledger URL {where} is not a valid postgresql://USER@HOST:PORT/DB URL") from None
+        if info.get("password"):
+            secrets = tuple(sorted({*secrets, str(info["password"])}, key=len, reverse=True))
+        drv = _PgDriver(psycopg, secrets)
+        kw = {} if "connect_timeout" in info else {"connect_timeout": _CONNECT_TIMEOUT_S}
+        try:
+            # autocommit: the ledger issues BEGIN/COMMIT itself, as it does on SQLite
+            conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
+        except psycopg.Error as e:
+            raise LedgerError(f"ledger {where}: cannot connect: {drv.message(e)}") from None
+        ledger = cls(conn, where, S.POSTGRES, drv)
+        try:
+            ledger._setup()
+        except BaseException:
+            conn.close()
+            raise
+        return ledger
+
     def _setup(self) -> None:
-        c = self._conn
-        c.execute(f"PRAGMA busy_timeout = {int(_BUSY_S * 1000)}")
-        # WAL lets readers run beside the one writer; FULL sync because a lost commit is lost money.
-        self._retry(lambda: c.execute("PRAGMA journal_mode = WAL").fetchone())
-        c.execute("PRAGMA synchronous = FULL")
-        c.execute("PRAGMA foreign_keys = ON")
+        for stmt in self._d.session:
+            self._retry(lambda stmt=stmt: self._x(stmt))
         self._write(self._ensure_schema)
 
     def _ensure_schema(self) -> None:
-        self._x("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        if self._d.schema_lock:
+            self._x(self._d.schema_lock)
+        if self._one(self._d.has_table, ("schema_version",)) is None:
+            self._x(S.VERSION_TABLE)
         version = self._one(S.VERSION_GET)[0]
         if version is not None and version > S.SCHEMA_VERSION:
             raise LedgerError(f"ledger {self._where} has schema version {version}, newer than this "
@@ -189,8 +313,9 @@ class Ledger:
 
     # ---- transactions --------------------------------------------------------------------
 
-    def _x(self, q: str, params: tuple = ()) -> sqlite3.Cursor:
-        return self._conn.execute(self._d.sql(q), params)
+    def _x(self, q: str, params: tuple = ()):
+        q = self._d.sql(q)
+        return self._conn.execute(q, params) if params else self._conn.execute(q)
 
     def _one(self, q: str, params: tuple = ()):
         return self._x(q, params).fetchone()
@@ -200,12 +325,10 @@ class Ledger:
         for attempt in range(_RETRIES):
             try:
                 return fn()
-            except sqlite3.OperationalError as e:
-                if not _locked(e) or attempt == _RETRIES - 1:
-                    raise LedgerError(f"ledger {self._where}: {e}") from None
+            except self._drv.error as e:
+                if not self._drv.retryable(e) or attempt == _RETRIES - 1:
+                    raise LedgerError(f"ledger {self._where}: {self._drv.message(e)}") from None
                 time.sleep(min(1.0, 0.02 * 2 ** attempt) * random.uniform(0.5, 1.0))
-            except sqlite3.Error as e:
-                raise LedgerError(f"ledger {self._where}: {e}") from None
 
     def _tx(self, fn, begin: str):
         def once():
@@ -215,8 +338,11 @@ class Ledger:
                 self._x("COMMIT")
                 return out
             except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                try:
+                    if self._drv.in_tx(self._conn):
+                        self._conn.execute("ROLLBACK")
+                except self._drv.error:
+                    pass  # a broken connection: the original error says more
                 raise
 
         with self._lock:
@@ -226,7 +352,20 @@ class Ledger:
         return self._tx(fn, self._d.begin_write)
 
     def _read(self, fn):
-        return self._tx(fn, "BEGIN")  # one snapshot, so budget/charged/held agree
+        return self._tx(fn, self._d.begin_read)  # one snapshot, so budget/charged/held agree
+
+    def _lock_account(self, account: str) -> None:
+        """PostgreSQL: lock ``account``'s budget row until the transaction ends (see ledger_schema).
+        SQLite: nothing to do, BEGIN IMMEDIATE already locked the whole database."""
+        if self._d.row_locks:
+            self._x(S.ACCOUNT_LOCK, (account,))
+
+    def _lock_hold(self, hold_key: str) -> None:
+        """Lock the account of ``hold_key`` (a hold's account never changes), if the hold exists."""
+        if self._d.row_locks:
+            row = self._one(S.HOLD_ACCOUNT, (hold_key,))
+            if row is not None:
+                self._lock_account(row[0])
 
     # ---- budgets -------------------------------------------------------------------------
 
@@ -238,6 +377,7 @@ class Ledger:
         return row
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool) -> None:
+        self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
         if old is not None and not overwrite:
@@ -317,6 +457,7 @@ class Ledger:
         need, ts = sum(want.values()), _epoch(now, "now")
 
         def tx() -> Hold:
+            self._lock_account(account)  # before reading the balance
             old = self._one(S.HOLD_GET, (hold_key,))
             if old is not None:
                 had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
@@ -339,6 +480,7 @@ class Ledger:
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
         def tx():
+            self._lock_hold(hold_key)
             self._hold(hold_key)
             row = self._one(S.SHARE_GET, (hold_key, step))
             if row is None:
@@ -354,6 +496,7 @@ class Ledger:
             raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
 
         def tx() -> Hold:
+            self._lock_hold(hold_key)
             if self._hold(hold_key).state == "open":
                 self._x(S.SHARES_RELEASE, (hold_key,))
                 self._x(S.HOLD_CLOSE, (state, time.time(), hold_key))
@@ -376,6 +519,7 @@ class Ledger:
         t1 = _epoch(ended, "ended")
 
         def tx() -> dict:
+            self._lock_hold(hold_key)  # before the share is read, so no two charges lose an update
             old = self._one(S.CHARGE_GET, (charge_key,))
             if old is not None:
                 if (old[1], old[4], old[5], old[10]) != (hold_key, step, attempt, ms):

@@ -1,9 +1,21 @@
 """Every SQL statement the ledger runs, in one place.
 
 Statements are standard SQL with ``?`` parameters; a ``Dialect`` holds the few things that
-differ between engines (placeholder style, how a write transaction takes its lock, the
-identity column, triggers), so a PostgreSQL dialect can be added beside ``SQLITE``.
+differ between engines (placeholder style, how transactions begin and lock, the identity and
+text column types, triggers): ``SQLITE`` and ``POSTGRES``.
 Amounts are BIGINT weighted GPU-milliseconds; times are DOUBLE PRECISION epoch seconds (UTC).
+
+Concurrency. SQLite: a write transaction is BEGIN IMMEDIATE, which takes the one database write
+lock before its first read, so writers are serialised outright. PostgreSQL: a write transaction
+is READ COMMITTED and first locks the affected account's budget row (``SELECT ... FOR UPDATE``,
+``ACCOUNT_LOCK``); every write that touches an account's holds or charges takes that same one
+row lock, so writers of one account are serialised and each of their later statements sees
+what the writer before committed, while other accounts proceed in parallel. Each transaction
+locks a single account row, so they cannot deadlock. The one race the row lock cannot cover,
+two first-time inserts of the same key (an account, a hold or a charge key), ends in a
+unique-key violation; the ledger retries the whole transaction, which then finds the row and
+behaves as a replay. Reads run in one REPEATABLE READ READ ONLY snapshot, so budget, charged
+and held always agree.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
+LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
 
 
 @dataclass(frozen=True)
@@ -18,8 +31,14 @@ class Dialect:
     name: str
     placeholder: str  # what ``?`` becomes
     begin_write: str  # starts a transaction that serialises writers (admission reads then writes)
+    begin_read: str  # starts a read-only transaction that sees one snapshot
     identity: str  # an auto-numbered primary key column type
+    text: str  # the type of text columns: ordering must be by code point, as SQLite's BINARY
     extra_ddl: tuple[str, ...]  # engine-specific guards, run after the tables exist
+    row_locks: bool  # True: writers lock the account row (ACCOUNT_LOCK); False: BEGIN locks all
+    has_table: str  # one row when the table named by the parameter exists
+    schema_lock: str | None = None  # serialises concurrent first opens that create the tables
+    session: tuple[str, ...] = ()  # run once on each new connection, outside any transaction
 
     def sql(self, q: str) -> str:
         return q if self.placeholder == "?" else q.replace("?", self.placeholder)
@@ -32,7 +51,9 @@ SQLITE = Dialect(
     # read the same "available" and both insert. (PostgreSQL: BEGIN + SELECT ... FOR UPDATE
     # on the account row.)
     begin_write="BEGIN IMMEDIATE",
+    begin_read="BEGIN",
     identity="INTEGER PRIMARY KEY",
+    text="TEXT",
     extra_ddl=(
         # The audit trail is append-only: refuse any UPDATE or DELETE, whoever issues it.
         "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
@@ -40,59 +61,94 @@ SQLITE = Dialect(
         "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
         "BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END",
     ),
+    row_locks=False,
+    has_table="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    session=(
+        f"PRAGMA busy_timeout = {LOCK_WAIT_MS}",
+        # WAL lets readers run beside the one writer; FULL sync because a lost commit is lost money.
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA foreign_keys = ON",
+    ),
+)
+
+POSTGRES = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    # READ COMMITTED, so that once a writer holds the account row lock each later statement
+    # reads what the writers before it committed (see the module docstring).
+    begin_write="BEGIN ISOLATION LEVEL READ COMMITTED",
+    begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    text='TEXT COLLATE "C"',
+    extra_ddl=(
+        # The audit trail is append-only: refuse any UPDATE, DELETE or TRUNCATE, whoever issues
+        # it (statement-level, so even one that matches no row is refused).
+        "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'audit is append-only'; END $$",
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+    ),
+    row_locks=True,
+    has_table="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    # A transaction-scoped advisory lock (key: 'slurmgov' as an integer) held while the schema
+    # is checked or created, so two first opens cannot both create the tables.
+    schema_lock="SELECT pg_advisory_xact_lock(8317151746168680310)",
+    session=(f"SET lock_timeout = {LOCK_WAIT_MS}",),
 )
 
 
 def ddl(d: Dialect) -> list[str]:
+    T = d.text
     return [
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-        """CREATE TABLE IF NOT EXISTS accounts (
-            account TEXT PRIMARY KEY,
+        VERSION_TABLE,
+        f"""CREATE TABLE IF NOT EXISTS accounts (
+            account {T} PRIMARY KEY,
             budget_ms BIGINT NOT NULL CHECK (budget_ms >= 0),
-            period_kind TEXT NOT NULL CHECK (period_kind IN ('monthly', 'quarterly', 'none')),
+            period_kind {T} NOT NULL CHECK (period_kind IN ('monthly', 'quarterly', 'none')),
             updated_at DOUBLE PRECISION NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS audit (
             seq {d.identity},
-            at TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            account TEXT NOT NULL,
-            action TEXT NOT NULL,
+            at {T} NOT NULL,
+            actor {T} NOT NULL,
+            account {T} NOT NULL,
+            action {T} NOT NULL,
             old_budget_ms BIGINT,
             new_budget_ms BIGINT NOT NULL,
-            old_period_kind TEXT,
-            new_period_kind TEXT NOT NULL,
-            reason TEXT NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS holds (
-            hold_key TEXT PRIMARY KEY,
-            account TEXT NOT NULL REFERENCES accounts (account),
-            workflow TEXT NOT NULL,
-            user_name TEXT,
-            run_id TEXT,
+            old_period_kind {T},
+            new_period_kind {T} NOT NULL,
+            reason {T} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS holds (
+            hold_key {T} PRIMARY KEY,
+            account {T} NOT NULL REFERENCES accounts (account),
+            workflow {T} NOT NULL,
+            user_name {T},
+            run_id {T},
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
-            state TEXT NOT NULL CHECK (state IN ('open', 'done', 'failed', 'cancelled')),
+            state {T} NOT NULL CHECK (state IN ('open', 'done', 'failed', 'cancelled')),
             created_at DOUBLE PRECISION NOT NULL,
             closed_at DOUBLE PRECISION)""",
-        """CREATE TABLE IF NOT EXISTS hold_shares (
-            hold_key TEXT NOT NULL REFERENCES holds (hold_key),
-            step TEXT NOT NULL,
+        f"""CREATE TABLE IF NOT EXISTS hold_shares (
+            hold_key {T} NOT NULL REFERENCES holds (hold_key),
+            step {T} NOT NULL,
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
             remaining_ms BIGINT NOT NULL CHECK (remaining_ms >= 0 AND remaining_ms <= amount_ms),
             PRIMARY KEY (hold_key, step))""",
-        """CREATE TABLE IF NOT EXISTS charges (
-            charge_key TEXT PRIMARY KEY,
-            hold_key TEXT NOT NULL REFERENCES holds (hold_key),
-            account TEXT NOT NULL,
-            workflow TEXT NOT NULL,
-            step TEXT NOT NULL,
+        f"""CREATE TABLE IF NOT EXISTS charges (
+            charge_key {T} PRIMARY KEY,
+            hold_key {T} NOT NULL REFERENCES holds (hold_key),
+            account {T} NOT NULL,
+            workflow {T} NOT NULL,
+            step {T} NOT NULL,
             attempt INTEGER NOT NULL,
-            user_name TEXT,
-            gpu_type TEXT,
+            user_name {T},
+            gpu_type {T},
             gpu_seconds DOUBLE PRECISION NOT NULL CHECK (gpu_seconds >= 0),
             weight DOUBLE PRECISION NOT NULL CHECK (weight >= 0),
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
             started DOUBLE PRECISION,
             ended DOUBLE PRECISION NOT NULL,
-            status TEXT NOT NULL,
+            status {T} NOT NULL,
             recorded_at DOUBLE PRECISION NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
@@ -101,10 +157,14 @@ def ddl(d: Dialect) -> list[str]:
     ]
 
 
+VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 VERSION_GET = "SELECT MAX(version) FROM schema_version"
 VERSION_SET = "INSERT INTO schema_version (version) VALUES (?)"
 
 ACCOUNT_GET = "SELECT account, budget_ms, period_kind FROM accounts WHERE account = ?"
+# Taken first by every PostgreSQL write (Dialect.row_locks); see the module docstring.
+ACCOUNT_LOCK = "SELECT account FROM accounts WHERE account = ? FOR UPDATE"
+HOLD_ACCOUNT = "SELECT account FROM holds WHERE hold_key = ?"
 ACCOUNT_NAMES = "SELECT account FROM accounts ORDER BY account"
 ACCOUNT_INSERT = "INSERT INTO accounts (account, budget_ms, period_kind, updated_at) VALUES (?, ?, ?, ?)"
 ACCOUNT_UPDATE = "UPDATE accounts SET budget_ms = ?, period_kind = ?, updated_at = ? WHERE account = ?"
@@ -114,8 +174,10 @@ AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budge
     old_period_kind, new_period_kind, reason FROM audit ORDER BY seq"""
 
 # What an account has charged in [start, end) and what its open holds still reserve.
-CHARGED_IN = "SELECT COALESCE(SUM(amount_ms), 0) FROM charges WHERE account = ? AND ended >= ? AND ended < ?"
-HELD_OPEN = """SELECT COALESCE(SUM(s.remaining_ms), 0) FROM hold_shares s
+# (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
+CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
+    WHERE account = ? AND ended >= ? AND ended < ?"""
+HELD_OPEN = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM hold_shares s
     JOIN holds h ON h.hold_key = s.hold_key WHERE h.account = ? AND h.state = 'open'"""
 
 HOLD_GET = """SELECT hold_key, account, workflow, user_name, run_id, amount_ms, state, created_at, closed_at
@@ -143,5 +205,5 @@ USAGE_COLUMNS = {"account": "account", "workflow": "workflow", "step": "step", "
 
 def usage_sql(by: str) -> str:
     col = USAGE_COLUMNS[by]
-    return f"""SELECT {col}, SUM(gpu_seconds), SUM(amount_ms), COUNT(*) FROM charges
+    return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*) FROM charges
         WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
