@@ -1,0 +1,93 @@
+--[[
+slurmgov job-completion hook (Slurm jobcomp/lua, tested on Slurm 22.05, Lua 5.1).
+
+Install next to slurm.conf with JobCompType=jobcomp/lua.  For every finished job that
+carries a slurmgov hold token (AdminComment "slurmgov:hold=<token>", set by
+job_submit.lua) or that was allocated GPUs, it appends one TAB-separated line to
+slurmgov_settle.log in the same directory as this script:
+
+  settle jobid token account gpus start end state
+
+    jobid    the job's own id (each array task has its own)
+    token    the hold token, or "-" if none
+    account  the job's account
+    gpus     GPUs allocated (gres/gpu=N from the allocated TRES; 0 if never started)
+    start    unix seconds the job started (0 if it never ran)
+    end      unix seconds the job ended
+    state    COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL,
+             DEADLINE, OUT_OF_MEMORY, or the number if unknown
+
+Fields are sanitised of TAB/CR/LF.  Readers must ignore extra trailing fields.
+No network, no sleeps, no process spawning; data never becomes a Lua pattern.
+--]]
+
+local function script_dir()
+	local info = debug and debug.getinfo and debug.getinfo(1, "S")
+	local src = info and info.source or ""
+	if string.sub(src, 1, 1) == "@" then
+		local dir = string.match(string.sub(src, 2), "^(.*)/[^/]*$")
+		if dir and dir ~= "" then return dir end
+	end
+	local conf = os.getenv("SLURM_CONF")
+	if conf then
+		local dir = string.match(conf, "^(.*)/[^/]*$")
+		if dir and dir ~= "" then return dir end
+	end
+	return "/etc/slurm"
+end
+
+local SETTLE_PATH = script_dir() .. "/slurmgov_settle.log"
+
+local STATES = {
+	[0] = "PENDING", [1] = "RUNNING", [2] = "SUSPENDED", [3] = "COMPLETED", [4] = "CANCELLED",
+	[5] = "FAILED", [6] = "TIMEOUT", [7] = "NODE_FAIL", [8] = "PREEMPTED", [9] = "BOOT_FAIL",
+	[10] = "DEADLINE", [11] = "OUT_OF_MEMORY",
+}
+
+local function field(s)
+	if s == nil then return "-" end
+	s = string.gsub(tostring(s), "[\t\r\n]", " ")
+	if s == "" then return "-" end
+	return s
+end
+
+local function num(v)
+	v = tonumber(v)
+	if not v or v >= 4294967294 then return "0" end
+	return string.format("%d", v)
+end
+
+local function state_name(v)
+	local n = tonumber(v)
+	if not n then return field(v) end
+	-- Low byte is the base state; higher bits are flags such as COMPLETING.
+	return STATES[n % 256] or string.format("%d", n)
+end
+
+function slurm_jobcomp_log_record(job)
+	local ac = job.admin_comment
+	local token = ac and string.match(ac, "slurmgov:hold=([^%s]+)")
+	local alloc = job.tres_fmt_alloc_str
+	local gpus = 0
+	if alloc then
+		for item in string.gmatch(alloc, "[^,]+") do
+			local n = string.match(item, "^gres/gpu=(%d+)$")
+			if n then gpus = tonumber(n) end
+		end
+	end
+	if not token and gpus == 0 then return slurm.SUCCESS end
+	local line = table.concat({
+		"settle", num(job.job_id), field(token), field(job.account), string.format("%d", gpus),
+		num(job.start_time), num(job.end_time), state_name(job.job_state),
+	}, "\t") .. "\n"
+	local f, err = io.open(SETTLE_PATH, "a")
+	if not f then
+		slurm.log_error("%s", "slurmgov: cannot append to " .. SETTLE_PATH .. ": " .. tostring(err))
+		return slurm.SUCCESS
+	end
+	f:write(line)
+	f:close()
+	return slurm.SUCCESS
+end
+
+return slurm.SUCCESS
