@@ -1,0 +1,110 @@
+"""Budgets governed end to end inside a real Slurm: hooks installed by `slurmgov hooks install`,
+jobs submitted with sbatch and gsbatch, settled from jobcomp by `slurmgov sync`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
+from slurmgov.governance import snapshot
+from slurmgov.governance import site as site_mod
+from slurmgov.governance.ledger import Ledger
+
+pytestmark = pytest.mark.slurm
+BIN = Path(sys.executable).parent
+
+
+def settled(c) -> list[str]:
+    return c.settle_path.read_text().splitlines() if c.settle_path.exists() else []
+
+
+def wait_for(pred, timeout: float = 15) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            pytest.fail("timed out waiting for jobcomp's settle lines")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def gov(slurm_cluster, root, slurmgov_home):
+    c = slurm_cluster
+    c.cancel_all()
+    # A fresh governor state and ledger: start the hooks' journals afresh as well (a rotation).
+    for p in (c.journal_path, c.settle_path, c.hook_conf_path):
+        if p.exists():
+            p.unlink()
+    site_path = root / "site_configs" / "demo-cluster.yaml"
+    env = {**c.env, "SLURMGOV_HOME": str(slurmgov_home), "SLURMGOV_SITE": str(site_path)}
+
+    def sg(*args, check=0):
+        p = subprocess.run([str(BIN / "slurmgov"), *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+        assert "Traceback" not in p.stderr
+        assert check is None or p.returncode == check, p.stderr + p.stdout
+        return p
+
+    def gsbatch(*args):
+        return subprocess.run([str(BIN / "gsbatch"), *map(str, args)], capture_output=True, text=True, env=env,
+                              cwd=c.work_dir, timeout=60)
+
+    site = site_mod.load(site_path)
+    ledger = Ledger.open(site.ledger_url())
+    ledger.set_budget("physics", 1.0, "quarterly", actor="test", reason="e2e")
+    yield c, sg, gsbatch, ledger
+    c.cancel_all()
+
+
+def test_admit_run_settle_and_refuse(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    snap = snapshot.read(c.snapshot_path)
+    assert snap.available_gpu_s["physics"] == pytest.approx(3600)
+    # gsbatch: the cost first, then sbatch's own output and exit status
+    p = gsbatch("-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--parsable", "--wrap", "sleep 2")
+    assert p.returncode == 0, p.stderr
+    assert "this job may use up to 0.33 GPU-h; account physics has 1.00 GPU-h left" in p.stderr
+    job = p.stdout.strip().split(";")[0]
+    assert c.wait_job(job, ("COMPLETED",), timeout=30) == "COMPLETED"
+    # an over-budget sbatch is refused by slurmctld itself with one line
+    over = c.sbatch(["-A", "physics", "--gres=gpu:h100:4", "-t", "60", "--wrap", "true"])
+    assert over.returncode == 1 and "account physics" in over.stderr and "GPU-h" in over.stderr
+    # settlement: the job's real GPU-seconds, from jobcomp, once
+    wait_for(lambda: len(settled(c)) >= 1)
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    assert rep["admitted"] == 1 and rep["settled"] == 1 and not rep["problems"]
+    b = ledger.balance("physics")
+    charge = ledger.charges()[0]
+    assert b.held_h == 0 and 2 * 2 <= charge["gpu_seconds"] <= 2 * 10
+    assert b.charged_h == pytest.approx(charge["gpu_seconds"] / 3600, abs=1e-6)
+    sg("sync", "--slurm-conf-dir", c.conf_dir)  # a second pass changes nothing
+    assert ledger.balance("physics") == b
+    assert snapshot.read(c.snapshot_path).available_gpu_s["physics"] == pytest.approx(b.available_h * 3600, abs=0.01)
+
+
+def test_burst_cannot_overspend_across_a_sync(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    cost = 2 * 10 * 60  # 2 GPUs x 10 min, weighted GPU-seconds
+    fits = int(3600 // cost)  # 3 jobs of 0.33 GPU-h in 1 GPU-h
+    ok = [c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 0
+          for _ in range(fits + 2)]
+    assert ok == [True] * fits + [False, False]
+    # the governor takes the admissions into the ledger; the hook keeps refusing after the new snapshot
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    assert rep["admitted"] == fits
+    assert ledger.balance("physics").held_h == pytest.approx(fits * cost / 3600)
+    assert snapshot.read(c.snapshot_path).journal_offset == c.journal_path.stat().st_size
+    assert c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 1
+    # jobs cancelled while pending release their holds and cost nothing
+    c.cancel_all()
+    wait_for(lambda: len(settled(c)) >= fits)
+    sg("sync", "--slurm-conf-dir", c.conf_dir)
+    b = ledger.balance("physics")
+    assert (b.held_h, b.charged_h, b.available_h) == (0, 0, pytest.approx(1.0))
+    assert c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 0
