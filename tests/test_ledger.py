@@ -605,3 +605,14 @@ def charged(charges) -> int:
 
 def held(holds) -> int:
     return sum(sh[1] for h in holds.values() if h["state"] == "open" for sh in h["shares"].values())
+
+
+def test_open_holds_by_prefix_treats_wildcards_literally(led):
+    led.admit("slurm:a_1", "chem", "wf", {"job": 1.0}, now=NOW)
+    led.admit("slurm:a%2", "chem", "wf", {"job": 1.0}, now=NOW)
+    led.admit("slurmXa_3", "chem", "wf", {"job": 1.0}, now=NOW)
+    led.admit("run:x", "chem", "wf", {"a": 1.0}, now=NOW)
+    led.close("slurm:a%2", "done")
+    assert [k for k, _ in led.open_holds("slurm:")] == ["slurm:a_1"]
+    assert [k for k, _ in led.open_holds("slurm:a_")] == ["slurm:a_1"]
+    assert len(led.open_holds()) == 3

@@ -76,13 +76,14 @@ def test_admit_run_settle_and_refuse(gov):
     assert over.returncode == 1 and "account physics" in over.stderr and "GPU-h" in over.stderr
     # settlement: the job's real GPU-seconds, from jobcomp, once
     wait_for(lambda: len(settled(c)) >= 1)
-    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    # journals only here: reconciliation with sacct has its own test below
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile", "--json").stdout)
     assert rep["admitted"] == 1 and rep["settled"] == 1 and not rep["problems"]
     b = ledger.balance("physics")
-    charge = ledger.charges()[0]
+    (charge,) = [c for c in ledger.charges() if c["account"] == "physics"]
     assert b.held_h == 0 and 2 * 2 <= charge["gpu_seconds"] <= 2 * 10
     assert b.charged_h == pytest.approx(charge["gpu_seconds"] / 3600, abs=1e-6)
-    sg("sync", "--slurm-conf-dir", c.conf_dir)  # a second pass changes nothing
+    sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile")  # a second pass changes nothing
     assert ledger.balance("physics") == b
     assert snapshot.read(c.snapshot_path).available_gpu_s["physics"] == pytest.approx(b.available_h * 3600, abs=0.01)
 
@@ -96,7 +97,7 @@ def test_burst_cannot_overspend_across_a_sync(gov):
           for _ in range(fits + 2)]
     assert ok == [True] * fits + [False, False]
     # the governor takes the admissions into the ledger; the hook keeps refusing after the new snapshot
-    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile", "--json").stdout)
     assert rep["admitted"] == fits
     assert ledger.balance("physics").held_h == pytest.approx(fits * cost / 3600)
     assert snapshot.read(c.snapshot_path).journal_offset == c.journal_path.stat().st_size
@@ -104,7 +105,32 @@ def test_burst_cannot_overspend_across_a_sync(gov):
     # jobs cancelled while pending release their holds and cost nothing
     c.cancel_all()
     wait_for(lambda: len(settled(c)) >= fits)
-    sg("sync", "--slurm-conf-dir", c.conf_dir)
+    sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile")
     b = ledger.balance("physics")
     assert (b.held_h, b.charged_h, b.available_h) == (0, 0, pytest.approx(1.0))
     assert c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 0
+
+
+def test_reconcile_settles_lost_lines_and_releases_orphans(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    run = c.sbatch(["-A", "physics", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap", "sleep 1"])
+    job = run.stdout.strip().split(";")[0]
+    assert c.wait_job(job, ("COMPLETED",), timeout=30) == "COMPLETED"
+    wait_for(lambda: any(f"\t{job}\t" in ln for ln in settled(c)))
+    c.settle_path.write_text("")  # the settle line is lost (jobcomp's file gone with a disk, say)
+    # admitted by the hook, then rejected by slurmctld (no such partition): no job, no settle line
+    bad = c.sbatch(["-A", "physics", "-p", "nosuch", "--gres=gpu:h100:1", "-t", "5", "--wrap", "true"])
+    assert bad.returncode != 0
+    # a pending job's hold must survive the orphan sweep
+    pending = c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap", "true"])
+    assert pending.returncode == 0
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)
+    mine = [d for d in rep["drift"] if job in d or "released" in d]
+    assert any(d.startswith(f"job {job}: no settle line; settled from sacct") for d in mine), rep["drift"]
+    assert sum("released" in d for d in mine) == 1  # the rejected job's hold, not the pending one
+    (charge,) = [ch for ch in ledger.charges() if ch["charge_key"] == f"slurm:job:{job}"]
+    assert 1 <= charge["gpu_seconds"] <= 10  # 1 GPU x its elapsed seconds, from sacct
+    assert ledger.balance("physics").held_h == pytest.approx(5 / 60)  # only the pending job's 1 GPU x 5 min
+    again = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)
+    assert not [d for d in again["drift"] if job in d or "released" in d]  # reconciled once

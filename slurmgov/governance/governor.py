@@ -31,6 +31,7 @@ class SyncReport:
     admitted: int = 0
     settled: int = 0
     problems: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
     snapshot_serial: int | None = None
 
 
@@ -66,7 +67,52 @@ def apply(ledger: Ledger, site: Site, event) -> None:
             ledger.close(key, CLOSE_STATE.get(event.state.split()[0], "failed"))
 
 
-def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path) -> SyncReport:
+def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: float | None = None,
+              grace_s: float = 600) -> list[str]:
+    """Make the ledger agree with Slurm's accounting (sacct is the authority); return the drift found.
+
+    - a finished job whose settle line never came (jobcomp down, line lost) is settled from sacct;
+    - a finished job the ledger charged differently is reported (charges are never rewritten);
+    - a job whose admit line was lost gets its hold back, from what sacct says it used;
+    - a hold whose job Slurm no longer knows (rejected after the hook admitted it) is released
+      once it is older than ``grace_s``.
+    """
+    now = time.time() if now is None else now
+    drift: list[str] = []
+    seen: set[str] = set()
+    for job in jobs:
+        if not job.token:
+            continue
+        seen.add(job.token)
+        if not job.final:
+            continue
+        key = hold_key(job.token)
+        try:
+            ledger.hold(key)
+        except SlurmgovError:
+            used_h = job.gpus * job.elapsed * site.weight(None) / 3600
+            ledger.admit(key, job.account, "sbatch", {"job": used_h}, run_id=f"{job.token};-;1",
+                         now=job.start or job.end or now, enforce=False)
+            drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
+        gpu_s = job.gpus * job.elapsed
+        had = {c["charge_key"]: c for c in ledger.charges(key)}.get(f"slurm:job:{job.job_id}")
+        if had is None:
+            apply(ledger, site, journal.Settle(job.job_id, job.token, job.account, job.gpus, None,
+                                               job.start, job.start + job.elapsed if job.start else job.end, job.state))
+            drift.append(f"job {job.job_id}: no settle line; settled from sacct ({gpu_s} GPU-s)")
+        elif abs(had["gpu_seconds"] - gpu_s) > 1:
+            drift.append(f"job {job.job_id}: ledger charged {had['gpu_seconds']:g} GPU-s, sacct says {gpu_s}")
+    for key, created in ledger.open_holds("slurm:"):
+        token = key[len("slurm:"):]
+        if token not in seen and token not in live_tokens and now - created > grace_s:
+            ledger.close(key, "cancelled")
+            drift.append(f"hold {token}: no such job in Slurm after {grace_s:g} s; released")
+    return drift
+
+
+def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path,
+              slurm=None, grace_s: float = 600) -> SyncReport:
+    """One pass. ``slurm`` (the ``slurm_cli`` module, or a stand-in) adds reconciliation with sacct."""
     conf_dir = Path(conf_dir)
     rep = SyncReport()
     for acct, a in site.accounts.items():
@@ -94,6 +140,8 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
         cursors.commit(path, cursor)
         if name == ADMITS:
             admit_offset = cursor.get("offset", 0)
+    if slurm is not None:
+        rep.drift = reconcile(ledger, site, slurm.sacct_jobs(), slurm.squeue_tokens(), grace_s=grace_s)
     # The hook subtracts every admit line from this offset on: those are not in the ledger yet.
     rep.snapshot_serial = write_snapshot(ledger, site, conf_dir / SNAPSHOT, admit_offset)
     return rep

@@ -448,6 +448,11 @@ class Ledger:
     def hold(self, hold_key: str) -> Hold:
         return self._read(lambda: self._hold(hold_key))
 
+    def open_holds(self, prefix: str = "") -> list[tuple[str, float]]:
+        """(hold_key, created_at) of every open hold whose key starts with ``prefix``."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return self._read(lambda: [tuple(r) for r in self._x(S.HOLDS_OPEN, (pattern,)).fetchall()])
+
     def admit(self, hold_key: str, account: str, workflow: str, shares: dict[str, float], user: str | None = None,
               run_id: str | None = None, now=None, enforce: bool = True) -> Hold:
         """Hold sum(shares) against ``account``, or raise BudgetRefused. Replaying ``hold_key`` returns

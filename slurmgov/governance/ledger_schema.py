@@ -184,6 +184,7 @@ HOLD_GET = """SELECT hold_key, account, workflow, user_name, run_id, amount_ms, 
     FROM holds WHERE hold_key = ?"""
 HOLD_INSERT = """INSERT INTO holds (hold_key, account, workflow, user_name, run_id, amount_ms, state, created_at)
     VALUES (?, ?, ?, ?, ?, ?, 'open', ?)"""
+HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\' ORDER BY hold_key"""
 HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND state = 'open'"
 SHARES_GET = "SELECT step, amount_ms, remaining_ms FROM hold_shares WHERE hold_key = ? ORDER BY step"
 SHARE_INSERT = "INSERT INTO hold_shares (hold_key, step, amount_ms, remaining_ms) VALUES (?, ?, ?, ?)"

@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slurmgov.governance import governor
+from slurmgov.governance import governor, slurm_cli
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec, planner
@@ -235,19 +235,27 @@ def _state_dir(site) -> str:
 @conf_dir_option
 @site_option
 @json_option
-def sync(conf_dir, site_path, as_json):
-    """One governor pass: ingest the hooks' journals, settle finished jobs, rewrite the snapshot.
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Check the ledger against sacct and squeue (needs slurmdbd).")
+@click.option("--grace", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
+              help="Release holds whose job Slurm has not known for this long.")
+def sync(conf_dir, site_path, as_json, reconcile, grace):
+    """One governor pass: ingest the hooks' journals, settle finished jobs, reconcile with
+    sacct, rewrite the snapshot.
 
     \b
     Example:
       slurmgov sync --slurm-conf-dir /etc/slurm --site site_configs/demo-cluster.yaml
     """
     site = _site(site_path)
-    rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site))
+    rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site),
+                             slurm=slurm_cli if reconcile else None, grace_s=grace)
     if as_json:
         _json(dataclasses.asdict(rep))
     else:
         out.print(f"admitted {rep.admitted}, settled {rep.settled}, snapshot serial {rep.snapshot_serial}")
+        for d in rep.drift:
+            out.print(f"drift: {d}")
     for problem in rep.problems:
         err.print(f"problem: {problem}")
 
@@ -266,9 +274,9 @@ def governor_loop(conf_dir, site_path, interval):
     site = _site(site_path)
     ledger = _ledger(site)
     while True:
-        rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site))
-        for problem in rep.problems:
-            err.print(f"problem: {problem}")
+        rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site), slurm=slurm_cli)
+        for line in [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]:
+            err.print(line)
         time.sleep(interval)
 
 
