@@ -134,3 +134,17 @@ def test_reconcile_settles_lost_lines_and_releases_orphans(gov):
     assert ledger.balance("physics").held_h == pytest.approx(5 / 60)  # only the pending job's 1 GPU x 5 min
     again = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)
     assert not [d for d in again["drift"] if job in d or "released" in d]  # reconciled once
+
+
+def test_gsbatch_tags_the_job_for_attribution(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    p = gsbatch("-A", "physics", "-H", "--gres=gpu:h100:1", "-t", "5", "--parsable",
+                "--gsbatch-tag", "deep-research/critic", "--wrap", "true")
+    assert p.returncode == 0, p.stderr
+    job = p.stdout.strip().split(";")[0]
+    shown = c.run("scontrol", "show", "job", "-o", job).stdout
+    assert "Comment=slurmgov:wf=deep-research,step=critic" in shown
+    assert "AdminComment=slurmgov:hold=" in shown  # the hook's token sits beside the tag
+    bad = gsbatch("-A", "physics", "--gsbatch-tag", "x;rm -rf/", "--wrap", "true")
+    assert bad.returncode == 2 and "not a workflow or step name" in bad.stderr

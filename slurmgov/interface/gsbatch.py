@@ -8,11 +8,14 @@ The budget itself is enforced inside slurmctld by plugins/job_submit.lua; this i
 gsbatch-only options (removed before sbatch sees the arguments):
   --gsbatch-site FILE   site description (default: $SLURMGOV_SITE or site_configs/local.yaml)
   --gsbatch-preview     show the cost and exit without submitting
+  --gsbatch-tag WF/STEP attribute the job to a workflow and step (default: $SLURMGOV_WORKFLOW
+                        and $SLURMGOV_STEP, set inside slurmgov steps); sent as --comment
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +28,8 @@ from slurmgov.governance.gpu_request import parse_sbatch_args, worst_case_gpu_se
 from slurmgov.governance.ledger import Ledger
 from slurmgov.interface.errors import guarded
 
-OWN = ("--gsbatch-site", "--gsbatch-preview")
+OWN = ("--gsbatch-site", "--gsbatch-preview", "--gsbatch-tag")
+TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _split_own(argv: list[str]) -> tuple[dict, list[str]]:
@@ -34,13 +38,14 @@ def _split_own(argv: list[str]) -> tuple[dict, list[str]]:
         a = argv[i]
         if a == "--gsbatch-preview":
             own["preview"] = True
-        elif a == "--gsbatch-site":
+        elif a in ("--gsbatch-site", "--gsbatch-tag"):
             if i + 1 >= len(argv):
-                raise InputError("gsbatch: --gsbatch-site needs a file")
-            own["site"] = argv[i + 1]
+                raise InputError(f"{a} needs a value")
+            own[a[10:]] = argv[i + 1]
             i += 1
-        elif a.startswith("--gsbatch-site="):
-            own["site"] = a.split("=", 1)[1]
+        elif a.startswith(("--gsbatch-site=", "--gsbatch-tag=")):
+            name, value = a.split("=", 1)
+            own[name[10:]] = value
         else:
             rest.append(a)
         i += 1
@@ -80,11 +85,27 @@ def run(argv: list[str]) -> int:
     click.echo(line, err=True)
     if own.get("preview"):
         return 0
+    sbatch_args = _tagged(sbatch_args, own.get("tag"))
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise InputError("sbatch is not on PATH (use --gsbatch-preview to see the cost only)")
     os.execv(sbatch, [sbatch, *sbatch_args])  # sbatch's own exit status becomes ours
     return 0  # not reached
+
+
+def _tagged(args: list[str], tag: str | None) -> list[str]:
+    """Add ``--comment=slurmgov:wf=W,step=S`` for attribution, unless the user set a comment."""
+    if tag:
+        wf, _, step = tag.partition("/")
+    else:
+        wf, step = os.environ.get("SLURMGOV_WORKFLOW", ""), os.environ.get("SLURMGOV_STEP", "")
+    if not wf or any(a == "--comment" or a.startswith("--comment=") for a in args):
+        return args
+    for name in (wf, step):
+        if name and not TAG_NAME.match(name):
+            raise InputError(f"--gsbatch-tag: {name!r} is not a workflow or step name")
+    comment = f"slurmgov:wf={wf}" + (f",step={step}" if step else "")
+    return [f"--comment={comment}", *args]
 
 
 @guarded("gsbatch")
