@@ -128,3 +128,18 @@ def test_install_hooks(env, root):
     assert (conf / "job_submit.lua").read_text() == (root / "plugins" / "job_submit.lua").read_text()
     for name in (governor.ADMITS, governor.SETTLES):
         assert (conf / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_requeued_job_charges_each_run_once_and_closes_at_the_end(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("rq", cost_h=2.0, gpus=2, minutes=60))
+    # jobcomp fires when the job is requeued (its state is PENDING again), then when it ends
+    append(conf / governor.SETTLES, settle(400, "rq", start=T0 + 100, end=T0 + 280, state="PENDING"))
+    sync()
+    assert ledger.hold("slurm:rq").state == "open"  # it will run again: keep holding
+    append(conf / governor.SETTLES, settle(400, "rq", start=T0 + 400, end=T0 + 580))
+    sync()
+    sync()
+    assert ledger.hold("slurm:rq").state == "done"
+    assert ledger.balance("physics").charged_h == pytest.approx(2 * (180 + 180) / 3600)
+    assert len(ledger.charges("slurm:rq")) == 2

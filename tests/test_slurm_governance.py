@@ -129,7 +129,7 @@ def test_reconcile_settles_lost_lines_and_releases_orphans(gov):
     mine = [d for d in rep["drift"] if job in d or "released" in d]
     assert any(d.startswith(f"job {job}: no settle line; settled from sacct") for d in mine), rep["drift"]
     assert sum("released" in d for d in mine) == 1  # the rejected job's hold, not the pending one
-    (charge,) = [ch for ch in ledger.charges() if ch["charge_key"] == f"slurm:job:{job}"]
+    (charge,) = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
     assert 1 <= charge["gpu_seconds"] <= 10  # 1 GPU x its elapsed seconds, from sacct
     assert ledger.balance("physics").held_h == pytest.approx(5 / 60)  # only the pending job's 1 GPU x 5 min
     again = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)

@@ -18,6 +18,7 @@ from slurmgov.errors import SlurmgovError
 from slurmgov.governance import journal, snapshot
 from slurmgov.governance.ledger import Ledger
 from slurmgov.governance.site import Site
+from slurmgov.governance.slurm_cli import FINAL
 
 SNAPSHOT = "slurmgov_snapshot.txt"
 ADMITS = "slurmgov_journal.log"
@@ -60,11 +61,18 @@ def apply(ledger: Ledger, site: Site, event) -> None:
         key = hold_key(event.token)
         _, gpu_type, tasks = ledger.hold(key).run_id.split(";")
         gpu_type = None if gpu_type == "-" else gpu_type.split("+")[0]
-        ledger.charge(f"slurm:job:{event.job_id}", key, "job", 1, gpu_seconds=event.gpu_seconds,
+        # One charge per run: a requeued job's first run is settled (state PENDING) when it is
+        # requeued, and its next run when that ends; the run's start time tells them apart.
+        ledger.charge(charge_key(event.job_id, event.start), key, "job", 1, gpu_seconds=event.gpu_seconds,
                       weight=site.weight(gpu_type), gpu_type=gpu_type, started=event.start or event.end,
                       ended=event.end or time.time(), status=event.state.lower(), workflow="sbatch")
-        if len(ledger.charges(key)) >= int(tasks):
+        finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if c["status"].upper() in FINAL}
+        if len(finished) >= int(tasks):  # an array's hold closes with its last task
             ledger.close(key, CLOSE_STATE.get(event.state.split()[0], "failed"))
+
+
+def charge_key(job_id: str, start: int) -> str:
+    return f"slurm:job:{job_id}@{start}"
 
 
 def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: float | None = None,
@@ -95,7 +103,7 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: floa
                          now=job.start or job.end or now, enforce=False)
             drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
         gpu_s = job.gpus * job.elapsed
-        had = {c["charge_key"]: c for c in ledger.charges(key)}.get(f"slurm:job:{job.job_id}")
+        had = {c["charge_key"]: c for c in ledger.charges(key)}.get(charge_key(job.job_id, job.start))
         if had is None:
             apply(ledger, site, journal.Settle(job.job_id, job.token, job.account, job.gpus, None,
                                                job.start, job.start + job.elapsed if job.start else job.end, job.state))
