@@ -126,14 +126,14 @@ def test_reconcile_settles_lost_lines_and_releases_orphans(gov):
     pending = c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap", "true"])
     assert pending.returncode == 0
     rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)
-    mine = [d for d in rep["drift"] if job in d or "released" in d]
+    mine = [d for d in rep["drift"] if d.startswith(f"job {job}:") or "released" in d]
     assert any(d.startswith(f"job {job}: no settle line; settled from sacct") for d in mine), rep["drift"]
     assert sum("released" in d for d in mine) == 1  # the rejected job's hold, not the pending one
     (charge,) = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
     assert 1 <= charge["gpu_seconds"] <= 10  # 1 GPU x its elapsed seconds, from sacct
     assert ledger.balance("physics").held_h == pytest.approx(5 / 60)  # only the pending job's 1 GPU x 5 min
     again = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0", "--json").stdout)
-    assert not [d for d in again["drift"] if job in d or "released" in d]  # reconciled once
+    assert not [d for d in again["drift"] if d.startswith(f"job {job}:") or "released" in d]  # reconciled once
 
 
 def test_gsbatch_tags_the_job_for_attribution(gov):
@@ -148,3 +148,66 @@ def test_gsbatch_tags_the_job_for_attribution(gov):
     assert "AdminComment=slurmgov:hold=" in shown  # the hook's token sits beside the tag
     bad = gsbatch("-A", "physics", "--gsbatch-tag", "x;rm -rf/", "--wrap", "true")
     assert bad.returncode == 2 and "not a workflow or step name" in bad.stderr
+
+
+def test_charge_equals_sacct_and_gsbatch_refuses_over_budget(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    over = gsbatch("-A", "physics", "--gres=gpu:h100:4", "-t", "60", "--wrap", "true")
+    assert over.returncode == 4
+    assert over.stderr.strip() == "gsbatch: account physics: 1.0 GPU-h left, job needs up to 4.0 GPU-h"
+    p = gsbatch("-A", "physics", "--gpus-per-node=h100:3", "-t", "5", "--parsable", "--wrap", "sleep 2")
+    job = p.stdout.strip().split(";")[0]
+    assert c.wait_job(job, ("COMPLETED",), timeout=30) == "COMPLETED"
+    wait_for(lambda: any(f"\t{job}\t" in ln for ln in settled(c)))
+    sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile")
+    sacct = json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]
+    gpus = sum(t["count"] for t in sacct["tres"]["allocated"] if t["type"] == "gres" and t["name"] == "gpu")
+    expected = gpus * sacct["time"]["elapsed"] * 1.0 / 3600  # h100 weight 1.0
+    assert gpus == 3 and ledger.balance("physics").charged_h == pytest.approx(expected, abs=1 / 3600)
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    assert not [d for d in rep["drift"] if d.startswith(f"job {job}:")]  # sacct and the ledger agree
+
+
+def test_two_hundred_submissions_never_exceed_the_budget(gov):
+    c, sg, gsbatch, ledger = gov
+    ledger.set_budget("physics", 5.0, "quarterly", actor="test", reason="burst")
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    cost_h = 1 * 7 / 60  # 1 GPU x 7 min
+
+    def submit(_):
+        return c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "7", "--wrap", "true"]).returncode == 0
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = sum(pool.map(submit, range(200)))
+    assert admitted == int(5.0 // cost_h)  # 42 fit; the other 158 were refused
+    sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile")
+    b = ledger.balance("physics")
+    assert b.held_h == pytest.approx(admitted * cost_h) and b.held_h <= 5.0
+
+
+def test_planned_leaf_switch_allocation_lands_under_one_leaf(gov, root):
+    from slurmgov.intent import jobspec, planner
+
+    c, sg, gsbatch, ledger = gov
+    ledger.set_budget("physics", 100.0, "quarterly", actor="test")
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    p = planner.plan(jobspec.load(root / "jobspecs" / "multinode-finetune.yaml"), site)
+    alloc = p.allocation(p.steps["finetune"].alloc)
+    opts = [o for o in alloc.slurm_options(p.workflow, p.account) if not o.startswith(("--mem", "--cpus-per-task"))]
+    # occupy gpu02 so that a careless placement would straddle the two leaves (gpu01 + gpu03)
+    blocker = c.sbatch(["-A", "physics", "-w", "gpu02", "--gres=gpu:h100:4", "-t", "5", "--parsable", "--wrap", "sleep 30"])
+    c.wait_job(blocker.stdout.strip().split(";")[0], ("RUNNING",), timeout=30)
+    job = c.sbatch([*opts, "--parsable", "--wrap", "sleep 1"])
+    assert job.returncode == 0, job.stderr
+    jid = job.stdout.strip().split(";")[0]
+    c.wait_job(jid, ("RUNNING", "COMPLETED"), timeout=30)
+    nodes = json.loads(c.run("sacct", "--json", "-j", jid).stdout)["jobs"][0]["nodes"]
+    import hostlist
+
+    placed = hostlist.expand_hostlist(nodes)
+    assert len(placed) == 2 and site.topology.locality(placed) == "leaf-switch", placed
+    assert sorted(placed) == ["gpu03", "gpu04"]
