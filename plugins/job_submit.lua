@@ -205,10 +205,10 @@ local function read_hook_conf()
 	return conf
 end
 
--- Returns snapshot table, or nil and a reason.
-local function read_snapshot(path)
-	local data, err = read_file(path)
-	if not data then return nil, "cannot read " .. path .. ": " .. tostring(err) end
+-- Returns snapshot table, or nil and a reason. The parsed table is kept while the file's bytes
+-- are unchanged: Lua interns strings, so the comparison is cheap, and a 1,000-account snapshot
+-- is parsed once per rewrite instead of once per submission.
+local function parse_snapshot(data)
 	local lines = lines_of(data)
 	if lines[1] ~= "slurmgov-snapshot\t1" then
 		return nil, "not a version 1 slurmgov snapshot"
@@ -263,6 +263,16 @@ local function read_snapshot(path)
 	end
 	if snap.sockets_per_node < 1 then snap.sockets_per_node = 1 end
 	return snap
+end
+
+local function read_snapshot(path)
+	local data, err = read_file(path)
+	if not data then return nil, "cannot read " .. path .. ": " .. tostring(err) end
+	local c = slurmgov_state.snapshot
+	if c and c.path == path and c.data == data then return c.snap, c.err end
+	local snap, perr = parse_snapshot(data)
+	slurmgov_state.snapshot = { path = path, data = data, snap = snap, err = perr }
+	return snap, perr
 end
 
 -- Sum of admitted costs per account that the snapshot does not yet include.

@@ -205,7 +205,8 @@ def test_planned_leaf_switch_allocation_lands_under_one_leaf(gov, root):
     assert job.returncode == 0, job.stderr
     jid = job.stdout.strip().split(";")[0]
     c.wait_job(jid, ("RUNNING", "COMPLETED"), timeout=30)
-    nodes = json.loads(c.run("sacct", "--json", "-j", jid).stdout)["jobs"][0]["nodes"]
+    shown = c.run("scontrol", "show", "job", "-o", jid).stdout
+    nodes = next(f.split("=", 1)[1] for f in shown.split() if f.startswith("NodeList="))
     import hostlist
 
     placed = hostlist.expand_hostlist(nodes)
