@@ -212,3 +212,25 @@ def test_planned_leaf_switch_allocation_lands_under_one_leaf(gov, root):
     placed = hostlist.expand_hostlist(nodes)
     assert len(placed) == 2 and site.topology.locality(placed) == "leaf-switch", placed
     assert sorted(placed) == ["gpu03", "gpu04"]
+
+
+def test_requeued_job_is_charged_once_per_run(gov):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    p = c.sbatch(["-A", "physics", "--requeue", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap", "sleep 2"])
+    job = p.stdout.strip().split(";")[0]
+    c.wait_job(job, ("RUNNING",), timeout=30)
+    time.sleep(1)
+    c.run("scontrol", "requeue", job, check=True)
+    wait_for(lambda: c.job_state(job) == "PENDING")
+    c.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=True)  # skip Slurm's requeue delay
+    assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED"
+    wait_for(lambda: sum(f"\t{job}\t" in ln for ln in settled(c)) >= 2)
+    rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
+    assert not [d for d in rep["drift"] if d.startswith(f"job {job}:")]
+    runs = json.loads(c.run("sacct", "--json", "-D", "-j", job).stdout)["jobs"]
+    charges = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
+    assert len(charges) == len(runs) == 2  # each run once: jobcomp and sacct agree on which
+    assert sum(ch["gpu_seconds"] for ch in charges) == sum(r["time"]["elapsed"] for r in runs)
+    token = charges[0]["hold_key"]
+    assert ledger.hold(token).state == "done" and ledger.balance("physics").held_h == 0
