@@ -143,3 +143,35 @@ def test_requeued_job_charges_each_run_once_and_closes_at_the_end(env):
     assert ledger.hold("slurm:rq").state == "done"
     assert ledger.balance("physics").charged_h == pytest.approx(2 * (180 + 180) / 3600)
     assert len(ledger.charges("slurm:rq")) == 2
+
+
+def test_governor_service_picks_up_new_lines_and_stops_cleanly(env, root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site, conf, state, ledger, sync = env
+    exe = Path(sys.executable).parent / "slurmgov"
+    envv = {**os.environ, "SLURMGOV_LEDGER": f"sqlite:///{tmp_path}/ledger.sqlite", "SLURMGOV_HOME": str(state)}
+    proc = subprocess.Popen([str(exe), "governor", "--slurm-conf-dir", str(conf), "--site",
+                             str(root / "site_configs" / "demo-cluster.yaml"), "--interval", "0.2", "--no-reconcile"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envv)
+    try:
+        append(conf / governor.ADMITS, admit("svc", cost_h=3.0))
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if snapshot.read(conf / governor.SNAPSHOT).available_gpu_s["physics"] == pytest.approx(7 * 3600):
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("the governor never wrote the new snapshot")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert ledger.balance("physics").held_h == pytest.approx(3.0)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from slurmgov.governance import governor, slurm_cli
 from slurmgov.governance import site as site_mod
+from slurmgov.errors import SlurmgovError
 from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec, planner
 from slurmgov.intent.launch import ensure_budget, launch
@@ -264,8 +265,13 @@ def sync(conf_dir, site_path, as_json, reconcile, grace):
 @conf_dir_option
 @site_option
 @click.option("--interval", type=click.FloatRange(min=0.1), default=10, show_default=True, metavar="SECONDS")
-def governor_loop(conf_dir, site_path, interval):
-    """Run the governor: a sync pass every --interval seconds until stopped.
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Check the ledger against sacct and squeue on each pass (needs slurmdbd).")
+def governor_loop(conf_dir, site_path, interval, reconcile):
+    """Run the governor: a sync pass every --interval seconds until stopped (Ctrl-C / SIGINT).
+
+    A pass that fails (ledger or slurmdbd briefly away) is reported and retried next time;
+    nothing is lost, since every journal line is applied under its own key.
 
     \b
     Example:
@@ -274,8 +280,12 @@ def governor_loop(conf_dir, site_path, interval):
     site = _site(site_path)
     ledger = _ledger(site)
     while True:
-        rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site), slurm=slurm_cli)
-        for line in [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]:
+        try:
+            rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site), slurm=slurm_cli if reconcile else None)
+            lines = [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]
+        except SlurmgovError as exc:
+            lines = [f"pass failed, retrying in {interval:g} s: {exc}"]
+        for line in lines:
             err.print(line)
         time.sleep(interval)
 
