@@ -16,9 +16,11 @@ import time
 
 import click
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from slurmgov.governance import governor, slurm_cli
+from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import site as site_mod
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance.ledger import Ledger
@@ -288,6 +290,43 @@ def governor_loop(conf_dir, site_path, interval, reconcile):
         for line in lines:
             err.print(line)
         time.sleep(interval)
+
+
+@cli.group()
+def limits():
+    """Slurm's own limits, kept in step with the ledger."""
+
+
+@limits.command("sync")
+@site_option
+@json_option
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+def limits_sync(site_path, as_json, dry_run):
+    """Push each account's remaining budget into slurmdbd as GrpTRESMins=gres/gpu=N.
+
+    Then Slurm's scheduler enforces the budget even without the submit hook: a GPU job
+    that would cross it pends with reason AssocGrpGRESMinutes. N = Slurm's recorded usage
+    + what the ledger has left, in GPU-minutes at the site's dearest GPU weight. Needs
+    PriorityDecayHalfLife=0 and PriorityUsageResetPeriod=NONE for exact caps.
+
+    \b
+    Example:
+      slurmgov limits sync --site /etc/slurmgov/site.yaml --dry-run
+    """
+    site = _site(site_path)
+    ledger = _ledger(site)
+    for name in site.accounts:
+        ensure_budget(ledger, site, name)
+    changes = limits_mod.sync_limits(ledger, dry_run=dry_run, weight=site.weight(None))
+    if as_json:
+        _json([c.as_dict() for c in changes])
+        return
+    t = Table(title="GrpTRESMins=gres/gpu" + (" (dry run)" if dry_run else ""))
+    for col in ("account", "Slurm usage min", "left min", "old cap", "new cap", "status"):
+        t.add_column(col)
+    for c in changes:
+        t.add_row(c.account, str(c.usage_min), str(c.remaining_min), str(c.old), str(c.new), c.status)
+    out.print(t)
 
 
 @cli.group()
