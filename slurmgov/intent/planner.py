@@ -139,7 +139,6 @@ class Plan:
 
 
 def plan(wf: Workflow, site: Site) -> Plan:
-    topo = site.topology
     partition = site.partition(wf.partition)
     steps: dict[str, PlannedStep] = {}
     notes: list[str] = []

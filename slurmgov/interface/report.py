@@ -57,6 +57,14 @@ def run_tables(rep, balance, console: Console) -> None:
         a.add_row(aid, str(al.spec.gpus), f"{held:.2f}", f"{al.busy_gpu_s:.2f}", f"{al.idle_gpu_s:.2f}",
                   f"{100 * al.busy_gpu_s / held:.0f}%" if held else "-")
     console.print(a)
+    for sid, rec in r.steps.items():
+        out = rec.output
+        if isinstance(out, dict) and "blocks_saved" in out:  # a step that reports its KV cache
+            console.print(
+                f"context: {sid} kept {out['blocks_used']} KV blocks instead of {out['blocks_without_sharing']}: "
+                f"{out['blocks_saved']} blocks ({out.get('bytes_saved', 0):,} bytes) saved by sharing; "
+                f"{out.get('kv_block_seconds', 0):.3f} KV block-seconds ({out.get('path', '?')})"
+            )
     console.print(
         f"held up to {rep.plan.cost_h:.2f} GPU-h; charged {rep.charged_h:.5f} GPU-h; released the rest. "
         f"account {balance.account}: {balance.available_h:.4f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
