@@ -10,18 +10,11 @@ _TIME = re.compile(
 )
 
 
-def parse_time_seconds(value) -> int:
-    """Slurm time limit (``30``, ``30:00``, ``1:00:00``, ``2-12``, ``1-00:30:00``) or int minutes -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a time limit: {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("time limit must be positive")
-        return value * 60
-    text = str(value).strip()
-    m = _TIME.match(text)
+def slurm_seconds(text: str) -> int | None:
+    """Seconds of a Slurm time string (all of sbatch's forms), or None if it is not one."""
+    m = _TIME.match(text.strip())
     if not m:
-        raise ValueError(f"not a Slurm time limit: {text!r} (use MM, HH:MM:SS or D-HH:MM:SS)")
+        return None
     if m["d"] is not None:
         secs = int(m["d"]) * 86400 + int(m["dh"]) * 3600 + int(m["dm"] or 0) * 60 + int(m["ds"] or 0)
     elif m["c"] is not None:
@@ -30,6 +23,20 @@ def parse_time_seconds(value) -> int:
         secs = int(m["a"]) * 60 + int(m["b"])
     else:
         secs = int(m["a"]) * 60
+    return secs
+
+
+def parse_time_seconds(value) -> int:
+    """Slurm time limit (``30``, ``30:00``, ``1:00:00``, ``2-12``, ``1-00:30:00``) or int minutes -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a time limit: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("time limit must be positive")
+        return value * 60
+    secs = slurm_seconds(str(value))
+    if secs is None:
+        raise ValueError(f"not a Slurm time limit: {str(value).strip()!r} (use MM, HH:MM:SS or D-HH:MM:SS)")
     if secs <= 0:
         raise ValueError("time limit must be positive")
     return secs

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slurmgov.errors import InputError
+from slurmgov.units import slurm_seconds
 
 # sbatch long options that take a value (``--opt val`` as well as ``--opt=val``).  Options
 # with an optional value (``--exclusive[=user]``) only take one after ``=`` and are absent here.
@@ -52,10 +53,6 @@ _SHORT_FLAGS = set("hHkOQsuvVW")
 _COUNT = re.compile(r"^(\d+)([kKmMgG]?)$")
 _TYPE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SUFFIX = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-_TIME = re.compile(
-    r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"  # D-HH[:MM[:SS]]
-    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"  # MM | MM:SS | HH:MM:SS
-)
 _UNLIMITED = {"unlimited", "infinite", "-1"}
 _ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 _MAX_ARRAY_WORK = 5_000_000
@@ -127,17 +124,9 @@ def parse_time_min(text: str, opt: str = "--time") -> int | None:
     t = text.strip()
     if t.lower() in _UNLIMITED:
         return None
-    m = _TIME.match(t)
-    if not m:
+    secs = slurm_seconds(t)
+    if secs is None:
         raise InputError(f"{opt}: {text!r} is not a Slurm time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS)")
-    if m["d"] is not None:
-        secs = int(m["d"]) * 86400 + int(m["dh"]) * 3600 + int(m["dm"] or 0) * 60 + int(m["ds"] or 0)
-    elif m["c"] is not None:
-        secs = int(m["a"]) * 3600 + int(m["b"]) * 60 + int(m["c"])
-    elif m["b"] is not None:
-        secs = int(m["a"]) * 60 + int(m["b"])
-    else:
-        secs = int(m["a"]) * 60
     if secs == 0:
         return None  # Slurm: a time limit of 0 means no limit
     return -(-secs // 60)

@@ -42,14 +42,13 @@ the sync after each settlement (``slurmgov sync``) and at the start of each peri
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from slurmgov.errors import InputError, SlurmgovError
+from slurmgov.governance import slurm_cli
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRES = "gres/gpu"
@@ -129,17 +128,7 @@ def plan_limits(balances: Iterable, usage_minutes: Mapping[str, int],
 # ---- Slurm side ---------------------------------------------------------------------------
 
 def _run(cmd: list[str], env=None, ok_codes=(0,)) -> str:
-    what = " ".join([os.path.basename(cmd[0]), *cmd[1:3]])
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=_TIMEOUT_S)
-    except FileNotFoundError:
-        raise SlurmgovError(f"{cmd[0]}: not found; is this a Slurm login node?") from None
-    except subprocess.TimeoutExpired:
-        raise SlurmgovError(f"{what}: no answer in {_TIMEOUT_S} s") from None
-    if p.returncode not in ok_codes:
-        last = ((p.stderr.strip() or p.stdout.strip()).splitlines() or ["(no message)"])[-1].strip()
-        raise SlurmgovError(f"{what} failed (rc {p.returncode}): {last}")
-    return p.stdout
+    return slurm_cli.run(cmd, env=env, timeout=_TIMEOUT_S, ok_codes=ok_codes)
 
 
 def _tres_value(tres: str, name: str = TRES) -> int | None:

@@ -7,6 +7,7 @@ Commands run with an argument list (never a shell) and a bounded time.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -34,16 +35,18 @@ class Job:
         return self.state.split()[0] in FINAL
 
 
-def _run(cmd: list[str], env=None, timeout: float = 60) -> str:
+def run(cmd: list[str], env=None, timeout: float = 60, ok_codes=(0,)) -> str:
+    """Run one Slurm command (argument list, no shell); a failure is one SlurmgovError line."""
+    what = " ".join([os.path.basename(cmd[0]), *cmd[1:3]])
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except FileNotFoundError:
         raise SlurmgovError(f"{cmd[0]}: not found; is this a Slurm login node?") from None
     except subprocess.TimeoutExpired:
-        raise SlurmgovError(f"{' '.join(cmd[:2])}: no answer in {timeout:g} s") from None
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise SlurmgovError(f"{' '.join(cmd[:2])} failed: {last}")
+        raise SlurmgovError(f"{what}: no answer in {timeout:g} s") from None
+    if p.returncode not in ok_codes:
+        last = ((p.stderr.strip() or p.stdout.strip()).splitlines() or ["(no message)"])[-1].strip()
+        raise SlurmgovError(f"{what} failed (rc {p.returncode}): {last}")
     return p.stdout
 
 
@@ -59,7 +62,7 @@ def _gpus(tres: list) -> int:
 
 def sacct_jobs(since: str = "now-2days", env=None) -> list[Job]:
     """Jobs of every user that ended or ran since ``since`` (sacct's -S syntax)."""
-    data = json.loads(_run(["sacct", "--json", "-a", "-S", since, "-E", "now"], env=env))
+    data = json.loads(run(["sacct", "--json", "-a", "-S", since, "-E", "now"], env=env))
     out = []
     for j in data.get("jobs", []):
         t = j.get("time", {})
@@ -72,7 +75,7 @@ def sacct_jobs(since: str = "now-2days", env=None) -> list[Job]:
 
 def squeue_tokens(env=None) -> set[str]:
     """Hold tokens of the jobs Slurm still has pending or running."""
-    data = json.loads(_run(["squeue", "--json", "-a"], env=env))
+    data = json.loads(run(["squeue", "--json", "-a"], env=env))
     tokens = set()
     for j in data.get("jobs", []):
         tok = _token({"administrator": j.get("admin_comment") or ""}) or _token(j.get("comment"))
