@@ -38,8 +38,16 @@ class Located:
         return f"{self.path}:{line}" if line else self.path
 
 
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> None:
+MAX_DEPTH = 64  # no jobspec or site file nests deeper; deeper input is refused, not recursed into
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str, above: frozenset = frozenset()) -> None:
     lines.setdefault(loc, node.start_mark.line + 1)
+    if id(node) in above:  # an alias pointing at one of its own parents
+        raise InputError(f"{path}:{node.start_mark.line + 1}: recursive YAML alias")
+    if len(loc) > MAX_DEPTH:
+        raise InputError(f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+    above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set = set()
         for key_node, value_node in node.value:
@@ -48,11 +56,11 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: str) -> None:
                 raise InputError(f"{path}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
             seen.add(key)
             lines[loc + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, loc + (key,), lines, path)
+            _walk(value_node, loc + (key,), lines, path, above)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[loc + (i,)] = item.start_mark.line + 1
-            _walk(item, loc + (i,), lines, path)
+            _walk(item, loc + (i,), lines, path, above)
 
 
 def load_text(text: str, path: str = "<string>") -> Located:
