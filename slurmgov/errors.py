@@ -32,3 +32,9 @@ class LedgerError(SlurmgovError):
     """The ledger cannot be opened or is inconsistent."""
 
     exit_code = 5
+
+
+class PermissionDenied(SlurmgovError):
+    """The caller may not do this (e.g. change budgets without being an admin)."""
+
+    exit_code = 6

@@ -92,3 +92,15 @@ def test_help_has_examples():
     for cmd in (["--help"], ["plan", "--help"], ["run", "--help"], ["budget", "set", "--help"], ["usage", "--help"]):
         p = sg(*cmd, check=0)
         assert "Example" in p.stdout
+
+
+def test_grant_and_audit(root):
+    sg("budget", "set", "bio-ml", "100", "--reason", "initial", check=0)
+    sg("budget", "grant", "bio-ml", "25.5", "--reason", "deadline", check=0)
+    bal = {b["account"]: b for b in json.loads(sg("budget", "show", "--json", check=0).stdout)}
+    assert bal["bio-ml"]["budget_h"] == pytest.approx(125.5)
+    rows = [r for r in json.loads(sg("audit", "--json", check=0).stdout) if r["account"] == "bio-ml"]
+    assert [(r["action"], r["new_budget_h"], r["reason"]) for r in rows][-2:] == [("set", 100.0, "initial"),
+                                                                                   ("grant", 125.5, "deadline")]
+    assert rows[-1]["old_budget_h"] == 100.0 and rows[-1]["actor"]
+    assert "deadline" in sg("audit", env={"COLUMNS": "250"}, check=0).stdout

@@ -403,6 +403,19 @@ class Ledger:
         ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
         self._write(lambda: self._put_budget(account, ms, kind, actor, reason or "", "set", True))
 
+    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
+        """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""
+        if not actor:
+            raise InputError(f"grant to {account}: say who is granting (actor)")
+        add = _ms(gpu_hours, f"grant to {account}")
+
+        def tx():
+            self._lock_account(account)
+            _, budget, kind = self._account(account)[:3]
+            self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True)
+
+        self._write(tx)
+
     def audit(self) -> list[dict]:
         cols = ("seq", "at", "actor", "account", "action", "old_budget_h", "new_budget_h",
                 "old_period", "new_period", "reason")

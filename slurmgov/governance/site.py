@@ -111,6 +111,13 @@ class Account(Strict):
     period: Literal["monthly", "quarterly", "none"] = "monthly"
 
 
+class Admins(Strict):
+    """Who may change budgets besides root: users and Unix groups (e.g. SlurmUser, hpc-admins)."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
 class Site(Strict):
     site: str = Field(pattern=NAME)
     description: str = ""
@@ -125,6 +132,7 @@ class Site(Strict):
     fail_policy: Literal["closed", "open"] = "closed"
     snapshot_max_age_s: int = Field(300, ge=1, le=86400 * 30)
     default_weight: float = Field(1.0, gt=0)
+    admins: Admins = Admins()
 
     @field_validator("accounts")
     @classmethod

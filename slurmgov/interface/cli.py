@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from slurmgov.governance import governor, slurm_cli
+from slurmgov.governance import authz, governor, slurm_cli
 from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import site as site_mod
 from slurmgov.errors import SlurmgovError
@@ -178,10 +178,58 @@ def budget_set(account, gpu_hours, period, reason, site_path):
     site = _site(site_path)
     if not re.match(jobspec.NAME, account):
         raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    authz.require_admin(site, "changing a budget")
     ledger = _ledger(site)
     ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason)
     b = ledger.balance(account)
     out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+
+
+@budget.command("grant")
+@click.argument("account")
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+def budget_grant(account, gpu_hours, reason, site_path):
+    """Add GPU_HOURS to ACCOUNT's budget for the current period (admins only).
+
+    \b
+    Example:
+      slurmgov budget grant chem-ai 100 --reason "deadline extension"
+    """
+    site = _site(site_path)
+    if not re.match(jobspec.NAME, account):
+        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    authz.require_admin(site, "granting GPU-hours")
+    ledger = _ledger(site)
+    ensure_budget(ledger, site, account)
+    ledger.grant(account, gpu_hours, actor=getpass.getuser(), reason=reason)
+    b = ledger.balance(account)
+    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+
+
+@cli.command()
+@site_option
+@json_option
+def audit(site_path, as_json):
+    """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
+
+    \b
+    Example:
+      slurmgov audit --json
+    """
+    rows = _ledger(_site(site_path)).audit()
+    if as_json:
+        _json(rows)
+        return
+    t = Table(title="audit log")
+    for col in ("#", "when (UTC)", "who", "account", "action", "old GPU-h", "new GPU-h", "period", "why"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:g}"
+        t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["account"], r["action"], old,
+                  f"{r['new_budget_h']:g}", r["new_period"], r["reason"] or "")
+    out.print(t)
 
 
 @budget.command("show")
