@@ -175,3 +175,43 @@ def test_governor_service_picks_up_new_lines_and_stops_cleanly(env, root, tmp_pa
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "Traceback" not in err
     assert ledger.balance("physics").held_h == pytest.approx(3.0)
+
+
+def test_forecast_and_alerts(env):
+    from slurmgov.governance.forecast import forecasts
+
+    site, conf, state, ledger, sync = env
+    now = time.time()
+    # 7 GPU-h charged in the last week (an hour ago, so it stays in this period): 1 GPU-h a day
+    append(conf / governor.ADMITS, admit("f1", cost_h=7.0, gpus=7, minutes=60, ts=now - 4300))
+    append(conf / governor.SETTLES, settle(900, "f1", gpus=7, start=int(now - 4200), end=int(now - 600)))
+    sync()
+    (f,) = [f for f in forecasts(ledger, now) if f.account == "physics"]
+    assert f.burn_h_per_day == pytest.approx(1.0) and f.used_pct == pytest.approx(70.0) and f.alert is None
+    import datetime as dt
+
+    assert f.runs_out == (dt.datetime.fromtimestamp(now, dt.timezone.utc) + dt.timedelta(days=3)).date().isoformat()
+    assert f.sentence().startswith(f"physics runs out on {f.runs_out}")
+    append(conf / governor.ADMITS, admit("f2", cost_h=1.6, ts=now - 60))
+    sync()
+    (f,) = [f for f in forecasts(ledger, now) if f.account == "physics"]
+    assert f.used_pct == pytest.approx(86.0) and f.alert == "80%"
+
+
+def test_governor_metrics_and_alerts(env):
+    import urllib.request
+
+    from slurmgov.governance.metrics import GovernorMetrics
+
+    site, conf, state, ledger, sync = env
+    m = GovernorMetrics(port=0)
+    append(conf / governor.ADMITS, admit("m1", cost_h=9.0))
+    rep = sync()
+    alerts = m.update(ledger, rep, time.time() - 5)
+    assert alerts and alerts[0].startswith("alert: account physics has used 90% of its budget (80%)")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=10).read().decode()
+    assert 'slurmgov_held_gpu_hours{account="physics"} 9.0' in body
+    assert 'slurmgov_available_gpu_hours{account="physics"} 1.0' in body
+    assert "slurmgov_hook_admissions_total 1.0" in body
+    age = float(next(ln.split()[1] for ln in body.splitlines() if ln.startswith("slurmgov_snapshot_age_seconds ")))
+    assert 4 <= age < 60

@@ -23,7 +23,9 @@ from slurmgov.governance import authz, governor, slurm_cli
 from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import site as site_mod
 from slurmgov.errors import SlurmgovError
+from slurmgov.governance.forecast import forecasts
 from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.metrics import GovernorMetrics
 from slurmgov.intent import jobspec, planner
 from slurmgov.intent.launch import ensure_budget, launch
 from slurmgov.interface import dashboard, report
@@ -248,10 +250,13 @@ def budget_show(account, site_path, as_json):
     for name in site.accounts:
         ensure_budget(ledger, site, name)
     balances = [ledger.balance(account)] if account else ledger.balances()
+    now = time.time()
+    fc = {f.account: f for f in forecasts(ledger, now)}
     if as_json:
-        _json([dataclasses.asdict(b) for b in balances])
+        _json([{**dataclasses.asdict(b), **{k: v for k, v in dataclasses.asdict(fc[b.account]).items() if k != "account"}}
+               for b in balances])
     else:
-        report.balance_table(balances, out)
+        report.balance_table(balances, out, fc)
 
 
 @cli.command()
@@ -317,7 +322,9 @@ def sync(conf_dir, site_path, as_json, reconcile, grace):
 @click.option("--interval", type=click.FloatRange(min=0.1), default=10, show_default=True, metavar="SECONDS")
 @click.option("--reconcile/--no-reconcile", default=True, show_default=True,
               help="Check the ledger against sacct and squeue on each pass (needs slurmdbd).")
-def governor_loop(conf_dir, site_path, interval, reconcile):
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT (0: any free port, printed).")
+def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port):
     """Run the governor: a sync pass every --interval seconds until stopped (Ctrl-C / SIGINT).
 
     A pass that fails (ledger or slurmdbd briefly away) is reported and retried next time;
@@ -329,10 +336,19 @@ def governor_loop(conf_dir, site_path, interval, reconcile):
     """
     site = _site(site_path)
     ledger = _ledger(site)
+    metrics = GovernorMetrics(metrics_port)
+    if metrics.port is not None:
+        err.print(f"metrics: http://127.0.0.1:{metrics.port}/metrics")
+    alerted: dict[str, str] = {}
     while True:
         try:
             rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site), slurm=slurm_cli if reconcile else None)
             lines = [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]
+            for alert in metrics.update(ledger, rep, time.time()):
+                account = alert.split()[2]
+                if alerted.get(account) != alert.split("(")[1]:  # say each threshold once, not every pass
+                    alerted[account] = alert.split("(")[1]
+                    lines.append(alert)
         except SlurmgovError as exc:
             lines = [f"pass failed, retrying in {interval:g} s: {exc}"]
         for line in lines:

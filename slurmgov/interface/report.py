@@ -71,14 +71,20 @@ def run_tables(rep, balance, console: Console) -> None:
     )
 
 
-def balance_table(balances, console: Console) -> None:
+def balance_table(balances, console: Console, forecasts: dict | None = None) -> None:
     t = Table(title="budgets")
-    for col in ("account", "period", "budget GPU-h", "charged", "held", "available", "used %"):
+    for col in ("account", "period", "budget GPU-h", "charged", "held", "available", "used %", "burn/day", "runs out"):
         t.add_column(col, justify="right" if col != "account" else "left")
     for b in balances:
+        f = (forecasts or {}).get(b.account)
         used = 100 * (b.charged_h + b.held_h) / b.budget_h if b.budget_h else 0
-        t.add_row(b.account, b.period, _h(b.budget_h), _h(b.charged_h), _h(b.held_h), _h(b.available_h), f"{used:.1f}%")
+        style = "red" if f and f.alert else None
+        t.add_row(b.account, b.period, _h(b.budget_h), _h(b.charged_h), _h(b.held_h), _h(b.available_h),
+                  f"{used:.1f}%", _h(f.burn_h_per_day) if f else "-", (f.runs_out or "-") if f else "-", style=style)
     console.print(t)
+    for f in (forecasts or {}).values():
+        if f.runs_out and any(b.account == f.account for b in balances):
+            console.print(f.sentence())
 
 
 def usage_table(rows, by: str, console: Console) -> None:
