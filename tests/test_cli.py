@@ -104,3 +104,18 @@ def test_grant_and_audit(root):
                                                                                    ("grant", 125.5, "deadline")]
     assert rows[-1]["old_budget_h"] == 100.0 and rows[-1]["actor"]
     assert "deadline" in sg("audit", env={"COLUMNS": "250"}, check=0).stdout
+
+
+def test_usage_formats(root, tmp_path):
+    import pandas as pd
+
+    sg("run", root / "jobspecs/tensor-parallel-eval.yaml", check=0)
+    csv = sg("usage", "--by", "step", "--format", "csv", check=0).stdout
+    assert csv.splitlines()[0] == "step,charges,gpu_seconds,charged_h" and "generate-tp4" in csv
+    out = tmp_path / "u.parquet"
+    sg("usage", "--by", "step", "--format", "parquet", "-o", out, check=0)
+    frame = pd.read_parquet(out)
+    assert set(frame["step"]) >= {"generate-tp4", "judge-a"} and frame["gpu_seconds"].sum() > 0
+    assert sg("usage", "--format", "parquet", check=None).returncode == 2  # binary needs a file
+    future = json.loads(sg("usage", "--since", "2100-01-01", "--json", check=0).stdout)
+    assert future == []

@@ -13,6 +13,8 @@ import os
 import re
 import sys
 import time
+from datetime import timezone
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -262,20 +264,52 @@ def budget_show(account, site_path, as_json):
 @cli.command()
 @click.option("--by", type=click.Choice(["account", "workflow", "step", "user", "gpu_type"]), default="account",
               show_default=True)
+@click.option("--since", type=click.DateTime(), default=None, help="Charges that ended at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Charges that ended before (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file (parquet needs one).")
 @site_option
 @json_option
-def usage(by, site_path, as_json):
+def usage(by, since, until, fmt, output, site_path, as_json):
     """Charged GPU time, grouped by account, workflow, step, user or GPU type.
 
     \b
-    Example:
+    Examples:
       slurmgov usage --by workflow --json
+      slurmgov usage --by user --since 2026-11-01 --format csv -o november.csv
+      slurmgov usage --by gpu_type --format parquet -o usage.parquet
     """
-    rows = _ledger(_site(site_path)).usage(by=by)
-    if as_json:
-        _json(rows)
-    else:
+    import pandas as pd
+
+    def utc(d):
+        return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
+
+    rows = _ledger(_site(site_path)).usage(by=by, since=utc(since), until=utc(until))
+    fmt = "json" if as_json else fmt
+    if fmt == "table" and output is None:
         report.usage_table(rows, by, out)
+        return
+    frame = pd.DataFrame(rows, columns=["key", "charges", "gpu_seconds", "charged_h"]).rename(columns={"key": by})
+    if fmt == "parquet":
+        if output is None:
+            raise click.BadParameter("parquet is binary: give --output FILE", param_hint="--format")
+        try:
+            frame.to_parquet(output, index=False)
+        except ImportError:
+            raise click.UsageError("parquet output needs pyarrow: pip install 'slurmgov[parquet]'") from None
+    elif fmt == "csv":
+        text = frame.to_csv(index=False)
+    else:
+        text = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
+    if fmt != "parquet":
+        if output:
+            Path(output).write_text(text)
+        else:
+            click.echo(text, nl=False)
+    if output:
+        err.print(f"wrote {len(frame)} rows to {output}")
 
 
 conf_dir_option = click.option("--slurm-conf-dir", "conf_dir", required=True,
