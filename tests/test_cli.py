@@ -119,3 +119,20 @@ def test_usage_formats(root, tmp_path):
     assert sg("usage", "--format", "parquet", check=None).returncode == 2  # binary needs a file
     future = json.loads(sg("usage", "--since", "2100-01-01", "--json", check=0).stdout)
     assert future == []
+
+
+def test_topology_import_then_show_and_plan(root, tmp_path):
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "slurm.conf").write_text(
+        "ClusterName=mini\nGresTypes=gpu\n"
+        "NodeName=g[1-4] CPUs=32 RealMemory=256000 Gres=gpu:h100:4\n"
+        "PartitionName=gpu Nodes=g[1-4] Default=YES DefaultTime=01:00:00 MaxTime=2-00:00:00\n")
+    (conf / "topology.conf").write_text("SwitchName=l1 Nodes=g[1-2]\nSwitchName=l2 Nodes=g[3-4]\nSwitchName=s Switches=l[1-2]\n")
+    site = tmp_path / "mini.yaml"
+    sg("topology", "import", "--slurm-conf-dir", conf, "-o", site, check=0)
+    shown = json.loads(sg("topology", "show", "--site", site, "--json", check=0).stdout)
+    assert shown["site"] == "mini" and shown["gpus"] == 16
+    assert shown["leaf_switches"]["l1"] == {"nodes": "g[1-2]", "gpus": 8}
+    plan = json.loads(sg("plan", root / "jobspecs/multinode-finetune.yaml", "--site", site, "--json", check=0).stdout)
+    assert any("--switches=1@00:10:00" in a["slurm_options"] for a in plan["allocations"])

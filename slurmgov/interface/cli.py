@@ -17,6 +17,7 @@ from datetime import timezone
 from pathlib import Path
 
 import click
+import hostlist
 from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -425,6 +426,77 @@ def limits_sync(site_path, as_json, dry_run):
     for c in changes:
         t.add_row(c.account, str(c.usage_min), str(c.remaining_min), str(c.old), str(c.new), c.status)
     out.print(t)
+
+
+@cli.group()
+def topology():
+    """The site's shape: nodes, NVLink domains, the switch tree."""
+
+
+@topology.command("show")
+@site_option
+@json_option
+def topology_show(site_path, as_json):
+    """Show leaf switches, their nodes and GPUs, and the free N-GPU slots per leaf and domain.
+
+    \b
+    Example:
+      slurmgov topology show --site site_configs/demo-cluster.yaml
+    """
+    from slurmgov.governance.topology_import import fragmentation
+
+    site = _site(site_path)
+    topo = site.topology
+    frag = fragmentation(site, {})
+    doc = {
+        "site": site.site,
+        "nodes": len(topo.nodes), "gpus": sum(n.gpus for n in topo.nodes.values()),
+        "leaf_switches": {name: {"nodes": hostlist.collect_hostlist(members),
+                                 "gpus": sum(topo.nodes[n].gpus for n in members)}
+                          for name, members in topo.leaves.items()},
+        "upper_switches": {name: children for name, children in topo.uppers.items()},
+        "nvlink_domains": {d: len(m) for d, m in topo.domains.items() if len(m) > 1},
+        "free_slots": frag,
+    }
+    if as_json:
+        _json(doc)
+        return
+    t = Table(title=f"site {site.site}: {doc['nodes']} nodes, {doc['gpus']} GPUs")
+    for col in ("switch", "nodes", "GPUs", "free 1/2/4/8-GPU slots"):
+        t.add_column(col)
+    leaves = frag.get("leaf_switches", {})
+    for name, info in doc["leaf_switches"].items():
+        slots = leaves.get(name, {}).get("slots", {})
+        t.add_row(name, info["nodes"], str(info["gpus"]), "/".join(str(slots.get(k, 0)) for k in (1, 2, 4, 8)))
+    for name, children in doc["upper_switches"].items():
+        t.add_row(name, "switches: " + ", ".join(children), "", "")
+    out.print(t)
+    if doc["nvlink_domains"]:
+        out.print("multi-node NVLink domains: " + ", ".join(f"{d} ({n} nodes)" for d, n in doc["nvlink_domains"].items()))
+
+
+@topology.command("import")
+@conf_dir_option
+@click.option("--name", default=None, help="Site name (default: ClusterName).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write the site file here.")
+def topology_import(conf_dir, name, output):
+    """Write a site file from slurm.conf, gres.conf and topology.conf (accounts to be filled in).
+
+    \b
+    Example:
+      slurmgov topology import --slurm-conf-dir /etc/slurm -o site_configs/my-site.yaml
+    """
+    from slurmgov.governance.topology_import import import_site, to_yaml
+
+    doc, warnings = import_site(conf_dir, site_name=name)
+    text = to_yaml(doc, warnings)
+    for w in warnings:
+        err.print(f"warning: {w}")
+    if output:
+        Path(output).write_text(text)
+        err.print(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
 
 
 @cli.group()
