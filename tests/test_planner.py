@@ -81,6 +81,7 @@ def test_sixteen_gpus_in_one_nvlink_domain_is_refused(large):
     ("{id: a100, run: x, resources: {gpus: 1, gpu_type: a100}}", "no a100 GPUs in partition gpu (it has: h100)"),
     ("{id: long, run: x, resources: {gpus: 1, time: 3-00:00:00}}", "exceeds partition gpu's maximum"),
     ("{id: cpu2, run: x, resources: {nodes: 2}}", "cannot span 2 nodes"),
+    ("{id: fat, run: x, resources: {gpus: 1, memory: 128G}}", "needs 131072 MB of memory per node; the largest h100 node in partition gpu has 65536 MB"),
     ("{id: kv, run: x, resources: {gpus: 1}, context: {model: llama-3-70b, tokens: 8192, sequences: 32}}",
      "context needs 211.5 GiB (KV 80.0 + weights 131.5); 1 x h100 (80 GiB) is too little; ask for at least 3 GPUs"),
 ])

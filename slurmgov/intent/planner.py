@@ -216,6 +216,15 @@ def _resolve(st: Step, site: Site, partition) -> PlannedStep:
                 f"step {st.id!r}: needs {gpn} GPUs on one node; the largest {tname} node in partition {pname} has {biggest}{hint}"
             )
         eligible = topo.eligible(pname, gpu_type, gpn)
+        if r.memory_mb:
+            roomy = [n for n in eligible if not topo.nodes[n].memory_mb or topo.nodes[n].memory_mb >= r.memory_mb]
+            if not roomy:
+                most = max(topo.nodes[n].memory_mb for n in eligible)
+                raise InfeasibleError(
+                    f"step {st.id!r}: needs {r.memory_mb} MB of memory per node; the largest {tname} node in "
+                    f"partition {pname} has {most} MB"
+                )
+            eligible = tuple(roomy)
         if r.nodes > len(eligible):
             raise InfeasibleError(
                 f"step {st.id!r}: needs {r.nodes} nodes with {gpn} {tname} each; partition {pname} has {len(eligible)}"
@@ -364,6 +373,9 @@ def _size(key: tuple, window: list[PlannedStep], site: Site, partition, alloc_id
     per_node = max(1, math.ceil(len(peak) / max(1, nodes)))
     cpus = min(node_cpus, max(max(p.cpus for p in window), sum(p.cpus for p in peak) // max(1, nodes)))
     mem = max(p.memory_mb for p in window) * (per_node if key[0] == "single" else 1)
+    node_mem = min((topo.nodes[n].memory_mb for n in topo.eligible(pname, gpu_type, gpn)), default=0)
+    if node_mem and mem > node_mem:  # steps sharing a node share its memory; ask for no more than it has
+        mem = node_mem
     a = Allocation(
         alloc_id, "gpu", pname, gpu_type, nodes, gpn, cpus, mem, time_s, within, weight, start, end, ids,
         constraint=constraint, notes=notes,
