@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurmgov.errors import InputError
+from slurmgov.errors import InfeasibleError, InputError
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.site import Site
 from slurmgov.governance.topology_import import fragmentation, import_site, placement_report, to_yaml
@@ -318,8 +318,13 @@ def test_import_real_harness_cluster(slurm_cluster):  # noqa: F811
     assert site.partition("nolimit").max_time_s is None
     assert not [w for w in warnings if "gres.conf" in w], warnings
 
-    # It plans the multi-node fine-tune as the hand-written demo site does.
-    wf = jobspec.load(ROOT / "jobspecs" / "multinode-finetune.yaml")
+    # The example asks 16 GB per node; the harness's nodes declare RealMemory=2048, so the
+    # imported site refuses it (the hand-written demo site says 64G) ...
+    text = (ROOT / "jobspecs" / "multinode-finetune.yaml").read_text()
+    with pytest.raises(InfeasibleError, match="needs 16384 MB of memory per node; the largest h100 node in partition gpu has 2048 MB"):
+        planner.plan(jobspec.loads(text, "multinode-finetune.yaml"), site)
+    # ... and without the memory request it plans the multi-node fine-tune as the demo site does.
+    wf = jobspec.loads(text.replace(" memory: 16G,", ""), "multinode-finetune.yaml")
     demo = site_mod.load(ROOT / "site_configs" / "demo-cluster.yaml")
     got, want = planner.plan(wf, site), planner.plan(wf, demo)
 
