@@ -136,3 +136,12 @@ def test_topology_import_then_show_and_plan(root, tmp_path):
     assert shown["leaf_switches"]["l1"] == {"nodes": "g[1-2]", "gpus": 8}
     plan = json.loads(sg("plan", root / "jobspecs/multinode-finetune.yaml", "--site", site, "--json", check=0).stdout)
     assert any("--switches=1@00:10:00" in a["slurm_options"] for a in plan["allocations"])
+
+
+def test_transfer_command():
+    sg("budget", "show", check=0)  # seeds the site's accounts
+    sg("budget", "transfer", "chem-ai", "bio-ml", "50", "--reason", "shared", check=0)
+    bal = {b["account"]: b for b in json.loads(sg("budget", "show", "--json", check=0).stdout)}
+    assert (bal["chem-ai"]["budget_h"], bal["bio-ml"]["budget_h"]) == (450, 250)
+    p = sg("budget", "transfer", "physics", "bio-ml", "500", check=2)
+    assert "account physics: 50.0 GPU-h available, cannot transfer 500.0" in p.stderr

@@ -616,3 +616,15 @@ def test_open_holds_by_prefix_treats_wildcards_literally(led):
     assert [k for k, _ in led.open_holds("slurm:")] == ["slurm:a_1"]
     assert [k for k, _ in led.open_holds("slurm:a_")] == ["slurm:a_1"]
     assert len(led.open_holds()) == 3
+
+
+def test_transfer_moves_only_what_is_available_atomically(led):
+    led.ensure_account("bio", 2.0)
+    led.admit("h", "chem", "wf", {"a": 7.0}, now=NOW)  # chem: 10 budget, 7 held, 3 available
+    with pytest.raises(InputError, match="account chem: 3.0 GPU-h available, cannot transfer 4.0"):
+        led.transfer("chem", "bio", 4.0, actor="admin", now=NOW)
+    assert bal(led, "bio")[0] == 2.0  # a refused transfer moves nothing
+    led.transfer("chem", "bio", 3.0, actor="admin", reason="shared project", now=NOW)
+    assert bal(led) == (7.0, 0.0, 7.0, 0.0) and bal(led, "bio")[0] == 5.0
+    actions = [(r["account"], r["action"], r["new_budget_h"]) for r in led.audit()][-2:]
+    assert actions == [("chem", "transfer to bio", 7.0), ("bio", "transfer from chem", 5.0)]

@@ -416,6 +416,30 @@ class Ledger:
 
         self._write(tx)
 
+    def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None) -> None:
+        """Move ``gpu_hours`` of budget from ``source`` to ``dest`` in one transaction; only what
+        ``source`` has available (not charged, not held) can move."""
+        if not actor:
+            raise InputError(f"transfer from {source}: say who is moving it (actor)")
+        if source == dest:
+            raise InputError(f"transfer: source and destination are both {source}")
+        amount, ts = _ms(gpu_hours, f"transfer from {source}"), _epoch(now, "now")
+
+        def tx():
+            for account in sorted((source, dest)):  # one lock order: two opposite transfers never deadlock
+                self._lock_account(account)
+            _, budget, charged, held = self._balance_ms(source, ts)
+            if budget - charged - held < amount:
+                raise InputError(f"account {source}: {_h(budget - charged - held):.1f} GPU-h available, "
+                                 f"cannot transfer {_h(amount):.1f}")
+            _, src_budget, src_kind = self._account(source)
+            _, dst_budget, dst_kind = self._account(dest)
+            why = reason or ""
+            self._put_budget(source, src_budget - amount, src_kind, actor, why, f"transfer to {dest}", True)
+            self._put_budget(dest, dst_budget + amount, dst_kind, actor, why, f"transfer from {source}", True)
+
+        self._write(tx)
+
     def audit(self) -> list[dict]:
         cols = ("seq", "at", "actor", "account", "action", "old_budget_h", "new_budget_h",
                 "old_period", "new_period", "reason")

@@ -213,6 +213,33 @@ def budget_grant(account, gpu_hours, reason, site_path):
     out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
 
 
+@budget.command("transfer")
+@click.argument("source")
+@click.argument("dest")
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+def budget_transfer(source, dest, gpu_hours, reason, site_path):
+    """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins only).
+
+    \b
+    Example:
+      slurmgov budget transfer chem-ai bio-ml 50 --reason "shared project"
+    """
+    site = _site(site_path)
+    for account in (source, dest):
+        if not re.match(jobspec.NAME, account):
+            raise click.BadParameter(f"{account!r} is not an account name")
+    authz.require_admin(site, "moving budget between accounts")
+    ledger = _ledger(site)
+    for account in (source, dest):
+        ensure_budget(ledger, site, account)
+    ledger.transfer(source, dest, gpu_hours, actor=getpass.getuser(), reason=reason)
+    for account in (source, dest):
+        b = ledger.balance(account)
+        out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+
+
 @cli.command()
 @site_option
 @json_option
