@@ -167,6 +167,24 @@ def budget():
     """Read and set accounts' GPU-hour budgets."""
 
 
+def _admin_ledger(site_path, accounts, what, seed=True):
+    """The ledger (``accounts`` seeded from the site file), once names and the caller's rights are checked."""
+    site = _site(site_path)
+    for account in accounts:
+        if not re.match(jobspec.NAME, account):
+            raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    authz.require_admin(site, what)
+    ledger = _ledger(site)
+    for account in accounts if seed else ():
+        ensure_budget(ledger, site, account)
+    return ledger
+
+
+def _print_budget(ledger, account):
+    b = ledger.balance(account)
+    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+
+
 @budget.command("set")
 @click.argument("account")
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
@@ -180,14 +198,9 @@ def budget_set(account, gpu_hours, period, reason, site_path):
     Example:
       slurmgov budget set chem-ai 750 --reason "Q4 grant"
     """
-    site = _site(site_path)
-    if not re.match(jobspec.NAME, account):
-        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
-    authz.require_admin(site, "changing a budget")
-    ledger = _ledger(site)
+    ledger = _admin_ledger(site_path, [account], "changing a budget", seed=False)
     ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason)
-    b = ledger.balance(account)
-    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+    _print_budget(ledger, account)
 
 
 @budget.command("grant")
@@ -202,15 +215,9 @@ def budget_grant(account, gpu_hours, reason, site_path):
     Example:
       slurmgov budget grant chem-ai 100 --reason "deadline extension"
     """
-    site = _site(site_path)
-    if not re.match(jobspec.NAME, account):
-        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
-    authz.require_admin(site, "granting GPU-hours")
-    ledger = _ledger(site)
-    ensure_budget(ledger, site, account)
+    ledger = _admin_ledger(site_path, [account], "granting GPU-hours")
     ledger.grant(account, gpu_hours, actor=getpass.getuser(), reason=reason)
-    b = ledger.balance(account)
-    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+    _print_budget(ledger, account)
 
 
 @budget.command("transfer")
@@ -226,18 +233,10 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
     Example:
       slurmgov budget transfer chem-ai bio-ml 50 --reason "shared project"
     """
-    site = _site(site_path)
-    for account in (source, dest):
-        if not re.match(jobspec.NAME, account):
-            raise click.BadParameter(f"{account!r} is not an account name")
-    authz.require_admin(site, "moving budget between accounts")
-    ledger = _ledger(site)
-    for account in (source, dest):
-        ensure_budget(ledger, site, account)
+    ledger = _admin_ledger(site_path, [source, dest], "moving budget between accounts")
     ledger.transfer(source, dest, gpu_hours, actor=getpass.getuser(), reason=reason)
     for account in (source, dest):
-        b = ledger.balance(account)
-        out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+        _print_budget(ledger, account)
 
 
 @cli.command()
