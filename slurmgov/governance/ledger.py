@@ -245,13 +245,7 @@ class Ledger:
             conn = sqlite3.connect(str(path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise LedgerError(f"ledger {path}: cannot open: {e}") from None
-        ledger = cls(conn, str(path))
-        try:
-            ledger._setup()
-        except BaseException:
-            conn.close()
-            raise
-        return ledger
+        return cls._started(conn, str(path))
 
     @classmethod
     def _open_postgres(cls, url: str) -> Ledger:
@@ -273,7 +267,13 @@ class Ledger:
             conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
         except psycopg.Error as e:
             raise LedgerError(f"ledger {where}: cannot connect: {drv.message(e)}") from None
-        ledger = cls(conn, where, S.POSTGRES, drv)
+        return cls._started(conn, where, S.POSTGRES, drv)
+
+    @classmethod
+    def _started(cls, conn, *args) -> Ledger:
+        """A Ledger on ``conn`` with its session set up and schema checked; the connection is
+        closed if that fails, so a bad ledger never leaks one."""
+        ledger = cls(conn, *args)
         try:
             ledger._setup()
         except BaseException:

@@ -7,6 +7,7 @@ Validated as strictly as a jobspec; errors name the file, line and field.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
@@ -137,8 +138,6 @@ class Site(Strict):
     @field_validator("accounts")
     @classmethod
     def _acct_names(cls, v):
-        import re
-
         for k in v:
             if not re.match(NAME, k):
                 raise ValueError(f"account name {k!r} must match {NAME}")

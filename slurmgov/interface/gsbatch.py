@@ -28,7 +28,6 @@ from slurmgov.governance.gpu_request import parse_sbatch_args, worst_case_gpu_se
 from slurmgov.governance.ledger import Ledger
 from slurmgov.interface.errors import guarded
 
-OWN = ("--gsbatch-site", "--gsbatch-preview", "--gsbatch-tag")
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
