@@ -628,3 +628,41 @@ def test_transfer_moves_only_what_is_available_atomically(led):
     assert bal(led) == (7.0, 0.0, 7.0, 0.0) and bal(led, "bio")[0] == 5.0
     actions = [(r["account"], r["action"], r["new_budget_h"]) for r in led.audit()][-2:]
     assert actions == [("chem", "transfer to bio", 7.0), ("bio", "transfer from chem", 5.0)]
+
+
+def _attr_rows(run_id, used: dict, idle: float, account="chem"):
+    base = dict(run_id=run_id, account=account, user="ana", workflow="wf", alloc="a1", job_ids="17",
+                gpu_type="h100", weight=2.0, ended=THIS_MONTH + 60)
+    rows = [dict(base, attr_key=f"{run_id}:a1:{s}", step=s, gpu_seconds=g) for s, g in used.items()]
+    return rows + [dict(base, attr_key=f"{run_id}:a1:(idle)", step=None, gpu_seconds=idle)]
+
+
+def test_attributions_are_recorded_once_and_summed_as_waste(led):
+    rows = _attr_rows("r1", {"s1": 1800.0, "s2": 900.0}, 900.0)
+    assert led.attribute(rows) == 3
+    assert led.attribute(rows) == 0  # a replay records nothing
+    got = led.attributions("r1")
+    assert {r["step"]: r["cost_h"] for r in got} == {"s1": 1.0, "s2": 0.5, None: 0.5}  # weight 2
+    led.attribute(_attr_rows("r2", {"s1": 3600.0}, 0.0))
+    (w,) = led.waste(by="workflow")
+    assert (w["key"], w["runs"], w["used_gpu_seconds"], w["idle_gpu_seconds"]) == ("wf", 2, 6300.0, 900.0)
+    assert w["idle_share"] == pytest.approx(900 / 7200) and w["idle_h"] == pytest.approx(0.5)
+    assert led.balance("chem").charged_h == 0  # an attribution splits a job's charge; it is not one
+    with pytest.raises(InputError, match="waste by 'step'"):
+        led.waste(by="step")
+
+
+def test_a_version_1_ledger_gains_attributions_on_open(db):
+    led = Ledger.open(db)
+    led.disconnect()
+    with raw(db) as (conn, _):
+        conn.execute("DROP TABLE attributions")
+        conn.execute("UPDATE schema_version SET version = 1")  # as a version-1 slurmgov left it
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates: version 2 adds the table, nothing else changes
+    led.ensure_account("chem", 1.0)
+    assert led.attribute(_attr_rows("r1", {"s1": 10.0}, 5.0)) == 2
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+    led.disconnect()

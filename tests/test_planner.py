@@ -140,3 +140,14 @@ def test_plan_json_round_trips(root, demo):
     d = planner.plan(jobspec.load(root / "jobspecs" / "research-fanout.yaml"), demo).to_dict()
     assert json.loads(json.dumps(d))["worst_case_gpu_hours"] == pytest.approx(d["worst_case_gpu_hours"])
     assert {"slurm_options", "steps", "gpus"} <= set(d["allocations"][1])
+
+
+def test_attribution_split_adds_up_to_the_charge():
+    from slurmgov.governance.attribution import split
+
+    parts, idle = split(100.0, {"a": 30.0, "b": 20.0})
+    assert parts == {"a": 30.0, "b": 20.0} and idle == 50.0
+    # steps metered a little more than sacct's whole seconds: scaled down, nothing idle
+    parts, idle = split(10.0, {"a": 6.0, "b": 6.0})
+    assert idle == 0 and sum(parts.values()) == pytest.approx(10.0) and parts["a"] == pytest.approx(5.0)
+    assert split(0, {"a": 1.0}) == ({"a": 0.0}, 0.0)

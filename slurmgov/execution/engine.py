@@ -4,6 +4,10 @@ It starts each allocation when its first step is ready and stops it when its las
 done, retries failed attempts as the jobspec says, skips the dependants of a failed step,
 and (``on_failure: cancel``) starts nothing new after a failure. Every attempt is reported to
 ``on_attempt`` as it ends, so the caller can charge the GPU time it really used.
+
+A backend that queues (Slurm) may refuse an allocation (the budget hook) or end it under
+running steps (scancel, a node down): the refused allocation's steps fail with the reason; a
+lost one is resubmitted up to ``MAX_RESTARTS`` times and its unfinished steps run again there.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import Callable
 
 from distributed import wait
 
+from slurmgov.errors import SlurmgovError
 from slurmgov.execution.backend import AllocSpec, alloc_resource
 from slurmgov.execution.step_task import StepOutcome, StepSpec, kill_running, run_step
 
 TERMINAL = {"ok", "failed", "skipped", "cancelled"}
+MAX_RESTARTS = 2  # new jobs for an allocation Slurm ended under its steps
+RESULT_WAIT_S = 10
 
 
 @dataclass
@@ -26,6 +33,7 @@ class StepRecord:
     status: str = "waiting"  # waiting | queued | running | ok | failed | skipped | cancelled
     attempts: list[StepOutcome] = field(default_factory=list)
     reason: str | None = None
+    interrupted: int = 0  # runs cut short by the loss of their allocation (not attempts)
 
     @property
     def output(self):
@@ -46,6 +54,8 @@ class AllocRecord:
     started: float | None = None
     ended: float | None = None
     busy_gpu_s: float = 0.0
+    restarts: int = 0
+    events: list[str] = field(default_factory=list)
 
     @property
     def held_gpu_s(self) -> float:
@@ -86,6 +96,7 @@ class Engine:
                 self._children[d].append(s.id)
         self._left = {a.id: sum(1 for s in steps if s.alloc == a.id) for a in allocs}
         self._futures: dict = {}
+        self._context_worker: dict[str, str] = {}  # context key -> the worker its steps ran on
         self.cancelled = False
 
     # -- the loop ---------------------------------------------------------------------------
@@ -105,6 +116,8 @@ class Engine:
     def _loop(self) -> None:
         self._promote()
         while True:
+            for alloc_id in getattr(self.backend, "poll", lambda: [])():
+                self._alloc_lost(alloc_id)
             self._launch()
             if not self._futures:
                 if all(r.status in TERMINAL for r in self.steps.values()):
@@ -118,14 +131,18 @@ class Engine:
             except TimeoutError:
                 continue
             for fut in done:
-                sid, attempt, _ = self._futures.pop(fut)
+                sid, attempt, _, generation = self._futures.pop(fut)
+                rec = self.steps[sid]
                 try:
-                    outcome = fut.result()
+                    # bounded: a result whose worker died before we fetched it is recomputed in Dask
+                    outcome = fut.result(timeout=RESULT_WAIT_S)
                 except Exception as exc:  # the worker died under the step: count it as a failed attempt
                     now = time.time()
-                    outcome = StepOutcome(sid, attempt, "failed", now, now, self.steps[sid].spec.gpus, error=f"worker lost: {exc}")
+                    outcome = StepOutcome(sid, attempt, "failed", now, now, rec.spec.gpus, error=f"worker lost: {exc}")
                 fut.release()
-                self._finish_attempt(self.steps[sid], outcome)
+                if outcome.status != "ok" and self._interrupted(rec, generation):
+                    continue
+                self._finish_attempt(rec, outcome)
             self.on_change(self)
 
     def _startable(self) -> bool:
@@ -159,9 +176,16 @@ class Engine:
             if alloc.started is None:
                 if not self.backend.can_start(alloc.spec):
                     continue  # like a pending Slurm job: wait for GPUs to free up
-                self.backend.start(alloc.spec)
+                try:
+                    self.backend.start(alloc.spec)
+                except SlurmgovError as exc:  # refused (the budget hook): its steps cannot run
+                    alloc.started = alloc.ended = time.time()
+                    alloc.events.append(str(exc))
+                    self._fail_alloc(alloc.spec.id, str(exc))
+                    continue
                 alloc.started = time.time()
-            self._submit(rec)
+            if rec.status == "queued":
+                self._submit(rec)
         self.on_change(self)
 
     def _submit(self, rec: StepRecord) -> None:
@@ -170,15 +194,20 @@ class Engine:
         resources = {alloc_resource(rec.spec.alloc): 1}
         if rec.spec.gpus:
             resources["GPU"] = rec.spec.gpus
+        near = self._context_worker.get(rec.spec.context) if rec.spec.context else None
         fut = self.backend.client.submit(
             run_step, rec.spec, inputs, attempt, self.workflow, self.run_id,
-            key=f"{rec.spec.id}-{attempt}-{self.run_id}", resources=resources, pure=False,
+            key=f"{rec.spec.id}-{attempt}-{rec.interrupted}-{self.run_id}", resources=resources, pure=False,
+            # the worker that already holds this context (its KV prefix), if it is free enough
+            workers=[near] if near else None, allow_other_workers=bool(near),
         )
-        self._futures[fut] = (rec.spec.id, attempt, time.time())
+        self._futures[fut] = (rec.spec.id, attempt, time.time(), self.allocs[rec.spec.alloc].restarts)
         rec.status = "running"
 
     def _finish_attempt(self, rec: StepRecord, outcome: StepOutcome) -> None:
         rec.attempts.append(outcome)
+        if rec.spec.context and outcome.worker and outcome.status == "ok":
+            self._context_worker.setdefault(rec.spec.context, outcome.worker)
         self.allocs[rec.spec.alloc].busy_gpu_s += outcome.gpu_seconds
         if outcome.status == "ok":
             rec.status = "ok"
@@ -205,6 +234,55 @@ class Engine:
             self.backend.stop(alloc_id)
             alloc.ended = time.time()
 
+    def _interrupted(self, rec: StepRecord, generation: int) -> bool:
+        """Did the step fail because Slurm ended its allocation under it? Then it is not the
+        step's failure: it runs again in the allocation's new job, and no attempt is counted."""
+        poll = getattr(self.backend, "poll", None)
+        if poll is None:
+            return False
+        for alloc_id in poll(force=True):
+            self._alloc_lost(alloc_id)
+        alloc = self.allocs[rec.spec.alloc]
+        if alloc.restarts == generation or rec.status in TERMINAL or self.cancelled:
+            return False
+        rec.interrupted += 1
+        rec.status = "queued"
+        alloc.events.append(f"step {rec.spec.id} interrupted by the loss of its job; run again")
+        return True
+
+    def _alloc_lost(self, alloc_id: str) -> None:
+        """Slurm ended the allocation's job while steps were left: a new job, or fail them."""
+        alloc = self.allocs[alloc_id]
+        if alloc.ended is not None or self.cancelled:
+            return
+        if alloc.restarts < MAX_RESTARTS:
+            alloc.restarts += 1
+            try:
+                job = self.backend.restart(alloc_id)
+            except SlurmgovError as exc:
+                alloc.events.append(f"lost; resubmission refused: {exc}")
+                self._fail_alloc(alloc_id, f"allocation {alloc_id} lost and not resubmitted: {exc}")
+                return
+            # Its running steps stay queued in Dask and run again on the new job's workers.
+            alloc.events.append(f"lost under its steps; resubmitted as job {job}")
+            return
+        alloc.events.append(f"lost {alloc.restarts + 1} times; giving up")
+        self._fail_alloc(alloc_id, f"allocation {alloc_id} lost {alloc.restarts + 1} times")
+
+    def _fail_alloc(self, alloc_id: str, reason: str) -> None:
+        """Every unfinished step of the allocation fails with ``reason``; dependants are skipped."""
+        for fut, (sid, *_) in list(self._futures.items()):
+            if self.steps[sid].spec.alloc == alloc_id:
+                fut.cancel()
+                del self._futures[fut]
+        for rec in self.steps.values():
+            if rec.spec.alloc == alloc_id and rec.status not in TERMINAL:
+                rec.status, rec.reason = "failed", reason
+                self._step_done(rec)
+        if self.on_failure == "cancel":
+            self.cancel(reason)
+        self._promote()
+
     def cancel(self, reason: str) -> None:
         """Start nothing more; steps not yet running are cancelled. Running ones finish and are charged."""
         self.cancelled = True
@@ -219,7 +297,7 @@ class Engine:
             for fut in list(self._futures):
                 fut.cancel()
             now = time.time()
-            for sid, attempt, submitted in self._futures.values():
+            for sid, attempt, submitted, _ in self._futures.values():
                 rec = self.steps[sid]
                 # Charge the interrupted attempt from its submission: an over- rather than an under-count.
                 outcome = StepOutcome(sid, attempt, "cancelled", submitted, now, rec.spec.gpus, error="interrupted")

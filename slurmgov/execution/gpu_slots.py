@@ -8,6 +8,7 @@ Slurm granted (``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``).
 
 from __future__ import annotations
 
+import os
 import threading
 
 _lock = threading.Lock()
@@ -24,7 +25,9 @@ def take(alloc: str, n: int) -> list[str]:
         return []
     with _lock:
         pool = _free.get(alloc)
-        if pool is None or len(pool) < n:
+        if pool is None:
+            pool = _free[alloc] = _from_slurm(alloc)
+        if len(pool) < n:
             # Dask's resource accounting should make this impossible; say so loudly if not.
             raise RuntimeError(f"allocation {alloc}: {n} GPU slots asked, {0 if pool is None else len(pool)} free")
         got, _free[alloc] = pool[:n], pool[n:]
@@ -42,3 +45,13 @@ def give(alloc: str, devices: list[str]) -> None:
 def drop(alloc: str) -> None:
     with _lock:
         _free.pop(alloc, None)
+
+
+def _from_slurm(alloc: str) -> list[str]:
+    """A pilot's worker: the devices Slurm gave this node's task. A step spanning nodes may ask
+    for more GPUs than one node has; each node's ranks see that node's devices, so the ids repeat."""
+    if os.environ.get("SLURMGOV_PILOT_ALLOC") != alloc:
+        return []
+    devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    nodes = int(os.environ.get("SLURMGOV_PILOT_NODES") or 1)
+    return devices * max(1, nodes)

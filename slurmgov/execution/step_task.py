@@ -39,6 +39,7 @@ class StepSpec:
     call: str | None = None
     params: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    context: str | None = None  # steps sharing a context (KV prefix) prefer one worker
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _env(spec: StepSpec, ctx: StepContext, inputs_path: str) -> dict:
     env.update(
         SLURMGOV_WORKFLOW=ctx.workflow, SLURMGOV_RUN_ID=ctx.run_id, SLURMGOV_STEP=ctx.step,
         SLURMGOV_ATTEMPT=str(ctx.attempt), SLURMGOV_ALLOC=ctx.alloc, SLURMGOV_INPUTS=inputs_path,
-        CUDA_VISIBLE_DEVICES=",".join(ctx.gpu_ids),
+        CUDA_VISIBLE_DEVICES=",".join(dict.fromkeys(ctx.gpu_ids)),  # a multi-node step's ids repeat per node
     )
     return env
 

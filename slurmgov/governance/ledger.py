@@ -299,7 +299,10 @@ class Ledger:
             for stmt in S.ddl(self._d):
                 self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
-        # (version < SCHEMA_VERSION: migrations go here when there is a version 2)
+        elif version < 2:
+            for stmt in S.attribution_ddl(self._d):
+                self._x(stmt)
+            self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
         with self._lock:
@@ -587,6 +590,46 @@ class Ledger:
         else:
             rows = self._read(lambda: self._x(S.CHARGES_OF_HOLD, (hold_key,)).fetchall())
         return [_charge_dict(r) for r in rows]
+
+    def attribute(self, rows: list[dict]) -> int:
+        """Record how settled allocation costs split across steps (and idle time); idempotent by
+        ``attr_key``. Returns how many rows were new. Rows: attr_key, run_id, account, user,
+        workflow, alloc, job_ids, step (None: idle), gpu_type, gpu_seconds, weight, ended."""
+        now = time.time()
+
+        def tx():
+            new = 0
+            for r in rows:
+                if self._one(S.ATTR_GET, (r["attr_key"],)) is not None:
+                    continue  # a replay: already recorded
+                ms = _ms(r["gpu_seconds"] * r["weight"] / 3600, "attributed GPU-hours")
+                self._x(S.ATTR_INSERT, (r["attr_key"], r["run_id"], r["account"], r.get("user"), r["workflow"],
+                                        r["alloc"], r["job_ids"], r["step"], r.get("gpu_type"), r["gpu_seconds"],
+                                        ms, _epoch(r["ended"], "ended"), now))
+                new += 1
+            return new
+        return self._write(tx)
+
+    def attributions(self, run_id: str) -> list[dict]:
+        cols = [c.strip() for c in S.ATTR_COLUMNS.split(",")]
+        rows = self._read(lambda: self._x(S.ATTR_OF_RUN, (run_id,)).fetchall())
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r))
+            d["cost_h"] = _h(d.pop("amount_ms"))
+            d["user"] = d.pop("user_name")
+            out.append(d)
+        return out
+
+    def waste(self, by: str = "account", since=None, until=None) -> list[dict]:
+        """Pilot allocations' settled GPU time, split into what steps used and what sat idle."""
+        if by not in S.WASTE_COLUMNS:
+            raise InputError(f"waste by {by!r}: choose one of {', '.join(S.WASTE_COLUMNS)}")
+        lo = -_FOREVER if since is None else _epoch(since, "since")
+        hi = _FOREVER if until is None else _epoch(until, "until")
+        rows = self._read(lambda: self._x(S.waste_sql(by), (lo, hi)).fetchall())
+        return [{"key": k, "used_gpu_seconds": u, "idle_gpu_seconds": i, "used_h": _h(um), "idle_h": _h(im),
+                 "idle_share": (i / (u + i)) if u + i else 0.0, "runs": n} for k, u, i, um, im, n in rows]
 
     def usage(self, by: str = "account", since=None, until=None) -> list[dict]:
         """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attributions
 LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
 
 
@@ -150,11 +150,54 @@ def ddl(d: Dialect) -> list[str]:
             ended DOUBLE PRECISION NOT NULL,
             status {T} NOT NULL,
             recorded_at DOUBLE PRECISION NOT NULL)""",
+        *attribution_ddl(d),
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
         *d.extra_ddl,
     ]
+
+
+def attribution_ddl(d: Dialect) -> list[str]:
+    """Version 2. A pilot allocation's settled cost split across the steps that ran in it; the
+    rest (step IS NULL) is the allocation's idle time: waste. Not charges: the job's charge is."""
+    T = d.text
+    return [
+        f"""CREATE TABLE IF NOT EXISTS attributions (
+            attr_key {T} PRIMARY KEY,
+            run_id {T} NOT NULL,
+            account {T} NOT NULL,
+            user_name {T},
+            workflow {T} NOT NULL,
+            alloc {T} NOT NULL,
+            job_ids {T} NOT NULL,
+            step {T},
+            gpu_type {T},
+            gpu_seconds DOUBLE PRECISION NOT NULL CHECK (gpu_seconds >= 0),
+            amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
+            ended DOUBLE PRECISION NOT NULL,
+            recorded_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS attributions_run ON attributions (run_id)",
+    ]
+
+
+ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
+    amount_ms, ended, recorded_at"""
+ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ATTR_GET = "SELECT attr_key FROM attributions WHERE attr_key = ?"
+ATTR_OF_RUN = f"SELECT {ATTR_COLUMNS} FROM attributions WHERE run_id = ? ORDER BY alloc, step"
+WASTE_COLUMNS = {"account": "account", "workflow": "workflow", "user": "user_name"}
+
+
+def waste_sql(by: str) -> str:
+    col = WASTE_COLUMNS[by]
+    return f"""SELECT {col},
+        COALESCE(SUM(CASE WHEN step IS NOT NULL THEN gpu_seconds ELSE 0 END), 0),
+        COALESCE(SUM(CASE WHEN step IS NULL THEN gpu_seconds ELSE 0 END), 0),
+        CAST(COALESCE(SUM(CASE WHEN step IS NOT NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
+        CAST(COALESCE(SUM(CASE WHEN step IS NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
+        COUNT(DISTINCT run_id)
+        FROM attributions WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
 
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

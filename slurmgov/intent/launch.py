@@ -1,8 +1,16 @@
 """Plan, price, admit, run and settle one workflow: the researcher's `slurmgov run`.
 
-One hold for the plan's worst case is placed before anything runs; every attempt is charged
-for the GPU-seconds it really used as it ends; each finished step releases the rest of its
-share; the hold is closed (the remainder released) however the run ends, Ctrl-C included.
+Embedded default (``executor: local``): one hold for the plan's worst case is placed before
+anything runs; every attempt is charged for the GPU-seconds it really used as it ends; each
+finished step releases the rest of its share; the hold is closed (the remainder released)
+however the run ends, Ctrl-C included.
+
+On Slurm (``executor: slurm``) each allocation is its own Slurm job, admitted by the site's
+job_submit hook and charged by the governor from Slurm's accounting; holding the workflow's
+worst case here as well would count it twice. So the run checks the plan's price against the
+balance before anything is submitted, lets the hook admit each pilot when it is needed, and at
+the end splits each pilot's sacct-settled cost across the steps that ran in it, recording the
+idle rest as waste (``Ledger.attribute``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmgov.errors import InputError
+from slurmgov.errors import BudgetRefused
+from slurmgov.governance import attribution
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
@@ -26,13 +35,57 @@ from slurmgov.intent.planner import HOST, Plan, plan
 
 
 @dataclass
+class AllocCost:
+    """What one allocation cost and where it landed (Slurm: from sacct and squeue)."""
+
+    id: str
+    gpus: int
+    job_ids: list[str]
+    nodes: list[str]
+    leaves: list[str]
+    requested: str  # the locality the planner asked for
+    achieved: str  # the tightest group holding all its nodes
+    held_gpu_s: float
+    busy_gpu_s: float
+    idle_gpu_s: float
+    cost_h: float
+    states: list[str]
+    events: list[str]
+
+    @property
+    def locality_ok(self) -> bool:
+        return self.achieved not in _RANK or _RANK[self.achieved] <= _RANK.get(self.requested, 3)
+
+
+@dataclass
+class StepCost:
+    step: str
+    alloc: str
+    nodes: list[str]
+    requested: str
+    achieved: str
+    gpu_s: float  # attributed: the step's metered GPU-seconds (scaled to the charge if over)
+    cost_h: float
+
+
+_RANK = {"node": 0, "nvlink-domain": 1, "leaf-switch": 2, "any": 3}
+
+
+@dataclass
 class LaunchReport:
     plan: Plan
     result: RunResult
-    hold_key: str
+    hold_key: str | None
     charged_h: float
     dashboard_link: str
     record_path: Path | None
+    allocations: dict[str, AllocCost]
+    steps: dict[str, StepCost]
+    executor: str = "local"
+
+    @property
+    def waste_gpu_s(self) -> float:
+        return sum(a.idle_gpu_s for a in self.allocations.values())
 
 
 def ensure_budget(ledger: Ledger, site: Site, account: str) -> None:
@@ -49,6 +102,7 @@ def step_specs(wf: Workflow, p: Plan) -> tuple[list[StepSpec], list[AllocSpec]]:
         specs.append(StepSpec(
             id=st.id, alloc=ps.alloc, after=st.after, gpus=ps.gpus, cpus=ps.cpus, time_s=ps.time_s,
             retries=st.retries, run=st.run, call=st.call, params=dict(st.params), env=dict(st.env),
+            context=st.context.share if st.context else None,
         ))
     allocs = [
         AllocSpec(a.id, a.gpus, slots=max(1, min(64, len(a.steps))), kind="host" if a.kind == HOST else "gpu")
@@ -61,17 +115,20 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
            backend=None, on_change=None, on_admitted=None, on_backend=None, on_finish=None) -> LaunchReport:
     """``on_admitted(plan, hold_key)``, ``on_backend(backend)``, ``on_change(engine)`` and
     ``on_finish(result)`` let the interface show progress and the dashboard page."""
-    if site.executor != "local" and backend is None:
-        raise InputError(
-            f"site {site.site} runs workflows on Slurm allocations, which this version cannot do yet; "
-            f"`slurmgov plan` prices it, `slurmgov run --site site_configs/local.yaml` runs it here"
-        )
     user = user or getpass.getuser()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    slurm = site.executor == "slurm"
     p = plan(wf, site)
     ensure_budget(ledger, site, wf.account)
-    hold_key = f"run:{run_id}"
-    ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id)
+    if slurm:
+        hold_key = None
+        left = ledger.balance(wf.account).available_h
+        if p.cost_h > left + 1e-9:
+            raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
+                                f"{p.cost_h:.2f} GPU-h; nothing was submitted")
+    else:
+        hold_key = f"run:{run_id}"
+        ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id)
     if on_admitted:
         on_admitted(p, hold_key)
     specs, allocs = step_specs(wf, p)
@@ -91,37 +148,136 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
 
     owned = backend is None
     if owned:
-        part = site.partition(wf.partition).name
-        total = sum(site.topology.nodes[n].gpus for n in site.topology.partitions[part])
         try:
-            backend = LocalBackend(total)
+            backend = _slurm_backend(wf, p, run_id) if slurm else _local_backend(wf, site)
         except Exception:
-            ledger.close(hold_key, "failed")
+            if hold_key:
+                ledger.close(hold_key, "failed")
             raise
-    engine = Engine(backend, wf.workflow, run_id, specs, allocs, wf.on_failure, on_attempt=charge, on_change=on_change)
+    engine = Engine(backend, wf.workflow, run_id, specs, allocs, wf.on_failure,
+                    on_attempt=None if slurm else charge, on_change=on_change)
     state = "failed"
     try:
         if on_backend:
             on_backend(backend)
         result = engine.run()
         state = {"ok": "done", "failed": "failed", "cancelled": "cancelled"}[result.status]
-        ledger.close(hold_key, state)
+        if hold_key:
+            ledger.close(hold_key, state)
         if on_finish:
             on_finish(result)
     except KeyboardInterrupt:
         state = "cancelled"
         raise
     finally:
-        ledger.close(hold_key, state)
+        if hold_key:
+            ledger.close(hold_key, state)
         link = backend.dashboard_link
         if owned:
-            backend.close()
-    record = _write_record(wf, p, result, run_id, hold_key, user, site)
-    return LaunchReport(p, result, hold_key, charged[0], link, record)
+            backend.close()  # Slurm: cancels every job of the run still queued or running
+    if slurm:
+        allocations, steps = _slurm_costs(p, result, backend, site)
+        charged[0] = sum(a.cost_h for a in allocations.values())
+    else:
+        allocations, steps = _local_costs(p, result, site)
+    ledger.attribute(_attribution_rows(wf, run_id, user, p, allocations, steps, result))
+    rep = LaunchReport(p, result, hold_key, charged[0], link, None, allocations, steps, site.executor)
+    rep.record_path = _write_record(wf, p, rep, run_id, user, site)
+    return rep
 
 
-def _write_record(wf, p: Plan, result: RunResult, run_id, hold_key, user, site) -> Path | None:
-    """Keep what happened (outputs, attempts, allocations) beside the ledger, for reports."""
+def _local_backend(wf: Workflow, site: Site) -> LocalBackend:
+    part = site.partition(wf.partition).name
+    return LocalBackend(sum(site.topology.nodes[n].gpus for n in site.topology.partitions[part]))
+
+
+def _slurm_backend(wf: Workflow, p: Plan, run_id: str):
+    from slurmgov.execution.slurm_backend import SlurmBackend
+
+    gpu = [a for a in p.allocations if a.kind != HOST]
+    return SlurmBackend(
+        wf.workflow, wf.account,
+        options={a.id: a.slurm_options(wf.workflow, wf.account) for a in gpu},
+        nodes={a.id: a.nodes for a in gpu},
+        # one worker per node when every step fits one node; else one worker, steps srun their ranks
+        per_node={a.id: all(p.steps[s].nodes == 1 for s in a.steps) for a in gpu},
+        memory_mb={a.id: a.memory_mb for a in gpu},
+        log_dir=slurmgov_home() / "runs" / run_id,
+    )
+
+
+def _step_nodes(rec) -> list[str]:
+    """Where a step's successful (else last) attempt ran: pilot workers are named ``alloc.N@node``."""
+    if not rec.attempts:
+        return []
+    att = next((a for a in reversed(rec.attempts) if a.status == "ok"), rec.attempts[-1])
+    return [att.worker.split("@", 1)[1]] if "@" in att.worker else []
+
+
+def _slurm_costs(p: Plan, result: RunResult, backend, site: Site):
+    """Each allocation's cost from sacct, split across its steps; where each landed."""
+    jobs = backend.settle()
+    topo = site.topology
+    allocations, steps = {}, {}
+    for a in p.allocations:
+        if a.kind == HOST:
+            continue
+        infos = jobs.get(a.id, [])
+        nodes = sorted({n for i in infos for n in i.nodes})
+        last_nodes = infos[-1].nodes if infos else []
+        held = float(sum(i.gpu_seconds for i in infos))
+        metered = {sid: result.steps[sid].gpu_seconds for sid in a.steps}
+        parts, idle = attribution.split(held, metered)
+        for sid in a.steps:
+            ps = p.steps[sid]
+            where = _step_nodes(result.steps[sid]) if ps.nodes == 1 else list(last_nodes)
+            steps[sid] = StepCost(sid, a.id, where, ps.within, topo.locality(where) if where else "-",
+                                  parts[sid], parts[sid] * a.weight / 3600)
+        allocations[a.id] = AllocCost(
+            a.id, a.gpus, [i.job_id for i in infos], nodes, sorted({topo.leaf_of(n) or "-" for n in last_nodes}),
+            a.within if a.nodes > 1 else "node", topo.locality(last_nodes) if last_nodes else "-",
+            held, held - idle, idle, held * a.weight / 3600, [i.state for i in infos], result.allocations[a.id].events,
+        )
+    return allocations, steps
+
+
+def _local_costs(p: Plan, result: RunResult, site: Site):
+    """The embedded default: allocations are simulated, their held time is the engine's own."""
+    allocations, steps = {}, {}
+    for a in p.allocations:
+        if a.kind == HOST:
+            continue
+        rec = result.allocations[a.id]
+        held = rec.held_gpu_s
+        metered = {sid: result.steps[sid].gpu_seconds for sid in a.steps}
+        parts, idle = attribution.split(held, metered)
+        for sid in a.steps:
+            steps[sid] = StepCost(sid, a.id, [], p.steps[sid].within, "-", parts[sid], parts[sid] * a.weight / 3600)
+        allocations[a.id] = AllocCost(a.id, a.gpus, [], [], [], "node", "-", held, held - idle, idle,
+                                      held * a.weight / 3600, [], rec.events)
+    return allocations, steps
+
+
+def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> list[dict]:
+    rows = []
+    for a in p.allocations:
+        ac = allocations.get(a.id)
+        if ac is None:
+            continue
+        ended = result.allocations[a.id].ended or result.ended
+        base = dict(run_id=run_id, account=wf.account, user=user, workflow=wf.workflow, alloc=a.id,
+                    job_ids=",".join(ac.job_ids) or "-", gpu_type=a.gpu_type, weight=a.weight, ended=ended)
+        for sid in a.steps:
+            rows.append(dict(base, attr_key=f"{run_id}:{a.id}:{sid}", step=sid, gpu_seconds=steps[sid].gpu_s))
+        rows.append(dict(base, attr_key=f"{run_id}:{a.id}:(idle)", step=None, gpu_seconds=ac.idle_gpu_s))
+    return rows
+
+
+def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | None:
+    """Keep what happened (outputs, attempts, allocations, costs) beside the ledger, for reports."""
+    from dataclasses import asdict
+
+    result = rep.result
     runs = slurmgov_home() / "runs"
     try:
         runs.mkdir(parents=True, exist_ok=True)
@@ -129,16 +285,17 @@ def _write_record(wf, p: Plan, result: RunResult, run_id, hold_key, user, site) 
         return None
     doc = {
         "run_id": run_id, "workflow": wf.workflow, "account": wf.account, "user": user, "site": site.site,
-        "hold_key": hold_key, "status": result.status, "started": result.started, "ended": result.ended,
-        "plan": p.to_dict(),
+        "executor": site.executor, "hold_key": rep.hold_key, "status": result.status, "started": result.started,
+        "ended": result.ended, "plan": p.to_dict(),
         "steps": {
             sid: {"status": r.status, "reason": r.reason, "alloc": r.spec.alloc, "gpu_seconds": r.gpu_seconds,
-                  "attempts": [{k: v for k, v in vars(a).items()} for a in r.attempts]}
+                  "attempts": [{k: v for k, v in vars(a).items()} for a in r.attempts],
+                  "cost": asdict(rep.steps[sid]) if sid in rep.steps else None}
             for sid, r in result.steps.items()
         },
         "allocations": {
             aid: {"gpus": a.spec.gpus, "started": a.started, "ended": a.ended, "busy_gpu_s": a.busy_gpu_s,
-                  "idle_gpu_s": a.idle_gpu_s}
+                  "idle_gpu_s": a.idle_gpu_s, "cost": asdict(rep.allocations[aid]) if aid in rep.allocations else None}
             for aid, a in result.allocations.items()
         },
     }

@@ -118,7 +118,11 @@ def run(jobspec_path, site_path, as_json, linger):
         page["state"] = dashboard.DashboardState(p, ledger)
         if not as_json:
             report.plan_tables(p, out)
-            out.print(f"admitted: hold {hold_key} of {p.cost_h:.2f} GPU-h on account {wf.account}")
+            if hold_key:
+                out.print(f"admitted: hold {hold_key} of {p.cost_h:.2f} GPU-h on account {wf.account}")
+            else:
+                out.print(f"admitted: {p.cost_h:.2f} GPU-h fits account {wf.account}; the site's submit hook "
+                          f"admits each allocation as it is submitted")
 
     def backend_up(backend):
         page["link"] = dashboard.install(backend, page["state"])
@@ -150,9 +154,13 @@ def run(jobspec_path, site_path, as_json, linger):
         _json({
             "run_id": rep.result.run_id, "status": rep.result.status, "worst_case_gpu_hours": rep.plan.cost_h,
             "charged_gpu_hours": rep.charged_h, "balance": dataclasses.asdict(bal), "record": str(rep.record_path),
-            "dashboard": page.get("link"),
+            "dashboard": page.get("link"), "executor": rep.executor, "waste_gpu_seconds": rep.waste_gpu_s,
             "steps": {s: {"status": r.status, "attempts": len(r.attempts), "gpu_seconds": r.gpu_seconds,
-                          "reason": r.reason, "output": r.output} for s, r in rep.result.steps.items()},
+                          "reason": r.reason, "output": r.output,
+                          **({"cost": dataclasses.asdict(rep.steps[s])} if s in rep.steps else {})}
+                      for s, r in rep.result.steps.items()},
+            "allocations": {a: {**dataclasses.asdict(c), "locality_ok": c.locality_ok}
+                            for a, c in rep.allocations.items()},
         })
     else:
         report.run_tables(rep, bal, out)
@@ -286,6 +294,30 @@ def budget_show(account, site_path, as_json):
                for b in balances])
     else:
         report.balance_table(balances, out, fc)
+
+
+@cli.command()
+@click.option("--by", type=click.Choice(["account", "workflow", "user"]), default="account", show_default=True)
+@click.option("--since", type=click.DateTime(), default=None, help="Allocations that ended at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Allocations that ended before (UTC).")
+@site_option
+@json_option
+def waste(by, since, until, site_path, as_json):
+    """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
+
+    \b
+    Examples:
+      slurmgov waste --by workflow
+      slurmgov waste --by account --since 2026-11-01 --json
+    """
+    def utc(d):
+        return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
+
+    rows = _ledger(_site(site_path)).waste(by=by, since=utc(since), until=utc(until))
+    if as_json:
+        _json(rows)
+    else:
+        report.waste_table(rows, by, out)
 
 
 @cli.command()

@@ -32,8 +32,9 @@ def guarded(prog: str):
         def main(*args, **kwargs):
             try:
                 return fn(*args, standalone_mode=False, **kwargs)
-            except click.exceptions.Abort:
-                click.echo(f"{prog}: interrupted", err=True)
+            except (click.exceptions.Abort, KeyboardInterrupt):
+                click.echo(f"{prog}: interrupted; running steps were stopped, the workflow's Slurm jobs "
+                           f"cancelled and its hold released", err=True)
                 sys.exit(130)
             except click.ClickException as exc:
                 exc.show()
@@ -43,9 +44,6 @@ def guarded(prog: str):
             except SlurmgovError as exc:
                 click.echo(f"{prog}: {exc}", err=True)
                 sys.exit(exc.exit_code)
-            except KeyboardInterrupt:
-                click.echo(f"{prog}: interrupted; the workflow's hold was released", err=True)
-                sys.exit(130)
             except Exception as exc:
                 if os.environ.get("SLURMGOV_DEBUG"):
                     raise

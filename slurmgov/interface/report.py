@@ -37,25 +37,37 @@ def plan_tables(p, console: Console) -> None:
 
 def run_tables(rep, balance, console: Console) -> None:
     r = rep.result
+    slurm = rep.executor == "slurm"
     t = Table(title=f"run {r.run_id}: {rep.plan.workflow} -> {r.status}")
-    for col in ("step", "status", "attempts", "alloc", "GPUs", "wall s", "GPU-s", "charged GPU-h", "share GPU-h", "note"):
+    cols = ["step", "status", "attempts", "alloc", "GPUs", "wall s", "GPU-s", "cost GPU-h", "share GPU-h"]
+    if slurm:
+        cols += ["node", "within (asked -> got)"]
+    for col in cols + ["note"]:
         t.add_column(col, overflow="fold")
-    weights = {a.id: a.weight for a in rep.plan.allocations}
     for sid, rec in r.steps.items():
         ps = rep.plan.steps[sid]
-        gpu_s = rec.gpu_seconds
-        t.add_row(sid, rec.status, str(len(rec.attempts)), rec.spec.alloc, str(rec.spec.gpus), f"{rec.wall_s:.2f}",
-                  f"{gpu_s:.2f}", f"{gpu_s * weights.get(rec.spec.alloc, 0) / 3600:.5f}", _h(ps.share_h), rec.reason or "")
+        sc = rep.steps.get(sid)
+        row = [sid, rec.status, str(len(rec.attempts)), rec.spec.alloc, str(rec.spec.gpus), f"{rec.wall_s:.2f}",
+               f"{rec.gpu_seconds:.2f}", f"{sc.cost_h:.5f}" if sc else "0", _h(ps.share_h)]
+        if slurm:
+            row += [",".join(sc.nodes) if sc else "host", f"{sc.requested} -> {sc.achieved}" if sc else "-"]
+        t.add_row(*row, rec.reason or "")
     console.print(t)
-    a = Table(title="allocations")
-    for col in ("alloc", "GPUs", "held GPU-s", "busy GPU-s", "idle GPU-s", "busy %"):
-        a.add_column(col)
-    for aid, al in r.allocations.items():
-        if al.spec.kind == "host":
-            continue
-        held = al.held_gpu_s
-        a.add_row(aid, str(al.spec.gpus), f"{held:.2f}", f"{al.busy_gpu_s:.2f}", f"{al.idle_gpu_s:.2f}",
-                  f"{100 * al.busy_gpu_s / held:.0f}%" if held else "-")
+    a = Table(title="allocations" + (" (held = sacct's GPUs x elapsed)" if slurm else ""))
+    cols = ["alloc", "GPUs"] + (["Slurm jobs", "nodes", "leaf", "within (asked -> got)"] if slurm else [])
+    for col in cols + ["held GPU-s", "busy GPU-s", "idle GPU-s", "busy %", "cost GPU-h", "events"]:
+        a.add_column(col, overflow="fold")
+    for aid, ac in rep.allocations.items():
+        row = [aid, str(ac.gpus)]
+        if slurm:
+            jobs = [f"{j} {st}" for j, st in zip(ac.job_ids, ac.states)]
+            ok = "" if ac.locality_ok else " (!)"
+            row += ["; ".join(jobs) or "-", ",".join(ac.nodes) or "-", ",".join(ac.leaves) or "-",
+                    f"{ac.requested} -> {ac.achieved}{ok}"]
+        row += [f"{ac.held_gpu_s:.2f}", f"{ac.busy_gpu_s:.2f}", f"{ac.idle_gpu_s:.2f}",
+                f"{100 * ac.busy_gpu_s / ac.held_gpu_s:.0f}%" if ac.held_gpu_s else "-", f"{ac.cost_h:.5f}",
+                "; ".join(ac.events)]
+        a.add_row(*row)
     console.print(a)
     for sid, rec in r.steps.items():
         out = rec.output
@@ -65,10 +77,20 @@ def run_tables(rep, balance, console: Console) -> None:
                 f"{out['blocks_saved']} blocks ({out.get('bytes_saved', 0):,} bytes) saved by sharing; "
                 f"{out.get('kv_block_seconds', 0):.3f} KV block-seconds ({out.get('path', '?')})"
             )
-    console.print(
-        f"held up to {rep.plan.cost_h:.2f} GPU-h; charged {rep.charged_h:.5f} GPU-h; released the rest. "
-        f"account {balance.account}: {balance.available_h:.4f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
-    )
+    waste = rep.waste_gpu_s
+    held = sum(ac.held_gpu_s for ac in rep.allocations.values())
+    console.print(f"waste: {waste:.1f} of {held:.1f} allocated GPU-s sat idle ({100 * waste / held if held else 0:.0f}%)")
+    if slurm:
+        console.print(
+            f"worst case {rep.plan.cost_h:.2f} GPU-h; the allocations' jobs cost {rep.charged_h:.5f} GPU-h "
+            f"(sacct; the governor charges it). account {balance.account}: {balance.available_h:.4f} of "
+            f"{balance.budget_h:.2f} GPU-h left ({balance.period}) as of its last sync"
+        )
+    else:
+        console.print(
+            f"held up to {rep.plan.cost_h:.2f} GPU-h; charged {rep.charged_h:.5f} GPU-h; released the rest. "
+            f"account {balance.account}: {balance.available_h:.4f} of {balance.budget_h:.2f} GPU-h left ({balance.period})"
+        )
 
 
 def balance_table(balances, console: Console, forecasts: dict | None = None) -> None:
@@ -93,4 +115,14 @@ def usage_table(rows, by: str, console: Console) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(str(r["key"]), str(r["charges"]), f"{r['gpu_seconds']:.2f}", f"{r['charged_h']:.5f}")
+    console.print(t)
+
+
+def waste_table(rows, by: str, console: Console) -> None:
+    t = Table(title=f"allocated GPU time by {by}: used by steps vs idle")
+    for col in (by, "runs", "used GPU-s", "idle GPU-s", "idle %", "idle GPU-h"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["key"]), str(r["runs"]), f"{r['used_gpu_seconds']:.1f}", f"{r['idle_gpu_seconds']:.1f}",
+                  f"{100 * r['idle_share']:.0f}%", f"{r['idle_h']:.4f}")
     console.print(t)

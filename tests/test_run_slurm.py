@@ -1,0 +1,230 @@
+"""Workflows on real Slurm allocations: `slurmgov run --site demo-cluster.yaml` on the test cluster.
+
+Each allocation is a pilot job admitted by the job_submit hook, running Dask workers; the
+governor (`slurmgov governor`, running beside the tests) charges the jobs from jobcomp/sacct;
+the run splits each job's cost across its steps and records the idle rest as waste.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
+from slurmgov.governance import site as site_mod
+from slurmgov.governance.ledger import Ledger
+
+pytestmark = pytest.mark.slurm
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "site_configs" / "demo-cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("sg-home-slurm")
+
+
+@pytest.fixture(scope="module")
+def governed(slurm_cluster, home):  # noqa: F811
+    """The hooks installed and a governor keeping the snapshot fresh and settling jobs."""
+    c = slurm_cluster
+    c.cancel_all()
+    for p in (c.journal_path, c.settle_path, c.hook_conf_path):
+        if p.exists():
+            p.unlink()
+    env = {**c.env, "SLURMGOV_HOME": str(home), "SLURMGOV_SITE": str(SITE), "COLUMNS": "200"}
+    subprocess.run([str(BIN / "slurmgov"), "hooks", "install", "--slurm-conf-dir", str(c.conf_dir)], env=env,
+                   check=True, capture_output=True)
+    gov = subprocess.Popen([str(BIN / "slurmgov"), "governor", "--slurm-conf-dir", str(c.conf_dir), "--interval", "0.5"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield c, env
+    finally:
+        gov.send_signal(signal.SIGINT)
+        try:
+            gov.wait(15)
+        except subprocess.TimeoutExpired:
+            gov.kill()
+        c.cancel_all()
+
+
+@pytest.fixture
+def sg(governed, home, monkeypatch):
+    c, env = governed
+    monkeypatch.setenv("SLURMGOV_HOME", str(home))  # this module's ledger, shared with the governor
+
+    def run(*args, check=0, timeout=240):
+        p = subprocess.run([str(BIN / "slurmgov"), *map(str, args)], capture_output=True, text=True, env=env,
+                           timeout=timeout, cwd=c.work_dir)
+        assert "Traceback" not in p.stderr + p.stdout, p.stderr
+        assert check is None or p.returncode == check, p.stderr + p.stdout[-3000:]
+        return p
+    return run
+
+
+def ledger() -> Ledger:
+    return Ledger.open(site_mod.load(SITE).ledger_url())
+
+
+def sacct(c, job_ids) -> dict[str, dict]:
+    """What Slurm's accounting says each job used (the authority), read independently here."""
+    data = json.loads(c.run("sacct", "--json", "-a", "-j", ",".join(job_ids), check=True).stdout)
+    out = {}
+    for j in data["jobs"]:
+        gpus = sum(int(t["count"]) for t in j["tres"]["allocated"] if t["type"] == "gres" and t["name"] == "gpu")
+        out[str(j["job_id"])] = {"gpu_s": gpus * j["time"]["elapsed"], "state": j["state"]["current"],
+                                 "nodes": j["nodes"]}
+    return out
+
+
+def sacct_by_name(c, name: str) -> dict[str, str]:
+    out = c.run("sacct", "-a", "-n", "-X", "-P", "--name", name, "-o", "JobID,State", check=True).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if line)
+
+
+def wait_charged(job_ids, timeout=30) -> dict[str, float]:
+    """The governor's charge for each job (one per run), once all are in the ledger."""
+    deadline = time.time() + timeout
+    while True:
+        got = {}
+        for ch in ledger().charges():
+            jid = ch["charge_key"].split(":")[2].split("@")[0] if ch["charge_key"].startswith("slurm:job:") else None
+            if jid in job_ids:
+                got[jid] = got.get(jid, 0) + ch["gpu_seconds"]
+        if set(got) == set(job_ids) or time.time() > deadline:
+            return got
+        time.sleep(0.3)
+
+
+def test_research_fanout_costs_add_up_to_sacct(sg, governed):
+    c, _ = governed
+    rep = json.loads(sg("run", JOBSPECS / "research-fanout.yaml", "--json").stdout)
+    assert rep["status"] == "ok" and rep["executor"] == "slurm"
+    allocs = rep["allocations"]
+    # the four researchers and the critic share one pilot job: 1 Slurm job for 5 GPU steps
+    assert list(allocs) == ["a2"] and len(allocs["a2"]["job_ids"]) == 1
+    jobs = [j for a in allocs.values() for j in a["job_ids"]]
+    truth = sacct(c, jobs)
+    assert all(t["state"] == "COMPLETED" for t in truth.values()), truth  # ended by us, not cancelled
+    held = sum(t["gpu_s"] for t in truth.values())
+    steps = {s: v["cost"] for s, v in rep["steps"].items() if v.get("cost")}
+    assert set(steps) == {"research-1", "research-2", "research-3", "research-4", "critic"}
+    # per-step costs plus the idle rest add up to what sacct says the allocation used
+    assert sum(s["gpu_s"] for s in steps.values()) + rep["waste_gpu_seconds"] == pytest.approx(held)
+    assert 0 < rep["waste_gpu_seconds"] < held
+    assert sum(a["cost_h"] for a in allocs.values()) == pytest.approx(held / 3600)  # h100 weight 1
+    # each step was metered on the node its worker ran on; the allocation landed as asked
+    assert all(s["nodes"] == allocs["a2"]["nodes"] and s["achieved"] == "node" for s in steps.values())
+    assert allocs["a2"]["locality_ok"] and allocs["a2"]["nodes"] == truth[jobs[0]]["nodes"].split(",")
+    # the same split is in the ledger, and the governor charged each job exactly what sacct says
+    rows = ledger().attributions(rep["run_id"])
+    assert sum(r["gpu_seconds"] for r in rows) == pytest.approx(held)
+    assert [r for r in rows if r["step"] is None][0]["gpu_seconds"] == pytest.approx(rep["waste_gpu_seconds"])
+    assert wait_charged(jobs) == {j: pytest.approx(t["gpu_s"]) for j, t in truth.items()}
+    waste = json.loads(sg("waste", "--by", "workflow", "--json").stdout)
+    assert any(w["key"] == "deep-research" and w["idle_gpu_seconds"] > 0 for w in waste)
+    assert not c.run("squeue", "-h", "-n", "sg.deep-research.a2").stdout.strip()
+
+
+@pytest.mark.parametrize("name", ["multinode-finetune", "tensor-parallel-eval", "shared-prefix-agents"])
+def test_examples_run_on_the_demo_cluster(sg, governed, name):
+    c, _ = governed
+    rep = json.loads(sg("run", JOBSPECS / f"{name}.yaml", "--json").stdout)
+    assert rep["status"] == "ok", rep["steps"]
+    jobs = [j for a in rep["allocations"].values() for j in a["job_ids"]]
+    truth = sacct(c, jobs)
+    held = sum(t["gpu_s"] for t in truth.values())
+    attributed = sum(v["cost"]["gpu_s"] for v in rep["steps"].values() if v.get("cost"))
+    assert attributed + rep["waste_gpu_seconds"] == pytest.approx(held)
+    for a in rep["allocations"].values():
+        assert a["locality_ok"], a
+    if name == "multinode-finetune":
+        ft = rep["allocations"][rep["steps"]["finetune"]["cost"]["alloc"]]
+        # two nodes under one leaf switch, as --switches=1 asked
+        assert len(ft["nodes"]) == 2 and len(ft["leaves"]) == 1 and ft["achieved"] == "leaf-switch"
+
+
+def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, governed, tmp_path):
+    c, env = governed
+    mark = tmp_path / "started"
+    spec = tmp_path / "kill.yaml"
+    spec.write_text(f"""\
+workflow: kill-me
+account: chem-ai
+steps:
+  - id: long
+    run: 'echo $SLURM_JOB_ID >> {mark}; sleep 4; echo done'
+    resources: {{gpus: 1, gpu_type: h100, time: "00:05:00"}}
+""")
+    proc = subprocess.Popen([str(BIN / "slurmgov"), "run", str(spec), "--json"], env=env, cwd=c.work_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (mark.exists() and mark.read_text().strip()):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+    first = mark.read_text().split()[0]
+    c.run("scancel", first, check=True)  # the allocation dies under its running step
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err + out
+    rep = json.loads(out)
+    alloc = rep["allocations"]["a1"]
+    assert alloc["job_ids"][0] == first and len(alloc["job_ids"]) == 2
+    assert alloc["states"][0] == "CANCELLED" and "resubmitted as job" in alloc["events"][0]
+    step = rep["steps"]["long"]
+    assert step["status"] == "ok" and step["attempts"] == 1 and step["output"] == "done"
+    assert mark.read_text().split() == alloc["job_ids"]  # it ran again, in the new job
+    # both jobs are charged once each, what sacct says; the killed one's time is waste
+    truth = sacct(c, alloc["job_ids"])
+    assert wait_charged(alloc["job_ids"]) == {j: pytest.approx(t["gpu_s"]) for j, t in truth.items()}
+    assert alloc["held_gpu_s"] == pytest.approx(sum(t["gpu_s"] for t in truth.values()))
+    assert not ledger().open_holds("slurm:")  # every job's hold closed by the governor
+
+
+def test_ctrl_c_cancels_the_workflows_jobs(governed, tmp_path):
+    c, env = governed
+    mark = tmp_path / "started"
+    spec = tmp_path / "long.yaml"
+    spec.write_text(f"""\
+workflow: interrupt-me
+account: chem-ai
+steps:
+  - id: wait
+    run: 'touch {mark}; sleep 60'
+    resources: {{gpus: 2, gpu_type: h100, time: "00:05:00"}}
+""")
+    proc = subprocess.Popen([str(BIN / "slurmgov"), "run", str(spec)], env=env, cwd=c.work_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not mark.exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "Slurm jobs cancelled" in err
+    deadline = time.time() + 20
+    while c.run("squeue", "-h", "-n", "sg.interrupt-me.a1").stdout.strip():  # COMPLETING, briefly
+        assert time.time() < deadline, "the pilot job outlived Ctrl-C"
+        time.sleep(0.2)
+    (job,) = [j for j, t in sacct_by_name(c, "sg.interrupt-me.a1").items()]
+    assert sacct(c, [job])[job]["state"] == "CANCELLED"
+
+
+def test_over_budget_workflow_submits_nothing(sg, governed):
+    c, _ = governed
+    ledger().set_budget("physics", 0.5, "quarterly", actor="test", reason="too small for the fine-tune")
+    before = c.run("sacct", "-a", "-n", "-X", "-o", "JobID").stdout.split()
+    p = sg("run", JOBSPECS / "multinode-finetune.yaml", check=4)
+    assert "account physics: 0.50 GPU-h left, workflow finetune-leaf needs up to" in p.stderr
+    assert "nothing was submitted" in p.stderr
+    assert c.run("sacct", "-a", "-n", "-X", "-o", "JobID").stdout.split() == before
+
+
+JOBSPECS = ROOT / "jobspecs"
