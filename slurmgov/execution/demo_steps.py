@@ -68,3 +68,8 @@ def flaky(inputs: dict, fail_times: int, step=None) -> dict:
     if attempt <= fail_times:
         raise RuntimeError(f"transient failure on attempt {attempt}")
     return {"attempt": attempt}
+
+
+def noop(inputs: dict) -> None:
+    """Does nothing: for measuring what the engine and Dask add around a step."""
+    return None
