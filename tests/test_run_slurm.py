@@ -8,6 +8,7 @@ the run splits each job's cost across its steps and records the idle rest as was
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def governed(slurm_cluster, home):  # noqa: F811
     env = {**c.env, "SLURMGOV_HOME": str(home), "SLURMGOV_SITE": str(SITE), "COLUMNS": "200"}
     subprocess.run([str(BIN / "slurmgov"), "hooks", "install", "--slurm-conf-dir", str(c.conf_dir)], env=env,
                    check=True, capture_output=True)
-    gov = subprocess.Popen([str(BIN / "slurmgov"), "governor", "--slurm-conf-dir", str(c.conf_dir), "--interval", "0.5"],
+    gov = subprocess.Popen([str(BIN / "slurmgov"), "governor", "--slurm-conf-dir", str(c.conf_dir), "--interval", "0.5",
+                            "--placement-every", "0.3"],
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         yield c, env
@@ -151,6 +153,23 @@ def test_examples_run_on_the_demo_cluster(sg, governed, name):
         assert len(ft["nodes"]) == 2 and len(ft["leaves"]) == 1 and ft["achieved"] == "leaf-switch"
 
 
+def test_placement_and_fragmentation_are_recorded_from_live_jobs(sg, governed):
+    rep = json.loads(sg("run", JOBSPECS / "multinode-finetune.yaml", "--json").stdout)
+    ft = rep["allocations"][rep["steps"]["finetune"]["cost"]["alloc"]]
+    (job,) = ft["job_ids"]
+    placed = json.loads(sg("topology", "placement", "--json").stdout)
+    # the governor saw the pilot running: it asked for one leaf switch (its comment says so) and got it
+    assert placed["by_request"]["leaf-switch"]["jobs"] >= 1
+    assert all(m["job_id"] != job for m in placed["misses"])
+    assert placed["share"] == 1.0
+    frag = json.loads(sg("topology", "fragmentation", "--json").stdout)
+    assert frag["samples"] >= 2
+    # while the 2-node pilot ran, some sample had fewer than all 16 free 1-GPU slots
+    assert frag["total"]["1"]["min"] < 16 and frag["total"]["1"]["now"] <= 16
+    live = json.loads(sg("topology", "show", "--live", "--json").stdout)
+    assert live["free_slots"]["total"]["free_gpus"] <= 16
+
+
 def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, governed, tmp_path):
     c, env = governed
     mark = tmp_path / "started"
@@ -220,11 +239,13 @@ steps:
 def test_over_budget_workflow_submits_nothing(sg, governed):
     c, _ = governed
     ledger().set_budget("physics", 0.5, "quarterly", actor="test", reason="too small for the fine-tune")
-    before = c.run("sacct", "-a", "-n", "-X", "-o", "JobID").stdout.split()
+    time.sleep(1)  # sacct's -S has one-second resolution: start after the earlier tests' jobs ended
+    t0 = time.strftime("%Y-%m-%dT%H:%M:%S")
     p = sg("run", JOBSPECS / "multinode-finetune.yaml", check=4)
-    assert "account physics: 0.50 GPU-h left, workflow finetune-leaf needs up to" in p.stderr
+    assert re.search(r"account physics: 0\.\d\d GPU-h left, workflow finetune-leaf needs up to 16.25 GPU-h", p.stderr)
     assert "nothing was submitted" in p.stderr
-    assert c.run("sacct", "-a", "-n", "-X", "-o", "JobID").stdout.split() == before
+    names = ",".join(f"sg.finetune-leaf.a{i}" for i in range(1, 4))
+    assert not c.run("sacct", "-a", "-n", "-X", "-S", t0, "--name", names, "-o", "JobID").stdout.split()
 
 
 JOBSPECS = ROOT / "jobspecs"

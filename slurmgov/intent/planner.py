@@ -95,7 +95,8 @@ class Allocation:
             opts.append(f"--switches=1@{SWITCH_WAIT}")
         if self.constraint:
             opts.append(f"--constraint={self.constraint}")
-        opts.append(f"--comment=slurmgov:wf={workflow},alloc={self.id}")
+        # what the job asked of the topology, so placement reports can tell whether it got it
+        opts.append(f"--comment=slurmgov:wf={workflow},alloc={self.id},within={self.within}")
         return opts
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from slurmgov.governance import placement
 from slurmgov.governance import authz, governor, slurm_cli
 from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import site as site_mod
@@ -380,6 +381,10 @@ def _state_dir(site) -> str:
     return str(site_mod.slurmgov_home())
 
 
+def _placement_log(site) -> Path:
+    return Path(_state_dir(site)) / "placement.jsonl"
+
+
 @cli.command()
 @conf_dir_option
 @site_option
@@ -388,7 +393,9 @@ def _state_dir(site) -> str:
               help="Check the ledger against sacct and squeue (needs slurmdbd).")
 @click.option("--grace", type=click.FloatRange(min=0), default=600, show_default=True, metavar="SECONDS",
               help="Release holds whose job Slurm has not known for this long.")
-def sync(conf_dir, site_path, as_json, reconcile, grace):
+@click.option("--placement", "placement_sample", is_flag=True,
+              help="Also record where jobs landed and the free GPU slots.")
+def sync(conf_dir, site_path, as_json, reconcile, grace, placement_sample):
     """One governor pass: ingest the hooks' journals, settle finished jobs, reconcile with
     sacct, rewrite the snapshot.
 
@@ -399,6 +406,10 @@ def sync(conf_dir, site_path, as_json, reconcile, grace):
     site = _site(site_path)
     rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site),
                              slurm=slurm_cli if reconcile else None, grace_s=grace)
+    if placement_sample:
+        problem = placement.sample_into(site, placement.PlacementLog(_placement_log(site)))
+        if problem:
+            rep.problems.append(problem)
     if as_json:
         _json(dataclasses.asdict(rep))
     else:
@@ -417,7 +428,10 @@ def sync(conf_dir, site_path, as_json, reconcile, grace):
               help="Check the ledger against sacct and squeue on each pass (needs slurmdbd).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT (0: any free port, printed).")
-def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port):
+@click.option("--placement-every", type=click.FloatRange(min=0), default=60, show_default=True, metavar="SECONDS",
+              help="Record where jobs landed and free GPU slots this often (0: never); "
+                   "read with `slurmgov topology placement|fragmentation`.")
+def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port, placement_every):
     """Run the governor: a sync pass every --interval seconds until stopped (Ctrl-C / SIGINT).
 
     A pass that fails (ledger or slurmdbd briefly away) is reported and retried next time;
@@ -433,10 +447,18 @@ def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port):
     if metrics.port is not None:
         err.print(f"metrics: http://127.0.0.1:{metrics.port}/metrics")
     alerted: dict[str, str] = {}
+    log = placement.PlacementLog(_placement_log(site))
+    next_sample, said = 0.0, set()
     while True:
         try:
             rep = governor.sync_once(ledger, site, conf_dir, _state_dir(site), slurm=slurm_cli if reconcile else None)
             lines = [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]
+            if placement_every and time.time() >= next_sample:
+                next_sample = time.time() + placement_every
+                problem = placement.sample_into(site, log)
+                if problem and problem not in said:  # once, not every pass
+                    said.add(problem)
+                    lines.append(problem)
             for alert in metrics.update(ledger, rep, time.time()):
                 account = alert.split()[2]
                 if alerted.get(account) != alert.split("(")[1]:  # say each threshold once, not every pass
@@ -494,18 +516,20 @@ def topology():
 @topology.command("show")
 @site_option
 @json_option
-def topology_show(site_path, as_json):
+@click.option("--live", is_flag=True, help="Free slots as Slurm has them now (sinfo), not an empty cluster.")
+def topology_show(site_path, as_json, live):
     """Show leaf switches, their nodes and GPUs, and the free N-GPU slots per leaf and domain.
 
     \b
-    Example:
+    Examples:
       slurmgov topology show --site site_configs/demo-cluster.yaml
+      slurmgov topology show --live --json
     """
     from slurmgov.governance.topology_import import fragmentation
 
     site = _site(site_path)
     topo = site.topology
-    frag = fragmentation(site, {})
+    frag = fragmentation(site, placement.sample(site).busy if live else {})
     doc = {
         "site": site.site,
         "nodes": len(topo.nodes), "gpus": sum(n.gpus for n in topo.nodes.values()),
@@ -531,6 +555,78 @@ def topology_show(site_path, as_json):
     out.print(t)
     if doc["nvlink_domains"]:
         out.print("multi-node NVLink domains: " + ", ".join(f"{d} ({n} nodes)" for d, n in doc["nvlink_domains"].items()))
+
+
+def _since(since, until):
+    def utc(d):
+        return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
+    return utc(since), utc(until)
+
+
+@topology.command("placement")
+@site_option
+@json_option
+@click.option("--since", type=click.DateTime(), default=None, help="Samples taken at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Samples taken before (UTC).")
+def topology_placement(site_path, as_json, since, until):
+    """The share of GPU jobs that got the locality they asked for (node, NVLink domain, leaf
+    switch), from what the governor recorded of running jobs.
+
+    \b
+    Examples:
+      slurmgov topology placement
+      slurmgov topology placement --since 2026-11-01 --json
+    """
+    site = _site(site_path)
+    samples = placement.PlacementLog(_placement_log(site)).read(*_since(since, until))
+    rep = placement.placement(site, samples)
+    if as_json:
+        _json(rep)
+        return
+    if not rep["jobs"]:
+        out.print("no GPU jobs recorded yet (the governor samples running jobs every --placement-every seconds)")
+        return
+    t = Table(title=f"placement: {rep['jobs']} GPU jobs, {100 * rep['share']:.0f}% got the locality they asked for")
+    for col in ("asked for", "jobs", "got it", "share"):
+        t.add_column(col)
+    for within, r in rep["by_request"].items():
+        if r["jobs"]:
+            t.add_row(within, str(r["jobs"]), str(r["satisfied"]), f"{100 * r['share']:.0f}%")
+    out.print(t)
+    for miss in rep["misses"][:20]:
+        out.print(f"miss: job {miss['job_id']} asked for {miss['requested']}, got {miss['got']} ({miss['nodes']})")
+
+
+@topology.command("fragmentation")
+@site_option
+@json_option
+@click.option("--since", type=click.DateTime(), default=None, help="Samples taken at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Samples taken before (UTC).")
+def topology_fragmentation(site_path, as_json, since, until):
+    """Free N-GPU slots per leaf switch: now, and the minimum and mean over the recorded samples.
+
+    \b
+    Examples:
+      slurmgov topology fragmentation
+      slurmgov topology fragmentation --since 2026-11-24 --json
+    """
+    site = _site(site_path)
+    samples = placement.PlacementLog(_placement_log(site)).read(*_since(since, until))
+    rep = placement.fragmentation_over_time(site, samples)
+    if as_json:
+        _json(rep)
+        return
+    if not rep["samples"]:
+        out.print("no samples recorded yet (run `slurmgov governor`, or `slurmgov sync --placement`)")
+        return
+    t = Table(title=f"free N-GPU slots over {rep['samples']} samples (now / min / mean)")
+    t.add_column("leaf switch")
+    for k in rep["total"]:
+        t.add_column(f"{k}-GPU")
+    rows = list(rep["leaf_switches"].items()) + [("all", rep["total"])]
+    for name, series in rows:
+        t.add_row(name, *(f"{v['now']} / {v['min']} / {v['mean']:.1f}" for v in series.values()))
+    out.print(t)
 
 
 @topology.command("import")
