@@ -80,3 +80,40 @@ def test_page_follows_a_running_workflow(root, tmp_path):
     left = float(re.search(r'id="left">([0-9.]+) GPU-h<', final).group(1))
     assert left == pytest.approx(ledger.balance("chem-ai").available_h, abs=0.01)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_site_dashboard_shows_every_account_and_recent_workflows(root, tmp_path, slurmgov_home):
+    """`slurmgov dashboard`: the site-wide page, in Chromium, agrees with the ledger and the runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    exe = browser.ensure()
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "SLURMGOV_HOME": str(slurmgov_home), "COLUMNS": "200"}
+    run = subprocess.run([str(bin_dir / "slurmgov"), "run", str(root / "jobspecs" / "research-fanout.yaml"), "--json"],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert run.returncode == 0, run.stderr
+    run_id = json.loads(run.stdout)["run_id"]
+    server = subprocess.Popen([str(bin_dir / "slurmgov"), "dashboard", "--port", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"(http://\S+/)", line).group(1)
+        html = browser.dom(exe, url).split("<script>")[0]  # the rendered page, not the script's templates
+        ledger = Ledger.open(site_mod.load(root / "site_configs" / "local.yaml").ledger_url())
+        for b in ledger.balances():  # every account, with the ledger's own numbers
+            row = re.search(rf'<tr data-account="{b.account}">(.*?)</tr>', html).group(1)
+            assert f'<td class="available">{b.available_h:.3f}</td>' in row
+        run_row = re.search(rf'<tr data-run="{run_id}">(.*?)</tr>', html).group(1)
+        assert "deep-research" in run_row and '<td class="status ok">ok</td>' in run_row and "8 / 8" in run_row
+        assert re.search(r'<svg class="plot" data-account="chem-ai"', html)  # its burn-down plot
+        site = site_mod.load(root / "site_configs" / "local.yaml")
+        assert re.findall(r'<tr data-leaf="([^"]+)">', html) == list(site.topology.leaves)  # free slots per leaf
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(exe, url, str(ARTIFACTS / "site-dashboard.png"), size="1280,1100")
+        assert (ARTIFACTS / "site-dashboard.png").stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.wait(10)

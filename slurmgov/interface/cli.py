@@ -471,6 +471,35 @@ def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port, placem
         time.sleep(interval)
 
 
+@cli.command("dashboard")
+@site_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8788, show_default=True, help="0: any free port.")
+def dashboard_cmd(site_path, host, port):
+    """Serve the site-wide page: every account's budget, burn-down and forecast, recent
+    workflows with their cost and idle time, waste by account, placement and free GPU slots.
+
+    \b
+    Example:
+      slurmgov dashboard --site site_configs/demo-cluster.yaml --port 8788
+    """
+    from slurmgov.interface import site_dashboard
+
+    site = _site(site_path)
+    ledger = _ledger(site)
+    for name in site.accounts:
+        ensure_budget(ledger, site, name)
+
+    def ready(url):
+        out.print(f"site dashboard: {url}  (Ctrl-C stops it)")
+        sys.stdout.flush()
+
+    try:
+        site_dashboard.serve(site, ledger, Path(_state_dir(site)), host, port, ready)
+    except OSError as exc:
+        raise SlurmgovError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 @cli.group()
 def limits():
     """Slurm's own limits, kept in step with the ledger."""
