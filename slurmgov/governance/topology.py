@@ -116,8 +116,10 @@ class Topology:
         """GPUs on the biggest eligible node of the type."""
         return max((self.nodes[n].gpus for n in self.eligible(partition, gpu_type, 1)), default=0)
 
-    def gpu_types(self, partition: str) -> list[str]:
-        return sorted({self.nodes[n].gpu_type for n in self.partitions.get(partition, ()) if self.nodes[n].gpu_type})
+    @lru_cache(maxsize=None)
+    def gpu_types(self, partition: str) -> tuple[str, ...]:
+        # cached: the planner asks once per step, and a partition can have thousands of nodes
+        return tuple(sorted({self.nodes[n].gpu_type for n in self.partitions.get(partition, ()) if self.nodes[n].gpu_type}))
 
     def locality(self, nodes: list[str]) -> str:
         """The tightest group that holds all of ``nodes``: node, nvlink-domain, leaf-switch or any."""
