@@ -145,3 +145,18 @@ def test_transfer_command():
     assert (bal["chem-ai"]["budget_h"], bal["bio-ml"]["budget_h"]) == (450, 250)
     p = sg("budget", "transfer", "physics", "bio-ml", "500", check=2)
     assert "account physics: 50.0 GPU-h available, cannot transfer 500.0" in p.stderr
+
+
+def test_shell_completion_of_commands_and_the_sites_accounts(root):
+    script = sg(env={"_SLURMGOV_COMPLETE": "bash_source"}, check=0).stdout
+    assert "complete -o nosort -F _slurmgov_completion slurmgov" in script
+
+    def complete(words: str) -> list[str]:
+        env = {"_SLURMGOV_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1),
+               "SLURMGOV_SITE": str(root / "site_configs" / "demo-cluster.yaml")}
+        return [ln.split(",", 1)[1] for ln in sg(env=env, check=0).stdout.splitlines()]
+
+    assert complete("slurmgov bud") == ["budget"]
+    assert complete("slurmgov budget s") == ["set", "show"]
+    assert complete("slurmgov budget show p") == ["physics"]
+    assert complete("slurmgov budget transfer chem-ai b") == ["bio-ml"]

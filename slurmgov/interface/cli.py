@@ -171,6 +171,15 @@ def run(jobspec_path, site_path, as_json, linger):
     sys.exit(0 if rep.result.status == "ok" else 1)
 
 
+def _complete_accounts(ctx, param, incomplete):
+    """Shell completion: the accounts of the site file (never fails: completion must stay quiet)."""
+    try:
+        site = site_mod.load(ctx.params.get("site_path") or site_mod.default_site_path())
+    except Exception:
+        return []
+    return [a for a in sorted(site.accounts) if a.startswith(incomplete)]
+
+
 @cli.group()
 def budget():
     """Read and set accounts' GPU-hour budgets."""
@@ -195,7 +204,7 @@ def _print_budget(ledger, account):
 
 
 @budget.command("set")
-@click.argument("account")
+@click.argument("account", shell_complete=_complete_accounts)
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
 @click.option("--reason", default="", help="Why: kept in the audit log.")
@@ -213,7 +222,7 @@ def budget_set(account, gpu_hours, period, reason, site_path):
 
 
 @budget.command("grant")
-@click.argument("account")
+@click.argument("account", shell_complete=_complete_accounts)
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
@@ -230,8 +239,8 @@ def budget_grant(account, gpu_hours, reason, site_path):
 
 
 @budget.command("transfer")
-@click.argument("source")
-@click.argument("dest")
+@click.argument("source", shell_complete=_complete_accounts)
+@click.argument("dest", shell_complete=_complete_accounts)
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
@@ -273,7 +282,7 @@ def audit(site_path, as_json):
 
 
 @budget.command("show")
-@click.argument("account", required=False)
+@click.argument("account", required=False, shell_complete=_complete_accounts)
 @site_option
 @json_option
 def budget_show(account, site_path, as_json):
