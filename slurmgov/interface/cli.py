@@ -39,6 +39,11 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _busy(what: str):
+    """A spinner on stderr while something may take seconds (silent when stderr is not a terminal)."""
+    return err.status(what, spinner="dots")
+
+
 def _site(path) -> site_mod.Site:
     return site_mod.load(path or site_mod.default_site_path())
 
@@ -355,7 +360,8 @@ def usage(by, since, until, fmt, output, site_path, as_json):
     def utc(d):
         return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
 
-    rows = _ledger(_site(site_path)).usage(by=by, since=utc(since), until=utc(until))
+    with _busy("reading usage from the ledger"):
+        rows = _ledger(_site(site_path)).usage(by=by, since=utc(since), until=utc(until))
     fmt = "json" if as_json else fmt
     if fmt == "table" and output is None:
         report.usage_table(rows, by, out)
@@ -413,8 +419,9 @@ def sync(conf_dir, site_path, as_json, reconcile, grace, placement_sample):
       slurmgov sync --slurm-conf-dir /etc/slurm --site site_configs/demo-cluster.yaml
     """
     site = _site(site_path)
-    rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site),
-                             slurm=slurm_cli if reconcile else None, grace_s=grace)
+    with _busy("ingesting journals" + (", reconciling with sacct" if reconcile else "")):
+        rep = governor.sync_once(_ledger(site), site, conf_dir, _state_dir(site),
+                                 slurm=slurm_cli if reconcile else None, grace_s=grace)
     if placement_sample:
         problem = placement.sample_into(site, placement.PlacementLog(_placement_log(site)))
         if problem:
