@@ -1,14 +1,17 @@
 """sbatch throughput with the slurmgov submit hook vs the same slurmctld without it.
 
-    sudo python bench/hook_overhead.py [--jobs 300] [--rounds 3] [--accounts 1000]
+    sudo python bench/hook_overhead.py [--jobs 300] [--rounds 3] [--accounts 1000,10000]
 
-Starts the test harness's real Slurm 22.05 (root on Debian), writes a snapshot with
---accounts accounts, and submits --jobs held GPU jobs per round from 4 threads under three
-configurations, interleaved round by round so drift in the machine hits all of them alike:
+Starts the test harness's real Slurm 22.05 (root on Debian) and, for each snapshot size in
+--accounts, submits --jobs held GPU jobs per round from 4 threads under three configurations,
+interleaved round by round so drift in the machine hits all of them alike:
   none  - JobSubmitPlugins unset (scontrol reconfigure)
   noop  - job_submit.lua that admits everything (the cost of Lua itself)
   hook  - plugins/job_submit.lua with the snapshot
-Prints jobs/s (median of rounds) and hook/none, hook/noop ratios (target >= 0.9).
+Prints jobs/s (median of rounds), hook/none and hook/noop ratios (target >= 0.9), each
+submission's latency at sbatch (p50/p99), and slurmctld's own mean time per
+REQUEST_SUBMIT_BATCH_JOB (sdiag, reset before each round): its difference between hook and
+none is the time spent in the hook per submission.
 """
 
 from __future__ import annotations
@@ -50,48 +53,87 @@ def set_mode(c, mode: str, hook_src: str) -> None:
     time.sleep(1.0)
 
 
-def round_jobs_per_s(c, jobs: int) -> float:
+def submit_rpc_us(c) -> float | None:
+    """slurmctld's mean time (microseconds) per batch submission since the last ``sdiag --reset``."""
+    for line in c.run("sdiag", check=True).stdout.splitlines():
+        if "REQUEST_SUBMIT_BATCH_JOB" in line:
+            return float(line.split("ave_time:")[1].split()[0])
+    return None
+
+
+def one_round(c, jobs: int) -> tuple[float, list[float], float | None]:
+    """(jobs/s, each submission's latency in ms, slurmctld's mean submit RPC time in us)."""
     def one(_):
+        t0 = time.perf_counter()
         p = c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "10", "--wrap", "true"])
         if p.returncode != 0:
             raise RuntimeError(p.stderr.strip())
+        return (time.perf_counter() - t0) * 1000
 
+    c.run("sdiag", "--reset", check=True)
     t = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(one, range(jobs)))
+        lat = list(pool.map(one, range(jobs)))
     rate = jobs / (time.perf_counter() - t)
+    rpc = submit_rpc_us(c)
     c.cancel_all(timeout=60)
-    return rate
+    return rate, lat, rpc
+
+
+def pct(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--accounts", type=int, default=1000)
+    ap.add_argument("--accounts", default="1000,10000", help="snapshot sizes, comma-separated")
     args = ap.parse_args()
+    try:
+        sizes = [int(a) for a in args.accounts.split(",")]
+    except ValueError:
+        ap.error(f"--accounts: {args.accounts!r} is not a list of numbers")
     ok, why = can_run()
     if not ok:
         sys.exit(f"hook_overhead: cannot start Slurm here: {why}")
     hook_src = (ROOT / "plugins" / "job_submit.lua").read_text()
+    results = []
     with tempfile.TemporaryDirectory() as d:
         c = start_cluster(d)
         try:
-            c.snapshot_path.write_text(snapshot(args.accounts))
-            rates: dict[str, list[float]] = {"none": [], "noop": [], "hook": []}
-            for r in range(args.rounds):
-                for mode in rates:
-                    set_mode(c, mode, hook_src)
-                    rates[mode].append(round_jobs_per_s(c, args.jobs))
-                print(f"round {r + 1}: " + "  ".join(f"{m} {v[-1]:.1f} jobs/s" for m, v in rates.items()), flush=True)
-            med = {m: statistics.median(v) for m, v in rates.items()}
+            for accounts in sizes:
+                c.snapshot_path.write_text(snapshot(accounts))
+                runs = {m: {"rate": [], "lat": [], "rpc": []} for m in ("none", "noop", "hook")}
+                for r in range(args.rounds):
+                    for mode, acc in runs.items():
+                        set_mode(c, mode, hook_src)
+                        rate, lat, rpc = one_round(c, args.jobs)
+                        acc["rate"].append(rate)
+                        acc["lat"] += lat
+                        if rpc is not None:
+                            acc["rpc"].append(rpc)
+                    print(f"{accounts} accounts, round {r + 1}: " +
+                          "  ".join(f"{m} {v['rate'][-1]:.1f} jobs/s" for m, v in runs.items()), flush=True)
+                results.append((accounts, runs))
             admitted = sum(1 for ln in c.journal_path.read_text().splitlines() if ln.startswith("admit"))
         finally:
             c.stop()
-    print(f"snapshot: {args.accounts} accounts; {args.jobs} held 1-GPU jobs per round from 4 threads, {args.rounds} rounds")
-    print(f"median sbatch throughput: none {med['none']:.1f}/s, noop Lua {med['noop']:.1f}/s, slurmgov hook {med['hook']:.1f}/s")
-    print(f"hook / none = {med['hook'] / med['none']:.3f}   hook / noop = {med['hook'] / med['noop']:.3f}   (target >= 0.9)")
-    print(f"journal lines written by the hook: {admitted} (expected {args.jobs * args.rounds})")
+    print(f"{args.jobs} held 1-GPU jobs per round from 4 threads, {args.rounds} rounds per snapshot size")
+    for accounts, runs in results:
+        med = {m: statistics.median(v["rate"]) for m, v in runs.items()}
+        rpc = {m: statistics.median(v["rpc"]) if v["rpc"] else float("nan") for m, v in runs.items()}
+        print(f"snapshot of {accounts} accounts:")
+        print(f"  median sbatch throughput: none {med['none']:.1f}/s, noop Lua {med['noop']:.1f}/s, "
+              f"slurmgov hook {med['hook']:.1f}/s")
+        print(f"  hook / none = {med['hook'] / med['none']:.3f}   hook / noop = {med['hook'] / med['noop']:.3f}   "
+              f"(target >= 0.9)")
+        print("  sbatch latency p50 / p99 ms: " + "   ".join(
+            f"{m} {pct(v['lat'], 0.5):.1f} / {pct(v['lat'], 0.99):.1f}" for m, v in runs.items()))
+        print(f"  slurmctld time per submission (sdiag mean): none {rpc['none']:.0f} us, noop {rpc['noop']:.0f} us, "
+              f"hook {rpc['hook']:.0f} us: the hook adds {rpc['hook'] - rpc['none']:.0f} us")
+    print(f"journal lines written by the hook: {admitted} (expected {args.jobs * args.rounds * len(sizes)})")
 
 
 if __name__ == "__main__":
