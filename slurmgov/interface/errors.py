@@ -36,8 +36,13 @@ def guarded(prog: str):
                 click.echo(f"{prog}: interrupted; running steps were stopped, the workflow's Slurm jobs "
                            f"cancelled and its hold released", err=True)
                 sys.exit(130)
+            except click.UsageError as exc:  # one line, not click's three (usage, hint, error)
+                cmd = exc.ctx.command_path if exc.ctx else prog
+                usage = " ".join(exc.ctx.get_usage().split()[1:]) if exc.ctx else f"{cmd} --help"
+                click.echo(f"{cmd}: {exc.format_message().rstrip('.')} (usage: {usage})", err=True)
+                sys.exit(2)
             except click.ClickException as exc:
-                exc.show()
+                click.echo(f"{prog}: {exc.format_message()}", err=True)
                 sys.exit(2 if exc.exit_code == 1 else exc.exit_code)
             except click.exceptions.Exit as exc:
                 sys.exit(exc.exit_code)
