@@ -510,11 +510,19 @@ local function admit(job_desc, journal_path, serial, account, cost, req, tl)
 		field(job_desc.user_id), string.format("%.3f", cost), string.format("%d", req.gpus),
 		string.format("%d", tl), field(req.types),
 	}, "\t") .. "\n"
-	local f, err = io.open(journal_path, "a")
+	-- "a+": every write still goes to the end (O_APPEND); reading tells whether the journal
+	-- ends with a half line (slurmctld died mid-append). That half line is ended first, so
+	-- this job's line stays whole: glued onto it, the hold would be unparseable and lost.
+	local f, err = io.open(journal_path, "a+")
 	if not f then
 		log_user("slurmgov: cannot record the GPU hold (" .. printable(err) .. "); job refused")
 		return slurm.ERROR
 	end
+	local size = f:seek("end")
+	if size and size > 0 and f:seek("set", size - 1) and f:read(1) ~= "\n" then
+		line = "\n" .. line
+	end
+	f:seek("end") -- C stdio: a seek between reading and writing
 	local ok, werr = f:write(line)
 	local cok = f:close()
 	if not ok or not cok then

@@ -80,11 +80,18 @@ function slurm_jobcomp_log_record(job)
 		"settle", num(job.job_id), field(token), field(job.account), string.format("%d", gpus),
 		num(job.start_time), num(job.end_time), state_name(job.job_state),
 	}, "\t") .. "\n"
-	local f, err = io.open(SETTLE_PATH, "a")
+	-- "a+": writes go to the end; a half line left by a crash mid-append is ended first so
+	-- that this settlement is not glued onto it (unparseable, hence lost).
+	local f, err = io.open(SETTLE_PATH, "a+")
 	if not f then
 		slurm.log_error("%s", "slurmgov: cannot append to " .. SETTLE_PATH .. ": " .. tostring(err))
 		return slurm.SUCCESS
 	end
+	local size = f:seek("end")
+	if size and size > 0 and f:seek("set", size - 1) and f:read(1) ~= "\n" then
+		line = "\n" .. line
+	end
+	f:seek("end") -- C stdio: a seek between reading and writing
 	f:write(line)
 	f:close()
 	return slurm.SUCCESS

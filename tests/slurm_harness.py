@@ -618,6 +618,47 @@ StorageLoc=slurm_acct_db
                     out.append(pid)
         return out
 
+    # ------------------------------------------------------ fault injection
+    def stop_slurmctld(self, timeout: float = 15) -> None:
+        """SIGTERM slurmctld and reap it: it saves its state and exits; jobs keep running under
+        their slurmd.  ``start_slurmctld()`` brings it back with that state."""
+        keep = []
+        for name, p in self._procs:
+            if name != "slurmctld":
+                keep.append((name, p))
+                continue
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(timeout=5)
+        self._procs = keep
+
+    def start_slurmctld(self, timeout: float = 30) -> None:
+        """Start slurmctld again (it recovers jobs from StateSaveLocation) and wait, bounded by
+        ``timeout``, until it answers and every node has registered again."""
+        if any(n == "slurmctld" and p.poll() is None for n, p in self._procs):
+            raise HarnessError("slurmctld is already running")
+        deadline = time.monotonic() + timeout
+        self._start_slurmctld(deadline)
+
+        def nodes_back() -> bool:
+            st = self.node_states()
+            return len(st) == len(NODES) and all(
+                s.rstrip("*~#%$@+-") in ("idle", "mixed", "allocated", "completing") and not s.endswith("*")
+                for s in st.values())
+
+        self._wait("nodes back after slurmctld restart", nodes_back, deadline, None,
+                   self.log_dir / "slurmctld.log")
+
+    def restart_slurmctld(self, down_s: float = 0, timeout: float = 30) -> None:
+        """Stop slurmctld, leave it down ``down_s`` seconds, then start it again."""
+        self.stop_slurmctld()
+        time.sleep(down_s)
+        self.start_slurmctld(timeout=timeout)
+
     def __enter__(self) -> "SlurmCluster":
         return self
 
@@ -631,3 +672,4 @@ def start_cluster(tmpdir: str | os.PathLike, timeout: float = 60) -> SlurmCluste
     if not ok:
         raise HarnessError(why)
     return SlurmCluster(tmpdir).start(timeout=timeout)
+
