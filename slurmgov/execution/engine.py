@@ -56,12 +56,15 @@ class AllocRecord:
     busy_gpu_s: float = 0.0
     restarts: int = 0
     events: list[str] = field(default_factory=list)
+    queued: bool = False  # its backend queues it (Slurm): it holds nothing until its job runs
+    ran_from: float | None = None  # ... from then on
 
     @property
     def held_gpu_s(self) -> float:
-        if self.started is None:
+        start = self.ran_from if self.queued else self.started
+        if start is None:
             return 0.0
-        return self.spec.gpus * ((self.ended or time.time()) - self.started)
+        return self.spec.gpus * max(0.0, (self.ended or time.time()) - start)
 
     @property
     def idle_gpu_s(self) -> float:
@@ -118,6 +121,7 @@ class Engine:
         while True:
             for alloc_id in getattr(self.backend, "poll", lambda: [])():
                 self._alloc_lost(alloc_id)
+            self._note_running()
             self._launch()
             if not self._futures:
                 if all(r.status in TERMINAL for r in self.steps.values()):
@@ -144,6 +148,15 @@ class Engine:
                     continue
                 self._finish_attempt(rec, outcome)
             self.on_change(self)
+
+    def _note_running(self) -> None:
+        """A queued allocation holds GPUs from when its job runs, not from its submission."""
+        started_at = getattr(self.backend, "started_at", None)
+        if started_at is None:
+            return
+        for a in self.allocs.values():
+            if a.started is not None and a.ran_from is None:
+                a.ran_from = started_at(a.spec.id)
 
     def _startable(self) -> bool:
         queued = {r.spec.alloc for r in self.steps.values() if r.status == "queued"}
@@ -184,6 +197,7 @@ class Engine:
                     self._fail_alloc(alloc.spec.id, str(exc))
                     continue
                 alloc.started = time.time()
+                alloc.queued = hasattr(self.backend, "started_at")
             if rec.status == "queued":
                 self._submit(rec)
         self.on_change(self)

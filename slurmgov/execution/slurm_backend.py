@@ -242,6 +242,11 @@ class SlurmBackend:
                 lost.append(info.alloc)
         return sorted(set(lost))
 
+    def started_at(self, alloc_id: str) -> float | None:
+        """When the allocation's first job started running (None while it is pending)."""
+        starts = [i.started for i in self.jobs.get(alloc_id, []) if i.started is not None]
+        return min(starts) if starts else None
+
     def running(self, alloc_id: str) -> bool:
         return any(i.started is not None and i.ended is None for i in self.jobs.get(alloc_id, []))
 
