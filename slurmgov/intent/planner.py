@@ -176,7 +176,7 @@ def plan(wf: Workflow, site: Site) -> Plan:
         members = [steps[s] for s in a.steps]
         for ps, share in zip(members, split(a.cost_h, [m.worst_gpu_s for m in members])):
             ps.share_h = share
-    notes.extend(_context_notes(steps))
+    notes.extend(_context_notes(steps, {a.id: a for a in allocations}))
     return Plan(wf.workflow, wf.account, site.site, steps, allocations, notes)
 
 
@@ -385,7 +385,7 @@ def _size(key: tuple, window: list[PlannedStep], site: Site, partition, alloc_id
     return a
 
 
-def _context_notes(steps: dict[str, PlannedStep]) -> list[str]:
+def _context_notes(steps: dict[str, PlannedStep], allocs_by_id: dict[str, Allocation]) -> list[str]:
     shared: dict[str, list[PlannedStep]] = {}
     for ps in steps.values():
         if ps.context_share:
@@ -397,7 +397,9 @@ def _context_notes(steps: dict[str, PlannedStep]) -> list[str]:
         allocs = sorted({m.alloc for m in members})
         names = ", ".join(m.id for m in members)
         if len(allocs) == 1:
-            notes.append(f"context {key!r}: steps {names} share allocation {allocs[0]} and can reuse one KV prefix")
+            a = allocs_by_id[allocs[0]]
+            where = "one node" if a.nodes == 1 else f"{a.nodes} nodes; each step prefers the node that already holds it"
+            notes.append(f"context {key!r}: steps {names} share allocation {allocs[0]} ({where}) and can reuse one KV prefix")
         else:
             notes.append(f"context {key!r}: steps {names} land in allocations {', '.join(allocs)}; the KV prefix is rebuilt in each")
     return notes
