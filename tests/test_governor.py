@@ -215,3 +215,154 @@ def test_governor_metrics_and_alerts(env):
     assert "slurmgov_hook_admissions_total 1.0" in body
     age = float(next(ln.split()[1] for ln in body.splitlines() if ln.startswith("slurmgov_snapshot_age_seconds ")))
     assert 4 <= age < 60
+
+
+# ---- reconcile in bulk: the same ledger as the one-job-at-a-time pass -----------------------
+
+def reconcile_one_by_one(ledger, site, jobs, live_tokens, now, grace_s=600):
+    """The reconcile pass as it was before it went bulk: one ledger call (transaction) at a time.
+    The reference the bulk pass must agree with, job for job."""
+    from slurmgov.errors import SlurmgovError
+    from slurmgov.governance import journal
+
+    drift, seen = [], set()
+    for job in jobs:
+        if not job.token:
+            continue
+        seen.add(job.token)
+        if not job.final:
+            continue
+        key = governor.hold_key(job.token)
+        try:
+            ledger.hold(key)
+        except SlurmgovError:
+            used_h = job.gpus * job.elapsed * site.weight(None) / 3600
+            ledger.admit(key, job.account, "sbatch", {"job": used_h}, run_id=f"{job.token};-;1",
+                         now=job.start or job.end or now, enforce=False)
+            drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
+        gpu_s = job.gpus * job.elapsed
+        had = {c["charge_key"]: c for c in ledger.charges(key)}.get(governor.charge_key(job.job_id, job.start))
+        if had is None:
+            governor.apply(ledger, site, journal.Settle(job.job_id, job.token, job.account, job.gpus, None, job.start,
+                                                        job.start + job.elapsed if job.start else job.end, job.state))
+            drift.append(f"job {job.job_id}: no settle line; settled from sacct ({gpu_s} GPU-s)")
+        elif abs(had["gpu_seconds"] - gpu_s) > 1:
+            drift.append(f"job {job.job_id}: ledger charged {had['gpu_seconds']:g} GPU-s, sacct says {gpu_s}")
+    for key, created in ledger.open_holds("slurm:"):
+        token = key[len("slurm:"):]
+        if token not in seen and token not in live_tokens and now - created > grace_s:
+            ledger.close(key, "cancelled")
+            drift.append(f"hold {token}: no such job in Slurm after {grace_s:g} s; released")
+    return drift
+
+
+def mixed_jobs(now):
+    """Journal events already applied, then what sacct says: every case reconcile handles."""
+    from slurmgov.governance import journal
+    from slurmgov.governance.slurm_cli import Job
+
+    t = int(now) - 5000
+
+    def adm(token, cost_h=2.0, gpus=2, minutes=60, ts=t - 100):
+        return journal.Admit(ts, 1, token, "physics", "ann", cost_h * 3600, gpus, minutes, "h100")
+
+    def stl(job, token, gpus=2, start=t, end=t + 1800, state="COMPLETED"):
+        return journal.Settle(job, token, "physics", gpus, None, start, end, state)
+
+    events = [
+        adm("ok"), stl("1", "ok"),  # settled by the journals: verified only
+        adm("nosettle"),  # the settle line was lost
+        adm("drift"), stl("3", "drift", gpus=1),  # charged 1 GPU, sacct says 2
+        adm("arr", cost_h=3.0, gpus=1), stl("5_0", "arr", gpus=1),  # array of 3, one task settled
+        adm("arr2", cost_h=2.0, gpus=1),  # array of 2: a 'CANCELLED by N' task does not count as finished
+        adm("rq"), stl("7", "rq", start=t, end=t + 180, state="PENDING"),  # requeued, first run settled
+        adm("run"),  # still running
+        adm("orphan", ts=t - 4000), adm("young", ts=now - 10), adm("queued", ts=t - 4000),
+        adm("closed", ts=t - 4000), stl("9", "closed", start=0, end=t, state="CANCELLED"),
+    ]
+    jobs = [
+        Job("0", "physics", "COMPLETED", None, 2, t, t + 60, 60),  # no token: not governed
+        Job("1", "physics", "COMPLETED", "ok", 2, t, t + 1800, 1800),
+        Job("2", "physics", "FAILED", "nosettle", 2, t, t + 900, 900),
+        Job("3", "physics", "COMPLETED", "drift", 2, t, t + 1800, 1800),
+        Job("4", "physics", "COMPLETED", "noadmit", 4, t, t + 600, 600),  # the admit line was lost
+        Job("4", "physics", "COMPLETED", "noadmit", 4, t, t + 600, 600),  # listed twice
+        Job("5_0", "physics", "COMPLETED", "arr", 1, t, t + 1800, 1800),
+        Job("5_1", "physics", "FAILED", "arr", 1, t, t + 300, 300),
+        Job("5_2", "physics", "COMPLETED", "arr", 1, t, t + 1200, 1200),  # finishes the array: done
+        Job("5_3", "physics", "TIMEOUT", "arr", 1, t, t + 60, 60),  # after the close: charged, holds nothing
+        Job("6_0", "physics", "CANCELLED by 0", "arr2", 1, t, t + 60, 60),
+        Job("6_1", "physics", "COMPLETED", "arr2", 1, t, t + 60, 60),
+        Job("7", "physics", "PENDING", "rq", 2, t, t + 180, 180),  # the first run, as sacct lists it
+        Job("7", "physics", "COMPLETED", "rq", 2, t + 400, t + 700, 300),  # its second run
+        Job("8", "physics", "RUNNING", "run", 2, t, 0, 100),
+        Job("10", "physics", "CANCELLED", "pendnoadmit", 0, 0, t, 0),  # never started, admit lost
+    ]
+    return events, jobs, {"run", "queued"}
+
+
+def ledger_state(ledger, tokens):
+    """Holds (without their closing time), charges (without when they were recorded), balances."""
+    holds = []
+    for tok in sorted(tokens):
+        try:
+            holds.append(ledger.hold(governor.hold_key(tok)))
+        except Exception:  # noqa: BLE001 - a hold that is not there is part of the state
+            holds.append(None)
+    charges = [{k: v for k, v in c.items() if k != "recorded_at"} for c in ledger.charges()]
+    return holds, charges, ledger.balances(now=time.time())
+
+
+def build_mixed(ledger, site, now):
+    events, jobs, live = mixed_jobs(now)
+    for ev in events:
+        governor.apply(ledger, site, ev)
+    return jobs, live
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1000])
+def test_bulk_reconcile_matches_one_job_at_a_time(env, tmp_path, monkeypatch, chunk):
+    site, conf, state, ledger, sync = env
+    ref = Ledger.open(f"sqlite:///{tmp_path}/reference.sqlite")
+    ref.set_budget("physics", 10.0, "quarterly", actor="test")
+    now = time.time()
+    jobs, live = build_mixed(ledger, site, now)
+    build_mixed(ref, site, now)
+    monkeypatch.setattr(governor, "RECONCILE_CHUNK", chunk)  # chunk boundaries inside arrays and requeues
+    drift = governor.reconcile(ledger, site, jobs, live, now=now)
+    assert drift == reconcile_one_by_one(ref, site, jobs, live, now)
+    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    assert ledger_state(ledger, tokens) == ledger_state(ref, tokens)
+    # what the mix must have produced, beyond agreeing with the reference
+    assert ledger.hold("slurm:arr").state == "done" and ledger.hold("slurm:nosettle").state == "failed"
+    assert ledger.hold("slurm:arr2").state == "open"  # 'CANCELLED by 0' is not counted as finished
+    assert ledger.hold("slurm:noadmit").run_id == "noadmit;-;1" and ledger.hold("slurm:orphan").state == "cancelled"
+    assert ledger.hold("slurm:young").state == "open" and ledger.hold("slurm:queued").state == "open"
+    assert sum(1 for d in drift if "no settle line" in d) == 9 and any("sacct says 3600" in d for d in drift)
+
+
+def test_bulk_reconcile_replay_changes_nothing(env):
+    site, conf, state, ledger, sync = env
+    now = time.time()
+    jobs, live = build_mixed(ledger, site, now)
+    governor.reconcile(ledger, site, jobs, live, now=now)
+    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    before = ledger_state(ledger, tokens)
+    again = governor.reconcile(ledger, site, jobs, live, now=now)
+    assert again == ["job 3: ledger charged 1800 GPU-s, sacct says 3600"]  # reported, never rewritten
+    assert ledger_state(ledger, tokens) == before
+
+
+def test_bulk_reconcile_error_keeps_the_jobs_before_it(env):
+    from slurmgov.errors import InputError
+    from slurmgov.governance.slurm_cli import Job
+
+    site, conf, state, ledger, sync = env
+    t = int(time.time()) - 5000
+    jobs = [Job("1", "physics", "COMPLETED", "a", 2, t, t + 1800, 1800),
+            Job("2", "nobudget", "COMPLETED", "b", 2, t, t + 1800, 1800),
+            Job("3", "physics", "COMPLETED", "c", 2, t, t + 1800, 1800)]
+    with pytest.raises(InputError, match="account nobudget has no budget"):
+        governor.reconcile(ledger, site, jobs, set())
+    assert ledger.hold("slurm:a").state == "done" and ledger.balance("physics").charged_h == pytest.approx(1.0)
+    assert ledger.open_holds("slurm:") == []  # nothing of b or c

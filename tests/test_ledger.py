@@ -666,3 +666,137 @@ def test_a_version_1_ledger_gains_attributions_on_open(db):
     with raw(db) as (conn, _):
         assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
     led.disconnect()
+
+
+# ---- bulk imports and reconcile: the same ledger as one call at a time, on both backends ------
+
+def _state(led, keys):
+    holds = [led.hold(k) for k in keys]
+    charges = [{k: v for k, v in c.items() if k != "recorded_at"} for c in led.charges()]
+    return holds, charges, led.balances(NOW), led.open_holds()
+
+
+BULK_HOLDS = [  # (key, account, workflow, shares, user, run_id, created)
+    ("h1", "chem", "wf", {"a": 1.0, "b": 0.5}, "ann", "r1", NOW),
+    ("h2", "chem", "wf", {"a": 0.0000001}, None, None, NOW),  # 0.36 ms: rounds to 0
+    ("h3", "chem", "wf2", {"x": 2.0}, "bob", "r3", NOW),
+    ("h1", "chem", "wf", {"a": 1.0, "b": 0.5}, "ann", "r1", NOW),  # a replay inside the batch
+]
+BULK_CHARGES = [  # charge()'s arguments
+    dict(charge_key="c1", hold_key="h1", step="a", attempt=1, gpu_seconds=1800.0005, weight=1.0, gpu_type="h100",
+         started=THIS_MONTH, ended=THIS_MONTH + 60, status="completed"),  # 1800000.5 ms: rounds up once
+    dict(charge_key="c2", hold_key="h1", step="a", attempt=2, gpu_seconds=7200, weight=1.0, gpu_type="h100",
+         started=None, ended=THIS_MONTH + 70, status="failed", user="zed", workflow="other"),  # past the share
+    dict(charge_key="c3", hold_key="h3", step="x", attempt=1, gpu_seconds=3600, weight=0.5, gpu_type="l4",
+         started=THIS_MONTH, ended=LAST_MONTH, status="completed"),  # last month: not in this period's balance
+    dict(charge_key="c4", hold_key="h3", step="nostep", attempt=1, gpu_seconds=60, weight=1.0, gpu_type=None,
+         started=THIS_MONTH, ended=THIS_MONTH + 80, status="completed"),  # no share for this step
+]
+BULK_CLOSES = [("h3", "done"), ("h3", "failed")]  # the first close wins
+LATE = [dict(charge_key="c5", hold_key="h3", step="x", attempt=2, gpu_seconds=360, weight=1.0, gpu_type=None,
+             started=THIS_MONTH, ended=THIS_MONTH + 90, status="completed")]  # after the close: holds stay put
+
+
+def test_bulk_imports_match_one_call_at_a_time(backend, tmp_path):
+    one, bulk = Ledger.open(fresh(backend, tmp_path / "one")), Ledger.open(fresh(backend, tmp_path / "bulk"))
+    for led in (one, bulk):
+        led.ensure_account("chem", 10.0)
+    for key, account, workflow, shares, user, run_id, ts in BULK_HOLDS:
+        one.admit(key, account, workflow, shares, user=user, run_id=run_id, now=ts, enforce=False)
+    for c in BULK_CHARGES:
+        one.charge(**c)
+    for key, state in BULK_CLOSES:
+        one.close(key, state)
+    for c in LATE:
+        one.charge(**c)
+    assert bulk.import_holds(BULK_HOLDS, batch=2) == 3
+    assert bulk.import_charges(BULK_CHARGES, batch=3) == 4
+    assert bulk.close_holds(BULK_CLOSES, batch=1) == 1
+    assert bulk.import_charges(LATE) == 1
+    keys = ["h1", "h2", "h3"]
+    assert _state(bulk, keys) == _state(one, keys)
+    assert round(bulk.charges("h1")[0]["charged_h"] * MS) == 1800001 and bulk.hold("h1").shares["a"] == 0
+    # replays add nothing and change nothing
+    before = _state(bulk, keys)
+    assert bulk.import_holds(BULK_HOLDS) == 0 and bulk.import_charges(BULK_CHARGES + LATE) == 0
+    assert bulk.close_holds([("h1", "cancelled"), ("h3", "cancelled")]) == 1  # only h1 was still open
+    one.close("h1", "cancelled")
+    assert _state(bulk, keys) == _state(one, keys) and before[1] == _state(bulk, keys)[1]
+    one.disconnect()
+    bulk.disconnect()
+
+
+def test_bulk_imports_refuse_what_one_call_refuses(led):
+    led.import_holds([("h", "chem", "wf", {"a": 1.0}, None, None, NOW)])
+    led.import_charges([dict(BULK_CHARGES[0], hold_key="h")])
+    with pytest.raises(LedgerError, match="hold h already exists for a different account"):
+        led.import_holds([("h", "chem", "wf", {"a": 2.0}, None, None, NOW)])
+    with pytest.raises(InputError, match="account nobody has no budget"):
+        led.import_holds([("h9", "nobody", "wf", {"a": 1.0}, None, None, NOW)])
+    with pytest.raises(LedgerError, match="charge c1 already exists with a different hold, step, attempt or amount"):
+        led.import_charges([dict(BULK_CHARGES[0], hold_key="h", gpu_seconds=1)])
+    with pytest.raises(LedgerError, match="hold nohold is not in the ledger"):
+        led.import_charges([dict(BULK_CHARGES[1], hold_key="nohold")])
+    with pytest.raises(InputError, match="charge c2: gpu_seconds must be a number >= 0"):
+        led.import_charges([dict(BULK_CHARGES[1], hold_key="h", gpu_seconds=-1)])
+    with pytest.raises(InputError, match="hold state 'gone'"):
+        led.close_holds([("h", "gone")])
+    assert [h for h, _ in led.open_holds()] == ["h"] and len(led.charges()) == 1  # a refused batch wrote nothing
+
+
+@pytest.mark.parametrize("chunk", [2, 1000])
+def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_path, root, monkeypatch, chunk):
+    import time as _time
+
+    from test_governor import build_mixed, ledger_state, reconcile_one_by_one
+
+    from slurmgov.governance import governor
+    from slurmgov.governance import site as site_mod
+
+    site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    one, bulk = Ledger.open(fresh(backend, tmp_path / "one")), Ledger.open(fresh(backend, tmp_path / "bulk"))
+    now = _time.time()
+    for led in (one, bulk):
+        led.set_budget("physics", 10.0, "quarterly", actor="test")
+        jobs, live = build_mixed(led, site, now)
+    monkeypatch.setattr(governor, "RECONCILE_CHUNK", chunk)
+    drift = governor.reconcile(bulk, site, jobs, live, now=now)
+    assert drift == reconcile_one_by_one(one, site, jobs, live, now) and len(drift) == 13
+    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    assert ledger_state(bulk, tokens) == ledger_state(one, tokens)
+    before = ledger_state(bulk, tokens)
+    assert governor.reconcile(bulk, site, jobs, live, now=now) == [d for d in drift if "ledger charged" in d]
+    assert ledger_state(bulk, tokens) == before
+    one.disconnect()
+    bulk.disconnect()
+
+
+def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root):
+    import time as _time
+
+    from test_governor import build_mixed, ledger_state
+
+    from slurmgov.governance import governor
+    from slurmgov.governance import site as site_mod
+
+    site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    db_url, ref_url = fresh(backend, tmp_path / "race"), fresh(backend, tmp_path / "ref")
+    now = _time.time()
+    for u in (db_url, ref_url):
+        with Ledger.open(u) as led:
+            led.set_budget("physics", 10.0, "quarterly", actor="test")
+            jobs, live = build_mixed(led, site, now)
+    with Ledger.open(ref_url) as ref:
+        alone = governor.reconcile(ref, site, jobs, live, now=now)
+
+    def one(_):
+        with Ledger.open(db_url) as led:
+            return governor.reconcile(led, site, jobs, live, now=now)
+
+    results = _race(4, one)
+    assert all(isinstance(r, list) for r in results), results
+    settled = [d for r in results for d in r if "no settle line" in d or "no admit line" in d]
+    assert sorted(settled) == sorted(d for d in alone if "no settle line" in d or "no admit line" in d)
+    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    with Ledger.open(db_url) as led, Ledger.open(ref_url) as ref:
+        assert ledger_state(led, tokens) == ledger_state(ref, tokens)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance import journal, snapshot
-from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.ledger import HoldRow, Ledger, charge_conflict
 from slurmgov.governance.site import Site
 from slurmgov.governance.slurm_cli import FINAL
 
@@ -59,20 +59,36 @@ def apply(ledger: Ledger, site: Site, event) -> None:
                      user=event.user, run_id=run_id, now=event.ts, enforce=False)
     elif isinstance(event, journal.Settle) and event.token:
         key = hold_key(event.token)
-        _, gpu_type, tasks = ledger.hold(key).run_id.split(";")
-        gpu_type = None if gpu_type == "-" else gpu_type.split("+")[0]
-        # One charge per run: a requeued job's first run is settled (state PENDING) when it is
-        # requeued, and its next run when that ends; the run's start time tells them apart.
-        ledger.charge(charge_key(event.job_id, event.start), key, "job", 1, gpu_seconds=event.gpu_seconds,
-                      weight=site.weight(gpu_type), gpu_type=gpu_type, started=event.start or event.end,
-                      ended=event.end or time.time(), status=event.state.lower(), workflow="sbatch")
+        row, tasks = _settle_charge(site, key, ledger.hold(key).run_id, event)
+        ledger.charge(**row)
         finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if c["status"].upper() in FINAL}
-        if len(finished) >= int(tasks):  # an array's hold closes with its last task
-            ledger.close(key, CLOSE_STATE.get(event.state.split()[0], "failed"))
+        if len(finished) >= tasks:  # an array's hold closes with its last task
+            ledger.close(key, close_state(event.state))
+
+
+def _settle_charge(site: Site, key: str, run_id: str, event: journal.Settle) -> tuple[dict, int]:
+    """The charge (ledger.charge's arguments) for one settle event of the hold ``key`` whose
+    run_id is ``run_id``, and how many tasks must finish before that hold closes."""
+    _, gpu_type, tasks = run_id.split(";")
+    gpu_type = None if gpu_type == "-" else gpu_type.split("+")[0]
+    # One charge per run: a requeued job's first run is settled (state PENDING) when it is
+    # requeued, and its next run when that ends; the run's start time tells them apart.
+    row = dict(charge_key=charge_key(event.job_id, event.start), hold_key=key, step="job", attempt=1,
+               gpu_seconds=event.gpu_seconds, weight=site.weight(gpu_type), gpu_type=gpu_type,
+               started=event.start or event.end, ended=event.end or time.time(), status=event.state.lower(),
+               workflow="sbatch")
+    return row, int(tasks)
+
+
+def close_state(slurm_state: str) -> str:
+    return CLOSE_STATE.get(slurm_state.split()[0], "failed")
 
 
 def charge_key(job_id: str, start: int) -> str:
     return f"slurm:job:{job_id}@{start}"
+
+
+RECONCILE_CHUNK = 50_000  # final jobs per write transaction: other writers wait at most one chunk
 
 
 def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: float | None = None,
@@ -84,38 +100,126 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: floa
     - a job whose admit line was lost gets its hold back, from what sacct says it used;
     - a hold whose job Slurm no longer knows (rejected after the hook admitted it) is released
       once it is older than ``grace_s``.
+
+    Jobs are taken in order, as if one by one, but in chunks: each chunk reads the holds and
+    charges it needs with a few queries and writes what is missing in one transaction.
     """
     now = time.time() if now is None else now
     drift: list[str] = []
     seen: set[str] = set()
+    chunk: list = []
     for job in jobs:
         if not job.token:
             continue
         seen.add(job.token)
-        if not job.final:
-            continue
-        key = hold_key(job.token)
-        try:
-            ledger.hold(key)
-        except SlurmgovError:
-            used_h = job.gpus * job.elapsed * site.weight(None) / 3600
-            ledger.admit(key, job.account, "sbatch", {"job": used_h}, run_id=f"{job.token};-;1",
-                         now=job.start or job.end or now, enforce=False)
-            drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
-        gpu_s = job.gpus * job.elapsed
-        had = {c["charge_key"]: c for c in ledger.charges(key)}.get(charge_key(job.job_id, job.start))
-        if had is None:
-            apply(ledger, site, journal.Settle(job.job_id, job.token, job.account, job.gpus, None,
-                                               job.start, job.start + job.elapsed if job.start else job.end, job.state))
-            drift.append(f"job {job.job_id}: no settle line; settled from sacct ({gpu_s} GPU-s)")
-        elif abs(had["gpu_seconds"] - gpu_s) > 1:
-            drift.append(f"job {job.job_id}: ledger charged {had['gpu_seconds']:g} GPU-s, sacct says {gpu_s}")
-    for key, created in ledger.open_holds("slurm:"):
-        token = key[len("slurm:"):]
-        if token not in seen and token not in live_tokens and now - created > grace_s:
-            ledger.close(key, "cancelled")
-            drift.append(f"hold {token}: no such job in Slurm after {grace_s:g} s; released")
+        if job.final:
+            chunk.append(job)
+            if len(chunk) >= RECONCILE_CHUNK:
+                _reconcile_chunk(ledger, site, chunk, now, drift)
+                chunk = []
+    if chunk:
+        _reconcile_chunk(ledger, site, chunk, now, drift)
+    stale = [key for key, created in ledger.open_holds("slurm:")
+             if key[len("slurm:"):] not in seen and key[len("slurm:"):] not in live_tokens and now - created > grace_s]
+    ledger.close_holds((key, "cancelled") for key in stale)
+    drift.extend(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released" for key in stale)
     return drift
+
+
+def _reconcile_chunk(ledger: Ledger, site: Site, jobs: list, now: float, drift: list[str]) -> None:
+    """One transaction. An error at a job (an account with no budget, a charge key taken by another
+    hold) keeps what the jobs before it wrote, as the one-job-at-a-time pass did, then is raised."""
+    found, error = ledger.bulk(lambda b: _Chunk(b, site, jobs, now).run())
+    drift.extend(found)
+    if error is not None:
+        raise error
+
+
+class _Chunk:
+    """Plans one chunk of finished jobs against what the ledger holds, then writes the plan."""
+
+    def __init__(self, bulk, site: Site, jobs: list, now: float):
+        self.b, self.site, self.jobs, self.now = bulk, site, jobs, now
+        self.drift: list[str] = []
+        self.new_holds: list[tuple] = []
+        self.new_charges: list[dict] = []
+        self.settled: dict[str, list[tuple[str, str, str, int]]] = {}  # hold -> (charge key, status, close, tasks)
+
+    def run(self):
+        keys = [(hold_key(j.token), charge_key(j.job_id, j.start)) for j in self.jobs]
+        self.charges = self.b.charged(ck for _, ck in keys)
+        # A job whose charge is recorded on its own hold only needs checking: its hold exists.
+        # Only the others can write, so only their holds are read and their accounts locked.
+        todo = {i for i, (k, ck) in enumerate(keys) if self.charges.get(ck, ("",))[0] != k}
+        self.holds = self.b.holds(keys[i][0] for i in todo)
+        if self.b.lock({self.jobs[i].account for i in todo} | {h.account for h in self.holds.values()}):
+            # PostgreSQL, READ COMMITTED: re-read under the locks what a writer before us may have added
+            self.holds = self.b.holds(keys[i][0] for i in todo)
+            self.charges.update(self.b.charged(keys[i][1] for i in todo))
+        error = None
+        for i, (job, (key, ck)) in enumerate(zip(self.jobs, keys)):
+            try:
+                if i in todo:
+                    self._job(job, key, ck)
+                else:
+                    self._check(job, ck)
+            except SlurmgovError as exc:
+                error = exc
+                break
+        closes = self._closes()  # from the charges recorded before this chunk's
+        self.b.admit_many(self.new_holds)
+        self.b.charge_many(self.new_charges)
+        self.b.close_many(closes)
+        return self.drift, error
+
+    def _check(self, job, ck: str) -> None:
+        """A job already charged on its hold: report it if sacct disagrees."""
+        gpu_s = job.gpus * job.elapsed
+        had = self.charges[ck][1]
+        if abs(had - gpu_s) > 1:
+            self.drift.append(f"job {job.job_id}: ledger charged {had:g} GPU-s, sacct says {gpu_s}")
+
+    def _job(self, job, key: str, ck: str) -> None:
+        if key not in self.holds:
+            self._recreate_hold(job, key)
+        gpu_s = job.gpus * job.elapsed
+        had = self.charges.get(ck)
+        if had is not None and had[0] != key:
+            raise charge_conflict(ck)  # what ledger.charge says when the key is another hold's
+        if had is None:
+            event = journal.Settle(job.job_id, job.token, job.account, job.gpus, None,
+                                   job.start, job.start + job.elapsed if job.start else job.end, job.state)
+            row, tasks = _settle_charge(self.site, key, self.holds[key].run_id, event)
+            self.new_charges.append(row)
+            self.charges[ck] = (key, float(row["gpu_seconds"]))
+            self.settled.setdefault(key, []).append((ck, row["status"], close_state(event.state), tasks))
+            self.drift.append(f"job {job.job_id}: no settle line; settled from sacct ({gpu_s} GPU-s)")
+        elif abs(had[1] - gpu_s) > 1:
+            self.drift.append(f"job {job.job_id}: ledger charged {had[1]:g} GPU-s, sacct says {gpu_s}")
+
+    def _recreate_hold(self, job, key: str) -> None:
+        self.b.require_account(job.account)
+        used_h = job.gpus * job.elapsed * self.site.weight(None) / 3600
+        run_id, ts = f"{job.token};-;1", job.start or job.end or self.now
+        self.new_holds.append((key, job.account, "sbatch", {"job": used_h}, None, run_id, ts))
+        self.holds[key] = HoldRow(key, job.account, "sbatch", None, run_id, "open", ts)
+        self.drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
+
+    def _closes(self) -> list[tuple[str, str]]:
+        """Holds whose last task this chunk settled, closed in the state of the job that finished
+        them, as the one-job-at-a-time pass closed them."""
+        out = []
+        recorded = self.b.charge_statuses(self.settled)
+        for key, new in self.settled.items():
+            finished = {ck.split("@")[0] for ck, status in recorded.get(key, ()) if status.upper() in FINAL}
+            state = self.holds[key].state
+            for ck, status, closing, tasks in new:
+                if status.upper() in FINAL:
+                    finished.add(ck.split("@")[0])
+                if state == "open" and len(finished) >= tasks:
+                    out.append((key, closing))
+                    state = closing
+        return out
 
 
 def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path,

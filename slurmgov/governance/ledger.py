@@ -13,6 +13,10 @@ and replays cannot hold or charge twice. Admission takes the write lock before i
 balance, so concurrent admissions (threads or processes, each with its own Ledger) can never
 hold more than the budget.
 
+Bulk work (reconcile of a million sacct jobs, imports) goes through ``Ledger.bulk``: the same
+rules, row by row, but read with a few key-set queries and written with executemany (COPY on
+PostgreSQL), in transactions of many rows (``Bulk``).
+
 Backends: ``sqlite:///ABSOLUTE/PATH`` (the standard library), and ``postgresql://`` or
 ``postgres://`` URLs (psycopg 3, the ``postgres`` extra) for sites whose login nodes and
 controller share one ledger. The logic here is shared; the SQL and what differs between the
@@ -21,6 +25,8 @@ engines (how a writer locks, see ledger_schema) is in ledger_schema.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import random
 import re
@@ -30,6 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from slurmgov.errors import BudgetRefused, InputError, LedgerError
@@ -45,6 +52,8 @@ _RETRIES = 8  # then we back off and retry the whole transaction this many times
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
 _PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 _PG_HINT = "pip install 'slurmgov[postgres]'"
+_BULK_KEYS = 50_000  # keys per bulk lookup query: one round trip for many keys
+BULK_ROWS = 50_000  # rows per import transaction: other writers wait for at most one batch
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,23 @@ def _pg_where(url: str) -> tuple[str, tuple[str, ...]]:
     except ValueError:
         where = "postgresql://(unparseable URL)"
     return where, tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+
+
+def _no_budget(account: str) -> InputError:
+    return InputError(f"account {account} has no budget in the ledger; set one with "
+                      f"`slurmgov budget set {account} GPU_HOURS`")
+
+
+def charge_conflict(charge_key: str) -> LedgerError:
+    """What a charge key replayed with a different hold, step, attempt or amount raises."""
+    return LedgerError(f"charge {charge_key} already exists with a different hold, step, attempt or amount")
+
+
+def _charge_ms(charge_key: str, gpu_seconds, weight) -> int:
+    for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
+    return _round_half_up(gpu_seconds * weight * 1000)  # straight from seconds: one rounding
 
 
 def _charge_dict(r) -> dict:
@@ -375,8 +401,7 @@ class Ledger:
     def _account(self, account: str):
         row = self._one(S.ACCOUNT_GET, (account,))
         if row is None:
-            raise InputError(f"account {account} has no budget in the ledger; set one with "
-                             f"`slurmgov budget set {account} GPU_HOURS`")
+            raise _no_budget(account)
         return row
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool) -> None:
@@ -556,10 +581,7 @@ class Ledger:
                workflow: str | None = None) -> dict:
         """Charge gpu_seconds x weight / 3600 weighted GPU-h for one attempt of ``step`` and draw
         the same amount from its share of the hold. Replaying ``charge_key`` changes nothing."""
-        for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
-        ms = _round_half_up(gpu_seconds * weight * 1000)  # straight from seconds: one rounding
+        ms = _charge_ms(charge_key, gpu_seconds, weight)
         t0 = None if started is None else _epoch(started, "started")
         t1 = _epoch(ended, "ended")
 
@@ -568,8 +590,7 @@ class Ledger:
             old = self._one(S.CHARGE_GET, (charge_key,))
             if old is not None:
                 if (old[1], old[4], old[5], old[10]) != (hold_key, step, attempt, ms):
-                    raise LedgerError(f"charge {charge_key} already exists with a different hold, step, "
-                                      f"attempt or amount")
+                    raise charge_conflict(charge_key)
                 return _charge_dict(old)
             h = self._hold(hold_key)
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
@@ -639,3 +660,234 @@ class Ledger:
         hi = _FOREVER if until is None else _epoch(until, "until")
         rows = self._read(lambda: self._x(S.usage_sql(by), (lo, hi)).fetchall())
         return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n} for k, s, ms, n in rows]
+
+    # ---- bulk: reconcile and imports -----------------------------------------------------
+
+    def bulk(self, fn):
+        """Run ``fn(Bulk(...))`` as one write transaction, retried whole while the database is busy
+        (so ``fn`` must build all its state inside)."""
+        return self._write(lambda: fn(Bulk(self)))
+
+    def _in_batches(self, rows, batch: int, method: str) -> int:
+        rows, done = iter(rows), 0
+        while chunk := list(itertools.islice(rows, batch)):
+            done += len(self.bulk(lambda b, chunk=chunk: getattr(b, method)(chunk)))
+        return done
+
+    def import_holds(self, rows, batch: int = BULK_ROWS) -> int:
+        """Record holds admitted elsewhere, in transactions of ``batch`` rows; rows as Bulk.admit_many.
+        Idempotent by hold key. Returns how many were new."""
+        return self._in_batches(rows, batch, "admit_many")
+
+    def import_charges(self, rows, batch: int = BULK_ROWS) -> int:
+        """Record charges, in transactions of ``batch`` rows; rows as Bulk.charge_many. Idempotent
+        by charge key. Returns how many were new."""
+        return self._in_batches(rows, batch, "charge_many")
+
+    def close_holds(self, pairs, batch: int = BULK_ROWS) -> int:
+        """Close many holds ((hold_key, state) pairs) as close() does. Returns how many were open."""
+        return self._in_batches(pairs, batch, "close_many")
+
+
+class HoldRow(NamedTuple):  # a tuple: bulk reads build hundreds of thousands of them
+    """A hold as bulk reads return it (no shares): enough to decide what a batch must write."""
+    hold_key: str
+    account: str
+    workflow: str
+    user: str | None
+    run_id: str | None
+    state: str
+    created_at: float
+
+
+class ChargeRow(NamedTuple):
+    charge_key: str
+    hold_key: str
+    step: str
+    attempt: int
+    amount_ms: int
+    gpu_seconds: float
+    status: str
+
+
+class Bulk:
+    """Many holds and charges, read and written inside ONE write transaction (``Ledger.bulk``).
+
+    The rules are admit(enforce=False), charge and close, applied row by row in the order given
+    (idempotent by key, one rounding, shares drawn down and released); only the I/O differs: a few
+    key-set queries to read, executemany (PostgreSQL: COPY and array updates) to write."""
+
+    def __init__(self, ledger: Ledger):
+        self._l = ledger
+        self._locked: set[str] = set()
+        self._accounts: set[str] | None = None
+
+    def _keyed(self, q: str, col: str, keys, before: tuple = ()):
+        """Run ``q`` (with ``{keys}``) for ``col`` in ``keys``, a few thousand keys a statement;
+        ``before``: the parameters ahead of the key set. Yields each statement's cursor."""
+        keys, d = list(dict.fromkeys(keys)), self._l._d
+        q = d.in_keys(q, col)
+        for i in range(0, len(keys), _BULK_KEYS):
+            part = keys[i:i + _BULK_KEYS]
+            yield self._l._x(q, (*before, json.dumps(part) if d.keys_as_json else part))
+
+    def _select(self, q: str, col: str, keys) -> list:
+        return [row for cur in self._keyed(q, col, keys) for row in cur.fetchall()]
+
+    def _update(self, q: str, col: str, keys, before: tuple = ()) -> None:
+        for _ in self._keyed(q, col, keys, before):
+            pass
+
+    def _many(self, q: str, rows: list) -> None:
+        if rows:
+            self._l._conn.cursor().executemany(self._l._d.sql(q), rows)
+
+    def _insert(self, spec: tuple[str, tuple[str, ...]], rows: list) -> None:
+        """Insert rows (tuples in ``spec``'s column order): COPY on PostgreSQL, else executemany."""
+        if not rows:
+            return
+        if not self._l._d.copy_rows:
+            return self._many(S.insert_sql(*spec), rows)
+        with self._l._conn.cursor().copy(S.copy_sql(*spec)) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _set_shares(self, rows: list[tuple[int, str, str]]) -> None:
+        """(remaining_ms, hold_key, step) rows, as SHARE_SET."""
+        q = self._l._d.shares_set_arrays
+        if q is None or not rows:
+            return self._many(S.SHARE_SET, rows)
+        for i in range(0, len(rows), _BULK_KEYS):
+            part = rows[i:i + _BULK_KEYS]
+            self._l._x(q, ([r[1] for r in part], [r[2] for r in part], [r[0] for r in part]))
+
+    def lock(self, accounts) -> bool:
+        """PostgreSQL: lock these accounts' rows, in one order (as transfer does), and say True: rows
+        read before may be stale. SQLite: BEGIN IMMEDIATE already locked everything; False."""
+        if not self._l._d.row_locks:
+            return False
+        for account in sorted(set(accounts) - self._locked):
+            self._l._x(S.ACCOUNT_LOCK, (account,))
+            self._locked.add(account)
+        return True
+
+    def require_account(self, account: str) -> None:
+        """Raise what admit raises for an account with no budget."""
+        if self._accounts is None:
+            self._accounts = {a for (a,) in self._l._x(S.ACCOUNT_NAMES).fetchall()}
+        if account not in self._accounts:
+            raise _no_budget(account)
+
+    def holds(self, keys) -> dict[str, HoldRow]:
+        return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
+
+    def _locked_holds(self, keys) -> dict[str, HoldRow]:
+        """The holds, read after their accounts are locked (a hold's account never changes)."""
+        keys = list(keys)
+        holds = self.holds(keys)
+        if self._l._d.row_locks and holds and not {h.account for h in holds.values()} <= self._locked:
+            self.lock(h.account for h in holds.values())
+            holds = self.holds(keys)  # READ COMMITTED: now we see what the last writer committed
+        return holds
+
+    def charges(self, keys) -> dict[str, ChargeRow]:
+        return {r[0]: ChargeRow._make(r) for r in self._select(S.CHARGES_BULK, "charge_key", keys)}
+
+    def charged(self, keys) -> dict[str, tuple[str, float]]:
+        """charge_key -> (hold_key, gpu_seconds): what reconcile checks of each job's charge."""
+        return {k: (h, s) for k, h, s in self._select(S.CHARGE_SECONDS_BULK, "charge_key", keys)}
+
+    def charge_statuses(self, hold_keys) -> dict[str, list[tuple[str, str]]]:
+        """hold_key -> [(charge_key, status)] of every charge recorded against it."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for hk, ck, status in self._select(S.CHARGE_STATUS_BULK, "hold_key", hold_keys):
+            out.setdefault(hk, []).append((ck, status))
+        return out
+
+    def _shares(self, hold_keys) -> dict[str, dict[str, list[int]]]:
+        """hold_key -> step -> [amount_ms, remaining_ms]."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for hk, step, amount, remaining in self._select(S.SHARES_BULK, "hold_key", hold_keys):
+            out.setdefault(hk, {})[step] = [amount, remaining]
+        return out
+
+    def admit_many(self, rows) -> list[str]:
+        """Record holds as admit(..., enforce=False) does; rows are (hold_key, account, workflow,
+        shares {step: GPU-h}, user, run_id, created_at). A replayed key adds nothing (and must
+        repeat the original request). Returns the new hold keys."""
+        rows = [(key, account, workflow, {str(st): _ms(h, f"share of step {st}") for st, h in shares.items()},
+                 user, run_id, _epoch(ts, "now")) for key, account, workflow, shares, user, run_id, ts in rows]
+        self.lock({r[1] for r in rows})
+        old = self.holds(r[0] for r in rows)
+        old_shares = self._shares(old)
+        had = {k: (h.account, h.workflow, {st: a for st, (a, _) in old_shares.get(k, {}).items()})
+               for k, h in old.items()}
+        holds, shares, new = [], [], {}
+        for key, account, workflow, want, user, run_id, ts in rows:
+            prev = had.get(key) or new.get(key)
+            if prev is not None:
+                if prev != (account, workflow, want):
+                    raise LedgerError(f"hold {key} already exists for a different account, workflow "
+                                      f"or shares; a replay must repeat the original request")
+                continue
+            self.require_account(account)
+            holds.append((key, account, workflow, user, run_id, sum(want.values()), "open", ts))
+            shares.extend((key, st, ms, ms) for st, ms in want.items())
+            new[key] = (account, workflow, want)
+        self._insert(S.HOLD_ROWS, holds)
+        self._insert(S.SHARE_ROWS, shares)
+        return list(new)
+
+    def charge_many(self, rows) -> list[str]:
+        """Record charges as charge() does; rows are dicts of charge()'s arguments (charge_key,
+        hold_key, step, attempt, gpu_seconds, weight, gpu_type, started, ended, status, and
+        optionally user, workflow). Returns the new charge keys."""
+        prepared = [(r, _charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
+        holds = self._locked_holds(r["hold_key"] for r, _ in prepared)
+        old = {k: (c.hold_key, c.step, c.attempt, c.amount_ms)
+               for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
+        shares = self._shares(holds)
+        now, out, changed = time.time(), [], set()
+        for r, ms in prepared:
+            key, hk, step = r["charge_key"], r["hold_key"], r["step"]
+            sig = (hk, step, r["attempt"], ms)
+            if key in old:
+                if old[key] != sig:
+                    raise charge_conflict(key)
+                continue  # a replay
+            h = holds.get(hk)
+            if h is None:
+                raise LedgerError(f"hold {hk} is not in the ledger")
+            t0 = None if r["started"] is None else _epoch(r["started"], "started")
+            out.append((key, hk, h.account, r.get("workflow") or h.workflow, step, r["attempt"],
+                        r.get("user") or h.user, r["gpu_type"], float(r["gpu_seconds"]), float(r["weight"]), ms, t0,
+                        _epoch(r["ended"], "ended"), r["status"], now))
+            old[key] = sig
+            share = shares.get(hk, {}).get(step)
+            # as charge(): a closed hold keeps its shares; a share stops at zero
+            if h.state == "open" and share is not None and share[1]:
+                share[1] = max(0, share[1] - ms)
+                changed.add((hk, step))
+        self._insert(S.CHARGE_ROWS, out)
+        self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
+        return [row[0] for row in out]
+
+    def close_many(self, pairs) -> list[str]:
+        """Close holds as close() does: (hold_key, state) pairs; the first close of a hold wins.
+        Returns the keys that were open."""
+        pairs = list(pairs)
+        for _, state in pairs:
+            if state not in CLOSED_STATES:
+                raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
+        holds, closing = self._locked_holds(k for k, _ in pairs), {}
+        for key, state in pairs:
+            h = holds.get(key)
+            if h is None:
+                raise LedgerError(f"hold {key} is not in the ledger")
+            if h.state == "open" and key not in closing:
+                closing[key] = state
+        now = time.time()
+        self._update(S.SHARES_RELEASE_BULK, "hold_key", closing)
+        for state in CLOSED_STATES:
+            self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))
+        return list(closing)

@@ -39,9 +39,21 @@ class Dialect:
     has_table: str  # one row when the table named by the parameter exists
     schema_lock: str | None = None  # serialises concurrent first opens that create the tables
     session: tuple[str, ...] = ()  # run once on each new connection, outside any transaction
+    # ``{col} IN <a set of keys given as one parameter>``: bulk lookups pass thousands of keys in
+    # one parameter (SQLite: a JSON array, PostgreSQL: a text[]), not thousands of placeholders.
+    keys_in: str = "{col} IN (SELECT value FROM json_each(?))"
+    keys_as_json: bool = True
+    copy_rows: bool = False  # bulk inserts with COPY ... FROM STDIN (PostgreSQL) instead of executemany
+    # many hold_shares.remaining_ms set in one statement from three array parameters (keys,
+    # steps, amounts); None: executemany of SHARE_SET
+    shares_set_arrays: str | None = None
 
     def sql(self, q: str) -> str:
         return q if self.placeholder == "?" else q.replace("?", self.placeholder)
+
+    def in_keys(self, q: str, col: str) -> str:
+        """``q`` with its ``{keys}`` replaced by this engine's test of ``col`` against a key set."""
+        return q.replace("{keys}", self.keys_in.format(col=col))
 
 
 SQLITE = Dialect(
@@ -95,6 +107,13 @@ POSTGRES = Dialect(
     # is checked or created, so two first opens cannot both create the tables.
     schema_lock="SELECT pg_advisory_xact_lock(8317151746168680310)",
     session=(f"SET lock_timeout = {LOCK_WAIT_MS}",),
+    keys_in="{col} = ANY(CAST(? AS TEXT[]))",
+    keys_as_json=False,
+    copy_rows=True,
+    shares_set_arrays="""UPDATE hold_shares SET remaining_ms = v.remaining_ms
+        FROM (SELECT unnest(CAST(? AS TEXT[])) AS hold_key, unnest(CAST(? AS TEXT[])) AS step,
+                     unnest(CAST(? AS BIGINT[])) AS remaining_ms) AS v
+        WHERE hold_shares.hold_key = v.hold_key AND hold_shares.step = v.step""",
 )
 
 
@@ -245,6 +264,29 @@ CHARGES_OF_HOLD = f"SELECT {CHARGE_COLUMNS} FROM charges WHERE hold_key = ? ORDE
 # ``by`` picks the grouping column from this fixed map, never from user text.
 USAGE_COLUMNS = {"account": "account", "workflow": "workflow", "step": "step", "user": "user_name",
                  "gpu_type": "gpu_type"}
+
+
+# Bulk reads and writes (reconcile, imports): keys are tested with Dialect.in_keys.
+HOLDS_BULK = """SELECT hold_key, account, workflow, user_name, run_id, state, created_at FROM holds
+    WHERE {keys}"""
+SHARES_BULK = "SELECT hold_key, step, amount_ms, remaining_ms FROM hold_shares WHERE {keys}"
+CHARGES_BULK = """SELECT charge_key, hold_key, step, attempt, amount_ms, gpu_seconds, status FROM charges
+    WHERE {keys}"""
+HOLD_ROWS = ("holds", ("hold_key", "account", "workflow", "user_name", "run_id", "amount_ms", "state", "created_at"))
+SHARE_ROWS = ("hold_shares", ("hold_key", "step", "amount_ms", "remaining_ms"))
+CHARGE_ROWS = ("charges", tuple(c.strip() for c in CHARGE_COLUMNS.split(",")))
+SHARES_RELEASE_BULK = "UPDATE hold_shares SET remaining_ms = 0 WHERE {keys}"
+HOLDS_CLOSE_BULK = "UPDATE holds SET state = ?, closed_at = ? WHERE state = 'open' AND {keys}"
+CHARGE_SECONDS_BULK = "SELECT charge_key, hold_key, gpu_seconds FROM charges WHERE {keys}"
+CHARGE_STATUS_BULK = "SELECT hold_key, charge_key, status FROM charges WHERE {keys}"
+
+
+def insert_sql(table: str, cols: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+def copy_sql(table: str, cols: tuple[str, ...]) -> str:
+    return f"COPY {table} ({', '.join(cols)}) FROM STDIN"
 
 
 def usage_sql(by: str) -> str:
