@@ -274,7 +274,7 @@ def mixed_jobs(now):
         adm("nosettle"),  # the settle line was lost
         adm("drift"), stl("3", "drift", gpus=1),  # charged 1 GPU, sacct says 2
         adm("arr", cost_h=3.0, gpus=1), stl("5_0", "arr", gpus=1),  # array of 3, one task settled
-        adm("arr2", cost_h=2.0, gpus=1),  # array of 2: a 'CANCELLED by N' task does not count as finished
+        adm("arr2", cost_h=2.0, gpus=1),  # array of 2: a 'CANCELLED by N' task is finished too
         adm("rq"), stl("7", "rq", start=t, end=t + 180, state="PENDING"),  # requeued, first run settled
         adm("run"),  # still running
         adm("orphan", ts=t - 4000), adm("young", ts=now - 10), adm("queued", ts=t - 4000),
@@ -335,7 +335,7 @@ def test_bulk_reconcile_matches_one_job_at_a_time(env, tmp_path, monkeypatch, ch
     assert ledger_state(ledger, tokens) == ledger_state(ref, tokens)
     # what the mix must have produced, beyond agreeing with the reference
     assert ledger.hold("slurm:arr").state == "done" and ledger.hold("slurm:nosettle").state == "failed"
-    assert ledger.hold("slurm:arr2").state == "open"  # 'CANCELLED by 0' is not counted as finished
+    assert ledger.hold("slurm:arr2").state == "done"  # 'CANCELLED by 0' counts as finished: the array closes
     assert ledger.hold("slurm:noadmit").run_id == "noadmit;-;1" and ledger.hold("slurm:orphan").state == "cancelled"
     assert ledger.hold("slurm:young").state == "open" and ledger.hold("slurm:queued").state == "open"
     assert sum(1 for d in drift if "no settle line" in d) == 9 and any("sacct says 3600" in d for d in drift)

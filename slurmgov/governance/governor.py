@@ -61,7 +61,7 @@ def apply(ledger: Ledger, site: Site, event) -> None:
         key = hold_key(event.token)
         row, tasks = _settle_charge(site, key, ledger.hold(key).run_id, event)
         ledger.charge(**row)
-        finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if c["status"].upper() in FINAL}
+        finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if is_final(c["status"])}
         if len(finished) >= tasks:  # an array's hold closes with its last task
             ledger.close(key, close_state(event.state))
 
@@ -78,6 +78,11 @@ def _settle_charge(site: Site, key: str, run_id: str, event: journal.Settle) -> 
                started=event.start or event.end, ended=event.end or time.time(), status=event.state.lower(),
                workflow="sbatch")
     return row, int(tasks)
+
+
+def is_final(status: str) -> bool:
+    """A charge's status is a Slurm state, perhaps with detail: 'CANCELLED by 1234' is final."""
+    return (status.split() or [""])[0].upper() in FINAL
 
 
 def close_state(slurm_state: str) -> str:
@@ -211,10 +216,10 @@ class _Chunk:
         out = []
         recorded = self.b.charge_statuses(self.settled)
         for key, new in self.settled.items():
-            finished = {ck.split("@")[0] for ck, status in recorded.get(key, ()) if status.upper() in FINAL}
+            finished = {ck.split("@")[0] for ck, status in recorded.get(key, ()) if is_final(status)}
             state = self.holds[key].state
             for ck, status, closing, tasks in new:
-                if status.upper() in FINAL:
+                if is_final(status):
                     finished.add(ck.split("@")[0])
                 if state == "open" and len(finished) >= tasks:
                     out.append((key, closing))
