@@ -160,3 +160,28 @@ def test_shell_completion_of_commands_and_the_sites_accounts(root):
     assert complete("slurmgov budget s") == ["set", "show"]
     assert complete("slurmgov budget show p") == ["physics"]
     assert complete("slurmgov budget transfer chem-ai b") == ["bio-ml"]
+
+
+def test_budget_terms_rollover_and_expiry_from_the_cli_and_the_site_file(root, tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text((root / "site_configs" / "local.yaml").read_text().replace(
+        "physics: {budget_gpu_hours: 50, period: quarterly}",
+        "physics: {budget_gpu_hours: 50, period: quarterly, rollover_pct: 10, expires: 2020-01-01}"))
+    shown = {b["account"]: b for b in json.loads(sg("budget", "show", "--site", site, "--json", check=0).stdout)}
+    # seeded from the site file: the project ended in 2020, so it has nothing, and says when it ended
+    assert shown["physics"]["expires"] == "2020-01-01" and shown["physics"]["available_h"] == 0
+    assert shown["physics"]["runs_out"] == "2020-01-01"
+    p = sg("budget", "set", "physics", "80", "--period", "quarterly", "--rollover", "25", "--no-expiry",
+           "--reason", "extended", "--site", site, check=0)
+    assert "account physics: budget 80.00 GPU-h" in p.stdout
+    shown = {b["account"]: b for b in json.loads(sg("budget", "show", "--site", site, "--json", check=0).stdout)}
+    assert shown["physics"]["expires"] is None and shown["physics"]["available_h"] == 80
+    audit = json.loads(sg("audit", "--site", site, "--json", check=0).stdout)
+    assert [a["terms"] for a in audit if a["account"] == "physics"] == ["rollover 10%; expires 2020-01-01T00:00:00+00:00",
+                                                                           "rollover 25%"]
+    bad = sg("budget", "set", "physics", "80", "--rollover", "101", "--site", site, check=2)
+    assert "--rollover" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    nope = tmp_path / "bad.yaml"
+    nope.write_text(site.read_text().replace("period: quarterly, rollover_pct: 10", "period: none, rollover_pct: 10"))
+    err = sg("budget", "show", "--site", nope, check=2).stderr.strip()
+    assert "bad.yaml" in err and "rollover_pct needs a monthly or quarterly period" in err and "\n" not in err

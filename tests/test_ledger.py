@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -660,11 +661,11 @@ def test_a_version_1_ledger_gains_attributions_on_open(db):
         conn.execute("UPDATE schema_version SET version = 1")  # as a version-1 slurmgov left it
         if db.startswith("sqlite"):
             conn.commit()
-    led = Ledger.open(db)  # migrates: version 2 adds the table, nothing else changes
+    led = Ledger.open(db)  # migrates: version 2 adds the table, version 3 finds its columns there
     led.ensure_account("chem", 1.0)
     assert led.attribute(_attr_rows("r1", {"s1": 10.0}, 5.0)) == 2
     with raw(db) as (conn, _):
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
     led.disconnect()
 
 
@@ -800,3 +801,71 @@ def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root
     tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
     with Ledger.open(db_url) as led, Ledger.open(ref_url) as ref:
         assert ledger_state(led, tokens) == ledger_state(ref, tokens)
+
+
+def _months_ahead(n: int, day: int) -> float:
+    """A time in the n-th month after this one: rollover needs months the account lived through."""
+    end = period_of("monthly", time.time())[2]
+    for _ in range(n - 1):
+        end = period_of("monthly", end)[2]
+    return end + (day - 1) * 86400
+
+
+JAN, FEB, MAR = _months_ahead(1, 15), _months_ahead(2, 10), _months_ahead(3, 10)
+
+
+def _spend(led, key, hours, when):
+    led.admit(key, "proj", "wf", {"s": hours}, now=when)
+    led.charge(f"{key}:c", key, "s", 1, gpu_seconds=hours * 3600, weight=1.0, gpu_type="h100", started=when,
+               ended=when, status="ok")
+    led.close(key, "done")
+
+
+def test_rollover_carries_last_periods_unused_budget_up_to_a_cap_without_compounding(db):
+    led = Ledger.open(db)
+    led.set_budget("proj", 100.0, "monthly", actor="admin", rollover_pct=50)
+    _spend(led, "jan", 70.0, JAN)  # January leaves 30 unused
+    feb = led.balance("proj", now=FEB)
+    assert (feb.carried_h, feb.budget_h, feb.available_h) == (30.0, 130.0, 130.0)  # all 30: under the cap of 50
+    _spend(led, "feb", 0.0, FEB)
+    mar = led.balance("proj", now=MAR)  # February used nothing: the carry is capped at 50% of 100,
+    assert (mar.carried_h, mar.budget_h) == (50.0, 150.0)  # and February's own carry does not roll again
+    led.set_budget("proj", 100.0, "monthly", actor="admin", rollover_pct=0)
+    assert led.balance("proj", now=MAR).carried_h == 0.0
+    with pytest.raises(InputError, match="rollover must be a whole percentage 0..100"):
+        led.set_budget("proj", 100.0, "monthly", actor="admin", rollover_pct=150)
+    with pytest.raises(InputError, match="rollover needs a monthly or quarterly period"):
+        led.set_budget("proj", 100.0, "none", actor="admin", rollover_pct=10)
+
+
+def test_an_expired_account_has_no_budget_and_admits_nothing(db):
+    led = Ledger.open(db)
+    led.set_budget("proj", 100.0, "monthly", actor="admin", expires=FEB, reason="project ends")
+    _spend(led, "jan", 10.0, JAN)
+    assert led.balance("proj", now=JAN).available_h == 90.0
+    after = led.balance("proj", now=FEB + 1)
+    assert (after.budget_h, after.available_h) == (0.0, 0.0)
+    assert after.expires == datetime.fromtimestamp(FEB, timezone.utc).date().isoformat()
+    with pytest.raises(BudgetRefused, match="account proj"):
+        led.admit("late", "proj", "wf", {"s": 1.0}, now=FEB + 1)
+    led.set_budget("proj", 100.0, "monthly", actor="admin", clear_expiry=True, reason="extended")
+    assert led.balance("proj", now=FEB + 1).available_h == 100.0
+    terms = [a["terms"] for a in led.audit() if a["account"] == "proj"]
+    assert terms == [f"expires {datetime.fromtimestamp(FEB, timezone.utc).isoformat()}", ""]  # the terms each change left
+
+
+def test_a_version_2_ledger_gains_the_terms_columns(db):
+    led = Ledger.open(db)
+    led.set_budget("proj", 5.0, "monthly", actor="admin")
+    led.disconnect()
+    with raw(db) as (conn, _):
+        for table, column in (("accounts", "rollover_pct"), ("accounts", "expires_at"), ("audit", "terms")):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute("UPDATE schema_version SET version = 2")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)
+    assert led.balance("proj").available_h == 5.0  # nothing recorded was lost
+    led.set_budget("proj", 5.0, "monthly", actor="admin", rollover_pct=20)
+    assert led.audit()[-1]["terms"] == "rollover 20%" and led.audit()[0]["terms"] is None
+    led.disconnect()

@@ -34,6 +34,9 @@ def forecast(balance, burned_h: float, now: float, window_days: float = WINDOW_D
         runs_out = datetime.fromtimestamp(now, timezone.utc).date().isoformat()
     elif rate > 0 and balance.available_h / rate < HORIZON_DAYS:
         runs_out = (datetime.fromtimestamp(now, timezone.utc) + timedelta(days=balance.available_h / rate)).date().isoformat()
+    expires = getattr(balance, "expires", None)
+    if expires and (runs_out is None or expires < runs_out):
+        runs_out = expires  # the budget ends with the account, whatever the burn rate
     alert = "exhausted" if balance.available_h <= 0 else next(
         (f"{t}%" for t in sorted(THRESHOLDS, reverse=True) if pct >= t), None)
     return Forecast(balance.account, rate, runs_out, pct, alert)

@@ -233,7 +233,7 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     conf_dir = Path(conf_dir)
     rep = SyncReport()
     for acct, a in site.accounts.items():
-        ledger.ensure_account(acct, a.budget_gpu_hours, a.period)
+        ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
     admit_offset = None
     for name in (ADMITS, SETTLES):

@@ -60,10 +60,12 @@ BULK_ROWS = 50_000  # rows per import transaction: other writers wait for at mos
 class Balance:
     account: str
     period: str
-    budget_h: float
+    budget_h: float  # this period's: the standing budget, plus what rolled over, or 0 once expired
     charged_h: float
     held_h: float
     available_h: float
+    carried_h: float = 0.0  # rolled over from the previous period (included in budget_h)
+    expires: str | None = None  # ISO date (UTC) after which the account has no budget
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,19 @@ def period_of(kind: str, ts: float) -> tuple[str, float, float]:
     start = datetime(d.year, first, 1, tzinfo=timezone.utc)
     end = datetime(d.year + nxt // 12, nxt % 12 + 1, 1, tzinfo=timezone.utc)
     return key, start.timestamp(), end.timestamp()
+
+
+def _check_terms(account: str, rollover_pct, expires) -> tuple[int, float | None]:
+    if isinstance(rollover_pct, bool) or not isinstance(rollover_pct, int) or not 0 <= rollover_pct <= 100:
+        raise InputError(f"budget of {account}: rollover must be a whole percentage 0..100, got {rollover_pct!r}")
+    return rollover_pct, None if expires is None else _epoch(expires, "expires")
+
+
+def _terms_text(pct: int, expires: float | None) -> str:
+    parts = [f"rollover {pct}%"] if pct else []
+    if expires is not None:
+        parts.append(f"expires {datetime.fromtimestamp(expires, timezone.utc).isoformat()}")
+    return "; ".join(parts)
 
 
 def _check_kind(kind: str) -> str:
@@ -325,9 +340,14 @@ class Ledger:
             for stmt in S.ddl(self._d):
                 self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
-        elif version < 2:
-            for stmt in S.attribution_ddl(self._d):
-                self._x(stmt)
+        elif version < S.SCHEMA_VERSION:
+            if version < 2:
+                for stmt in S.attribution_ddl(self._d):
+                    self._x(stmt)
+            if version < 3:
+                for table, column, stmt in S.terms_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -404,7 +424,8 @@ class Ledger:
             raise _no_budget(account)
         return row
 
-    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool) -> None:
+    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
+        """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
         self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
@@ -414,22 +435,42 @@ class Ledger:
             self._x(S.ACCOUNT_INSERT, (account, ms, kind, now))
         else:
             self._x(S.ACCOUNT_UPDATE, (ms, kind, now, account))
+        if terms is not None:
+            self._x(S.ACCOUNT_SET_TERMS, (terms[0], terms[1], account))
+        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.fromtimestamp(now, timezone.utc).isoformat()
-        self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason))
+        self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason,
+                                 _terms_text(pct, expires)))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
-                       actor: str = "site-config") -> None:
+                       actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
         """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
         ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False))
+        terms = _check_terms(account, rollover_pct, expires)
+        self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
 
     def set_budget(self, account: str, gpu_hours: float, period_kind: str = "monthly", actor: str = "",
-                   reason: str = "") -> None:
-        """Set ``account``'s budget per period; who, when, what and why go to the audit trail."""
+                   reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False) -> None:
+        """Set ``account``'s budget per period; who, when, what and why go to the audit trail.
+
+        ``rollover_pct``: last period's unused budget is carried into each period, up to this
+        share of the budget (None: keep); ``expires``: a time after which the account has no budget (None: keep,
+        unless ``clear_expiry``)."""
         if not actor:
             raise InputError(f"set_budget of {account}: say who is changing it (actor)")
         ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        self._write(lambda: self._put_budget(account, ms, kind, actor, reason or "", "set", True))
+        if rollover_pct is not None or expires is not None or clear_expiry:
+            if rollover_pct is not None and kind == "none" and rollover_pct:
+                raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
+
+            def tx():
+                current = self._one(S.ACCOUNT_TERMS, (account,))
+                pct = rollover_pct if rollover_pct is not None else (current[0] if current else 0)
+                exp = None if clear_expiry else (expires if expires is not None else (current[1] if current else None))
+                self._put_budget(account, ms, kind, actor, reason or "", "set", True, _check_terms(account, pct, exp))
+            self._write(tx)
+        else:
+            self._write(lambda: self._put_budget(account, ms, kind, actor, reason or "", "set", True))
 
     def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
         """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""
@@ -470,7 +511,7 @@ class Ledger:
 
     def audit(self) -> list[dict]:
         cols = ("seq", "at", "actor", "account", "action", "old_budget_h", "new_budget_h",
-                "old_period", "new_period", "reason")
+                "old_period", "new_period", "reason", "terms")
         rows = self._read(lambda: self._x(S.AUDIT_LIST).fetchall())
         out = [dict(zip(cols, r)) for r in rows]
         for d in out:
@@ -481,15 +522,40 @@ class Ledger:
     # ---- balances ------------------------------------------------------------------------
 
     def _balance_ms(self, account: str, ts: float) -> tuple[str, int, int, int]:
+        key, budget, charged, held, _, _ = self._balance_full(account, ts)
+        return key, budget, charged, held
+
+    def _balance_full(self, account: str, ts: float):
+        """(period key, this period's budget, charged, held, carried, expiry) in milliseconds.
+
+        This period's budget: 0 once the account has expired; otherwise the standing budget
+        plus the rollover: what the previous period left unused (its standing budget minus its
+        charges), up to ``rollover_pct`` of the standing budget, not compounding (a period's
+        own carry never rolls over again)."""
         _, budget, kind = self._account(account)
+        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         key, start, end = period_of(kind, ts)
         charged = self._one(S.CHARGED_IN, (account, start, end))[0]
         held = self._one(S.HELD_OPEN, (account,))[0]
-        return key, budget, charged, held
+        carried = 0
+        if expires is not None and ts >= expires:
+            budget = 0
+        elif pct and kind != "none" and self._existed_before(account, start):
+            _, p_start, p_end = period_of(kind, start - 1)
+            unused = budget - self._one(S.CHARGED_IN, (account, p_start, p_end))[0]
+            carried = max(0, min(unused, budget * pct // 100))
+            budget += carried
+        return key, budget, charged, held, carried, expires
+
+    def _existed_before(self, account: str, ts: float) -> bool:
+        """Only a period the account lived through can leave budget to roll over."""
+        first = self._one(S.ACCOUNT_SINCE, (account,))[0]
+        return first is not None and datetime.fromisoformat(first).timestamp() < ts
 
     def _balance(self, account: str, ts: float) -> Balance:
-        key, budget, charged, held = self._balance_ms(account, ts)
-        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(budget - charged - held))
+        key, budget, charged, held, carried, expires = self._balance_full(account, ts)
+        exp = None if expires is None else datetime.fromtimestamp(expires, timezone.utc).date().isoformat()
+        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(budget - charged - held), _h(carried), exp)
 
     def balance(self, account: str, now=None) -> Balance:
         ts = _epoch(now, "now")

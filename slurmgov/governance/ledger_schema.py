@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # 2: attributions
+SCHEMA_VERSION = 3  # 2: attributions; 3: rollover and expiry terms
 LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
 
 
@@ -37,6 +37,7 @@ class Dialect:
     extra_ddl: tuple[str, ...]  # engine-specific guards, run after the tables exist
     row_locks: bool  # True: writers lock the account row (ACCOUNT_LOCK); False: BEGIN locks all
     has_table: str  # one row when the table named by the parameter exists
+    has_column: str  # one row when the (table, column) named by the parameters exists
     schema_lock: str | None = None  # serialises concurrent first opens that create the tables
     session: tuple[str, ...] = ()  # run once on each new connection, outside any transaction
     # ``{col} IN <a set of keys given as one parameter>``: bulk lookups pass thousands of keys in
@@ -75,6 +76,7 @@ SQLITE = Dialect(
     ),
     row_locks=False,
     has_table="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    has_column="SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
     session=(
         f"PRAGMA busy_timeout = {LOCK_WAIT_MS}",
         # WAL lets readers run beside the one writer; FULL sync because a lost commit is lost money.
@@ -103,6 +105,8 @@ POSTGRES = Dialect(
     ),
     row_locks=True,
     has_table="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    has_column="SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+               "AND table_name = %s AND column_name = %s",
     # A transaction-scoped advisory lock (key: 'slurmgov' as an integer) held while the schema
     # is checked or created, so two first opens cannot both create the tables.
     schema_lock="SELECT pg_advisory_xact_lock(8317151746168680310)",
@@ -125,7 +129,9 @@ def ddl(d: Dialect) -> list[str]:
             account {T} PRIMARY KEY,
             budget_ms BIGINT NOT NULL CHECK (budget_ms >= 0),
             period_kind {T} NOT NULL CHECK (period_kind IN ('monthly', 'quarterly', 'none')),
-            updated_at DOUBLE PRECISION NOT NULL)""",
+            updated_at DOUBLE PRECISION NOT NULL,
+            rollover_pct INTEGER NOT NULL DEFAULT 0 CHECK (rollover_pct >= 0 AND rollover_pct <= 100),
+            expires_at DOUBLE PRECISION)""",
         f"""CREATE TABLE IF NOT EXISTS audit (
             seq {d.identity},
             at {T} NOT NULL,
@@ -136,7 +142,8 @@ def ddl(d: Dialect) -> list[str]:
             new_budget_ms BIGINT NOT NULL,
             old_period_kind {T},
             new_period_kind {T} NOT NULL,
-            reason {T} NOT NULL)""",
+            reason {T} NOT NULL,
+            terms {T})""",
         f"""CREATE TABLE IF NOT EXISTS holds (
             hold_key {T} PRIMARY KEY,
             account {T} NOT NULL REFERENCES accounts (account),
@@ -200,6 +207,18 @@ def attribution_ddl(d: Dialect) -> list[str]:
     ]
 
 
+def terms_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 3: unused budget carried into the next period (a share of it, not compounding),
+    an expiry date after which the account has no budget, and the terms in each audit row.
+    (table, column, statement): a column already there is not added again."""
+    return [
+        ("accounts", "rollover_pct", "ALTER TABLE accounts ADD COLUMN rollover_pct INTEGER NOT NULL DEFAULT 0 "
+                                     "CHECK (rollover_pct >= 0 AND rollover_pct <= 100)"),
+        ("accounts", "expires_at", "ALTER TABLE accounts ADD COLUMN expires_at DOUBLE PRECISION"),
+        ("audit", "terms", f"ALTER TABLE audit ADD COLUMN terms {d.text}"),
+    ]
+
+
 ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
     amount_ms, ended, recorded_at"""
 ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -230,10 +249,13 @@ HOLD_ACCOUNT = "SELECT account FROM holds WHERE hold_key = ?"
 ACCOUNT_NAMES = "SELECT account FROM accounts ORDER BY account"
 ACCOUNT_INSERT = "INSERT INTO accounts (account, budget_ms, period_kind, updated_at) VALUES (?, ?, ?, ?)"
 ACCOUNT_UPDATE = "UPDATE accounts SET budget_ms = ?, period_kind = ?, updated_at = ? WHERE account = ?"
+ACCOUNT_SINCE = "SELECT MIN(at) FROM audit WHERE account = ?"
+ACCOUNT_TERMS = "SELECT rollover_pct, expires_at FROM accounts WHERE account = ?"
+ACCOUNT_SET_TERMS = "UPDATE accounts SET rollover_pct = ?, expires_at = ? WHERE account = ?"
 AUDIT_INSERT = """INSERT INTO audit (at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    old_period_kind, new_period_kind, reason, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason FROM audit ORDER BY seq"""
+    old_period_kind, new_period_kind, reason, terms FROM audit ORDER BY seq"""
 
 # What an account has charged in [start, end) and what its open holds still reserve.
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date, datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
@@ -110,6 +111,22 @@ class Partition(Strict):
 class Account(Strict):
     budget_gpu_hours: float = Field(ge=0, le=1e12)
     period: Literal["monthly", "quarterly", "none"] = "monthly"
+    # last period's unused budget carries over, up to this share of the budget (0: none)
+    rollover_pct: int = Field(0, ge=0, le=100)
+    expires: date | None = None  # the project ends: no budget from this day on (UTC)
+
+    @model_validator(mode="after")
+    def _rollover_needs_periods(self):
+        if self.rollover_pct and self.period == "none":
+            raise ValueError("rollover_pct needs a monthly or quarterly period")
+        return self
+
+    def terms(self) -> dict:
+        """The ledger's keyword arguments for these terms."""
+        expires = None
+        if self.expires is not None:
+            expires = datetime(self.expires.year, self.expires.month, self.expires.day, tzinfo=timezone.utc).timestamp()
+        return {"rollover_pct": self.rollover_pct, "expires": expires}
 
 
 class Admins(Strict):

@@ -92,7 +92,7 @@ def ensure_budget(ledger: Ledger, site: Site, account: str) -> None:
     """Seed the account's budget from the site file the first time the ledger sees it."""
     acct = site.accounts.get(account)
     if acct is not None:
-        ledger.ensure_account(account, acct.budget_gpu_hours, acct.period)
+        ledger.ensure_account(account, acct.budget_gpu_hours, acct.period, **acct.terms())
 
 
 def step_specs(wf: Workflow, p: Plan) -> tuple[list[StepSpec], list[AllocSpec]]:

@@ -205,7 +205,8 @@ def _admin_ledger(site_path, accounts, what, seed=True):
 
 def _print_budget(ledger, account):
     b = ledger.balance(account)
-    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}), {b.available_h:.2f} available")
+    extra = (f", {b.carried_h:.2f} of it rolled over" if b.carried_h else "") + (f", expires {b.expires}" if b.expires else "")
+    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}{extra}), {b.available_h:.2f} available")
 
 
 @budget.command("set")
@@ -213,16 +214,26 @@ def _print_budget(ledger, account):
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
 @click.option("--reason", default="", help="Why: kept in the audit log.")
+@click.option("--rollover", "rollover_pct", type=click.IntRange(0, 100), default=None, metavar="PCT",
+              help="Carry last period's unused budget over, up to PCT% of the budget (0: none; default: keep).")
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="No budget from this day on, UTC (the project ends).")
+@click.option("--no-expiry", is_flag=True, help="Remove an expiry date.")
 @site_option
-def budget_set(account, gpu_hours, period, reason, site_path):
+def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_expiry, site_path):
     """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period).
 
     \b
-    Example:
+    Examples:
       slurmgov budget set chem-ai 750 --reason "Q4 grant"
+      slurmgov budget set physics 120 --period quarterly --rollover 25 --expires 2027-06-30
     """
+    if expires is not None and no_expiry:
+        raise click.BadParameter("give --expires or --no-expiry, not both", param_hint="--expires")
     ledger = _admin_ledger(site_path, [account], "changing a budget", seed=False)
-    ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason)
+    when = None if expires is None else expires.replace(tzinfo=timezone.utc).timestamp()
+    ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason,
+                      rollover_pct=rollover_pct, expires=when, clear_expiry=no_expiry)
     _print_budget(ledger, account)
 
 
@@ -232,7 +243,7 @@ def budget_set(account, gpu_hours, period, reason, site_path):
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
 def budget_grant(account, gpu_hours, reason, site_path):
-    """Add GPU_HOURS to ACCOUNT's budget for the current period (admins only).
+    """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins only).
 
     \b
     Example:

@@ -76,7 +76,7 @@ def run(argv: list[str]) -> int:
         ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
         acct = site.accounts.get(account)
         if acct is not None:
-            ledger.ensure_account(account, acct.budget_gpu_hours, acct.period)
+            ledger.ensure_account(account, acct.budget_gpu_hours, acct.period, **acct.terms())
         bal = ledger.balance(account)
         line += f"; account {account} has {bal.available_h:.2f} GPU-h left"
         if cost_h > bal.available_h:

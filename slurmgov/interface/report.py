@@ -101,7 +101,9 @@ def balance_table(balances, console: Console, forecasts: dict | None = None) -> 
         f = (forecasts or {}).get(b.account)
         used = 100 * (b.charged_h + b.held_h) / b.budget_h if b.budget_h else 0
         style = "red" if f and f.alert else None
-        t.add_row(b.account, b.period, _h(b.budget_h), _h(b.charged_h), _h(b.held_h), _h(b.available_h),
+        budget = _h(b.budget_h) + (f" (+{_h(b.carried_h)} rolled over)" if b.carried_h else "")
+        period = b.period + (f", expires {b.expires}" if b.expires else "")
+        t.add_row(b.account, period, budget, _h(b.charged_h), _h(b.held_h), _h(b.available_h),
                   f"{used:.1f}%", _h(f.burn_h_per_day) if f else "-", (f.runs_out or "-") if f else "-", style=style)
     console.print(t)
     for f in (forecasts or {}).values():
