@@ -85,6 +85,7 @@ local INFINITE16 = 65535
 local SNAPSHOT_NAME = "slurmgov_snapshot.txt"
 local JOURNAL_NAME = "slurmgov_journal.log"
 local HOOK_CONF_NAME = "slurmgov_hook.conf"
+local REFUSALS_NAME = "slurmgov_refusals.log"
 
 -- Directory of this script: Slurm loads it with luaL_loadfile, so source is "@/path/file".
 local function script_dir()
@@ -184,6 +185,7 @@ local function read_hook_conf()
 	local conf = {
 		snapshot_path = HOOK_DIR .. "/" .. SNAPSHOT_NAME,
 		journal_path = HOOK_DIR .. "/" .. JOURNAL_NAME,
+		refusals_path = HOOK_DIR .. "/" .. REFUSALS_NAME,
 		fail_policy = "closed",
 		default_time_min = 60,
 	}
@@ -192,7 +194,7 @@ local function read_hook_conf()
 	for _, line in ipairs(lines_of(data)) do
 		local key, value = string.match(line, "^%s*([%w_]+)%s+(.-)%s*$")
 		if key and string.sub(line, 1, 1) ~= "#" then
-			if key == "snapshot_path" or key == "journal_path" then
+			if key == "snapshot_path" or key == "journal_path" or key == "refusals_path" then
 				if value ~= "" then conf[key] = value end
 			elseif key == "fail_policy" then
 				if value == "open" or value == "closed" then conf.fail_policy = value end
@@ -547,6 +549,19 @@ local function admit(job_desc, journal_path, serial, account, cost, req, tl)
 	return slurm.SUCCESS
 end
 
+-- Refuse with one line to the user, and count it for the governor's metrics (refusals by
+-- reason). Recording is best effort: a refusal never waits on, or fails because of, its log.
+local function refuse(conf, reason, account, job_desc, msg)
+	log_user(msg)
+	local f = io.open(conf.refusals_path, "a")
+	if f then
+		f:write(table.concat({ "refuse", string.format("%d", os.time()), reason, field(account),
+			field(job_desc.user_id) }, "\t") .. "\n")
+		f:close()
+	end
+	return slurm.ERROR
+end
+
 function slurm_job_submit(job_desc, part_list, submit_uid)
 	local conf = read_hook_conf()
 	local snap, snap_err = read_snapshot(conf.snapshot_path)
@@ -555,8 +570,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	local default_weight = snap and snap.default_weight or 1.0
 	local req, rerr = gpu_request(job_desc, weights, default_weight, snap and snap.sockets_per_node or 1)
 	if not req then
-		log_user("slurmgov: " .. rerr)
-		return slurm.ERROR
+		return refuse(conf, "bad_request", job_desc.account, job_desc, "slurmgov: " .. rerr)
 	end
 	if not req.any_gpu then return slurm.SUCCESS end
 
@@ -567,26 +581,24 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	if snap and snap.max_gpus_per_node then
 		local cap = snap.max_gpus_per_node
 		if req.per_node > cap then
-			log_user(string.format("slurmgov: job asks for %d GPUs on one node but no node has more than %d; it can never start",
+			return refuse(conf, "never_placeable", account, job_desc, string.format(
+				"slurmgov: job asks for %d GPUs on one node but no node has more than %d; it can never start",
 				req.per_node, cap))
-			return slurm.ERROR
 		end
 		if req.max_nodes and req.gpus > cap * req.max_nodes then
-			log_user(string.format("slurmgov: job asks for %d GPUs on at most %d node(s) of %d GPUs each; it can never start",
+			return refuse(conf, "never_placeable", account, job_desc, string.format(
+				"slurmgov: job asks for %d GPUs on at most %d node(s) of %d GPUs each; it can never start",
 				req.gpus, req.max_nodes, cap))
-			return slurm.ERROR
 		end
 	end
 	if snap and snap.total_gpus and req.gpus > snap.total_gpus then
-		log_user(string.format("slurmgov: job asks for %d GPUs but the cluster has %d; it can never start",
-			req.gpus, snap.total_gpus))
-		return slurm.ERROR
+		return refuse(conf, "never_placeable", account, job_desc, string.format(
+			"slurmgov: job asks for %d GPUs but the cluster has %d; it can never start", req.gpus, snap.total_gpus))
 	end
 
 	local tl, terr = time_limit_min(job_desc, part_list, snap and snap.default_time_min or conf.default_time_min)
 	if not tl then
-		log_user("slurmgov: " .. terr)
-		return slurm.ERROR
+		return refuse(conf, "bad_time", account, job_desc, "slurmgov: " .. terr)
 	end
 	local cost = req.weighted * req.tasks_in_array * tl * 60
 
@@ -607,30 +619,29 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 			log_info("slurmgov: " .. problem .. "; admitting GPU job of " .. who .. " (fail_policy open)")
 			return admit(job_desc, conf.journal_path, "0", account, cost, req, tl)
 		end
-		log_user("slurmgov: " .. problem .. "; GPU jobs are refused until it is refreshed (fail_policy closed)")
-		return slurm.ERROR
+		return refuse(conf, snap and "snapshot_stale" or "snapshot_unreadable", account, job_desc,
+			"slurmgov: " .. problem .. "; GPU jobs are refused until it is refreshed (fail_policy closed)")
 	end
 
 	if account == nil or account == "" then
-		log_user("slurmgov: job has no account and the user has no default account; give --account")
-		return slurm.ERROR
+		return refuse(conf, "no_account", account, job_desc,
+			"slurmgov: job has no account and the user has no default account; give --account")
 	end
 	local budget = snap.accounts[account] -- plain table lookup: no pattern matching on names
 	if budget == nil then
-		log_user(string.format("slurmgov: account %s has no GPU budget, job needs up to %s GPU-h",
-			printable(account), fmt_gpuh(cost)))
-		return slurm.ERROR
+		return refuse(conf, "no_budget", account, job_desc, string.format(
+			"slurmgov: account %s has no GPU budget, job needs up to %s GPU-h", printable(account), fmt_gpuh(cost)))
 	end
 	local sums, jerr = charged_since(snap, conf.journal_path)
 	if not sums then
-		log_user("slurmgov: cannot read the hold journal (" .. printable(jerr) .. "); job refused")
-		return slurm.ERROR
+		return refuse(conf, "journal_unreadable", account, job_desc,
+			"slurmgov: cannot read the hold journal (" .. printable(jerr) .. "); job refused")
 	end
 	local available = budget - (sums[account] or 0)
 	if cost > available then
-		log_user(string.format("slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
+		return refuse(conf, "over_budget", account, job_desc, string.format(
+			"slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
 			printable(account), fmt_gpuh(available), fmt_gpuh(cost)))
-		return slurm.ERROR
 	end
 	return admit(job_desc, conf.journal_path, snap.serial_str, account, cost, req, tl)
 end

@@ -42,6 +42,8 @@ ACCOUNTS = ("chem-ai", "bio-ml", "physics")
 DEFAULT_ACCOUNT = "chem-ai"
 # root submits most test jobs; nobody is an unprivileged user (e.g. for job-modify checks).
 USERS = ("root", "nobody")
+# A user Slurm associates with one account only (bio-ml): charging any other must be impossible.
+LIMITED_USER, LIMITED_ACCOUNT = "daemon", "bio-ml"
 PARTITION = "gpu"
 PARTITION_DEFAULT_TIME_MIN = 30
 PARTITION_MAX_TIME_MIN = 1440
@@ -519,6 +521,8 @@ StorageLoc=slurm_acct_db
                  f"cluster={c}", check=True)
         self.run("sacctmgr", "-i", "modify", "user", "where", f"name={users}", "set",
                  f"defaultaccount={DEFAULT_ACCOUNT}", check=True)
+        self.run("sacctmgr", "-i", "add", "user", LIMITED_USER, f"account={LIMITED_ACCOUNT}",
+                 f"defaultaccount={LIMITED_ACCOUNT}", f"cluster={c}", check=True)
 
     def _start_slurmctld(self, deadline: float) -> None:
         log = self.log_dir / "slurmctld.log"

@@ -206,13 +206,18 @@ def test_governor_metrics_and_alerts(env):
     site, conf, state, ledger, sync = env
     m = GovernorMetrics(port=0)
     append(conf / governor.ADMITS, admit("m1", cost_h=9.0))
+    append(conf / governor.REFUSALS, f"refuse\t{int(time.time())}\tover_budget\tphysics\t1000\n")
+    append(conf / governor.REFUSALS, f"refuse\t{int(time.time())}\tsnapshot_stale\tphysics\t1000\n")
+    append(conf / governor.REFUSALS, f"refuse\t{int(time.time())}\tover_budget\tbio-ml\t1001\n")
     rep = sync()
+    assert rep.refused == {"over_budget": 2, "snapshot_stale": 1}
     alerts = m.update(ledger, rep, time.time() - 5)
     assert alerts and alerts[0].startswith("alert: account physics has used 90% of its budget (80%)")
     body = urllib.request.urlopen(f"http://127.0.0.1:{m.port}/metrics", timeout=10).read().decode()
     assert 'slurmgov_held_gpu_hours{account="physics"} 9.0' in body
     assert 'slurmgov_available_gpu_hours{account="physics"} 1.0' in body
     assert "slurmgov_hook_admissions_total 1.0" in body
+    assert 'slurmgov_hook_refusals_total{reason="over_budget"} 2.0' in body
     age = float(next(ln.split()[1] for ln in body.splitlines() if ln.startswith("slurmgov_snapshot_age_seconds ")))
     assert 4 <= age < 60
 

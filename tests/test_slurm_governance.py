@@ -37,7 +37,7 @@ def gov(slurm_cluster, root, slurmgov_home):
     c = slurm_cluster
     c.cancel_all()
     # A fresh governor state and ledger: start the hooks' journals afresh as well (a rotation).
-    for p in (c.journal_path, c.settle_path, c.hook_conf_path):
+    for p in (c.journal_path, c.settle_path, c.hook_conf_path, c.conf_dir / "slurmgov_refusals.log"):
         if p.exists():
             p.unlink()
     site_path = root / "site_configs" / "demo-cluster.yaml"
@@ -99,6 +99,7 @@ def test_burst_cannot_overspend_across_a_sync(gov):
     # the governor takes the admissions into the ledger; the hook keeps refusing after the new snapshot
     rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--no-reconcile", "--json").stdout)
     assert rep["admitted"] == fits
+    assert rep["refused"] == {"over_budget": 2}  # the hook's refusals, counted by reason for the metrics
     assert ledger.balance("physics").held_h == pytest.approx(fits * cost / 3600)
     assert snapshot.read(c.snapshot_path).journal_offset == c.journal_path.stat().st_size
     assert c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 1
@@ -245,3 +246,28 @@ def test_limits_sync_cli_dry_run(gov):
     assert phys["status"] in ("would set", "unchanged")
     shown = c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", "account=physics", "format=account,user,grptresmins").stdout
     assert "gres/gpu=" not in shown  # a dry run changes nothing
+
+
+def test_a_user_cannot_charge_an_account_slurm_does_not_associate_them_with(gov):
+    from slurm_harness import LIMITED_ACCOUNT, LIMITED_USER
+
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    env = c.unprivileged_env()
+
+    def as_limited(*args):
+        return c.run("runuser", "-u", LIMITED_USER, "--", "sbatch", "--parsable", "-o", "/dev/null", *args,
+                     env=env, cwd="/")
+
+    before = ledger.balance("chem-ai")
+    refused = as_limited("-A", "chem-ai", "--gres=gpu:h100:1", "-t", "5", "-H", "--wrap", "true")
+    assert refused.returncode == 1 and "Invalid account" in refused.stderr
+    allowed = as_limited("-A", LIMITED_ACCOUNT, "--gres=gpu:h100:1", "-t", "5", "-H", "--wrap", "true")
+    assert allowed.returncode == 0, allowed.stderr
+    # The hook may have admitted the first request before Slurm checked the association; that hold
+    # has no job, so reconciling releases it: chem-ai is neither charged nor held for it.
+    sg("sync", "--slurm-conf-dir", c.conf_dir, "--grace", "0")
+    after = ledger.balance("chem-ai")
+    assert (after.charged_h, after.held_h) == (before.charged_h, before.held_h)
+    held = [h for h, _ in ledger.open_holds("slurm:") if ledger.hold(h).account == LIMITED_ACCOUNT]
+    assert len(held) == 1  # the job Slurm accepted keeps its hold

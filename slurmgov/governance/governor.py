@@ -23,6 +23,7 @@ from slurmgov.governance.slurm_cli import FINAL
 SNAPSHOT = "slurmgov_snapshot.txt"
 ADMITS = "slurmgov_journal.log"
 SETTLES = "slurmgov_settle.log"
+REFUSALS = "slurmgov_refusals.log"
 # Slurm's final job states -> how the job's hold closes.
 CLOSE_STATE = {"COMPLETED": "done", "CANCELLED": "cancelled"}
 
@@ -34,6 +35,7 @@ class SyncReport:
     problems: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     snapshot_serial: int | None = None
+    refused: dict[str, int] = field(default_factory=dict)  # hook refusals since the last pass, by reason
 
 
 def hold_key(token: str) -> str:
@@ -236,7 +238,7 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
     admit_offset = None
-    for name in (ADMITS, SETTLES):
+    for name in (ADMITS, SETTLES, REFUSALS):
         path = conf_dir / name
         lines, cursor = cursors.read_new(path)
         for offset, text in lines:
@@ -244,6 +246,9 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
                 event = journal.parse(text)
             except ValueError as exc:
                 rep.problems.append(f"{path}@{offset}: {exc}")  # reported, never guessed at
+                continue
+            if isinstance(event, journal.Refuse):
+                rep.refused[event.reason] = rep.refused.get(event.reason, 0) + 1
                 continue
             try:
                 apply(ledger, site, event)
@@ -299,7 +304,7 @@ def install_hooks(conf_dir: str | Path) -> list[str]:
         os.chmod(tmp, 0o644)
         os.replace(tmp, conf_dir / name)  # slurmctld reloads on mtime: never let it see half a file
         names.append(name)
-    for name in (ADMITS, SETTLES):
+    for name in (ADMITS, SETTLES, REFUSALS):
         path = conf_dir / name
         fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
         os.close(fd)

@@ -44,8 +44,18 @@ class Settle:
         return self.gpus * max(0, self.end - self.start) if self.start else 0.0
 
 
+@dataclass(frozen=True)
+class Refuse:
+    """The submit hook refused a GPU job (counted for metrics; nothing to apply)."""
+
+    ts: float
+    reason: str
+    account: str
+    user: str
+
+
 def parse(line: str):
-    """One journal line -> Admit | Settle; ValueError with the reason for anything else."""
+    """One journal line -> Admit | Settle | Refuse; ValueError with the reason for anything else."""
     f = line.split("\t")
     if f[0] == "admit" and len(f) == 10:
         return Admit(float(f[1]), int(f[2]), f[3], f[4], f[5], float(f[6]), int(f[7]), int(f[8]),
@@ -54,6 +64,8 @@ def parse(line: str):
         gpu_type = (None if f[8] in ("", "-") else f[8]) if len(f) == 9 else None
         return Settle(f[1], None if f[2] in ("", "-") else f[2], f[3], int(f[4] or 0), gpu_type,
                       int(f[5] or 0), int(f[6] or 0), f[7])
+    if f[0] == "refuse" and len(f) == 5:
+        return Refuse(float(f[1]), f[2], f[3], f[4])
     raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")
 
 

@@ -26,6 +26,8 @@ class GovernorMetrics:
         self.problems = Counter("slurmgov_journal_problems", "Journal lines that could not be applied",
                                 registry=self.registry)
         self.drift = Counter("slurmgov_reconcile_drift", "Differences found against sacct", registry=self.registry)
+        self.refusals = Counter("slurmgov_hook_refusals", "GPU jobs the submit hook refused, by reason",
+                                ("reason",), registry=self.registry)
         self.port = None
         if port is not None:
             server, _ = start_http_server(port, addr=addr, registry=self.registry)
@@ -38,6 +40,8 @@ class GovernorMetrics:
         self.settlements.inc(rep.settled)
         self.problems.inc(len(rep.problems))
         self.drift.inc(len(rep.drift))
+        for reason, n in getattr(rep, "refused", {}).items():
+            self.refusals.labels(reason=reason).inc(n)
         if snapshot_written is not None:
             self.snapshot_age.set(max(0.0, now - snapshot_written))
         alerts = []

@@ -69,9 +69,12 @@ class DashboardState:
                     "kv_gib": ps.kv_bytes / 2**30, "reason": rec.reason if rec else None, "running": running,
                 })
             allocs = []
+            slurm_jobs = getattr(eng.backend, "jobs", {}) if eng else {}  # Slurm: where each pilot landed
             for a in p.allocations:
                 rec = eng.allocs.get(a.id) if eng else None
+                jobs = slurm_jobs.get(a.id, [])
                 allocs.append({
+                    "jobs": [{"job_id": j.job_id, "state": j.state, "nodes": list(j.nodes)} for j in jobs],
                     "id": a.id, "kind": a.kind, "gpus": a.gpus, "nodes": a.nodes, "within": a.within,
                     "started": rec.started if rec else None, "ended": rec.ended if rec else None,
                     "busy_gpu_s": rec.busy_gpu_s if rec else 0.0, "held_gpu_s": rec.held_gpu_s if rec else 0.0,
