@@ -123,20 +123,10 @@ def main() -> int:
 def run_postgres(n: int) -> None:
     import pg_harness
 
-    ok, why = pg_harness.can_run()
-    if not ok:
-        print(f"[postgres] skipped: {why}")
-        return
-    try:
-        pg_harness.start()
-    except Exception as e:  # noqa: BLE001 - any failure to start is reported, not raised
-        print(f"[postgres] skipped: the throwaway server did not start: {e}")
-        return
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            run(pg_harness.fresh_url(), "postgres", n, Path(d))
-    finally:
-        pg_harness.stop()
+    with pg_harness.for_bench() as up:
+        if up:
+            with tempfile.TemporaryDirectory() as d:
+                run(pg_harness.fresh_url(), "postgres", n, Path(d))
 
 
 if __name__ == "__main__":

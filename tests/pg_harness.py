@@ -21,6 +21,7 @@ with the reason, except when CI=true: there no database test may skip, so it fai
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import itertools
 import os
@@ -314,6 +315,26 @@ def stop() -> None:
     if _server is not None:
         s, _server = _server, None
         s.stop()
+
+
+@contextlib.contextmanager
+def for_bench(label: str = "postgres"):
+    """A benchmark's server: yields True while one runs, or prints why not and yields False."""
+    ok, why = can_run()
+    if not ok:
+        print(f"[{label}] skipped: {why}")
+        yield False
+        return
+    try:
+        start()
+    except Exception as e:  # noqa: BLE001 - any failure to start is reported, not raised
+        print(f"[{label}] skipped: the throwaway server did not start: {e}")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        stop()
 
 
 def fresh_url(url: str | None = None, socket: bool = False) -> str:

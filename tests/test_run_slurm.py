@@ -171,24 +171,31 @@ def test_placement_and_fragmentation_are_recorded_from_live_jobs(sg, governed):
     assert live["free_slots"]["total"]["free_gpus"] <= 16
 
 
-def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, governed, tmp_path):
-    c, env = governed
+def one_step_run(c, env, tmp_path, workflow: str, command: str, gpus: int, *args: str):
+    """Start `slurmgov run` of a one-step workflow in the background; return it once the step
+    has begun (its command writes the file it is given as {mark}) and that file."""
     mark = tmp_path / "started"
-    spec = tmp_path / "kill.yaml"
-    spec.write_text(f"""\
-workflow: kill-me
-account: chem-ai
-steps:
-  - id: long
-    run: 'echo $SLURM_JOB_ID >> {mark}; sleep 4; echo done'
-    resources: {{gpus: 1, gpu_type: h100, time: "00:05:00"}}
-""")
-    proc = subprocess.Popen([str(BIN / "slurmgov"), "run", str(spec), "--json"], env=env, cwd=c.work_dir,
+    spec = tmp_path / f"{workflow}.yaml"
+    spec.write_text(f"workflow: {workflow}\naccount: chem-ai\nsteps:\n"
+                    f"  - {{id: step, run: '{command.format(mark=mark)}', "
+                    f"resources: {{gpus: {gpus}, gpu_type: h100, time: '00:05:00'}}}}\n")
+    proc = subprocess.Popen([str(BIN / "slurmgov"), "run", str(spec), *args], env=env, cwd=c.work_dir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    return proc, mark
+
+
+def wait_started(proc, mark, timeout=60) -> None:
+    deadline = time.time() + timeout
     while not (mark.exists() and mark.read_text().strip()):
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.1)
+
+
+def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, governed, tmp_path):
+    c, env = governed
+    proc, mark = one_step_run(c, env, tmp_path, "kill-me", "echo $SLURM_JOB_ID >> {mark}; sleep 4; echo done", 1,
+                              "--json")
+    wait_started(proc, mark)
     first = mark.read_text().split()[0]
     c.run("scancel", first, check=True)  # the allocation dies under its running step
     out, err = proc.communicate(timeout=120)
@@ -197,7 +204,7 @@ steps:
     alloc = rep["allocations"]["a1"]
     assert alloc["job_ids"][0] == first and len(alloc["job_ids"]) == 2
     assert alloc["states"][0] == "CANCELLED" and "resubmitted as job" in alloc["events"][0]
-    step = rep["steps"]["long"]
+    step = rep["steps"]["step"]
     assert step["status"] == "ok" and step["attempts"] == 1 and step["output"] == "done"
     assert mark.read_text().split() == alloc["job_ids"]  # it ran again, in the new job
     # both jobs are charged once each, what sacct says; the killed one's time is waste
@@ -209,18 +216,7 @@ steps:
 
 def test_ctrl_c_cancels_the_workflows_jobs(governed, tmp_path):
     c, env = governed
-    mark = tmp_path / "started"
-    spec = tmp_path / "long.yaml"
-    spec.write_text(f"""\
-workflow: interrupt-me
-account: chem-ai
-steps:
-  - id: wait
-    run: 'touch {mark}; sleep 60'
-    resources: {{gpus: 2, gpu_type: h100, time: "00:05:00"}}
-""")
-    proc = subprocess.Popen([str(BIN / "slurmgov"), "run", str(spec)], env=env, cwd=c.work_dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, mark = one_step_run(c, env, tmp_path, "interrupt-me", "echo started > {mark}; sleep 60", 2)
     page = None
     for line in proc.stdout:  # printed before any step runs
         m = re.search(r"dashboard: (http://\S+/slurmgov)", line)
@@ -228,10 +224,7 @@ steps:
             page = m.group(1)
             break
     assert page, "no dashboard link printed"
-    deadline = time.time() + 60
-    while not mark.exists():
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    wait_started(proc, mark)
     # the workflow's page says where its allocation landed, while it runs
     deadline = time.time() + 10
     while True:

@@ -613,17 +613,22 @@ def topology_show(site_path, as_json, live):
         out.print("multi-node NVLink domains: " + ", ".join(f"{d} ({n} nodes)" for d, n in doc["nvlink_domains"].items()))
 
 
-def _since(since, until):
+def _samples_window(fn):
+    """--since/--until for the commands that read the governor's placement samples."""
+    fn = click.option("--until", type=click.DateTime(), default=None, help="Samples taken before (UTC).")(fn)
+    return click.option("--since", type=click.DateTime(), default=None, help="Samples taken at or after (UTC).")(fn)
+
+
+def _samples(site, since, until) -> list:
     def utc(d):
         return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
-    return utc(since), utc(until)
+    return placement.PlacementLog(_placement_log(site)).read(utc(since), utc(until))
 
 
 @topology.command("placement")
 @site_option
 @json_option
-@click.option("--since", type=click.DateTime(), default=None, help="Samples taken at or after (UTC).")
-@click.option("--until", type=click.DateTime(), default=None, help="Samples taken before (UTC).")
+@_samples_window
 def topology_placement(site_path, as_json, since, until):
     """The share of GPU jobs that got the locality they asked for (node, NVLink domain, leaf
     switch), from what the governor recorded of running jobs.
@@ -634,30 +639,17 @@ def topology_placement(site_path, as_json, since, until):
       slurmgov topology placement --since 2026-11-01 --json
     """
     site = _site(site_path)
-    samples = placement.PlacementLog(_placement_log(site)).read(*_since(since, until))
-    rep = placement.placement(site, samples)
+    rep = placement.placement(site, _samples(site, since, until))
     if as_json:
         _json(rep)
         return
-    if not rep["jobs"]:
-        out.print("no GPU jobs recorded yet (the governor samples running jobs every --placement-every seconds)")
-        return
-    t = Table(title=f"placement: {rep['jobs']} GPU jobs, {100 * rep['share']:.0f}% got the locality they asked for")
-    for col in ("asked for", "jobs", "got it", "share"):
-        t.add_column(col)
-    for within, r in rep["by_request"].items():
-        if r["jobs"]:
-            t.add_row(within, str(r["jobs"]), str(r["satisfied"]), f"{100 * r['share']:.0f}%")
-    out.print(t)
-    for miss in rep["misses"][:20]:
-        out.print(f"miss: job {miss['job_id']} asked for {miss['requested']}, got {miss['got']} ({miss['nodes']})")
+    report.placement_table(rep, out)
 
 
 @topology.command("fragmentation")
 @site_option
 @json_option
-@click.option("--since", type=click.DateTime(), default=None, help="Samples taken at or after (UTC).")
-@click.option("--until", type=click.DateTime(), default=None, help="Samples taken before (UTC).")
+@_samples_window
 def topology_fragmentation(site_path, as_json, since, until):
     """Free N-GPU slots per leaf switch: now, and the minimum and mean over the recorded samples.
 
@@ -667,22 +659,11 @@ def topology_fragmentation(site_path, as_json, since, until):
       slurmgov topology fragmentation --since 2026-11-24 --json
     """
     site = _site(site_path)
-    samples = placement.PlacementLog(_placement_log(site)).read(*_since(since, until))
-    rep = placement.fragmentation_over_time(site, samples)
+    rep = placement.fragmentation_over_time(site, _samples(site, since, until))
     if as_json:
         _json(rep)
         return
-    if not rep["samples"]:
-        out.print("no samples recorded yet (run `slurmgov governor`, or `slurmgov sync --placement`)")
-        return
-    t = Table(title=f"free N-GPU slots over {rep['samples']} samples (now / min / mean)")
-    t.add_column("leaf switch")
-    for k in rep["total"]:
-        t.add_column(f"{k}-GPU")
-    rows = list(rep["leaf_switches"].items()) + [("all", rep["total"])]
-    for name, series in rows:
-        t.add_row(name, *(f"{v['now']} / {v['min']} / {v['mean']:.1f}" for v in series.values()))
-    out.print(t)
+    report.fragmentation_table(rep, out)
 
 
 @topology.command("import")

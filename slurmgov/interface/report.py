@@ -128,3 +128,31 @@ def waste_table(rows, by: str, console: Console) -> None:
         t.add_row(str(r["key"]), str(r["runs"]), f"{r['used_gpu_seconds']:.1f}", f"{r['idle_gpu_seconds']:.1f}",
                   f"{100 * r['idle_share']:.0f}%", f"{r['idle_h']:.4f}")
     console.print(t)
+
+
+def placement_table(rep: dict, console: Console) -> None:
+    if not rep["jobs"]:
+        console.print("no GPU jobs recorded yet (the governor samples running jobs every --placement-every seconds)")
+        return
+    t = Table(title=f"placement: {rep['jobs']} GPU jobs, {100 * rep['share']:.0f}% got the locality they asked for")
+    for col in ("asked for", "jobs", "got it", "share"):
+        t.add_column(col)
+    for within, r in rep["by_request"].items():
+        if r["jobs"]:
+            t.add_row(within, str(r["jobs"]), str(r["satisfied"]), f"{100 * r['share']:.0f}%")
+    console.print(t)
+    for miss in rep["misses"][:20]:
+        console.print(f"miss: job {miss['job_id']} asked for {miss['requested']}, got {miss['got']} ({miss['nodes']})")
+
+
+def fragmentation_table(rep: dict, console: Console) -> None:
+    if not rep["samples"]:
+        console.print("no samples recorded yet (run `slurmgov governor`, or `slurmgov sync --placement`)")
+        return
+    t = Table(title=f"free N-GPU slots over {rep['samples']} samples (now / min / mean)")
+    t.add_column("leaf switch")
+    for k in rep["total"]:
+        t.add_column(f"{k}-GPU")
+    for name, series in list(rep["leaf_switches"].items()) + [("all", rep["total"])]:
+        t.add_row(name, *(f"{v['now']} / {v['min']} / {v['mean']:.1f}" for v in series.values()))
+    console.print(t)
