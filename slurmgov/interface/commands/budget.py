@@ -1,0 +1,229 @@
+"""Accounting: `slurmgov budget set|grant|transfer|show`, `audit`, `usage` and `waste`."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import re
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from slurmgov.governance import authz
+from slurmgov.governance.forecast import forecasts
+from slurmgov.intent import jobspec
+from slurmgov.intent.launch import ensure_budget
+from slurmgov.interface import report
+from slurmgov.interface.commands.common import (
+    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, json_option, out, site_option,
+)
+
+
+@click.group()
+def budget():
+    """Read and set accounts' GPU-hour budgets."""
+
+
+def _admin_ledger(site_path, accounts, what, seed=True):
+    """The ledger (``accounts`` seeded from the site file), once names and the caller's rights are checked."""
+    site = _site(site_path)
+    for account in accounts:
+        if not re.match(jobspec.NAME, account):
+            raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    authz.require_admin(site, what)
+    ledger = _ledger(site)
+    for account in accounts if seed else ():
+        ensure_budget(ledger, site, account)
+    return ledger
+
+
+def _print_budget(ledger, account):
+    b = ledger.balance(account)
+    extra = (f", {b.carried_h:.2f} of it rolled over" if b.carried_h else "") + (f", expires {b.expires}" if b.expires else "")
+    out.print(f"account {account}: budget {b.budget_h:.2f} GPU-h ({b.period}{extra}), {b.available_h:.2f} available")
+
+
+@budget.command("set")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@click.option("--rollover", "rollover_pct", type=click.IntRange(0, 100), default=None, metavar="PCT",
+              help="Carry last period's unused budget over, up to PCT% of the budget (0: none; default: keep).")
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="No budget from this day on, UTC (the project ends).")
+@click.option("--no-expiry", is_flag=True, help="Remove an expiry date.")
+@site_option
+def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_expiry, site_path):
+    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period).
+
+    \b
+    Examples:
+      slurmgov budget set chem-ai 750 --reason "Q4 grant"
+      slurmgov budget set physics 120 --period quarterly --rollover 25 --expires 2027-06-30
+    """
+    if expires is not None and no_expiry:
+        raise click.BadParameter("give --expires or --no-expiry, not both", param_hint="--expires")
+    ledger = _admin_ledger(site_path, [account], "changing a budget", seed=False)
+    when = _utc(expires)
+    ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason,
+                      rollover_pct=rollover_pct, expires=when, clear_expiry=no_expiry)
+    _print_budget(ledger, account)
+
+
+@budget.command("grant")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+def budget_grant(account, gpu_hours, reason, site_path):
+    """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins only).
+
+    \b
+    Example:
+      slurmgov budget grant chem-ai 100 --reason "deadline extension"
+    """
+    ledger = _admin_ledger(site_path, [account], "granting GPU-hours")
+    ledger.grant(account, gpu_hours, actor=getpass.getuser(), reason=reason)
+    _print_budget(ledger, account)
+
+
+@budget.command("transfer")
+@click.argument("source", shell_complete=_complete_accounts)
+@click.argument("dest", shell_complete=_complete_accounts)
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+def budget_transfer(source, dest, gpu_hours, reason, site_path):
+    """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins only).
+
+    \b
+    Example:
+      slurmgov budget transfer chem-ai bio-ml 50 --reason "shared project"
+    """
+    ledger = _admin_ledger(site_path, [source, dest], "moving budget between accounts")
+    ledger.transfer(source, dest, gpu_hours, actor=getpass.getuser(), reason=reason)
+    for account in (source, dest):
+        _print_budget(ledger, account)
+
+
+@budget.command("show")
+@click.argument("account", required=False, shell_complete=_complete_accounts)
+@site_option
+@json_option
+def budget_show(account, site_path, as_json):
+    """Show budgets: budget, charged, held and available GPU-hours.
+
+    \b
+    Example:
+      slurmgov budget show chem-ai --json
+    """
+    site = _site(site_path)
+    ledger = _ledger(site)
+    for name in site.accounts:
+        ensure_budget(ledger, site, name)
+    balances = [ledger.balance(account)] if account else ledger.balances()
+    now = time.time()
+    fc = {f.account: f for f in forecasts(ledger, now)}
+    if as_json:
+        _json([{**dataclasses.asdict(b), **{k: v for k, v in dataclasses.asdict(fc[b.account]).items() if k != "account"}}
+               for b in balances])
+    else:
+        report.balance_table(balances, out, fc)
+
+
+@click.command()
+@site_option
+@json_option
+def audit(site_path, as_json):
+    """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
+
+    \b
+    Example:
+      slurmgov audit --json
+    """
+    rows = _ledger(_site(site_path)).audit()
+    if as_json:
+        _json(rows)
+        return
+    t = Table(title="audit log")
+    for col in ("#", "when (UTC)", "who", "account", "action", "old GPU-h", "new GPU-h", "period", "why"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:g}"
+        t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["account"], r["action"], old,
+                  f"{r['new_budget_h']:g}", r["new_period"], r["reason"] or "")
+    out.print(t)
+
+
+@click.command()
+@click.option("--by", type=click.Choice(["account", "workflow", "user"]), default="account", show_default=True)
+@click.option("--since", type=click.DateTime(), default=None, help="Allocations that ended at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Allocations that ended before (UTC).")
+@site_option
+@json_option
+def waste(by, since, until, site_path, as_json):
+    """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
+
+    \b
+    Examples:
+      slurmgov waste --by workflow
+      slurmgov waste --by account --since 2026-11-01 --json
+    """
+    rows = _ledger(_site(site_path)).waste(by=by, since=_utc(since), until=_utc(until))
+    if as_json:
+        _json(rows)
+    else:
+        report.waste_table(rows, by, out)
+
+
+@click.command()
+@click.option("--by", type=click.Choice(["account", "workflow", "step", "user", "gpu_type"]), default="account",
+              show_default=True)
+@click.option("--since", type=click.DateTime(), default=None, help="Charges that ended at or after (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Charges that ended before (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file (parquet needs one).")
+@site_option
+@json_option
+def usage(by, since, until, fmt, output, site_path, as_json):
+    """Charged GPU time, grouped by account, workflow, step, user or GPU type.
+
+    \b
+    Examples:
+      slurmgov usage --by workflow --json
+      slurmgov usage --by user --since 2026-11-01 --format csv -o november.csv
+      slurmgov usage --by gpu_type --format parquet -o usage.parquet
+    """
+    import pandas as pd
+
+    with _busy("reading usage from the ledger"):
+        rows = _ledger(_site(site_path)).usage(by=by, since=_utc(since), until=_utc(until))
+    fmt = "json" if as_json else fmt
+    if fmt == "table" and output is None:
+        report.usage_table(rows, by, out)
+        return
+    frame = pd.DataFrame(rows, columns=["key", "charges", "gpu_seconds", "charged_h"]).rename(columns={"key": by})
+    if fmt == "parquet":
+        if output is None:
+            raise click.BadParameter("parquet is binary: give --output FILE", param_hint="--format")
+        try:
+            frame.to_parquet(output, index=False)
+        except ImportError:
+            raise click.UsageError("parquet output needs pyarrow: pip install 'slurmgov[parquet]'") from None
+    elif fmt == "csv":
+        text = frame.to_csv(index=False)
+    else:
+        text = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
+    if fmt != "parquet":
+        if output:
+            Path(output).write_text(text)
+        else:
+            click.echo(text, nl=False)
+    if output:
+        err.print(f"wrote {len(frame)} rows to {output}")
