@@ -34,6 +34,11 @@ class LedgerError(SlurmgovError):
     exit_code = 5
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached or keeps failing: not the data's fault. Work
+    that meets it stops and is done again later, rather than skipping what it was doing."""
+
+
 class PermissionDenied(SlurmgovError):
     """The caller may not do this (e.g. change budgets without being an admin)."""
 

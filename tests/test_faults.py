@@ -152,8 +152,9 @@ def test_governor_killed_mid_ingest_applies_every_line_once(fresh, tmp_path):
     ref_ledger = Ledger.open(f"sqlite:///{ref_home}/ledger.sqlite")
 
     # SIGKILL the real governor at several points of its ingest: as soon as a pass has added a
-    # hold or a charge (it commits its journal cursors only at the end of each file), then let
-    # one pass finish.
+    # hold or a charge, then let one pass finish. Batches of 8 lines (one transaction and one
+    # cursor commit each) so that kills land between batches and inside the files.
+    g.env["SLURMGOV_JOURNAL_BATCH"] = "8"
     ledger_file = home / "ledger.sqlite"
     n_charges = n_run + len(cancelled)
 

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from pg_harness import pg_url  # noqa: F401  (session fixture: the PostgreSQL batch test)
 
 from slurmgov.governance import governor, snapshot
 from slurmgov.governance import site as site_mod
@@ -371,3 +372,232 @@ def test_bulk_reconcile_error_keeps_the_jobs_before_it(env):
         governor.reconcile(ledger, site, jobs, set())
     assert ledger.hold("slurm:a").state == "done" and ledger.balance("physics").charged_h == pytest.approx(1.0)
     assert ledger.open_holds("slurm:") == []  # nothing of b or c
+
+
+# ---- the journal pass in batches: the same ledger and report as one event at a time ---------
+
+def mixed_journal(conf):
+    """Every case the journal pass handles, in the files the hooks write, each ending in a torn line."""
+    admits = [
+        admit("ok"), admit("ok"),  # a replayed line changes nothing
+        "admit\tgarbage\n",  # unparseable: reported
+        admit("arr", cost_h=3.0, gpus=1, minutes=60),  # array of 3 tasks
+        admit("arr2", cost_h=2.0, gpus=1, minutes=60, gpu_type="-"),  # untyped array of 2
+        admit("rq"), admit("pend"), admit("fail"), admit("run"),
+        admit("nobudget", account="no-such-account"),  # the ledger has no budget for it: reported
+        admit("ok", cost_h=5.0),  # the same token, another cost: reported
+        admit("typed", gpu_type="h100+a100"),
+        admit("nan", cost_h=float("-1")),  # a negative cost: reported
+    ]
+    settles = [
+        settle(101, "ok"), settle(101, "ok"),  # a replayed line
+        settle("5_0", "arr", gpus=1), settle("5_1", "arr", gpus=1, state="FAILED"),
+        "settle\tbroken\n",
+        settle("5_2", "arr", gpus=1, end=T0 + 700),  # the last task: the array's hold closes
+        settle("5_3", "arr", gpus=1, state="TIMEOUT"),  # after the close: charged, holds nothing
+        settle("6_0", "arr2", gpus=1, state="CANCELLED by 0"), settle("6_1", "arr2", gpus=1),
+        settle(7, "rq", start=T0 + 100, end=T0 + 280, state="PENDING"),  # requeued: its first run
+        settle(7, "rq", start=T0 + 400, end=T0 + 580),  # its second run
+        settle(7, "rq", start=T0 + 400, end=T0 + 580),  # and that line again
+        settle(8, "pend", gpus=0, start=0, end=T0 + 50, state="CANCELLED"),  # cancelled while pending
+        settle(9, "fail", state="NODE_FAIL"),
+        settle(10, "-"),  # no token: not governed, not counted
+        settle(11, "unknown-token"),  # no such hold: reported
+        settle(101, "fail"),  # job 101's charge key again, for another hold: reported
+        settle(12, "run", gpus=-2),  # negative GPUs: reported
+        admit("late"), settle(13, "late"), settle(14, "early"), admit("early"),  # order within a file
+        settle(15, "typed", gpus=3),
+    ]
+    append(conf / governor.ADMITS, "".join(admits) + admit("torn")[:25])
+    append(conf / governor.SETTLES, "".join(settles) + settle(16, "typed")[:20])
+    append(conf / governor.REFUSALS, "".join(f"refuse\t{T0}\t{r}\tphysics\t1000\n"
+                                             for r in ("over_budget", "no_budget", "over_budget")) + "refuse\tx\n")
+
+
+MIXED_TOKENS = {"ok", "arr", "arr2", "rq", "pend", "fail", "run", "nobudget", "typed", "nan", "late", "early",
+                "unknown-token", "torn"}
+
+
+def report_of(rep):
+    return rep.admitted, rep.settled, rep.problems, rep.refused, rep.drift
+
+
+def reference_pass(tmp_path, site, conf, name="reference"):
+    """A second ledger fed the same files one event at a time (``apply``): what batches must equal."""
+    ref = Ledger.open(f"sqlite:///{tmp_path}/{name}.sqlite")
+    ref.set_budget("physics", 10.0, "quarterly", actor="test")
+    return ref, lambda: governor.sync_once(ref, site, conf, tmp_path / f"{name}-state", batch=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 1000])
+def test_journal_batches_match_one_event_at_a_time(env, tmp_path, monkeypatch, batch):
+    site, conf, state, ledger, sync = env
+    mixed_journal(conf)
+    ref, ref_sync = reference_pass(tmp_path, site, conf)
+    want = report_of(ref_sync())
+    calls = []
+    real_apply = governor.apply
+    monkeypatch.setattr(governor, "apply", lambda *a: calls.append(a) or real_apply(*a))
+    rep = governor.sync_once(ledger, site, conf, state, batch=batch)
+    assert calls == []  # planned in batches, never fell back to one event at a time
+    assert report_of(rep) == want
+    assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+    # what the mix must have produced, beyond agreeing with the reference
+    assert rep.refused == {"over_budget": 2, "no_budget": 1}
+    assert [p.split(": ", 1)[1].split(" ")[0] for p in rep.problems] == [
+        "unrecognised", "account", "hold", "cost",  # garbage, nobudget, ok with another cost, negative cost
+        "unrecognised", "hold", "charge", "GPUs", "hold",  # broken, unknown, 101 again, gpus -2, early
+        "unrecognised"]  # the refusal without its fields
+    assert ledger.hold("slurm:arr").state == "done" and ledger.hold("slurm:arr2").state == "done"
+    assert ledger.hold("slurm:rq").state == "done" and len(ledger.charges("slurm:rq")) == 2
+    assert ledger.hold("slurm:pend").state == "cancelled" and ledger.hold("slurm:fail").state == "failed"
+    assert ledger.hold("slurm:late").state == "done" and ledger.hold("slurm:early").state == "open"
+    assert ledger.hold("slurm:run").state == "open" and ledger.hold("slurm:ok").amount_h == pytest.approx(2.0)
+    offsets = {p: c["offset"] for p, c in governor.journal.Cursors(state / "governor-cursors.json").data.items()}
+    assert offsets[str(conf / governor.ADMITS)] == (conf / governor.ADMITS).stat().st_size - 25  # the torn line waits
+    assert snapshot.read(conf / governor.SNAPSHOT).journal_offset == offsets[str(conf / governor.ADMITS)]
+
+    # replaying everything (the cursors lost) changes nothing but the settle line that came before
+    # its admit line (its hold is there now), and says what the reference says
+    def but_early():
+        holds, charges, _ = ledger_state(ledger, MIXED_TOKENS - {"early"})
+        return holds, [c for c in charges if c["hold_key"] != "slurm:early"]
+
+    for replay in range(2):
+        before, everything = but_early(), ledger_state(ledger, MIXED_TOKENS)
+        (state / "governor-cursors.json").unlink()
+        (tmp_path / "reference-state" / "governor-cursors.json").unlink()
+        again = governor.sync_once(ledger, site, conf, state, batch=batch)
+        assert report_of(again) == report_of(ref_sync())
+        assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+        assert but_early() == before
+        assert ledger.hold("slurm:early").state == "done" and len(again.problems) == len(rep.problems) - 1
+        if replay:
+            assert ledger_state(ledger, MIXED_TOKENS) == everything  # nothing at all
+    assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+
+    # the torn lines end: picked up by the next pass, once
+    append(conf / governor.ADMITS, admit("torn")[25:])
+    append(conf / governor.SETTLES, settle(16, "typed")[20:])
+    assert report_of(governor.sync_once(ledger, site, conf, state, batch=batch)) == report_of(ref_sync())
+    assert ledger.hold("slurm:torn").state == "open" and len(ledger.charges("slurm:typed")) == 2
+    assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+
+
+def test_an_event_that_fails_mid_batch_is_reported_and_the_others_applied(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("a") + admit("b", account="nobudget") + admit("c"))
+    append(conf / governor.SETTLES, settle(1, "a") + settle(2, "zzz") + settle(3, "c", state="FAILED"))
+    rep = governor.sync_once(ledger, site, conf, state, batch=1000)
+    b_at = len(admit("a"))
+    assert rep.admitted == 2 and rep.settled == 2
+    assert rep.problems == [f"{conf / governor.ADMITS}@{b_at}: account nobudget has no budget in the ledger; "
+                            f"set one with `slurmgov budget set nobudget GPU_HOURS`",
+                            f"{conf / governor.SETTLES}@{len(settle(1, 'a'))}: hold slurm:zzz is not in the ledger"]
+    assert ledger.hold("slurm:a").state == "done" and ledger.hold("slurm:c").state == "failed"
+    assert ledger.balance("physics").charged_h == pytest.approx(2.0)
+
+
+def test_a_batch_that_fails_as_a_whole_is_applied_one_event_at_a_time(env, tmp_path, monkeypatch):
+    from slurmgov.errors import LedgerError
+    from slurmgov.governance.ledger import Bulk
+
+    site, conf, state, ledger, sync = env
+    mixed_journal(conf)
+    ref, ref_sync = reference_pass(tmp_path, site, conf)
+    want = report_of(ref_sync())
+
+    def broken(self, rows):
+        raise LedgerError("ledger: disk I/O error")  # after the holds were written: all rolled back
+
+    monkeypatch.setattr(Bulk, "charge_many", broken)
+    assert report_of(governor.sync_once(ledger, site, conf, state, batch=4)) == want
+    assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+
+
+def test_a_pass_killed_between_batches_resumes_after_the_last_committed_one(env, tmp_path, monkeypatch):
+    site, conf, state, ledger, sync = env
+    mixed_journal(conf)
+    ref, ref_sync = reference_pass(tmp_path, site, conf)
+    ref_sync()
+    real, seen = governor.apply_batch, []
+
+    def dies_on_the_third_batch(*args):
+        seen.append(len(args[2]))
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # killed: batches 1 and 2 committed, their cursor saved
+        return real(*args)
+
+    monkeypatch.setattr(governor, "apply_batch", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        governor.sync_once(ledger, site, conf, state, batch=2)
+    cur = governor.journal.Cursors(state / "governor-cursors.json").data[str(conf / governor.ADMITS)]
+    assert cur["offset"] == len(admit("ok") * 2 + "admit\tgarbage\n" + admit("arr", cost_h=3.0, gpus=1))
+    monkeypatch.setattr(governor, "apply_batch", real)
+    governor.sync_once(ledger, site, conf, state, batch=2)
+    assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+
+
+def test_batch_size_from_the_environment(env, monkeypatch):
+    from slurmgov.errors import InputError
+
+    site, conf, state, ledger, sync = env
+    monkeypatch.delenv(governor.BATCH_ENV, raising=False)
+    assert governor.journal_batch() == governor.JOURNAL_BATCH
+    monkeypatch.setenv(governor.BATCH_ENV, "0")
+    assert governor.journal_batch() == 0  # one event at a time, with apply
+    append(conf / governor.ADMITS, admit("e1") + admit("e2"))
+    assert sync().admitted == 2
+    for bad in ("-1", "many", "1.5"):
+        monkeypatch.setenv(governor.BATCH_ENV, bad)
+        with pytest.raises(InputError, match=governor.BATCH_ENV):
+            sync()
+
+
+def test_journal_batches_on_postgresql_match_one_event_at_a_time(env, tmp_path, request):
+    import pg_harness
+
+    request.getfixturevalue("pg_url")  # starts the throwaway server, or skips where none can run
+    site, conf, state, _, sync = env
+    mixed_journal(conf)
+    ref, ref_sync = reference_pass(tmp_path, site, conf)
+    want = report_of(ref_sync())
+    with Ledger.open(pg_harness.fresh_url()) as pg:
+        pg.set_budget("physics", 10.0, "quarterly", actor="test")
+        assert report_of(governor.sync_once(pg, site, conf, state, batch=3)) == want
+        assert ledger_state(pg, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+
+
+def test_a_poison_line_is_reported_once_and_never_blocks_later_passes(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, "admit\t1\t1\tbad\tphysics\t0\tnan\t2\t60\th100\n" + admit("good"))
+    append(conf / governor.SETTLES, "settle\t9\tgood\tphysics\t2\t1\t2\t\n")  # no state
+    rep = sync()
+    assert rep.admitted == 1 and ledger.hold("slurm:good").state == "open"
+    assert any("cost 'nan' is not a finite number" in p for p in rep.problems)
+    assert any("settle line without a job state" in p for p in rep.problems)
+    again = sync()  # the cursor moved past them: nothing to report, nothing stuck
+    assert (again.admitted, again.problems) == (0, [])
+
+
+@pytest.mark.parametrize("batch", [0, 1000])
+def test_the_database_going_away_mid_pass_loses_no_line(env, monkeypatch, batch):
+    from slurmgov.errors import LedgerUnavailable
+
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("a1") + admit("a2"))
+    real = governor.apply
+
+    def flaky(ledger_, site_, event):
+        if event.token == "a2":
+            raise LedgerUnavailable("ledger x: server closed the connection unexpectedly")
+        return real(ledger_, site_, event)
+
+    monkeypatch.setattr(governor, "apply", flaky)
+    monkeypatch.setattr(ledger, "bulk", lambda fn: (_ for _ in ()).throw(LedgerUnavailable("ledger x: down")))
+    with pytest.raises(LedgerUnavailable):
+        governor.sync_once(ledger, site, conf, state, batch=batch)
+    monkeypatch.undo()
+    rep = governor.sync_once(ledger, site, conf, state, batch=batch)  # the database is back
+    assert rep.problems == []
+    assert {ledger.hold("slurm:a1").state, ledger.hold("slurm:a2").state} == {"open"}

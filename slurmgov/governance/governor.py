@@ -4,6 +4,10 @@ One pass (``slurmgov sync``; ``slurmgov governor`` repeats it) reads the hooks' 
 records each admitted job's hold, settles each finished job's real GPU-seconds, and rewrites
 the snapshot the hook reads. Every event is applied under its own key, so a pass killed
 half-way and run again applies each line exactly once.
+
+Journal lines are applied in batches (``JOURNAL_BATCH`` lines per write transaction), each
+with the same result as ``apply`` on its events one by one; a file's cursor moves past a
+batch only once that batch is committed.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurmgov.errors import SlurmgovError
+from slurmgov.errors import InputError, LedgerUnavailable, SlurmgovError
 from slurmgov.governance import journal, snapshot
-from slurmgov.governance.ledger import HoldRow, Ledger, charge_conflict
+from slurmgov.governance.ledger import (HoldRow, Ledger, charge_conflict, charge_ms, epoch, hold_conflict,
+                                        missing_hold, shares_ms)
 from slurmgov.governance.site import Site
 from slurmgov.governance.slurm_cli import FINAL
 
@@ -229,10 +234,32 @@ class _Chunk:
         return out
 
 
+JOURNAL_BATCH = 20_000  # journal lines per write transaction: other writers wait at most one batch
+BATCH_ENV = "SLURMGOV_JOURNAL_BATCH"  # overrides JOURNAL_BATCH (0: one event at a time, with apply)
+
+
+def journal_batch() -> int:
+    """Lines per write transaction: $SLURMGOV_JOURNAL_BATCH if set, else JOURNAL_BATCH."""
+    raw = os.environ.get(BATCH_ENV)
+    if raw is None or not raw.strip():
+        return JOURNAL_BATCH
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise InputError(f"{BATCH_ENV}={raw!r}: expected a whole number of lines >= 0 (0: one event at a time)")
+    return n
+
+
 def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path,
-              slurm=None, grace_s: float = 600) -> SyncReport:
-    """One pass. ``slurm`` (the ``slurm_cli`` module, or a stand-in) adds reconciliation with sacct."""
+              slurm=None, grace_s: float = 600, batch: int | None = None) -> SyncReport:
+    """One pass. ``slurm`` (the ``slurm_cli`` module, or a stand-in) adds reconciliation with sacct.
+
+    ``batch``: journal lines per write transaction (default: ``journal_batch()``); 0 applies each
+    event in its own transactions with ``apply``, the reference path."""
     conf_dir = Path(conf_dir)
+    batch = journal_batch() if batch is None else batch
     rep = SyncReport()
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
@@ -241,24 +268,12 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     for name in (ADMITS, SETTLES, REFUSALS):
         path = conf_dir / name
         lines, cursor = cursors.read_new(path)
-        for offset, text in lines:
-            try:
-                event = journal.parse(text)
-            except ValueError as exc:
-                rep.problems.append(f"{path}@{offset}: {exc}")  # reported, never guessed at
-                continue
-            if isinstance(event, journal.Refuse):
-                rep.refused[event.reason] = rep.refused.get(event.reason, 0) + 1
-                continue
-            try:
-                apply(ledger, site, event)
-            except SlurmgovError as exc:
-                rep.problems.append(f"{path}@{offset}: {exc}")
-                continue
-            if isinstance(event, journal.Admit):
-                rep.admitted += 1
-            elif event.token:
-                rep.settled += 1
+        step = batch if batch > 0 else max(1, len(lines))
+        for i in range(0, len(lines), step):
+            part = lines[i:i + step]
+            _ingest(ledger, site, path, part, rep, one_by_one=batch <= 0)
+            if i + step < len(lines):  # this batch is committed: the next pass starts after it
+                cursors.commit(path, {**cursor, "offset": lines[i + step][0]})
         cursors.commit(path, cursor)
         if name == ADMITS:
             admit_offset = cursor.get("offset", 0)
@@ -267,6 +282,155 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     # The hook subtracts every admit line from this offset on: those are not in the ledger yet.
     rep.snapshot_serial = write_snapshot(ledger, site, conf_dir / SNAPSHOT, admit_offset)
     return rep
+
+
+def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]], rep: SyncReport,
+            one_by_one: bool = False) -> None:
+    """Apply journal lines ((offset, text), in file order) and report them as the one-by-one pass
+    did: a bad line or a failed event is a problem ``path@offset`` and is skipped."""
+    problems: list[tuple[int, str]] = []
+    events: list[tuple[int, object]] = []
+    for offset, text in lines:
+        try:
+            event = journal.parse(text)
+        except ValueError as exc:
+            problems.append((offset, f"{path}@{offset}: {exc}"))  # reported, never guessed at
+            continue
+        if isinstance(event, journal.Refuse):
+            rep.refused[event.reason] = rep.refused.get(event.reason, 0) + 1
+            continue
+        events.append((offset, event))
+    if one_by_one:
+        errors = _apply_one_by_one(ledger, site, [e for _, e in events])
+    else:
+        errors = apply_batch(ledger, site, [e for _, e in events])
+    for i, (offset, event) in enumerate(events):
+        if i in errors:
+            problems.append((offset, f"{path}@{offset}: {errors[i]}"))
+        elif isinstance(event, journal.Admit):
+            rep.admitted += 1
+        elif event.token:
+            rep.settled += 1
+    rep.problems.extend(msg for _, msg in sorted(problems, key=lambda p: p[0]))
+
+
+def _apply_one_by_one(ledger: Ledger, site: Site, events: list) -> dict[int, SlurmgovError]:
+    errors = {}
+    for i, event in enumerate(events):
+        try:
+            apply(ledger, site, event)
+        except LedgerUnavailable:
+            raise  # the database, not this line: stop the pass; the cursor stays, the line is read again
+        except SlurmgovError as exc:
+            errors[i] = exc
+    return errors
+
+
+def apply_batch(ledger: Ledger, site: Site, events: list) -> dict[int, SlurmgovError]:
+    """Apply journal events in one write transaction, as ``apply`` on each in turn would: returns
+    {index: error} of the events that failed (and wrote nothing), the others are applied.
+
+    If the batch as a whole fails (the database, or anything the plan did not foresee), it is
+    rolled back and its events are applied one by one with ``apply``, which then says which
+    event failed, and how, exactly as the one-event pass did."""
+    if not events:
+        return {}
+    try:
+        return ledger.bulk(lambda b: _Batch(b, site, events).run())
+    except Exception:  # noqa: BLE001 - rolled back; the reference path decides, event by event
+        return _apply_one_by_one(ledger, site, events)
+
+
+class _Held:
+    """What a batch knows of one hold while it plans: enough to replay admit, charge and close."""
+
+    __slots__ = ("account", "workflow", "shares", "run_id", "state")
+
+    def __init__(self, account: str, workflow: str, shares: dict[str, int], run_id: str | None, state: str):
+        self.account, self.workflow, self.shares, self.run_id, self.state = account, workflow, shares, run_id, state
+
+
+class _Batch:
+    """Plans a batch of journal events against what the ledger holds, in file order, as ``apply``
+    would apply them one by one, then writes the plan (holds, then charges, then closes)."""
+
+    def __init__(self, bulk, site: Site, events: list):
+        self.b, self.site, self.events = bulk, site, events
+        self.new_holds: list[tuple] = []
+        self.new_charges: list[dict] = []
+        self.closes: list[tuple[str, str]] = []
+
+    def run(self) -> dict[int, SlurmgovError]:
+        keys = {hold_key(e.token) for e in self.events if isinstance(e, (journal.Admit, journal.Settle)) and e.token}
+        cks = {charge_key(e.job_id, e.start) for e in self.events if isinstance(e, journal.Settle) and e.token}
+        accounts = {e.account for e in self.events if isinstance(e, journal.Admit)}
+        self._read(keys, cks)
+        locked: set[str] = set()
+        # PostgreSQL, READ COMMITTED: lock every account involved, then re-read what a writer
+        # before us may have added, until no hold read brings a new account (SQLite: locked already).
+        while self.b.lock(want := accounts | {h.account for h in self.holds.values()}) and not want <= locked:
+            locked |= want
+            self._read(keys, cks)
+        errors: dict[int, SlurmgovError] = {}
+        for i, event in enumerate(self.events):
+            try:
+                if isinstance(event, journal.Admit):
+                    self._admit(event)
+                elif isinstance(event, journal.Settle) and event.token:
+                    self._settle(event)
+            except SlurmgovError as exc:
+                errors[i] = exc  # planned nothing for this event
+        self.b.admit_many(self.new_holds)
+        self.b.charge_many(self.new_charges)
+        self.b.close_many(self.closes)
+        return errors
+
+    def _read(self, keys: set[str], cks: set[str]) -> None:
+        rows = self.b.holds(keys)
+        shares = self.b.share_amounts(rows)
+        self.holds = {k: _Held(h.account, h.workflow, shares.get(k, {}), h.run_id, h.state) for k, h in rows.items()}
+        self.charged = {k: (c.hold_key, c.step, c.attempt, c.amount_ms) for k, c in self.b.charges(cks).items()}
+        self.statuses = self.b.charge_statuses(rows)  # hold -> [(charge key, status)], what apply re-reads
+
+    def _admit(self, event: journal.Admit) -> None:
+        """ledger.admit(..., enforce=False) as apply calls it."""
+        run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, self.site)}"
+        shares = {"job": event.cost_gpu_s / 3600}
+        want, key = shares_ms(shares), hold_key(event.token)
+        epoch(event.ts, "now")
+        old = self.holds.get(key)
+        if old is not None:
+            if (old.account, old.workflow, old.shares) != (event.account, "sbatch", want):
+                raise hold_conflict(key)
+            return  # a replay
+        self.b.require_account(event.account)
+        self.new_holds.append((key, event.account, "sbatch", shares, event.user, run_id, event.ts))
+        self.holds[key] = _Held(event.account, "sbatch", want, run_id, "open")
+
+    def _settle(self, event: journal.Settle) -> None:
+        """ledger.hold, ledger.charge, then ledger.close of an array's last task, as apply calls them."""
+        key = hold_key(event.token)
+        h = self.holds.get(key)
+        if h is None:
+            raise missing_hold(key)
+        row, tasks = _settle_charge(self.site, key, h.run_id, event)
+        ck = row["charge_key"]
+        sig = (key, row["step"], row["attempt"], charge_ms(ck, row["gpu_seconds"], row["weight"]))
+        epoch(row["started"], "started")
+        epoch(row["ended"], "ended")
+        old = self.charged.get(ck)
+        if old is None:
+            self.new_charges.append(row)
+            self.charged[ck] = sig
+            self.statuses.setdefault(key, []).append((ck, row["status"]))
+        elif old != sig:
+            raise charge_conflict(ck)
+        finished = {c.split("@")[0] for c, status in self.statuses.get(key, ()) if is_final(status)}
+        if len(finished) >= tasks:  # an array's hold closes with its last task
+            state = close_state(event.state)
+            if h.state == "open":  # closing again keeps the first state
+                self.closes.append((key, state))
+                h.state = state
 
 
 def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset: int | None = None) -> int:

@@ -9,6 +9,8 @@ the ledger, so reading a line twice changes nothing.
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 from dataclasses import dataclass
@@ -54,16 +56,33 @@ class Refuse:
     user: str
 
 
+def _num(text: str, what: str) -> float:
+    """A finite number >= 0: ``nan``, ``inf`` or a negative cost would poison every later pass."""
+    x = float(text)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{what} {text!r} is not a finite number >= 0")
+    return x
+
+
+def _count(text: str, what: str) -> int:
+    n = int(text or 0)
+    if n < 0:
+        raise ValueError(f"{what} {text!r} is negative")
+    return n
+
+
 def parse(line: str):
     """One journal line -> Admit | Settle | Refuse; ValueError with the reason for anything else."""
     f = line.split("\t")
     if f[0] == "admit" and len(f) == 10:
-        return Admit(float(f[1]), int(f[2]), f[3], f[4], f[5], float(f[6]), int(f[7]), int(f[8]),
-                     None if f[9] in ("", "-") else f[9])
+        return Admit(_num(f[1], "time"), int(f[2]), f[3], f[4], f[5], _num(f[6], "cost"), _count(f[7], "GPUs"),
+                     _count(f[8], "time limit"), None if f[9] in ("", "-") else f[9])
     if f[0] == "settle" and len(f) in (8, 9):
         gpu_type = (None if f[8] in ("", "-") else f[8]) if len(f) == 9 else None
-        return Settle(f[1], None if f[2] in ("", "-") else f[2], f[3], int(f[4] or 0), gpu_type,
-                      int(f[5] or 0), int(f[6] or 0), f[7])
+        if not f[7].strip():
+            raise ValueError("settle line without a job state")
+        return Settle(f[1], None if f[2] in ("", "-") else f[2], f[3], _count(f[4], "GPUs"), gpu_type,
+                      _count(f[5], "start"), _count(f[6], "end"), f[7])
     if f[0] == "refuse" and len(f) == 5:
         return Refuse(float(f[1]), f[2], f[3], f[4])
     raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")

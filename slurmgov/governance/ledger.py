@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from slurmgov.errors import BudgetRefused, InputError, LedgerError
+from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
 from slurmgov.governance import ledger_schema as S
 
 MS_PER_H = 3_600_000
@@ -234,12 +234,34 @@ def _no_budget(account: str) -> InputError:
                       f"`slurmgov budget set {account} GPU_HOURS`")
 
 
+def missing_hold(hold_key: str) -> LedgerError:
+    return LedgerError(f"hold {hold_key} is not in the ledger")
+
+
+def hold_conflict(hold_key: str) -> LedgerError:
+    """What a hold key replayed with a different account, workflow or shares raises."""
+    return LedgerError(f"hold {hold_key} already exists for a different account, workflow "
+                       f"or shares; a replay must repeat the original request")
+
+
+def shares_ms(shares: dict) -> dict[str, int]:
+    """An admission's shares (step -> weighted GPU-h) as admit holds them: integer milliseconds,
+    validated as admit validates them."""
+    return {str(step): _ms(h, f"share of step {step}") for step, h in shares.items()}
+
+
+def epoch(t, what: str = "time") -> float:
+    """A time as the ledger takes it (None: now; datetime; epoch seconds), or InputError."""
+    return _epoch(t, what)
+
+
 def charge_conflict(charge_key: str) -> LedgerError:
     """What a charge key replayed with a different hold, step, attempt or amount raises."""
     return LedgerError(f"charge {charge_key} already exists with a different hold, step, attempt or amount")
 
 
-def _charge_ms(charge_key: str, gpu_seconds, weight) -> int:
+def charge_ms(charge_key: str, gpu_seconds, weight) -> int:
+    """A charge's amount in weighted GPU-milliseconds, validated as charge() validates it."""
     for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
@@ -285,7 +307,7 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
-            raise LedgerError(f"ledger {path}: cannot open: {e}") from None
+            raise LedgerUnavailable(f"ledger {path}: cannot open: {e}") from None
         return cls._started(conn, str(path))
 
     @classmethod
@@ -307,7 +329,7 @@ class Ledger:
             # autocommit: the ledger issues BEGIN/COMMIT itself, as it does on SQLite
             conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
         except psycopg.Error as e:
-            raise LedgerError(f"ledger {where}: cannot connect: {drv.message(e)}") from None
+            raise LedgerUnavailable(f"ledger {where}: cannot connect: {drv.message(e)}") from None
         return cls._started(conn, where, S.POSTGRES, drv)
 
     @classmethod
@@ -376,7 +398,7 @@ class Ledger:
                 return fn()
             except self._drv.error as e:
                 if not self._drv.retryable(e) or attempt == _RETRIES - 1:
-                    raise LedgerError(f"ledger {self._where}: {self._drv.message(e)}") from None
+                    raise LedgerUnavailable(f"ledger {self._where}: {self._drv.message(e)}") from None
                 time.sleep(min(1.0, 0.02 * 2 ** attempt) * random.uniform(0.5, 1.0))
 
     def _tx(self, fn, begin: str):
@@ -570,7 +592,7 @@ class Ledger:
     def _hold(self, hold_key: str) -> Hold:
         row = self._one(S.HOLD_GET, (hold_key,))
         if row is None:
-            raise LedgerError(f"hold {hold_key} is not in the ledger")
+            raise missing_hold(hold_key)
         key, account, workflow, user, run_id, amount, state, _, _ = row
         shares = {step: rem for step, _, rem in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
         return Hold(key, account, workflow, _h(amount), _h(sum(shares.values())), state,
@@ -589,7 +611,7 @@ class Ledger:
         """Hold sum(shares) against ``account``, or raise BudgetRefused. Replaying ``hold_key`` returns
         the existing hold and holds nothing more. ``enforce=False`` records a hold that was already
         admitted elsewhere (by the submit hook inside slurmctld): the job exists, so must its hold."""
-        want = {str(step): _ms(h, f"share of step {step}") for step, h in shares.items()}
+        want = shares_ms(shares)
         need, ts = sum(want.values()), _epoch(now, "now")
 
         def tx() -> Hold:
@@ -598,8 +620,7 @@ class Ledger:
             if old is not None:
                 had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
                 if (old[1], old[2], had) != (account, workflow, want):
-                    raise LedgerError(f"hold {hold_key} already exists for a different account, workflow "
-                                      f"or shares; a replay must repeat the original request")
+                    raise hold_conflict(hold_key)
                 return self._hold(hold_key)
             _, budget, charged, held = self._balance_ms(account, ts)
             avail = budget - charged - held
@@ -647,7 +668,7 @@ class Ledger:
                workflow: str | None = None) -> dict:
         """Charge gpu_seconds x weight / 3600 weighted GPU-h for one attempt of ``step`` and draw
         the same amount from its share of the hold. Replaying ``charge_key`` changes nothing."""
-        ms = _charge_ms(charge_key, gpu_seconds, weight)
+        ms = charge_ms(charge_key, gpu_seconds, weight)
         t0 = None if started is None else _epoch(started, "started")
         t1 = _epoch(ended, "ended")
 
@@ -877,12 +898,16 @@ class Bulk:
             out.setdefault(hk, {})[step] = [amount, remaining]
         return out
 
+    def share_amounts(self, hold_keys) -> dict[str, dict[str, int]]:
+        """hold_key -> {step: amount_ms as admitted}: what a replayed admission must repeat."""
+        return {hk: {st: a for st, (a, _) in steps.items()} for hk, steps in self._shares(hold_keys).items()}
+
     def admit_many(self, rows) -> list[str]:
         """Record holds as admit(..., enforce=False) does; rows are (hold_key, account, workflow,
         shares {step: GPU-h}, user, run_id, created_at). A replayed key adds nothing (and must
         repeat the original request). Returns the new hold keys."""
-        rows = [(key, account, workflow, {str(st): _ms(h, f"share of step {st}") for st, h in shares.items()},
-                 user, run_id, _epoch(ts, "now")) for key, account, workflow, shares, user, run_id, ts in rows]
+        rows = [(key, account, workflow, shares_ms(shares), user, run_id, _epoch(ts, "now"))
+                for key, account, workflow, shares, user, run_id, ts in rows]
         self.lock({r[1] for r in rows})
         old = self.holds(r[0] for r in rows)
         old_shares = self._shares(old)
@@ -893,8 +918,7 @@ class Bulk:
             prev = had.get(key) or new.get(key)
             if prev is not None:
                 if prev != (account, workflow, want):
-                    raise LedgerError(f"hold {key} already exists for a different account, workflow "
-                                      f"or shares; a replay must repeat the original request")
+                    raise hold_conflict(key)
                 continue
             self.require_account(account)
             holds.append((key, account, workflow, user, run_id, sum(want.values()), "open", ts))
@@ -908,7 +932,7 @@ class Bulk:
         """Record charges as charge() does; rows are dicts of charge()'s arguments (charge_key,
         hold_key, step, attempt, gpu_seconds, weight, gpu_type, started, ended, status, and
         optionally user, workflow). Returns the new charge keys."""
-        prepared = [(r, _charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
+        prepared = [(r, charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
         holds = self._locked_holds(r["hold_key"] for r, _ in prepared)
         old = {k: (c.hold_key, c.step, c.attempt, c.amount_ms)
                for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
@@ -923,7 +947,7 @@ class Bulk:
                 continue  # a replay
             h = holds.get(hk)
             if h is None:
-                raise LedgerError(f"hold {hk} is not in the ledger")
+                raise missing_hold(hk)
             t0 = None if r["started"] is None else _epoch(r["started"], "started")
             out.append((key, hk, h.account, r.get("workflow") or h.workflow, step, r["attempt"],
                         r.get("user") or h.user, r["gpu_type"], float(r["gpu_seconds"]), float(r["weight"]), ms, t0,
@@ -949,7 +973,7 @@ class Bulk:
         for key, state in pairs:
             h = holds.get(key)
             if h is None:
-                raise LedgerError(f"hold {key} is not in the ledger")
+                raise missing_hold(key)
             if h.state == "open" and key not in closing:
                 closing[key] = state
         now = time.time()
