@@ -25,6 +25,7 @@ from pathlib import Path
 
 from slurmgov.errors import BudgetRefused
 from slurmgov.governance import attribution
+from slurmgov.governance.seed import ensure_budget
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
@@ -86,13 +87,6 @@ class LaunchReport:
     @property
     def waste_gpu_s(self) -> float:
         return sum(a.idle_gpu_s for a in self.allocations.values())
-
-
-def ensure_budget(ledger: Ledger, site: Site, account: str) -> None:
-    """Seed the account's budget from the site file the first time the ledger sees it."""
-    acct = site.accounts.get(account)
-    if acct is not None:
-        ledger.ensure_account(account, acct.budget_gpu_hours, acct.period, **acct.terms())
 
 
 def step_specs(wf: Workflow, p: Plan) -> tuple[list[StepSpec], list[AllocSpec]]:

@@ -15,7 +15,7 @@ from rich.table import Table
 from slurmgov.governance import authz
 from slurmgov.governance.forecast import forecasts
 from slurmgov.intent import jobspec
-from slurmgov.intent.launch import ensure_budget
+from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
     _busy, _complete_accounts, _json, _ledger, _site, _utc, err, json_option, out, site_option,

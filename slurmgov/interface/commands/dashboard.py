@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.intent.launch import ensure_budget
+from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface.commands.common import _ledger, _site, _state_dir, out, site_option
 
 

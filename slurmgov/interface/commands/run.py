@@ -10,8 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from slurmgov.intent import jobspec, planner
-from slurmgov.intent.launch import launch
-from slurmgov.interface import dashboard, report
+from slurmgov.interface import report
 from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option
 
 
@@ -51,6 +50,10 @@ def run(jobspec_path, site_path, as_json, linger):
       slurmgov run jobspecs/research-fanout.yaml
       slurmgov run jobspecs/research-fanout.yaml --linger 60   # keep the page up a minute
     """
+    # Dask comes in only for a run: `slurmgov --help`, `plan` and the rest stay quick.
+    from slurmgov.intent.launch import launch
+    from slurmgov.interface import dashboard
+
     site = _site(site_path)
     wf = jobspec.load(jobspec_path)
     ledger = _ledger(site)

@@ -13,7 +13,7 @@ from slurmgov.governance import governor as governor_mod
 from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import placement, slurm_cli
 from slurmgov.governance.metrics import GovernorMetrics
-from slurmgov.intent.launch import ensure_budget
+from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface.commands.common import (
     _busy, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option, out, site_option,
 )
