@@ -28,6 +28,23 @@ def alloc_resource(alloc_id: str) -> str:
     return f"alloc-{alloc_id}"
 
 
+def add_local_worker(cluster, alloc: AllocSpec) -> None:
+    """An in-process worker for the allocation (a simulated one, or steps without GPUs that run
+    on the submitting host), carrying ``alloc-<id>`` and its GPUs as resources."""
+    resources = {alloc_resource(alloc.id): alloc.slots}
+    if alloc.gpus:
+        resources["GPU"] = alloc.gpus
+    cluster.worker_spec[alloc.id] = {
+        "cls": Worker, "options": {"nthreads": alloc.slots, "resources": resources, "name": alloc.id},
+    }
+    cluster.sync(cluster._correct_state)
+
+
+def remove_local_worker(cluster, alloc_id: str) -> None:
+    cluster.worker_spec.pop(alloc_id, None)
+    cluster.sync(cluster._correct_state)
+
+
 class LocalBackend:
     """Allocations as Dask workers in this process; GPU slots simulated by the site file."""
 
@@ -54,14 +71,7 @@ class LocalBackend:
 
     def start(self, alloc: AllocSpec) -> None:
         gpu_slots.configure(alloc.id, [str(i) for i in range(alloc.gpus)])
-        resources = {alloc_resource(alloc.id): alloc.slots}
-        if alloc.gpus:
-            resources["GPU"] = alloc.gpus
-        self.cluster.worker_spec[alloc.id] = {
-            "cls": Worker,
-            "options": {"nthreads": alloc.slots, "resources": resources, "name": alloc.id},
-        }
-        self.cluster.sync(self.cluster._correct_state)
+        add_local_worker(self.cluster, alloc)
         self.client.wait_for_workers(len(self.cluster.worker_spec), timeout=30)
         if alloc.kind != "host":
             self.in_use += alloc.gpus
@@ -71,8 +81,7 @@ class LocalBackend:
         alloc = self._specs.pop(alloc_id, None)
         if alloc is None:
             return
-        self.cluster.worker_spec.pop(alloc_id, None)
-        self.cluster.sync(self.cluster._correct_state)
+        remove_local_worker(self.cluster, alloc_id)
         gpu_slots.drop(alloc_id)
         if alloc.kind != "host":
             self.in_use -= alloc.gpus

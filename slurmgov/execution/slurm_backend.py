@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import signal
-import threading
+import hostlist
 
 # dask_jobqueue (its runner module) replaces the SIGINT handler with sys.exit() when imported:
 # Ctrl-C would end `slurmgov run` with status 0 and no cancellation. Keep Python's own.
@@ -38,7 +40,9 @@ if threading.current_thread() is threading.main_thread():
 
 from slurmgov.errors import SlurmgovError  # noqa: E402
 from slurmgov.execution import gpu_slots  # noqa: E402
-from slurmgov.execution.backend import AllocSpec, alloc_resource  # noqa: E402
+from slurmgov.execution.backend import (  # noqa: E402
+    AllocSpec, add_local_worker, alloc_resource, remove_local_worker,
+)
 from slurmgov.governance import slurm_cli  # noqa: E402
 
 POLL_S = 1.0  # how often squeue is asked about the workflow's jobs
@@ -161,14 +165,8 @@ class SlurmBackend:
 
     def _start_host(self, alloc: AllocSpec) -> str:
         """Steps without GPUs run on the submitting host: an in-process worker, no Slurm job."""
-        from distributed import Worker
-
         self._specs[alloc.id] = alloc
-        self.cluster.worker_spec[alloc.id] = {
-            "cls": Worker, "options": {"nthreads": alloc.slots, "resources": {alloc_resource(alloc.id): alloc.slots},
-                                       "name": alloc.id},
-        }
-        self.cluster.sync(self.cluster._correct_state)
+        add_local_worker(self.cluster, alloc)
         return ""
 
     def stop(self, alloc_id: str) -> None:
@@ -177,8 +175,7 @@ class SlurmBackend:
         if alloc is None:
             return
         if alloc.kind == "host":
-            self.cluster.worker_spec.pop(alloc_id, None)
-            self.cluster.sync(self.cluster._correct_state)
+            remove_local_worker(self.cluster, alloc_id)
             return
         addrs = self._workers_of(alloc_id)
         for addr in addrs:
@@ -255,7 +252,8 @@ class SlurmBackend:
         ids = {i.job_id: i for infos in self.jobs.values() for i in infos}
         deadline = time.time() + timeout
         while ids:
-            final = {j.job_id: j for j in slurm_cli.sacct_jobs(since="now-2days") if j.job_id in ids and j.final}
+            # only this run's jobs: the whole cluster's two days of jobs could be many thousands
+            final = {j.job_id: j for j in slurm_cli.sacct_jobs(job_ids=sorted(ids)) if j.job_id in ids and j.final}
             for jid, j in final.items():
                 info = ids[jid]
                 info.state, info.gpus, info.elapsed_s = j.state, j.gpus, j.elapsed
@@ -296,8 +294,6 @@ def _contact_host() -> str:
 
 def _squeue(job_ids) -> dict[str, tuple[str, list[str], float | None]]:
     """job id -> (state, nodes, start time) for the jobs squeue still knows."""
-    import hostlist
-
     ids = ",".join(job_ids)
     out = slurm_cli.run(["squeue", "-h", "--states=all", "-j", ids, "-o", "%i|%T|%N|%S"], ok_codes=(0, 1))
     rows = {}
@@ -315,8 +311,6 @@ def _squeue(job_ids) -> dict[str, tuple[str, list[str], float | None]]:
 
 
 def _slurm_time(text: str) -> float | None:
-    from datetime import datetime
-
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
     except ValueError:

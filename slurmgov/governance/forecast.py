@@ -42,6 +42,8 @@ def forecast(balance, burned_h: float, now: float, window_days: float = WINDOW_D
     return Forecast(balance.account, rate, runs_out, pct, alert)
 
 
-def forecasts(ledger, now: float, window_days: float = WINDOW_DAYS) -> list[Forecast]:
+def forecasts(ledger, now: float, window_days: float = WINDOW_DAYS, balances=None) -> list[Forecast]:
+    """One per account; ``balances`` (as of ``now``) when the caller has read them already."""
     burned = {r["key"]: r["charged_h"] for r in ledger.usage(by="account", since=now - window_days * 86400)}
-    return [forecast(b, burned.get(b.account, 0.0), now, window_days) for b in ledger.balances(now=now)]
+    balances = ledger.balances(now=now) if balances is None else balances
+    return [forecast(b, burned.get(b.account, 0.0), now, window_days) for b in balances]

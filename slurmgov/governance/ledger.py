@@ -554,8 +554,10 @@ class Ledger:
         plus the rollover: what the previous period left unused (its standing budget minus its
         charges), up to ``rollover_pct`` of the standing budget, not compounding (a period's
         own carry never rolls over again)."""
-        _, budget, kind = self._account(account)
-        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
+        row = self._one(S.ACCOUNT_BALANCE, (account,))
+        if row is None:
+            raise _no_budget(account)
+        budget, kind, pct, expires = row
         key, start, end = period_of(kind, ts)
         charged = self._one(S.CHARGED_IN, (account, start, end))[0]
         held = self._one(S.HELD_OPEN, (account,))[0]

@@ -251,6 +251,8 @@ ACCOUNT_INSERT = "INSERT INTO accounts (account, budget_ms, period_kind, updated
 ACCOUNT_UPDATE = "UPDATE accounts SET budget_ms = ?, period_kind = ?, updated_at = ? WHERE account = ?"
 ACCOUNT_SINCE = "SELECT MIN(at) FROM audit WHERE account = ?"
 ACCOUNT_TERMS = "SELECT rollover_pct, expires_at FROM accounts WHERE account = ?"
+# every balance (each admission among them) reads the account row once, terms included
+ACCOUNT_BALANCE = "SELECT budget_ms, period_kind, rollover_pct, expires_at FROM accounts WHERE account = ?"
 ACCOUNT_SET_TERMS = "UPDATE accounts SET rollover_pct = ?, expires_at = ? WHERE account = ?"
 AUDIT_INSERT = """INSERT INTO audit (at, actor, account, action, old_budget_ms, new_budget_ms,
     old_period_kind, new_period_kind, reason, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""

@@ -46,7 +46,7 @@ class GovernorMetrics:
             self.snapshot_age.set(max(0.0, now - snapshot_written))
         alerts = []
         balances = {b.account: b for b in ledger.balances(now=now)}
-        for f in forecasts(ledger, now):
+        for f in forecasts(ledger, now, balances=list(balances.values())):
             b = balances[f.account]
             for gauge, value in ((self.budget, b.budget_h), (self.charged, b.charged_h), (self.held, b.held_h),
                                  (self.available, b.available_h), (self.burn, f.burn_h_per_day),

@@ -60,9 +60,11 @@ def _gpus(tres: list) -> int:
     return sum(int(t.get("count") or 0) for t in tres or () if t.get("type") == "gres" and t.get("name") == "gpu")
 
 
-def sacct_jobs(since: str = "now-2days", env=None) -> list[Job]:
-    """Jobs of every user that ended or ran since ``since`` (sacct's -S syntax)."""
-    data = json.loads(run(["sacct", "--json", "-a", "-S", since, "-E", "now"], env=env))
+def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
+    """Jobs of every user that ended or ran since ``since`` (sacct's -S syntax), or just the
+    jobs ``job_ids`` (whenever they ran: sacct's -j reaches back to the epoch)."""
+    window = ["-j", ",".join(job_ids)] if job_ids else ["-S", since, "-E", "now"]
+    data = json.loads(run(["sacct", "--json", "-a", *window], env=env))
     out = []
     for j in data.get("jobs", []):
         t = j.get("time", {})

@@ -20,7 +20,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slurmgov.errors import BudgetRefused
@@ -170,10 +170,10 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
         if owned:
             backend.close()  # Slurm: cancels every job of the run still queued or running
     if slurm:
-        allocations, steps = _slurm_costs(p, result, backend, site)
+        allocations, steps = _costs(p, result, site, backend.settle())
         charged[0] = sum(a.cost_h for a in allocations.values())
     else:
-        allocations, steps = _local_costs(p, result, site)
+        allocations, steps = _costs(p, result, site)
     ledger.attribute(_attribution_rows(wf, run_id, user, p, allocations, steps, result))
     rep = LaunchReport(p, result, hold_key, charged[0], link, None, allocations, steps, site.executor)
     rep.record_path = _write_record(wf, p, rep, run_id, user, site)
@@ -208,47 +208,32 @@ def _step_nodes(rec) -> list[str]:
     return [att.worker.split("@", 1)[1]] if "@" in att.worker else []
 
 
-def _slurm_costs(p: Plan, result: RunResult, backend, site: Site):
-    """Each allocation's cost from sacct, split across its steps; where each landed."""
-    jobs = backend.settle()
+def _costs(p: Plan, result: RunResult, site: Site, jobs=None):
+    """Each allocation's held GPU time split across its steps, the rest idle; where each landed.
+
+    ``jobs`` (Slurm: alloc id -> its jobs, settled from sacct): held is what sacct accounted
+    and placement comes from the jobs' nodes. None (the embedded default): allocations are
+    simulated, held is the engine's own time and there is no placement."""
     topo = site.topology
     allocations, steps = {}, {}
     for a in p.allocations:
         if a.kind == HOST:
             continue
-        infos = jobs.get(a.id, [])
-        nodes = sorted({n for i in infos for n in i.nodes})
+        infos = jobs.get(a.id, []) if jobs is not None else []
+        held = float(sum(i.gpu_seconds for i in infos)) if jobs is not None else result.allocations[a.id].held_gpu_s
         last_nodes = infos[-1].nodes if infos else []
-        held = float(sum(i.gpu_seconds for i in infos))
-        metered = {sid: result.steps[sid].gpu_seconds for sid in a.steps}
-        parts, idle = attribution.split(held, metered)
+        parts, idle = attribution.split(held, {sid: result.steps[sid].gpu_seconds for sid in a.steps})
         for sid in a.steps:
             ps = p.steps[sid]
-            where = _step_nodes(result.steps[sid]) if ps.nodes == 1 else list(last_nodes)
+            where = [] if jobs is None else (_step_nodes(result.steps[sid]) if ps.nodes == 1 else list(last_nodes))
             steps[sid] = StepCost(sid, a.id, where, ps.within, topo.locality(where) if where else "-",
                                   parts[sid], parts[sid] * a.weight / 3600)
         allocations[a.id] = AllocCost(
-            a.id, a.gpus, [i.job_id for i in infos], nodes, sorted({topo.leaf_of(n) or "-" for n in last_nodes}),
-            a.within if a.nodes > 1 else "node", topo.locality(last_nodes) if last_nodes else "-",
-            held, held - idle, idle, held * a.weight / 3600, [i.state for i in infos], result.allocations[a.id].events,
+            a.id, a.gpus, [i.job_id for i in infos], sorted({n for i in infos for n in i.nodes}),
+            sorted({topo.leaf_of(n) or "-" for n in last_nodes}), a.within if a.nodes > 1 else "node",
+            topo.locality(last_nodes) if last_nodes else "-", held, held - idle, idle, held * a.weight / 3600,
+            [i.state for i in infos], result.allocations[a.id].events,
         )
-    return allocations, steps
-
-
-def _local_costs(p: Plan, result: RunResult, site: Site):
-    """The embedded default: allocations are simulated, their held time is the engine's own."""
-    allocations, steps = {}, {}
-    for a in p.allocations:
-        if a.kind == HOST:
-            continue
-        rec = result.allocations[a.id]
-        held = rec.held_gpu_s
-        metered = {sid: result.steps[sid].gpu_seconds for sid in a.steps}
-        parts, idle = attribution.split(held, metered)
-        for sid in a.steps:
-            steps[sid] = StepCost(sid, a.id, [], p.steps[sid].within, "-", parts[sid], parts[sid] * a.weight / 3600)
-        allocations[a.id] = AllocCost(a.id, a.gpus, [], [], [], "node", "-", held, held - idle, idle,
-                                      held * a.weight / 3600, [], rec.events)
     return allocations, steps
 
 
@@ -269,8 +254,6 @@ def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> 
 
 def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | None:
     """Keep what happened (outputs, attempts, allocations, costs) beside the ledger, for reports."""
-    from dataclasses import asdict
-
     result = rep.result
     runs = slurmgov_home() / "runs"
     try:

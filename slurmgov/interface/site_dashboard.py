@@ -34,15 +34,25 @@ def _day_starts(period_start: float, now: float) -> list[float]:
     return days
 
 
-def burn_down(ledger, account: str, period_kind: str, now: float) -> list[tuple[float, float]]:
-    """(day start, GPU-h charged so far this period) for each day of the current period."""
-    _, start, _ = period_of(period_kind, now)
-    start = max(start, now - 92 * 86400)  # an open-ended period: the last quarter is enough to plot
+def _plot_start(period_kind: str, now: float) -> float:
+    # an open-ended period: the last quarter is enough to plot (from a UTC midnight, as periods start)
+    return max(period_of(period_kind, now)[1], (now - 92 * 86400) // 86400 * 86400)
+
+
+def daily_usage(ledger, since: float, now: float) -> dict[float, dict[str, float]]:
+    """GPU-h charged per account on each day from ``since``: one ledger read per day, all accounts."""
+    return {day: {r["key"]: r["charged_h"] for r in ledger.usage(by="account", since=day,
+                                                                 until=min(day + 86400, now + 1))}
+            for day in _day_starts(since, now)}
+
+
+def burn_down(daily: dict[float, dict[str, float]], account: str, start: float) -> list[tuple[float, float]]:
+    """(day start, GPU-h charged so far this period) for each day from the period's ``start``."""
     points, total = [], 0.0
-    for day in _day_starts(start, now):
-        rows = ledger.usage(by="account", since=day, until=min(day + 86400, now + 1))
-        total += sum(r["charged_h"] for r in rows if r["key"] == account)
-        points.append((day, total))
+    for day, used in daily.items():
+        if day >= start:
+            total += used.get(account, 0.0)
+            points.append((day, total))
     return points
 
 
@@ -74,17 +84,22 @@ def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
 
 def site_state(site, ledger, home: Path, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    fc = {f.account: f for f in forecasts(ledger, now)}
+    balances = ledger.balances(now)
+    fc = {f.account: f for f in forecasts(ledger, now, balances=balances)}
+    kinds = {b.account: "none" if b.period == "all" else ("quarterly" if "-Q" in b.period else "monthly")
+             for b in balances}
+    starts = {a: _plot_start(k, now) for a, k in kinds.items()}
+    # days align with the earliest period start, so every account's period starts on one of them
+    daily = daily_usage(ledger, min(starts.values(), default=now), now)
     accounts = []
-    for b in ledger.balances(now):
+    for b in balances:
         f = fc.get(b.account)
-        kind = "none" if b.period == "all" else ("quarterly" if "-Q" in b.period else "monthly")
         accounts.append({
             "account": b.account, "period": b.period, "budget_h": b.budget_h, "charged_h": b.charged_h,
             "held_h": b.held_h, "available_h": b.available_h,
             "used_pct": 100 * (b.charged_h + b.held_h) / b.budget_h if b.budget_h else 0.0,
             "burn_h_per_day": f.burn_h_per_day if f else 0.0, "runs_out": f.runs_out if f else None,
-            "alert": f.alert if f else None, "burn_down": burn_down(ledger, b.account, kind, now),
+            "alert": f.alert if f else None, "burn_down": burn_down(daily, b.account, starts[b.account]),
         })
     samples = placement.PlacementLog(Path(home) / "placement.jsonl").read(since=now - 7 * 86400)
     return {
