@@ -1,5 +1,5 @@
-"""slurmgov.governance.topology_import: Slurm conf dir -> site description; placement and
-fragmentation reports.  Pure tests on hand-written conf files, plus one test against the
+"""slurmgov.governance.topology_import: Slurm conf dir -> site description; and the placement
+and fragmentation reports (slurmgov.governance.placement).  Pure tests on hand-written conf files, plus one test against the
 real harness cluster's conf dir (``-m slurm``)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurmgov.errors import InfeasibleError, InputError
+from slurmgov.errors import InputError
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.site import Site
-from slurmgov.governance.topology_import import fragmentation, import_site, placement_report, to_yaml
+from slurmgov.governance.placement import fragmentation, placement_report
+from slurmgov.governance.topology_import import import_site, to_yaml
 from slurm_fixtures import slurm_cluster  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

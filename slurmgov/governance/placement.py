@@ -1,7 +1,8 @@
-"""Placement and fragmentation from the live cluster, kept over time.
+"""Placement and fragmentation: pure reports, fed from the live cluster and kept over time.
 
-The governor samples Slurm now and then (``sample``): which GPUs each node has in use
-(``sinfo``'s GresUsed) and where each running job landed (``squeue --json``), with the
+``placement_report`` and ``fragmentation`` work on any jobs or busy-GPU counts. Their input
+comes from the governor, which samples Slurm now and then (``sample``): which GPUs each node
+has in use (``sinfo``'s GresUsed) and where each running job landed (``squeue --json``), with the
 locality it asked for when slurmgov planned it (``within=`` in its comment). Samples are
 appended to a JSON-lines log (``PlacementLog``); the reports read it back:
 
@@ -12,18 +13,21 @@ appended to a JSON-lines log (``PlacementLog``); the reports read it back:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import hostlist
 
 from slurmgov.errors import InputError, SlurmgovError
 from slurmgov.governance import slurm_cli
-from slurmgov.governance.topology_import import SLOT_SIZES, fragmentation, placement_report
 
+LOCALITY_ORDER = ("node", "nvlink-domain", "leaf-switch", "any")  # tightest first
+SLOT_SIZES = (1, 2, 4, 8)
 _WITHIN = re.compile(r"(?:^|[,\s])within=(node|nvlink-domain|leaf-switch|any)\b")
 _GRES_USED = re.compile(r"gpu(?::[^:(,]+)?:(\d+)")
 
@@ -152,3 +156,95 @@ def sample_into(site, log: PlacementLog, env=None) -> str | None:
     except (SlurmgovError, ValueError, OSError) as exc:
         return f"placement sample skipped: {exc}"
     return None
+
+
+def _rank(within: str, job_id) -> int:
+    try:
+        return LOCALITY_ORDER.index(within)
+    except ValueError:
+        raise InputError(f"job {job_id}: requested_within {within!r} is not one of {', '.join(LOCALITY_ORDER)}") from None
+
+
+def placement_report(site, jobs: Iterable[tuple]) -> dict:
+    """How many jobs got the locality they asked for.
+
+    ``jobs``: (job_id, requested_within, nodes) with requested_within one of node,
+    nvlink-domain, leaf-switch, any and nodes the job's node names.  A job is satisfied when
+    ``site.topology.locality(nodes)`` is at least as tight as asked (node < nvlink-domain <
+    leaf-switch < any).  Returns ``{"jobs", "satisfied", "share", "by_request": {within:
+    {"jobs", "satisfied", "share"}}, "got": {locality: jobs}, "misses": [{"job_id",
+    "requested", "got", "nodes"}]}``; ``share`` is None when there are no jobs.  Unknown
+    nodes or an empty node list raise ``InputError``.
+    """
+    topo = site.topology
+    by_request = {w: {"jobs": 0, "satisfied": 0, "share": None} for w in LOCALITY_ORDER}
+    got_counts = {w: 0 for w in LOCALITY_ORDER}
+    misses = []
+    total = ok = 0
+    for job in jobs:
+        try:
+            job_id, within, nodes = job
+        except (TypeError, ValueError):
+            raise InputError(f"placement_report: expected (job_id, requested_within, nodes), got {job!r}") from None
+        want = _rank(within, job_id)
+        if isinstance(nodes, str):
+            nodes = hostlist.expand_hostlist(nodes)
+        nodes = list(nodes)
+        if not nodes:
+            raise InputError(f"job {job_id}: no nodes")
+        unknown = [n for n in nodes if n not in topo.nodes]
+        if unknown:
+            raise InputError(f"job {job_id}: node {unknown[0]} is not in site {site.site}")
+        got = topo.locality(nodes)
+        total += 1
+        got_counts[got] += 1
+        by_request[within]["jobs"] += 1
+        if LOCALITY_ORDER.index(got) <= want:
+            ok += 1
+            by_request[within]["satisfied"] += 1
+        else:
+            misses.append({"job_id": job_id, "requested": within, "got": got, "nodes": hostlist.collect_hostlist(list(nodes))})
+    for r in by_request.values():
+        r["share"] = r["satisfied"] / r["jobs"] if r["jobs"] else None
+    return {
+        "jobs": total,
+        "satisfied": ok,
+        "share": ok / total if total else None,
+        "by_request": by_request,
+        "got": got_counts,
+        "misses": misses,
+    }
+
+
+def fragmentation(site, busy_gpus: dict[str, int], sizes: Sequence[int] = SLOT_SIZES) -> dict:
+    """Free N-GPU slots per leaf switch and per NVLink domain.
+
+    A slot is room for an N-GPU job on one node: a node with F free GPUs gives floor(F/N).
+    ``busy_gpus`` maps node name -> GPUs in use (absent: 0).  Returns ``{"sizes",
+    "leaf_switches": {leaf: {"free_gpus", "slots": {N: count}}}, "nvlink_domains": {...},
+    "total": {"free_gpus", "slots"}}``.  Every GPU node not declared in a multi-node domain is
+    its own domain.  Unknown nodes or busy counts outside 0..gpus raise ``InputError``.
+    """
+    topo = site.topology
+    free: dict[str, int] = {}
+    for n, busy in busy_gpus.items():
+        if n not in topo.nodes:
+            raise InputError(f"fragmentation: node {n} is not in site {site.site}")
+        if not isinstance(busy, int) or isinstance(busy, bool) or not 0 <= busy <= topo.nodes[n].gpus:
+            raise InputError(f"fragmentation: node {n}: busy GPUs {busy!r} outside 0..{topo.nodes[n].gpus}")
+    for n, node in topo.nodes.items():
+        free[n] = node.gpus - busy_gpus.get(n, 0)
+
+    def summary(members: Iterable[str]) -> dict:
+        members = list(members)
+        return {
+            "free_gpus": sum(free[m] for m in members),
+            "slots": {k: sum(math.floor(free[m] / k) for m in members) for k in sizes},
+        }
+
+    return {
+        "sizes": list(sizes),
+        "leaf_switches": {leaf: summary(m) for leaf, m in topo.leaves.items()},
+        "nvlink_domains": {d: summary(m) for d, m in topo.domains.items()},
+        "total": summary(topo.nodes),
+    }

@@ -1,6 +1,4 @@
-"""Import a site description from a Slurm configuration directory, and two read-only
-reports over a site's topology: how well jobs got the locality they asked for, and how
-fragmented the free GPUs are.
+"""Import a site description from a Slurm configuration directory.
 
 ``import_site(conf_dir)`` reads ``slurm.conf`` (nodes, partitions, ``Include`` files),
 ``topology.conf`` (the switch tree, optional) and ``gres.conf`` (optional; only to cross-check
@@ -26,7 +24,6 @@ raises ``InputError`` naming ``file:line``.
 from __future__ import annotations
 
 import glob
-import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +35,7 @@ import hostlist
 from slurmgov.errors import InputError
 from slurmgov.units import format_time, slurm_seconds
 
-__all__ = ["GPU_MEMORY_GB", "import_site", "to_yaml", "placement_report", "fragmentation", "LOCALITY_ORDER"]
+__all__ = ["GPU_MEMORY_GB", "import_site", "to_yaml"]
 
 # Memory per GPU (GB) of common types, looked up case-insensitively by the gres type name.
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "a100": 80, "l40s": 48, "gb200": 186, "mi300x": 192}
@@ -46,8 +43,6 @@ FALLBACK_GPU_MEMORY_GB = 80
 UNTYPED_GPU = "gpu"  # gpu_type given to GPUs that neither slurm.conf nor gres.conf type
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as in site.py
 MAX_INCLUDE_DEPTH = 16
-LOCALITY_ORDER = ("node", "nvlink-domain", "leaf-switch", "any")  # tightest first
-SLOT_SIZES = (1, 2, 4, 8)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -622,96 +617,3 @@ def to_yaml(doc: dict, warnings: Sequence[str] = ()) -> str:
         head.extend(f"#   - {w}" for w in warnings)
     body = yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=None, width=120)
     return "\n".join(head) + "\n" + body
-
-
-# ------------------------------------------------------------------------------- reports
-def _rank(within: str, job_id) -> int:
-    try:
-        return LOCALITY_ORDER.index(within)
-    except ValueError:
-        raise InputError(f"job {job_id}: requested_within {within!r} is not one of {', '.join(LOCALITY_ORDER)}") from None
-
-
-def placement_report(site, jobs: Iterable[tuple]) -> dict:
-    """How many jobs got the locality they asked for.
-
-    ``jobs``: (job_id, requested_within, nodes) with requested_within one of node,
-    nvlink-domain, leaf-switch, any and nodes the job's node names.  A job is satisfied when
-    ``site.topology.locality(nodes)`` is at least as tight as asked (node < nvlink-domain <
-    leaf-switch < any).  Returns ``{"jobs", "satisfied", "share", "by_request": {within:
-    {"jobs", "satisfied", "share"}}, "got": {locality: jobs}, "misses": [{"job_id",
-    "requested", "got", "nodes"}]}``; ``share`` is None when there are no jobs.  Unknown
-    nodes or an empty node list raise ``InputError``.
-    """
-    topo = site.topology
-    by_request = {w: {"jobs": 0, "satisfied": 0, "share": None} for w in LOCALITY_ORDER}
-    got_counts = {w: 0 for w in LOCALITY_ORDER}
-    misses = []
-    total = ok = 0
-    for job in jobs:
-        try:
-            job_id, within, nodes = job
-        except (TypeError, ValueError):
-            raise InputError(f"placement_report: expected (job_id, requested_within, nodes), got {job!r}") from None
-        want = _rank(within, job_id)
-        if isinstance(nodes, str):
-            nodes = hostlist.expand_hostlist(nodes)
-        nodes = list(nodes)
-        if not nodes:
-            raise InputError(f"job {job_id}: no nodes")
-        unknown = [n for n in nodes if n not in topo.nodes]
-        if unknown:
-            raise InputError(f"job {job_id}: node {unknown[0]} is not in site {site.site}")
-        got = topo.locality(nodes)
-        total += 1
-        got_counts[got] += 1
-        by_request[within]["jobs"] += 1
-        if LOCALITY_ORDER.index(got) <= want:
-            ok += 1
-            by_request[within]["satisfied"] += 1
-        else:
-            misses.append({"job_id": job_id, "requested": within, "got": got, "nodes": _collect(nodes)})
-    for r in by_request.values():
-        r["share"] = r["satisfied"] / r["jobs"] if r["jobs"] else None
-    return {
-        "jobs": total,
-        "satisfied": ok,
-        "share": ok / total if total else None,
-        "by_request": by_request,
-        "got": got_counts,
-        "misses": misses,
-    }
-
-
-def fragmentation(site, busy_gpus: dict[str, int], sizes: Sequence[int] = SLOT_SIZES) -> dict:
-    """Free N-GPU slots per leaf switch and per NVLink domain.
-
-    A slot is room for an N-GPU job on one node: a node with F free GPUs gives floor(F/N).
-    ``busy_gpus`` maps node name -> GPUs in use (absent: 0).  Returns ``{"sizes",
-    "leaf_switches": {leaf: {"free_gpus", "slots": {N: count}}}, "nvlink_domains": {...},
-    "total": {"free_gpus", "slots"}}``.  Every GPU node not declared in a multi-node domain is
-    its own domain.  Unknown nodes or busy counts outside 0..gpus raise ``InputError``.
-    """
-    topo = site.topology
-    free: dict[str, int] = {}
-    for n, busy in busy_gpus.items():
-        if n not in topo.nodes:
-            raise InputError(f"fragmentation: node {n} is not in site {site.site}")
-        if not isinstance(busy, int) or isinstance(busy, bool) or not 0 <= busy <= topo.nodes[n].gpus:
-            raise InputError(f"fragmentation: node {n}: busy GPUs {busy!r} outside 0..{topo.nodes[n].gpus}")
-    for n, node in topo.nodes.items():
-        free[n] = node.gpus - busy_gpus.get(n, 0)
-
-    def summary(members: Iterable[str]) -> dict:
-        members = list(members)
-        return {
-            "free_gpus": sum(free[m] for m in members),
-            "slots": {k: sum(math.floor(free[m] / k) for m in members) for k in sizes},
-        }
-
-    return {
-        "sizes": list(sizes),
-        "leaf_switches": {leaf: summary(m) for leaf, m in topo.leaves.items()},
-        "nvlink_domains": {d: summary(m) for d, m in topo.domains.items()},
-        "total": summary(topo.nodes),
-    }

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from slurmgov.errors import BudgetRefused
 from slurmgov.governance import attribution
+from slurmgov.governance.placement import LOCALITY_ORDER
 from slurmgov.governance.seed import ensure_budget
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
@@ -69,7 +70,7 @@ class StepCost:
     cost_h: float
 
 
-_RANK = {"node": 0, "nvlink-domain": 1, "leaf-switch": 2, "any": 3}
+_RANK = {w: i for i, w in enumerate(LOCALITY_ORDER)}
 
 
 @dataclass

@@ -32,7 +32,7 @@ def topology_show(site_path, as_json, live):
       slurmgov topology show --site site_configs/demo-cluster.yaml
       slurmgov topology show --live --json
     """
-    from slurmgov.governance.topology_import import fragmentation
+    from slurmgov.governance.placement import fragmentation
 
     site = _site(site_path)
     topo = site.topology
