@@ -101,7 +101,6 @@ class PilotJob(SLURMJob):
 class SlurmBackend:
     """Pilot allocations on a Slurm cluster; the Dask scheduler runs in this process."""
 
-    can_always_start = True  # Slurm queues what cannot start yet
 
     def __init__(self, workflow: str, account: str, options: dict[str, list[str]], nodes: dict[str, int],
                  per_node: dict[str, bool], memory_mb: dict[str, int], log_dir: Path,
@@ -243,9 +242,6 @@ class SlurmBackend:
         """When the allocation's first job started running (None while it is pending)."""
         starts = [i.started for i in self.jobs.get(alloc_id, []) if i.started is not None]
         return min(starts) if starts else None
-
-    def running(self, alloc_id: str) -> bool:
-        return any(i.started is not None and i.ended is None for i in self.jobs.get(alloc_id, []))
 
     def settle(self, timeout: float = 60) -> dict[str, list[SlurmJobInfo]]:
         """Wait until sacct has every job's final record (bounded), then fill in GPUs and elapsed."""
