@@ -1,80 +1,34 @@
 --[[
 slurmgov submit-time GPU budget hook (Slurm job_submit/lua, tested on Slurm 22.05, Lua 5.1).
 
-Install: copy next to slurm.conf with JobSubmitPlugins=lua.  The files below live in the
-same directory as this script (the "hook dir"):
+Install next to slurm.conf with JobSubmitPlugins=lua (`slurmgov hooks install`).  Its files
+live in the same directory (the "hook dir") unless slurmgov_hook.conf says otherwise:
 
-  slurmgov_snapshot.txt  budgets, written by slurmgov (format below); read, never executed
-  slurmgov_hook.conf     optional; "key value" lines: snapshot_path, journal_path,
-                         fail_policy (open|closed, used only when the snapshot is unreadable),
-                         default_time_min
-  slurmgov_journal.log   one line appended per admitted GPU job (format below)
+  slurmgov_snapshot.txt  budgets, written by slurmgov; read as data, never executed
+  slurmgov_hook.conf     optional "key value" lines: snapshot_path, journal_path,
+                         refusals_path, fail_policy (open|closed, when the snapshot is
+                         unreadable), default_time_min
+  slurmgov_journal.log   one line per admitted GPU job ("admit") and per priced change
+                         ("modify"); "probe" lines for `slurmgov hooks check`
+  slurmgov_refusals.log  one line per refusal (best effort, for metrics)
 
-For every job that requests GPUs the hook computes a worst-case cost in weighted
-GPU-seconds and admits it only if the account's available budget covers it, where
+The formats, the price of every GPU request form and what the hook pins are specified in
+plugins/SNAPSHOT_FORMAT.md (the one specification; tests/data/hook_prices.yaml holds the
+request forms and prices that this file and slurmgov/governance/gpu_request.py are tested on).
 
-  available = snapshot budget of the account - costs this hook admitted since the snapshot
-
-The second term is read back from the journal (authoritative; an in-memory cache only
-avoids re-reading lines already seen).  Jobs without GPUs are admitted untouched.
-
-SNAPSHOT FORMAT (version 1)
-  Text, UTF-8, one record per line, fields separated by a single TAB, no quoting.
-  Fields may not contain TAB, CR or LF (the writer must refuse such names).
-  Empty lines and lines starting with "#" are ignored; unknown keys are ignored.
-  Line 1 must be exactly:     slurmgov-snapshot<TAB>1
-  Last line must be exactly:  end            (a file without it is unreadable: torn write)
-  Keys (one per line, in any order between the first and last line):
-    serial<TAB><int>                 required; changes with every snapshot written
-    written<TAB><unix seconds>       required; when the snapshot was computed
-    max_age_s<TAB><int>              required; older than this => stale
-    fail_policy<TAB>closed|open      default closed; what to do when stale
-    default_time_min<TAB><int>       default 60; time limit for jobs with none and no
-                                     partition DefaultTime/MaxTime
-    max_gpus_per_node<TAB><int>      optional; larger per-node requests can never start
-    total_gpus<TAB><int>             optional; larger per-task totals can never start
-    sockets_per_node<TAB><int>       default 1; for --gpus-per-socket without
-                                     --sockets-per-node
-    journal_offset<TAB><int>         optional; bytes of the journal the writer had already
-                                     charged when it computed the budgets.  When present,
-                                     every admit line at or after that byte offset is
-                                     subtracted (whatever its serial); when absent, the
-                                     admit lines whose serial equals this snapshot's serial.
-    weight<TAB><gpu type><TAB><num>  cost weight of a typed GPU (e.g. h100 1.0)
-    default_weight<TAB><num>         default 1.0; weight of untyped GPUs and unknown types
-    account<TAB><name><TAB><num>     available weighted GPU-seconds (may be negative)
-  Numbers are plain decimals (optional sign, fraction, exponent); anything else, a
-  missing required key, or a duplicate account line makes the snapshot unreadable.
-  Account names are compared with plain string equality (never as patterns).
-
-COST
-  gpus per array task = the largest of the request forms, each converted to a total:
-    tres_per_node  (--gres=gpu[:type]:N, --gpus-per-node)   N x nodes
-    tres_per_job   (--gpus/-G)                               N
-    tres_per_task  (--gpus-per-task)                         N x tasks
-    tres_per_socket (--gpus-per-socket)                      N x sockets/node x nodes
-  nodes = max(min_nodes, max_nodes) (unset -> 1); tasks = num_tasks, else
-  ntasks_per_node x nodes, else 1.  Each GPU is weighted by its type's weight.
-  time = time_limit minutes; unset -> the partition's DefaultTime, else its MaxTime,
-  else default_time_min; UNLIMITED (or 0) -> partition MaxTime, refused if none.
-  cost (weighted GPU-seconds) = weighted gpus x array tasks x time x 60.
-
-JOURNAL LINE (one per admitted GPU job, 10 TAB-separated fields, sanitised of TAB/CR/LF)
-  admit ts serial token account user_id cost_gpu_s gpus time_limit_min gpu_type
-    ts              unix seconds of admission
-    serial          snapshot serial charged; "0" for a fail-open admission (never
-                    counted against any snapshot by serial)
-    token           also stored in the job's AdminComment as "slurmgov:hold=<token>"
-    account         the job's account (its --account, else the user's default)
-    user_id         numeric uid of the submitter
-    cost_gpu_s      weighted worst-case GPU-seconds for the whole job, all array tasks, "%.3f"
-    gpus            GPUs per array task (unweighted)
-    time_limit_min  the worst-case time limit used for the cost
-    gpu_type        the GPU type requested, "-" if untyped, types joined by "+" if several
-  The array task count is cost_gpu_s / (gpus x time_limit_min x 60 x weight).
+In short: every job that can hold GPUs is priced at its worst case in weighted GPU-seconds
+(GPUs x array tasks x minutes x 60 x weight; --exclusive takes whole nodes) and admitted only
+if the account's snapshot budget, minus what this hook admitted since the snapshot (read
+back from the journal), covers it.  Every change to a job (slurm_job_modify) that can give it
+more GPUs, nodes, tasks or time, or move it to another partition or account, is priced the
+same way before it takes effect.
 
 Safety: no network, no sleeps, no os.execute/io.popen, no load/loadstring/dofile.
 All slurm.log_* calls pass data through "%s" (those functions run string.format).
+Performance: the snapshot's accounts are kept as ONE sorted string searched by bisection,
+not as a Lua table: slurmctld rebuilds slurm.jobs (a table per job) before every call, and
+each garbage collection then marks everything this state keeps alive; a table of 10,000
+accounts made every submission pay for marking it.
 --]]
 
 local NO_VAL = 4294967294
@@ -207,6 +161,59 @@ local function read_hook_conf()
 	return conf
 end
 
+-- Bytewise a < b, whatever slurmctld's locale (Lua's "<" on strings uses strcoll).
+local function before(a, b)
+	local n = math.min(#a, #b)
+	for i = 1, n do
+		local x, y = string.byte(a, i), string.byte(b, i)
+		if x ~= y then return x < y end
+	end
+	return #a < #b
+end
+
+-- Accounts as ONE string of "\n<name>\t<value>" records sorted bytewise by name (see the
+-- header: a string costs the garbage collector nothing to mark, a 10,000-entry table does).
+-- list: { {name, value_text}, ... } in file order. Returns the string, or nil and the
+-- duplicated name.
+local function pack_accounts(list)
+	local sorted = true
+	for i = 2, #list do
+		if not before(list[i - 1][1], list[i][1]) then sorted = false; break end
+	end
+	if not sorted then table.sort(list, function(a, b) return before(a[1], b[1]) end) end
+	local parts = {}
+	for i, a in ipairs(list) do
+		if i > 1 and list[i - 1][1] == a[1] then return nil, a[1] end
+		parts[i] = "\n" .. a[1] .. "\t" .. a[2]
+	end
+	return table.concat(parts)
+end
+
+-- Available weighted GPU-seconds of account ``name`` in a packed account string, or nil.
+-- Bisection over byte positions: [lo, hi] always holds the start of name's record, if any.
+local function lookup_account(packed, name)
+	local lo, hi = 1, #packed
+	while lo <= hi do
+		local mid = math.floor((lo + hi) / 2)
+		local s = string.find(packed, "\n", mid, true)
+		if not s or s > hi then
+			hi = mid - 1
+		else
+			local tab = string.find(packed, "\t", s + 1, true)
+			local nm = string.sub(packed, s + 1, tab - 1)
+			if nm == name then
+				local nl = string.find(packed, "\n", tab + 1, true)
+				return tonumber(string.sub(packed, tab + 1, (nl or 0) - 1))
+			elseif before(nm, name) then
+				lo = s + 1
+			else
+				hi = s - 1
+			end
+		end
+	end
+	return nil
+end
+
 -- Returns snapshot table, or nil and a reason. read_snapshot keeps the parse per rewrite.
 local function parse_snapshot(data)
 	local lines = lines_of(data)
@@ -218,8 +225,9 @@ local function parse_snapshot(data)
 	if lines[last] ~= "end" then return nil, "no end line (incomplete write?)" end
 	local snap = {
 		fail_policy = "closed", default_time_min = 60, sockets_per_node = 1,
-		default_weight = 1.0, weights = {}, accounts = {},
+		default_weight = 1.0, weights = {}, operators = {}, partition_gpus = {},
 	}
+	local accounts = {}
 	for i = 2, last - 1 do
 		local line = lines[i]
 		if line ~= "" and string.sub(line, 1, 1) ~= "#" then
@@ -248,10 +256,17 @@ local function parse_snapshot(data)
 				local w = parse_num(f[3])
 				bad = (#f ~= 3 or f[2] == "" or w == nil or w < 0)
 				if not bad then snap.weights[f[2]] = w end
+			elseif key == "operator_uid" then
+				local u = parse_int(f[2])
+				bad = (#f ~= 2 or u == nil)
+				if not bad then snap.operators[u] = true end
+			elseif key == "partition_gpus" then
+				local n = parse_int(f[3])
+				bad = (#f ~= 4 or f[2] == "" or n == nil)
+				if not bad then snap.partition_gpus[f[2]] = { n = n, type = (f[4] ~= "-") and f[4] or nil } end
 			elseif key == "account" then
-				local a = parse_num(f[3])
-				bad = (#f ~= 3 or f[2] == "" or a == nil or snap.accounts[f[2]] ~= nil)
-				if not bad then snap.accounts[f[2]] = a end
+				bad = (#f ~= 3 or f[2] == "" or parse_num(f[3]) == nil)
+				if not bad then accounts[#accounts + 1] = { f[2], f[3] } end
 			end
 			if bad then
 				return nil, "bad line " .. i .. " (" .. printable(key) .. ")"
@@ -262,6 +277,9 @@ local function parse_snapshot(data)
 		return nil, "missing serial, written or max_age_s"
 	end
 	if snap.sockets_per_node < 1 then snap.sockets_per_node = 1 end
+	local packed, dup = pack_accounts(accounts)
+	if not packed then return nil, "duplicate account " .. printable(dup) end
+	snap.accounts = packed
 	return snap
 end
 
@@ -288,7 +306,8 @@ local function read_snapshot(path)
 	return snap, perr
 end
 
--- Sum of admitted costs per account that the snapshot does not yet include.
+-- Sum of admitted costs per account that the snapshot does not yet include (admit lines, and
+-- what modify lines add: a change's growth, or its whole new cost on the account it moved to).
 -- Returns table account -> cost, or nil and a reason when the journal cannot be read.
 local function charged_since(snap, journal_path)
 	local st = slurmgov_state
@@ -326,12 +345,22 @@ local function charged_since(snap, journal_path)
 		end
 		if last_nl then
 			local chunk = string.sub(data, 1, last_nl)
+			local sums = c.sums
 			for line in string.gmatch(chunk, "([^\n]*)\n") do
 				local t = split_tabs(line)
-				if t[1] == "admit" and #t >= 7 then
-					local cost = parse_num(t[7])
-					if cost and (mode == "offset" or t[3] == snap.serial_str) then
-						c.sums[t[5]] = (c.sums[t[5]] or 0) + cost
+				if (mode == "offset" or t[3] == snap.serial_str) then
+					if t[1] == "admit" and #t >= 7 then
+						local cost = parse_num(t[7])
+						if cost then sums[t[5]] = (sums[t[5]] or 0) + cost end
+					elseif t[1] == "modify" and #t >= 13 then
+						-- Growth counts at once; what a change gives back does not: Slurm may
+						-- still reject the change after this hook priced it, so only the
+						-- governor, once Slurm shows the job changed, releases it.
+						local new, old = parse_num(t[7]), parse_num(t[13])
+						if new and old then
+							local add = (t[5] == t[12]) and math.max(0, new - old) or new
+							sums[t[5]] = (sums[t[5]] or 0) + add
+						end
 					end
 				end
 			end
@@ -405,73 +434,36 @@ local function array_count(spec)
 	return n
 end
 
-local function set_num(v, unset)
-	if v == nil or v == unset or v == NO_VAL or v == INFINITE or v == NO_VAL16
-	   or v == INFINITE16 then return nil end
+local function set_num(v)
+	if type(v) ~= "number" or v == NO_VAL or v == INFINITE or v == NO_VAL16 or v == INFINITE16 then
+		return nil
+	end
 	return v
 end
 
--- Worst-case request of a job: returns req table or nil, reason.
---   req.gpus (per array task), req.weighted (weighted GPUs per task), req.per_node,
---   req.types (string), req.tasks_in_array, req.any_gpu
-local function gpu_request(job_desc, weights, default_weight, sockets_default)
-	local min_nodes = set_num(job_desc.min_nodes)
-	local max_nodes = set_num(job_desc.max_nodes)
-	local nodes = math.max(min_nodes or 1, max_nodes or 1)
-	local ntasks = set_num(job_desc.num_tasks)
-	local tpn = set_num(job_desc.ntasks_per_node)
-	local tasks = ntasks or (tpn and tpn * nodes) or 1
-	local spn = set_num(job_desc.sockets_per_node) or sockets_default
+-- Time limit as a view keeps it: nil (not given), "unlimited", or minutes.
+local function time_of(v)
+	if v == nil or v == NO_VAL then return nil end
+	if v == INFINITE or v == 0 then return "unlimited" end
+	return v
+end
 
-	local best = nil
-	local typeset = {}
-	local per_node_max = 0
-	local function consider(tres, mult, per_node_mult)
-		local entries, err = gpu_entries(tres)
-		if not entries then return err end
-		if #entries == 0 then return nil end
-		local g, w = 0, 0
-		for _, e in ipairs(entries) do
-			g = g + e.count
-			local wt = default_weight
-			if e.type then
-				typeset[e.type] = true
-				if weights[e.type] then wt = weights[e.type] end
-			end
-			w = w + e.count * wt
-		end
-		if per_node_mult then per_node_max = math.max(per_node_max, g * per_node_mult) end
-		local cand = { gpus = g * mult, weighted = w * mult }
-		if not best or cand.weighted > best.weighted
-		   or (cand.weighted == best.weighted and cand.gpus > best.gpus) then
-			best = cand
-		end
-		return nil
-	end
-	local err = consider(job_desc.tres_per_node, nodes, 1)
-		or consider(job_desc.tres_per_job, 1, (nodes == 1 and max_nodes == 1) and 1 or nil)
-		or consider(job_desc.tres_per_task, tasks, tpn)
-		or consider(job_desc.tres_per_socket, spn * nodes, spn)
-	if err then return nil, err end
-	if not best or best.gpus <= 0 then return { any_gpu = false } end
-	local names = {}
-	for t in pairs(typeset) do names[#names + 1] = t end
-	table.sort(names)
-	local arr, aerr = array_count(job_desc.array_inx)
-	if not arr then return nil, aerr end
+-- What prices a job, from a submission's job_desc.
+local function desc_view(d)
 	return {
-		any_gpu = true, gpus = best.gpus, weighted = best.weighted, per_node = per_node_max,
-		nodes = nodes, max_nodes = max_nodes,
-		types = (#names > 0) and table.concat(names, "+") or "-",
-		tasks_in_array = arr,
+		tres_per_node = d.tres_per_node, tres_per_job = d.tres_per_job,
+		tres_per_task = d.tres_per_task, tres_per_socket = d.tres_per_socket,
+		min_nodes = set_num(d.min_nodes), max_nodes = set_num(d.max_nodes),
+		num_tasks = set_num(d.num_tasks), ntasks_per_node = set_num(d.ntasks_per_node),
+		sockets_per_node = set_num(d.sockets_per_node), shared = set_num(d.shared),
+		time_limit = time_of(d.time_limit), partition = d.partition, array_inx = d.array_inx,
 	}
 end
 
 -- Partition records the job may run in (named ones, else the default partition).
-local function job_partitions(job_desc, part_list)
+local function job_partitions(wanted, part_list)
 	local out = {}
 	if type(part_list) ~= "table" then return out end
-	local wanted = job_desc.partition
 	if wanted and wanted ~= "" then
 		local names = {}
 		for n in string.gmatch(wanted, "[^,]+") do names[n] = true end
@@ -486,29 +478,127 @@ local function job_partitions(job_desc, part_list)
 	return out
 end
 
--- Worst-case time limit in minutes, or nil and a reason.
-local function time_limit_min(job_desc, part_list, default_time_min)
-	local tl = job_desc.time_limit
-	local parts = job_partitions(job_desc, part_list)
-	local function worst(field)
-		local m = nil
-		for _, p in ipairs(parts) do
-			local v = set_num(p[field])
-			if v and v > 0 then m = math.max(m or 0, v) end
+-- Worst-case minutes for time ``tl`` (a view's time_limit) in partitions ``parts``, and
+-- whether the job's own limit must be set to them (somewhere nothing else would bound it).
+local function time_limit_min(tl, parts, default_time_min)
+	local eff, maxt = nil, nil
+	local unbounded = (#parts == 0)
+	for _, p in ipairs(parts) do
+		local d = set_num(p.default_time)
+		local m = set_num(p.max_time)
+		if d and d <= 0 then d = nil end
+		if m and m <= 0 then m = nil end
+		local e = d or m
+		if e then eff = math.max(eff or 0, e) else unbounded = true end
+		if m then maxt = math.max(maxt or 0, m) end
+	end
+	if tl == nil then
+		if unbounded then return math.max(eff or 0, default_time_min), true end
+		return eff, false
+	end
+	if tl == "unlimited" then
+		if not maxt then
+			return nil, false, "job has no time limit and its partition has no MaxTime; give --time"
 		end
-		return m
+		return maxt, true -- pinned: an UNLIMITED job would otherwise pend, or run, past its price
 	end
-	if tl == nil or tl == NO_VAL then
-		return worst("default_time") or worst("max_time") or default_time_min
+	return tl, false
+end
+
+-- GPUs per node of an exclusive (whole-node) job and their type: the largest of the job's
+-- partitions (snapshot partition_gpus lines), else max_gpus_per_node.
+local function whole_node_gpus(parts, snap)
+	local n, gtype = nil, nil
+	for _, p in ipairs(parts) do
+		local g = snap.partition_gpus[p.name]
+		if g and (not n or g.n > n) then n, gtype = g.n, g.type end
 	end
-	if tl == INFINITE or tl == 0 then
-		local m = worst("max_time")
-		if not m then
-			return nil, "job has no time limit and its partition has no MaxTime; give --time"
+	if n == nil then n = snap.max_gpus_per_node or 0 end
+	return n, gtype
+end
+
+-- Worst-case price of a view: table p, or nil, reason-code, message.
+--   p.any_gpu, p.gpus (per array task), p.weighted, p.per_node, p.nodes, p.max_nodes,
+--   p.types, p.tasks, p.tl (minutes), p.pin_time, p.pin_nodes, p.cost (weighted GPU-s)
+local function price(v, snap, part_list)
+	local weights, default_weight = snap.weights, snap.default_weight
+	local parts = job_partitions(v.partition, part_list)
+	local min_nodes, max_nodes = v.min_nodes, v.max_nodes
+	local nodes = math.max(min_nodes or 1, max_nodes or 1)
+	local tpn = v.ntasks_per_node
+	local tasks = v.num_tasks or (tpn and tpn * nodes) or 1
+	local spn = v.sockets_per_node or snap.sockets_per_node
+
+	local best, typeset, per_node_max = nil, {}, 0
+	local function weight_of(t)
+		if t and weights[t] then return weights[t] end
+		return default_weight
+	end
+	local function consider(tres, mult, per_node_mult)
+		local entries, err = gpu_entries(tres)
+		if not entries then return err end
+		if #entries == 0 then return nil end
+		local g, w = 0, 0
+		for _, e in ipairs(entries) do
+			g = g + e.count
+			if e.type then typeset[e.type] = true end
+			w = w + e.count * weight_of(e.type)
 		end
-		return m
+		if per_node_mult then per_node_max = math.max(per_node_max, g * per_node_mult) end
+		local cand = { gpus = g * mult, weighted = w * mult }
+		if not best or cand.weighted > best.weighted
+		   or (cand.weighted == best.weighted and cand.gpus > best.gpus) then
+			best = cand
+		end
+		return nil
 	end
-	return tl
+	local err = consider(v.tres_per_node, nodes, 1)
+		or consider(v.tres_per_job, 1, (nodes == 1 and max_nodes == 1) and 1 or nil)
+		or consider(v.tres_per_task, tasks, tpn)
+		or consider(v.tres_per_socket, spn * nodes, spn)
+	if err then return nil, "bad_request", err end
+
+	-- --exclusive (or an OverSubscribe=EXCLUSIVE partition): Slurm hands the job every GPU of
+	-- every node it gets, asked for or not.
+	local whole = (v.shared == 0)
+	for _, p in ipairs(parts) do
+		if p.max_share == 0 then whole = true end
+	end
+	if whole then
+		local gpn, ntype = whole_node_gpus(parts, snap)
+		if gpn > 0 then
+			local only = nil
+			for t in pairs(typeset) do only = (only == nil) and t or false end
+			local wtype = ntype or (only or nil)
+			if wtype then typeset[wtype] = true end
+			local cand = { gpus = gpn * nodes, weighted = gpn * nodes * weight_of(wtype) }
+			if not best or cand.weighted > best.weighted then best = cand end
+			per_node_max = math.max(per_node_max, gpn)
+		end
+	end
+	if not best or best.gpus <= 0 then return { any_gpu = false } end
+
+	local names = {}
+	for t in pairs(typeset) do names[#names + 1] = t end
+	table.sort(names)
+	local arr = v.tasks_in_array
+	if not arr then
+		local aerr
+		arr, aerr = array_count(v.array_inx)
+		if not arr then return nil, "bad_request", aerr end
+	end
+	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, snap.default_time_min)
+	if not tl then return nil, "bad_time", terr end
+	-- Per-node (and whole-node) GPUs multiply by nodes: a job with no maximum node count
+	-- could be spread wider than it paid for (-n 8 --gres=gpu:1 over 8 nodes).
+	local pin_nodes = (max_nodes == nil) and (v.tres_per_node ~= nil or v.tres_per_socket ~= nil or whole)
+	return {
+		any_gpu = true, gpus = best.gpus, weighted = best.weighted, per_node = per_node_max,
+		nodes = nodes, max_nodes = max_nodes, tasks = arr,
+		types = (#names > 0) and table.concat(names, "+") or "-",
+		tl = tl, pin_time = pin_time, pin_nodes = pin_nodes,
+		cost = best.weighted * arr * tl * 60,
+	}
 end
 
 local function new_token()
@@ -516,21 +606,13 @@ local function new_token()
 	return string.format("%d-%d-%04x", os.time(), slurmgov_state.counter, math.random(0, 65535))
 end
 
-local function admit(job_desc, journal_path, serial, account, cost, req, tl)
-	local token = new_token()
-	local line = table.concat({
-		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
-		field(job_desc.user_id), string.format("%.3f", cost), string.format("%d", req.gpus),
-		string.format("%d", tl), field(req.types),
-	}, "\t") .. "\n"
+-- Append one line to the journal; false and a reason if it could not be recorded.
+local function append_journal(journal_path, line)
 	-- "a+": every write still goes to the end (O_APPEND); reading tells whether the journal
 	-- ends with a half line (slurmctld died mid-append). That half line is ended first, so
-	-- this job's line stays whole: glued onto it, the hold would be unparseable and lost.
+	-- this line stays whole: glued onto it, the hold would be unparseable and lost.
 	local f, err = io.open(journal_path, "a+")
-	if not f then
-		log_user("slurmgov: cannot record the GPU hold (" .. printable(err) .. "); job refused")
-		return slurm.ERROR
-	end
+	if not f then return false, err end
 	local size = f:seek("end")
 	if size and size > 0 and f:seek("set", size - 1) and f:read(1) ~= "\n" then
 		line = "\n" .. line
@@ -538,12 +620,42 @@ local function admit(job_desc, journal_path, serial, account, cost, req, tl)
 	f:seek("end") -- C stdio: a seek between reading and writing
 	local ok, werr = f:write(line)
 	local cok = f:close()
-	if not ok or not cok then
-		log_user("slurmgov: cannot record the GPU hold (" .. printable(werr) .. "); job refused")
+	if not ok or not cok then return false, werr or "write failed" end
+	return true
+end
+
+-- What a modify cannot read back from job_rec (Slurm does not expose them there), kept in the
+-- AdminComment beside the token: tasks, tasks per node, sockets per node, shared.
+local function stash_of(v)
+	local function s(x) return x and string.format("%d", x) or "-" end
+	return "slurmgov:req=" .. s(v.num_tasks) .. "," .. s(v.ntasks_per_node) .. ","
+		.. s(v.sockets_per_node) .. "," .. s(v.shared)
+end
+
+local function parse_stash(ac)
+	local a, b, c, d = string.match(ac or "", "slurmgov:req=([%d-]+),([%d-]+),([%d-]+),([%d-]+)")
+	if not a then return nil end
+	return { num_tasks = tonumber(a), ntasks_per_node = tonumber(b), sockets_per_node = tonumber(c),
+	         shared = tonumber(d) }
+end
+
+local function admit(job_desc, v, journal_path, serial, account, p)
+	local token = new_token()
+	local line = table.concat({
+		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
+		field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
+		string.format("%d", p.tl), field(p.types),
+	}, "\t") .. "\n"
+	local ok, err = append_journal(journal_path, line)
+	if not ok then
+		log_user("slurmgov: cannot record the GPU hold (" .. printable(err) .. "); job refused")
 		return slurm.ERROR
 	end
+	-- Pin what was priced: the job cannot outlast or outgrow its hold.
+	if p.pin_time then job_desc.time_limit = p.tl end
+	if p.pin_nodes then job_desc.max_nodes = p.nodes end
 	local old = job_desc.admin_comment
-	local hold = "slurmgov:hold=" .. token
+	local hold = "slurmgov:hold=" .. token .. " " .. stash_of(v)
 	if old and old ~= "" then hold = hold .. " " .. old end
 	job_desc.admin_comment = hold
 	return slurm.SUCCESS
@@ -562,75 +674,109 @@ local function refuse(conf, reason, account, job_desc, msg)
 	return slurm.ERROR
 end
 
+local PROBE_FIELDS = { "account", "partition", "tres_per_node", "tres_per_job", "tres_per_task",
+	"tres_per_socket", "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node",
+	"time_limit", "shared", "array_inx" }
+
+-- For `slurmgov hooks check`: what Slurm handed the hook for a probe job, and its price.
+local function probe(conf, job_desc, p)
+	local out = {}
+	for _, k in ipairs(PROBE_FIELDS) do
+		local val = job_desc[k]
+		if val ~= nil then
+			if type(val) == "number" then val = string.format("%d", val) end
+			out[#out + 1] = k .. "=" .. string.gsub(tostring(val), "[%s]", "_")
+		end
+	end
+	if p and p.any_gpu then
+		local pins = {}
+		if p.pin_time then pins[#pins + 1] = "time_limit=" .. p.tl end
+		if p.pin_nodes then pins[#pins + 1] = "max_nodes=" .. p.nodes end
+		out[#out + 1] = string.format("price=%.3f priced_time=%d priced_gpus=%d tasks=%d pinned=%s",
+			p.cost, p.tl, p.gpus, p.tasks, (#pins > 0) and table.concat(pins, ",") or "-")
+	end
+	append_journal(conf.journal_path, table.concat({ "probe", string.format("%d", os.time()),
+		field(job_desc.name), field(table.concat(out, " ")) }, "\t") .. "\n")
+end
+
+local function lower(s)
+	if s == nil or s == "" then return nil end
+	return string.lower(s)
+end
+
+-- The snapshot's problem (unreadable or stale) and the fail policy that then applies, or nil.
+local function snapshot_problem(conf, snap, snap_err)
+	if not snap then
+		return "budget snapshot unreadable: " .. printable(snap_err), conf.fail_policy, "snapshot_unreadable"
+	end
+	local age = os.time() - snap.written
+	if age > snap.max_age_s then
+		return string.format("budget snapshot is stale (written %d s ago, max %d s)", age, snap.max_age_s),
+			snap.fail_policy, "snapshot_stale"
+	end
+	return nil
+end
+
+-- Pricing without a readable snapshot still needs its defaults.
+local function pricing_snapshot(conf, snap)
+	return snap or { weights = {}, default_weight = 1.0, sockets_per_node = 1, operators = {},
+		partition_gpus = {}, default_time_min = conf.default_time_min }
+end
+
 function slurm_job_submit(job_desc, part_list, submit_uid)
 	local conf = read_hook_conf()
 	local snap, snap_err = read_snapshot(conf.snapshot_path)
+	local ps = pricing_snapshot(conf, snap)
+	local v = desc_view(job_desc)
+	local is_probe = type(job_desc.name) == "string" and string.sub(job_desc.name, 1, 14) == "slurmgov-probe"
+	-- Slurm compares account names in lower case (-A PHYSICS runs as physics): so does the hook.
+	local account = lower(job_desc.account) or lower(job_desc.default_account)
 
-	local weights = snap and snap.weights or {}
-	local default_weight = snap and snap.default_weight or 1.0
-	local req, rerr = gpu_request(job_desc, weights, default_weight, snap and snap.sockets_per_node or 1)
-	if not req then
-		return refuse(conf, "bad_request", job_desc.account, job_desc, "slurmgov: " .. rerr)
+	local p, reason, msg = price(v, ps, part_list)
+	if is_probe then probe(conf, job_desc, p) end
+	if not p then
+		return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg)
 	end
-	if not req.any_gpu then return slurm.SUCCESS end
-
-	local account = job_desc.account
-	if account == nil or account == "" then account = job_desc.default_account end
+	if not p.any_gpu then return slurm.SUCCESS end
 
 	-- Never-placeable requests are refused whatever the budget says.
 	if snap and snap.max_gpus_per_node then
 		local cap = snap.max_gpus_per_node
-		if req.per_node > cap then
+		if p.per_node > cap then
 			return refuse(conf, "never_placeable", account, job_desc, string.format(
 				"slurmgov: job asks for %d GPUs on one node but no node has more than %d; it can never start",
-				req.per_node, cap))
+				p.per_node, cap))
 		end
-		if req.max_nodes and req.gpus > cap * req.max_nodes then
+		if p.max_nodes and p.gpus > cap * p.max_nodes then
 			return refuse(conf, "never_placeable", account, job_desc, string.format(
 				"slurmgov: job asks for %d GPUs on at most %d node(s) of %d GPUs each; it can never start",
-				req.gpus, req.max_nodes, cap))
+				p.gpus, p.max_nodes, cap))
 		end
 	end
-	if snap and snap.total_gpus and req.gpus > snap.total_gpus then
+	if snap and snap.total_gpus and p.gpus > snap.total_gpus then
 		return refuse(conf, "never_placeable", account, job_desc, string.format(
-			"slurmgov: job asks for %d GPUs but the cluster has %d; it can never start", req.gpus, snap.total_gpus))
+			"slurmgov: job asks for %d GPUs but the cluster has %d; it can never start", p.gpus, snap.total_gpus))
 	end
-
-	local tl, terr = time_limit_min(job_desc, part_list, snap and snap.default_time_min or conf.default_time_min)
-	if not tl then
-		return refuse(conf, "bad_time", account, job_desc, "slurmgov: " .. terr)
-	end
-	local cost = req.weighted * req.tasks_in_array * tl * 60
 
 	local who = "account " .. printable(account or "?") .. " uid " .. tostring(job_desc.user_id)
-	local problem, policy = nil, nil
-	if not snap then
-		problem = "budget snapshot unreadable: " .. printable(snap_err)
-		policy = conf.fail_policy
-	else
-		local age = os.time() - snap.written
-		if age > snap.max_age_s then
-			problem = string.format("budget snapshot is stale (written %d s ago, max %d s)", age, snap.max_age_s)
-			policy = snap.fail_policy
-		end
-	end
+	local problem, policy, why = snapshot_problem(conf, snap, snap_err)
 	if problem then
 		if policy == "open" then
 			log_info("slurmgov: " .. problem .. "; admitting GPU job of " .. who .. " (fail_policy open)")
-			return admit(job_desc, conf.journal_path, "0", account, cost, req, tl)
+			return admit(job_desc, v, conf.journal_path, "0", account, p)
 		end
-		return refuse(conf, snap and "snapshot_stale" or "snapshot_unreadable", account, job_desc,
+		return refuse(conf, why, account, job_desc,
 			"slurmgov: " .. problem .. "; GPU jobs are refused until it is refreshed (fail_policy closed)")
 	end
 
-	if account == nil or account == "" then
+	if account == nil then
 		return refuse(conf, "no_account", account, job_desc,
 			"slurmgov: job has no account and the user has no default account; give --account")
 	end
-	local budget = snap.accounts[account] -- plain table lookup: no pattern matching on names
+	local budget = lookup_account(snap.accounts, account) -- plain comparison: never a pattern
 	if budget == nil then
 		return refuse(conf, "no_budget", account, job_desc, string.format(
-			"slurmgov: account %s has no GPU budget, job needs up to %s GPU-h", printable(account), fmt_gpuh(cost)))
+			"slurmgov: account %s has no GPU budget, job needs up to %s GPU-h", printable(account), fmt_gpuh(p.cost)))
 	end
 	local sums, jerr = charged_since(snap, conf.journal_path)
 	if not sums then
@@ -638,35 +784,152 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 			"slurmgov: cannot read the hold journal (" .. printable(jerr) .. "); job refused")
 	end
 	local available = budget - (sums[account] or 0)
-	if cost > available then
+	if p.cost > available then
 		return refuse(conf, "over_budget", account, job_desc, string.format(
 			"slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
-			printable(account), fmt_gpuh(available), fmt_gpuh(cost)))
+			printable(account), fmt_gpuh(available), fmt_gpuh(p.cost)))
 	end
-	return admit(job_desc, conf.journal_path, snap.serial_str, account, cost, req, tl)
+	return admit(job_desc, v, conf.journal_path, snap.serial_str, account, p)
+end
+
+-- The job as it stands (job_rec), in view form. Slurm keeps no task, socket or shared counts
+-- in job_rec: they come from the stash the hook left in the AdminComment at admission, else
+-- tasks are bounded by the job's CPUs (one CPU per task at least).
+local function rec_view(r, stash)
+	local function pos(x) x = set_num(x); if x and x > 0 then return x end return nil end
+	local no_stash = (stash == nil)
+	stash = stash or {}
+	return {
+		tres_per_node = r.tres_per_node, tres_per_job = r.tres_per_job,
+		tres_per_task = r.tres_per_task, tres_per_socket = r.tres_per_socket,
+		min_nodes = pos(r.min_nodes), max_nodes = pos(r.max_nodes),
+		num_tasks = (no_stash and pos(r.min_cpus)) or stash.num_tasks, ntasks_per_node = stash.ntasks_per_node,
+		sockets_per_node = stash.sockets_per_node, shared = stash.shared,
+		time_limit = time_of(r.time_limit), partition = r.partition,
+		tasks_in_array = pos(r.array_task_cnt) or 1,
+	}
+end
+
+-- Fields of an update (job_desc) that can change a job's price. An update's array_inx is
+-- only ArrayTaskThrottle in Slurm 22.05: it changes no price.
+local MODIFY_NUMS = { "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node", "shared" }
+local MODIFY_STRS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "partition" }
+local STASHED = { num_tasks = true, ntasks_per_node = true, sockets_per_node = true, shared = true }
+
+local function modify_refuse(conf, reason, account, job_rec, modify_uid, msg)
+	-- Slurm 22.05 discards log_user messages from job_modify: log for the admins instead.
+	log_info(string.format("slurmgov: change to job %s by uid %s refused: %s",
+		tostring(job_rec.job_id), tostring(modify_uid), msg))
+	local f = io.open(conf.refusals_path, "a")
+	if f then
+		f:write(table.concat({ "refuse", string.format("%d", os.time()), reason, field(account),
+			field(modify_uid) }, "\t") .. "\n")
+		f:close()
+	end
+	return slurm.ERROR
 end
 
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
-	-- Growing an admitted job after the fact would bypass the budget: only SlurmUser/root may.
-	if modify_uid == 0 then return slurm.SUCCESS end
-	local ac = job_rec and job_rec.admin_comment
-	if not ac or not string.find(ac, "slurmgov:hold=", 1, true) then return slurm.SUCCESS end
-	local arr = job_desc.array_inx
-	if arr and string.match(arr, "^%%%d+$") then arr = nil end -- ArrayTaskThrottle only
-	local grows = job_desc.tres_per_node or job_desc.tres_per_job or job_desc.tres_per_task
-		or job_desc.tres_per_socket or arr
-		or set_num(job_desc.min_nodes) or set_num(job_desc.max_nodes) or set_num(job_desc.num_tasks)
-	local tl = job_desc.time_limit
-	if tl ~= nil and tl ~= NO_VAL and (tl == INFINITE or tl == 0 or tl > (job_rec.time_limit or 0)) then
-		grows = true
+	local d, r = job_desc, job_rec
+	local new_v, changed, stash_changed = nil, false, false
+	local ac = r.admin_comment
+	local token = ac and string.match(ac, "slurmgov:hold=([%w_.:%-]+)")
+	local stash = token and parse_stash(ac) or nil
+	local old_v = rec_view(r, stash)
+	new_v = {}
+	for k, val in pairs(old_v) do new_v[k] = val end
+	for _, k in ipairs(MODIFY_NUMS) do
+		local val = set_num(d[k])
+		if val ~= nil then
+			new_v[k] = val; changed = true
+			if STASHED[k] then stash_changed = true end
+		end
 	end
-	if grows then
-		-- Slurm 22.05 discards log_user messages from job_modify: log for the admins instead.
-		log_info(string.format("slurmgov: GPU budget hold of job %s is fixed: uid %s may not grow its GPUs, nodes, tasks or time; cancel and resubmit",
-			tostring(job_rec.job_id), tostring(modify_uid)))
-		return slurm.ERROR
+	for _, k in ipairs(MODIFY_STRS) do
+		if d[k] ~= nil then new_v[k] = d[k]; changed = true end
+	end
+	if d.time_limit ~= nil and d.time_limit ~= NO_VAL then new_v.time_limit = time_of(d.time_limit); changed = true end
+	if d.account ~= nil then changed = true end
+	if not changed then return slurm.SUCCESS end
+
+	local conf = read_hook_conf()
+	local snap, snap_err = read_snapshot(conf.snapshot_path)
+	local ps = pricing_snapshot(conf, snap)
+	local old_acct = lower(r.account)
+	local new_acct = lower(d.account) or old_acct
+	local newp, reason, msg = price(new_v, ps, part_list)
+	if not newp then return modify_refuse(conf, reason, new_acct, r, modify_uid, msg) end
+	local oldp = price(old_v, ps, part_list) or { any_gpu = false }
+	if not newp.any_gpu and not oldp.any_gpu then return slurm.SUCCESS end
+	local old_cost = oldp.any_gpu and oldp.cost or 0
+	local new_cost = newp.any_gpu and newp.cost or 0
+	local root = (modify_uid == 0)
+	local operator = root or (snap ~= nil and snap.operators[modify_uid] == true)
+	if stash_changed and token and not root then
+		-- Only root may rewrite the AdminComment that keeps these for the next change.
+		return modify_refuse(conf, "bad_request", new_acct, r, modify_uid,
+			"tasks, tasks per node, sockets per node and --exclusive of a GPU job are fixed at submission; cancel and resubmit")
+	end
+
+	-- What the change asks of the (new) account beyond what is held for the job already.
+	local need = (new_acct == old_acct) and (new_cost - old_cost) or new_cost
+	local override, serial = false, snap and snap.serial_str or "0"
+	if need > 0 then
+		local problem, policy, why = snapshot_problem(conf, snap, snap_err)
+		local short = nil
+		if problem then
+			if policy == "open" then serial = "0" else short, reason = problem, why end
+		elseif new_acct == nil then
+			short, reason = "the job has no account", "no_account"
+		else
+			local budget = lookup_account(snap.accounts, new_acct)
+			local sums = charged_since(snap, conf.journal_path) or {}
+			local available = budget and (budget - (sums[new_acct] or 0))
+			if budget == nil then
+				short, reason = string.format("account %s has no GPU budget", printable(new_acct)), "no_budget"
+			elseif need > available then
+				short, reason = string.format("account %s: %s GPU-h left, the change needs up to %s GPU-h more",
+					printable(new_acct), fmt_gpuh(available), fmt_gpuh(need)), "over_budget"
+			end
+		end
+		if short then
+			if not operator then return modify_refuse(conf, reason, new_acct, r, modify_uid, short) end
+			override = true
+			log_info(string.format("slurmgov: uid %s grows job %s past the budget (%s); hold re-priced, override journaled",
+				tostring(modify_uid), tostring(r.job_id), short))
+		end
+	end
+
+	local key = token or string.format("job-%d", r.job_id)
+	local line = table.concat({
+		"modify", string.format("%d", os.time()), field(serial), field(key), field(new_acct),
+		field(r.user_id), string.format("%.3f", new_cost), string.format("%d", newp.any_gpu and newp.gpus or 0),
+		string.format("%d", newp.any_gpu and newp.tl or 0), field(newp.any_gpu and newp.types or "-"),
+		string.format("%d", r.job_id), field(old_acct), string.format("%.3f", old_cost),
+		field(modify_uid), override and "1" or "0", new_token(),
+		string.format("%d", newp.any_gpu and newp.tasks or 1),
+	}, "\t") .. "\n"
+	local ok, err = append_journal(conf.journal_path, line)
+	if not ok then
+		return modify_refuse(conf, "journal_unreadable", new_acct, r, modify_uid,
+			"cannot record the re-priced hold (" .. printable(err) .. ")")
+	end
+	if newp.any_gpu then
+		if newp.pin_time then d.time_limit = newp.tl end
+		if newp.pin_nodes then d.max_nodes = newp.nodes end
+	end
+	if stash_changed and token and root then
+		-- root may set the AdminComment: keep the stash in step for the next change.
+		d.admin_comment = string.gsub(ac, "slurmgov:req=[%d,-]+", (string.gsub(stash_of(new_v), "%%", "%%%%")))
 	end
 	return slurm.SUCCESS
 end
+
+-- For the hook's own unit tests (tests/test_hook_lua.py, run with lua5.1 and a stub slurm table).
+slurmgov_hook = {
+	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
+	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
+	pack_accounts = pack_accounts, time_limit_min = time_limit_min,
+}
 
 return slurm.SUCCESS

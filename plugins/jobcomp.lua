@@ -6,7 +6,7 @@ carries a slurmgov hold token (AdminComment "slurmgov:hold=<token>", set by
 job_submit.lua) or that was allocated GPUs, it appends one TAB-separated line to
 slurmgov_settle.log in the same directory as this script:
 
-  settle jobid token account gpus start end state
+  settle jobid token account gpus start end state gpu_type array restart_cnt
 
     jobid    the job's own id (each array task has its own)
     token    the hold token, or "-" if none
@@ -16,6 +16,12 @@ slurmgov_settle.log in the same directory as this script:
     end      unix seconds the job ended
     state    COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL,
              DEADLINE, OUT_OF_MEMORY, or the number if unknown
+    gpu_type "-" (the record carries none)
+    array    "-" not an array; "<array_job_id>_<task_id>" one task; "<array_job_id>_*" the
+             array's record of its tasks that never started (cancelled while pending)
+    restart_cnt  how often the job was requeued before this run
+
+Format: plugins/SNAPSHOT_FORMAT.md ("Settlement").
 
 Fields are sanitised of TAB/CR/LF.  Readers must ignore extra trailing fields.
 No network, no sleeps, no process spawning; data never becomes a Lua pattern.
@@ -37,6 +43,8 @@ local function script_dir()
 end
 
 local SETTLE_PATH = script_dir() .. "/slurmgov_settle.log"
+
+local NO_VAL = 4294967294
 
 local STATES = {
 	[0] = "PENDING", [1] = "RUNNING", [2] = "SUSPENDED", [3] = "COMPLETED", [4] = "CANCELLED",
@@ -76,9 +84,21 @@ function slurm_jobcomp_log_record(job)
 		end
 	end
 	if not token and gpus == 0 then return slurm.SUCCESS end
+	-- An array's own record while it still holds tasks that never started has no task id:
+	-- once it ends (cancelled while pending) none of those tasks will run.
+	local array = "-"
+	local aj, at = tonumber(job.array_job_id), tonumber(job.array_task_id)
+	if aj and aj > 0 then
+		if at and at < NO_VAL then
+			array = string.format("%d_%d", aj, at)
+		else
+			array = string.format("%d_*", aj)
+		end
+	end
 	local line = table.concat({
 		"settle", num(job.job_id), field(token), field(job.account), string.format("%d", gpus),
-		num(job.start_time), num(job.end_time), state_name(job.job_state),
+		num(job.start_time), num(job.end_time), state_name(job.job_state), "-", array,
+		num(job.restart_cnt),
 	}, "\t") .. "\n"
 	-- "a+": writes go to the end; a half line left by a crash mid-append is ended first so
 	-- that this settlement is not glued onto it (unparseable, hence lost).
