@@ -146,7 +146,7 @@ local function read_hook_conf()
 	local data = read_file(HOOK_DIR .. "/" .. HOOK_CONF_NAME)
 	if not data then return conf end
 	for _, line in ipairs(lines_of(data)) do
-		local key, value = string.match(line, "^%s*([%w_]+)%s+(.-)%s*$")
+		local key, value = string.match(string.gsub(line, "%s+#.*$", ""), "^%s*([%w_]+)%s+(.-)%s*$")
 		if key and string.sub(line, 1, 1) ~= "#" then
 			if key == "snapshot_path" or key == "journal_path" or key == "refusals_path" then
 				if value ~= "" then conf[key] = value end
@@ -161,30 +161,23 @@ local function read_hook_conf()
 	return conf
 end
 
--- Bytewise a < b, whatever slurmctld's locale (Lua's "<" on strings uses strcoll).
-local function before(a, b)
-	local n = math.min(#a, #b)
-	for i = 1, n do
-		local x, y = string.byte(a, i), string.byte(b, i)
-		if x ~= y then return x < y end
-	end
-	return #a < #b
-end
+-- Accounts as ONE string of "\naccount<TAB><name><TAB><value>" records sorted by name (see
+-- the header: a string costs the garbage collector nothing to mark, a 10,000-entry table does).
+-- Names compare with Lua's "<" both when sorting and when searching, so the order only has to
+-- be consistent (slurmctld runs in the C locale, where it is bytewise, as slurmgov writes it).
 
--- Accounts as ONE string of "\n<name>\t<value>" records sorted bytewise by name (see the
--- header: a string costs the garbage collector nothing to mark, a 10,000-entry table does).
--- list: { {name, value_text}, ... } in file order. Returns the string, or nil and the
--- duplicated name.
-local function pack_accounts(list)
-	local sorted = true
-	for i = 2, #list do
-		if not before(list[i - 1][1], list[i][1]) then sorted = false; break end
+-- The packed form of the account lines of ``data`` when the fast scan found them out of order
+-- or scattered: sorted, or nil and the duplicated name.
+local function pack_accounts(data)
+	local list = {}
+	for name, val in string.gmatch(data, "\naccount\t([^\t\r\n]*)\t([^\t\r\n]*)") do
+		list[#list + 1] = { name, val }
 	end
-	if not sorted then table.sort(list, function(a, b) return before(a[1], b[1]) end) end
+	table.sort(list, function(a, b) return a[1] < b[1] end)
 	local parts = {}
 	for i, a in ipairs(list) do
 		if i > 1 and list[i - 1][1] == a[1] then return nil, a[1] end
-		parts[i] = "\n" .. a[1] .. "\t" .. a[2]
+		parts[i] = "\naccount\t" .. a[1] .. "\t" .. a[2]
 	end
 	return table.concat(parts)
 end
@@ -199,12 +192,12 @@ local function lookup_account(packed, name)
 		if not s or s > hi then
 			hi = mid - 1
 		else
-			local tab = string.find(packed, "\t", s + 1, true)
-			local nm = string.sub(packed, s + 1, tab - 1)
+			local tab = string.find(packed, "\t", s + 9, true) -- after "\naccount\t"
+			local nm = string.sub(packed, s + 9, tab - 1)
 			if nm == name then
 				local nl = string.find(packed, "\n", tab + 1, true)
 				return tonumber(string.sub(packed, tab + 1, (nl or 0) - 1))
-			elseif before(nm, name) then
+			elseif nm < name then
 				lo = s + 1
 			else
 				hi = s - 1
@@ -214,72 +207,94 @@ local function lookup_account(packed, name)
 	return nil
 end
 
--- Returns snapshot table, or nil and a reason. read_snapshot keeps the parse per rewrite.
-local function parse_snapshot(data)
-	local lines = lines_of(data)
-	if lines[1] ~= "slurmgov-snapshot\t1" then
-		return nil, "not a version 1 slurmgov snapshot"
+-- One non-account key line into ``snap``; true if it is malformed.
+local function parse_key_line(snap, line)
+	local f = split_tabs(line)
+	local key, bad = f[1], false
+	if key == "serial" then
+		snap.serial = parse_int(f[2]); bad = (snap.serial == nil or #f ~= 2)
+		snap.serial_str = f[2]
+	elseif key == "written" then
+		snap.written = parse_num(f[2]); bad = (snap.written == nil or #f ~= 2)
+	elseif key == "max_age_s" then
+		snap.max_age_s = parse_num(f[2]); bad = (snap.max_age_s == nil or #f ~= 2)
+	elseif key == "fail_policy" then
+		bad = (#f ~= 2 or (f[2] ~= "open" and f[2] ~= "closed"))
+		snap.fail_policy = f[2]
+	elseif key == "default_time_min" then
+		snap.default_time_min = parse_int(f[2])
+		bad = (snap.default_time_min == nil or snap.default_time_min <= 0 or #f ~= 2)
+	elseif key == "max_gpus_per_node" or key == "total_gpus" or key == "sockets_per_node"
+	       or key == "journal_offset" then
+		snap[key] = parse_int(f[2]); bad = (snap[key] == nil or #f ~= 2)
+	elseif key == "default_weight" then
+		snap.default_weight = parse_num(f[2])
+		bad = (snap.default_weight == nil or snap.default_weight < 0 or #f ~= 2)
+	elseif key == "weight" then
+		local w = parse_num(f[3])
+		bad = (#f ~= 3 or f[2] == "" or w == nil or w < 0)
+		if not bad then snap.weights[f[2]] = w end
+	elseif key == "operator_uid" then
+		local u = parse_int(f[2])
+		bad = (#f ~= 2 or u == nil)
+		if not bad then snap.operators[u] = true end
+	elseif key == "partition_gpus" then
+		local n = parse_int(f[3])
+		bad = (#f ~= 4 or f[2] == "" or n == nil)
+		if not bad then snap.partition_gpus[f[2]] = { n = n, type = (f[4] ~= "-") and f[4] or nil } end
 	end
-	local last = #lines
-	while last > 1 and lines[last] == "" do last = last - 1 end
-	if lines[last] ~= "end" then return nil, "no end line (incomplete write?)" end
+	return bad, key
+end
+
+-- Returns snapshot table, or nil and a reason. read_snapshot keeps the parse per rewrite.
+-- One pass over the text; account lines (all but a dozen) are checked with a single match and
+-- kept where they are: when they come sorted and together, as slurmgov writes them, the packed
+-- string is a slice of the file.
+local function parse_snapshot(data)
 	local snap = {
 		fail_policy = "closed", default_time_min = 60, sockets_per_node = 1,
 		default_weight = 1.0, weights = {}, operators = {}, partition_gpus = {},
 	}
-	local accounts = {}
-	for i = 2, last - 1 do
-		local line = lines[i]
-		if line ~= "" and string.sub(line, 1, 1) ~= "#" then
-			local f = split_tabs(line)
-			local key, bad = f[1], false
-			if key == "serial" then
-				snap.serial = parse_int(f[2]); bad = (snap.serial == nil or #f ~= 2)
-				snap.serial_str = f[2]
-			elseif key == "written" then
-				snap.written = parse_num(f[2]); bad = (snap.written == nil or #f ~= 2)
-			elseif key == "max_age_s" then
-				snap.max_age_s = parse_num(f[2]); bad = (snap.max_age_s == nil or #f ~= 2)
-			elseif key == "fail_policy" then
-				bad = (#f ~= 2 or (f[2] ~= "open" and f[2] ~= "closed"))
-				snap.fail_policy = f[2]
-			elseif key == "default_time_min" then
-				snap.default_time_min = parse_int(f[2])
-				bad = (snap.default_time_min == nil or snap.default_time_min <= 0 or #f ~= 2)
-			elseif key == "max_gpus_per_node" or key == "total_gpus" or key == "sockets_per_node"
-			       or key == "journal_offset" then
-				snap[key] = parse_int(f[2]); bad = (snap[key] == nil or #f ~= 2)
-			elseif key == "default_weight" then
-				snap.default_weight = parse_num(f[2])
-				bad = (snap.default_weight == nil or snap.default_weight < 0 or #f ~= 2)
-			elseif key == "weight" then
-				local w = parse_num(f[3])
-				bad = (#f ~= 3 or f[2] == "" or w == nil or w < 0)
-				if not bad then snap.weights[f[2]] = w end
-			elseif key == "operator_uid" then
-				local u = parse_int(f[2])
-				bad = (#f ~= 2 or u == nil)
-				if not bad then snap.operators[u] = true end
-			elseif key == "partition_gpus" then
-				local n = parse_int(f[3])
-				bad = (#f ~= 4 or f[2] == "" or n == nil)
-				if not bad then snap.partition_gpus[f[2]] = { n = n, type = (f[4] ~= "-") and f[4] or nil } end
-			elseif key == "account" then
-				bad = (#f ~= 3 or f[2] == "" or parse_num(f[3]) == nil)
-				if not bad then accounts[#accounts + 1] = { f[2], f[3] } end
-			end
-			if bad then
-				return nil, "bad line " .. i .. " (" .. printable(key) .. ")"
-			end
+	local pos, n, i = 1, #data, 0
+	local ended, first_acc, last_acc, prev, in_order = false, nil, nil, nil, true
+	while pos <= n do
+		local nl = string.find(data, "\n", pos, true) or (n + 1)
+		local line = string.sub(data, pos, nl - 1)
+		if string.byte(line, -1) == 13 then line = string.sub(line, 1, -2) end
+		i = i + 1
+		if ended then
+			if line ~= "" then return nil, "no end line (incomplete write?)" end
+		elseif i == 1 then
+			if line ~= "slurmgov-snapshot\t1" then return nil, "not a version 1 slurmgov snapshot" end
+		elseif line == "end" then
+			ended = true
+		elseif string.sub(line, 1, 8) == "account\t" then
+			local name, val = string.match(line, "^account\t([^\t]+)\t([^\t]+)$")
+			if not name or not parse_num(val) then return nil, "bad line " .. i .. " (account)" end
+			if prev and not (prev < name) then in_order = false end
+			if last_acc and last_acc ~= pos - 2 then in_order = false end -- not right after the last one
+			first_acc = first_acc or pos
+			last_acc, prev = nl - 1, name
+		elseif line ~= "" and string.sub(line, 1, 1) ~= "#" then
+			local bad, key = parse_key_line(snap, line)
+			if bad then return nil, "bad line " .. i .. " (" .. printable(key) .. ")" end
 		end
+		pos = nl + 1
 	end
+	if not ended then return nil, "no end line (incomplete write?)" end
 	if not snap.serial or not snap.written or not snap.max_age_s then
 		return nil, "missing serial, written or max_age_s"
 	end
 	if snap.sockets_per_node < 1 then snap.sockets_per_node = 1 end
-	local packed, dup = pack_accounts(accounts)
-	if not packed then return nil, "duplicate account " .. printable(dup) end
-	snap.accounts = packed
+	if not first_acc then
+		snap.accounts = ""
+	elseif in_order then
+		snap.accounts = string.sub(data, first_acc - 1, last_acc) -- "\naccount\t..." records
+	else
+		local packed, dup = pack_accounts(data)
+		if not packed then return nil, "duplicate account " .. printable(dup) end
+		snap.accounts = packed
+	end
 	return snap
 end
 
@@ -683,8 +698,13 @@ local function probe(conf, job_desc, p)
 	local out = {}
 	for _, k in ipairs(PROBE_FIELDS) do
 		local val = job_desc[k]
+		if k == "time_limit" and (val == INFINITE or val == 0) then
+			val = "UNLIMITED"
+		elseif type(val) == "number" then
+			val = set_num(val) -- Slurm's "not set" placeholders are left out
+			if val then val = string.format("%d", val) end
+		end
 		if val ~= nil then
-			if type(val) == "number" then val = string.format("%d", val) end
 			out[#out + 1] = k .. "=" .. string.gsub(tostring(val), "[%s]", "_")
 		end
 	end
@@ -929,7 +949,7 @@ end
 slurmgov_hook = {
 	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
-	pack_accounts = pack_accounts, time_limit_min = time_limit_min,
+	pack_accounts = pack_accounts, time_limit_min = time_limit_min, parse_stash = parse_stash,
 }
 
 return slurm.SUCCESS

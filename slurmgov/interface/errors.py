@@ -13,7 +13,7 @@ from slurmgov.errors import SlurmgovError
 EXIT_CODES = """\b
 Exit codes:
   0  success
-  1  a step of the workflow failed
+  1  a step of the workflow failed; `hooks check`: the hook does not govern a probe
   2  bad input (jobspec, site file, option)
   3  the request can never be placed on the site
   4  refused: the account's budget does not cover the worst case

@@ -1,8 +1,9 @@
-"""Slurm's side: `slurmgov sync`, `governor`, `limits sync` and `hooks install`."""
+"""Slurm's side: `slurmgov sync`, `governor`, `limits sync`, `hooks install` and `hooks check`."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import click
@@ -11,11 +12,13 @@ from rich.table import Table
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance import governor as governor_mod
 from slurmgov.governance import limits as limits_mod
-from slurmgov.governance import placement, slurm_cli
+from slurmgov.governance import hooks_check, placement, slurm_cli
 from slurmgov.governance.metrics import GovernorMetrics
 from slurmgov.governance.seed import ensure_budget
+from slurmgov.intent import jobspec
 from slurmgov.interface.commands.common import (
-    _busy, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option, out, site_option,
+    _busy, _complete_accounts, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option,
+    out, site_option,
 )
 
 
@@ -146,7 +149,7 @@ def limits_sync(site_path, as_json, dry_run):
 
 @click.group()
 def hooks():
-    """Install the Slurm hooks (job_submit.lua, jobcomp.lua) and their first snapshot."""
+    """Install the Slurm hooks (job_submit.lua, jobcomp.lua) and their first snapshot; check them."""
 
 
 @hooks.command("install")
@@ -165,3 +168,111 @@ def hooks_install(conf_dir, site_path):
     rep = governor_mod.sync_once(_ledger(site), site, conf_dir, _state_dir(site))
     out.print(f"installed {', '.join(installed)} in {conf_dir}; snapshot serial {rep.snapshot_serial}")
     out.print("slurm.conf needs: JobSubmitPlugins=lua and JobCompType=jobcomp/lua")
+
+
+@hooks.command("check")
+@conf_dir_option
+@site_option
+@click.option("--account", default=None, shell_complete=_complete_accounts,
+              help="Account the probes are submitted under (default: the site's first account with a budget "
+                   "in the snapshot, else the user's default account).")
+@json_option
+def hooks_check_cmd(conf_dir, site_path, account, as_json):
+    """Submit held probe jobs through the submit hook, show what it priced, cancel them.
+
+    One held job (sbatch -H, --wrap true, named slurmgov-probe-<form>-<hex>) per common GPU
+    request form (--gres, typed --gres with the site's first GPU type, --gpus,
+    --gpus-per-node, --gpus-per-task, no time, --exclusive, -n without -N, an array) and one
+    CPU-only job. For each: what Slurm handed the hook (its probe journal line), the price
+    it journaled (admit line, found by the token in the job's AdminComment), what it pinned,
+    and TimeLimit/NumNodes as Slurm now shows them; or the line sbatch refused it with. Every
+    probe is cancelled (on errors and Ctrl-C too) and the queue watched until they are gone.
+    Also: the fail policy in force, the snapshot's serial and age, and whether slurm.conf
+    loads both hooks. Run it as root before trusting the hook, and after each change to
+    slurm.conf or the hook. The probes' holds count against the account until the governor's
+    next pass settles their cancellation.
+
+    \b
+    Exit codes:
+      0  every GPU probe was admitted with its probe and admit lines, or refused by the
+         budget with a slurmgov line; the CPU-only probe was left untouched
+      1  a probe shows the hook does not govern: a GPU job admitted with no admit line
+         (the hook is not running) or no probe line, a refusal that is not the budget's
+         (stale snapshot, no slurmgov line), the CPU-only job touched, a probe left queued
+      2  bad input: no slurm.conf or job_submit.lua in --slurm-conf-dir, bad option
+      6  the journal is not readable by this user (run as root)
+      130 interrupted (Ctrl-C); the probes are cancelled all the same
+
+    \b
+    Example:
+      slurmgov hooks check --slurm-conf-dir /etc/slurm --site /etc/slurmgov/site.yaml
+    """
+    site = _site(site_path)
+    if account is not None and not re.match(jobspec.NAME, account):
+        raise click.BadParameter(f"{account!r} is not an account name", param_hint="--account")
+    hooks_check.require_hook_dir(conf_dir)
+    hook_conf = hooks_check.read_hook_conf(conf_dir)
+    snap = hooks_check.read_snapshot(hook_conf.snapshot_path, time.time())
+    if account is None:
+        account = hooks_check.pick_account(site.accounts, snap)
+    gpu_type = next(iter(site.gpu_types), None)
+    runner = hooks_check.SlurmRunner(hooks_check.probe_env(conf_dir))
+    with _busy("submitting held probe jobs through the hook"):
+        rep = hooks_check.check(conf_dir, account, gpu_type, runner,
+                                shipped_hook=governor_mod.PLUGINS / "job_submit.lua")
+    if as_json:
+        _json(rep.as_dict())
+    else:
+        _print_hooks_check(rep)
+    for w in rep.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False)
+    if not rep.ok:
+        raise hooks_check.HookCheckFailed(rep.headline())
+
+
+def _print_hooks_check(rep) -> None:
+    s, sc = rep.snapshot, rep.slurm_conf
+    yes = lambda b: "yes" if b else "NO"  # noqa: E731
+    lines = [
+        f"hook dir {rep.conf_dir}: JobSubmitPlugins={sc.job_submit_plugins or '(unset)'} (lua: {yes(sc.submit_lua)}), "
+        f"JobCompType={sc.job_comp_type or '(unset)'} (jobcomp/lua: {yes(sc.jobcomp_lua)})",
+    ]
+    if s.readable:
+        lines.append(f"snapshot {s.path}: serial {s.serial}, age {s.age_s} s of max {s.max_age_s:g} s "
+                     f"({'STALE' if s.stale else 'fresh'}), {len(s.accounts)} accounts")
+    else:
+        lines.append(f"snapshot {s.path}: UNREADABLE ({s.error})")
+    src = "the snapshot's; hook.conf's " + rep.hook_conf.fail_policy + " applies if it is unreadable" \
+        if s.readable else "slurmgov_hook.conf's (the snapshot is unreadable)"
+    lines.append(f"fail policy in force: {rep.fail_policy} ({src})")
+    lines.append(f"journal {rep.hook_conf.journal_path}; probes under account "
+                 f"{rep.account or '(the user default)'}, GPU type {rep.gpu_type or '(none in the site file)'}")
+    for ln in lines:
+        out.print(ln, markup=False, highlight=False)
+    t = Table(title="hook probes (held, then cancelled)",
+              caption="Slurm handed the hook: the fields it set (unset ones, NO_VAL, left out; --json has all)")
+    for col in ("#", "request", "Slurm handed the hook", "journaled price", "pinned", "Slurm now", "outcome"):
+        t.add_column(col, overflow="fold")
+    for p in rep.probes:
+        handed = ("(no probe line)" if p.handed is None else
+                  " ".join(f"{k}={v}" for k, v in hooks_check.set_fields(p.handed).items()) or "(nothing set)")
+        if p.admit:
+            a = p.admit
+            tasks = (p.hook_price or {}).get("tasks")
+            per = f" x {tasks} tasks" if tasks and tasks not in ("1", "-") else ""
+            gpu_s = "?" if a["weighted_gpu_s"] is None else f"{a['weighted_gpu_s']:g}"
+            price = (f"{gpu_s} GPU-s = {a['gpu_h']} GPU-h: {a['gpus']} GPU x {a['minutes']} min{per}"
+                     + (f" ({a['gpu_type']})" if a["gpu_type"] else ""))
+        elif p.refusal:
+            price = p.refusal
+        else:
+            price = "-"
+        now = " ".join(f"{k}={v}" for k, v in (p.slurm_now or {}).items() if k in ("TimeLimit", "NumNodes")) or "-"
+        outcome = p.outcome if p.ok else f"{p.outcome} (!)"
+        pinned = (p.pinned or "-") if p.submitted else "-"  # a refused job has nothing pinned
+        t.add_row(str(p.form), p.request, handed, price, pinned, now, outcome)
+    out.print(t)
+    out.print("ok: every GPU probe was priced by the hook and the CPU-only probe left alone; all probes cancelled"
+              if rep.ok else f"{len(rep.problems)} problem(s):", markup=False, highlight=False)
+    for prob in rep.problems:
+        out.print(f"  - {prob}", markup=False, highlight=False)
