@@ -437,6 +437,9 @@ local function array_count(spec)
 		if not a then a, b = string.match(item, "^(%d+)%-(%d+)$"); s = "1" end
 		if not a then a = string.match(item, "^(%d+)$"); b = a; s = "1" end
 		if not a then return nil, "cannot parse array spec " .. printable(spec) end
+		-- No valid task id has 10 digits (Slurm's MaxArraySize is at most 4000001), and one of
+		-- 2^53 or more would never end the loop below (a + 1 == a in doubles).
+		if #a > 9 or #b > 9 or #s > 9 then return nil, "array index too large in " .. printable(spec) end
 		a, b, s = tonumber(a), tonumber(b), tonumber(s)
 		if s < 1 or b < a then return nil, "bad array range " .. printable(item) end
 		work = work + math.floor((b - a) / s) + 1
@@ -449,8 +452,15 @@ local function array_count(spec)
 	return n
 end
 
+-- A number Slurm set, or nil for its "not set"/"infinite": NO_VAL/INFINITE in 32-bit fields
+-- (nodes, tasks, times: 65534 tasks is a count there), NO_VAL16/INFINITE16 in 16-bit ones.
 local function set_num(v)
-	if type(v) ~= "number" or v == NO_VAL or v == INFINITE or v == NO_VAL16 or v == INFINITE16 then
+	if type(v) ~= "number" or v == NO_VAL or v == INFINITE then return nil end
+	return v
+end
+
+local function set_num16(v)
+	if type(v) ~= "number" or v == NO_VAL16 or v == INFINITE16 or v == NO_VAL or v == INFINITE then
 		return nil
 	end
 	return v
@@ -469,8 +479,8 @@ local function desc_view(d)
 		tres_per_node = d.tres_per_node, tres_per_job = d.tres_per_job,
 		tres_per_task = d.tres_per_task, tres_per_socket = d.tres_per_socket,
 		min_nodes = set_num(d.min_nodes), max_nodes = set_num(d.max_nodes),
-		num_tasks = set_num(d.num_tasks), ntasks_per_node = set_num(d.ntasks_per_node),
-		sockets_per_node = set_num(d.sockets_per_node), shared = set_num(d.shared),
+		num_tasks = set_num(d.num_tasks), ntasks_per_node = set_num16(d.ntasks_per_node),
+		sockets_per_node = set_num16(d.sockets_per_node), shared = set_num16(d.shared),
 		time_limit = time_of(d.time_limit), partition = d.partition, array_inx = d.array_inx,
 	}
 end
@@ -524,9 +534,11 @@ end
 -- partitions (snapshot partition_gpus lines), else max_gpus_per_node.
 local function whole_node_gpus(parts, snap)
 	local n, gtype = nil, nil
+	local function w(t) return (t and snap.weights[t]) or snap.default_weight end
 	for _, p in ipairs(parts) do
 		local g = snap.partition_gpus[p.name]
-		if g and (not n or g.n > n) then n, gtype = g.n, g.type end
+		-- the most GPUs, and of two partitions with as many, the dearest (whatever their order)
+		if g and (not n or g.n > n or (g.n == n and w(g.type) > w(gtype))) then n, gtype = g.n, g.type end
 	end
 	if n == nil then n = snap.max_gpus_per_node or 0 end
 	return n, gtype
@@ -553,11 +565,20 @@ local function price(v, snap, part_list)
 		local entries, err = gpu_entries(tres)
 		if not entries then return err end
 		if #entries == 0 then return nil end
-		local g, w = 0, 0
+		-- Slurm keeps one count per GPU type of a TRES string (--gpus-per-node=1 --gres=gpu:2
+		-- asks for 2): the largest of repeated entries counts, once.
+		local per_type, order = {}, {}
 		for _, e in ipairs(entries) do
-			g = g + e.count
-			if e.type then typeset[e.type] = true end
-			w = w + e.count * weight_of(e.type)
+			local k = e.type or ""
+			if per_type[k] == nil then order[#order + 1] = k end
+			per_type[k] = math.max(per_type[k] or 0, e.count)
+		end
+		local g, w = 0, 0
+		for _, k in ipairs(order) do
+			local ty = (k ~= "") and k or nil
+			if ty then typeset[ty] = true end
+			g = g + per_type[k]
+			w = w + per_type[k] * weight_of(ty)
 		end
 		if per_node_mult then per_node_max = math.max(per_node_max, g * per_node_mult) end
 		local cand = { gpus = g * mult, weighted = w * mult }
@@ -693,6 +714,8 @@ local PROBE_FIELDS = { "account", "partition", "tres_per_node", "tres_per_job", 
 	"tres_per_socket", "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node",
 	"time_limit", "shared", "array_inx" }
 
+local PROBE_16BIT = { ntasks_per_node = true, sockets_per_node = true, shared = true }
+
 -- For `slurmgov hooks check`: what Slurm handed the hook for a probe job, and its price.
 local function probe(conf, job_desc, p)
 	local out = {}
@@ -701,7 +724,7 @@ local function probe(conf, job_desc, p)
 		if k == "time_limit" and (val == INFINITE or val == 0) then
 			val = "UNLIMITED"
 		elseif type(val) == "number" then
-			val = set_num(val) -- Slurm's "not set" placeholders are left out
+			if PROBE_16BIT[k] then val = set_num16(val) else val = set_num(val) end -- "not set": left out
 			if val then val = string.format("%d", val) end
 		end
 		if val ~= nil then
@@ -832,7 +855,8 @@ end
 
 -- Fields of an update (job_desc) that can change a job's price. An update's array_inx is
 -- only ArrayTaskThrottle in Slurm 22.05: it changes no price.
-local MODIFY_NUMS = { "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node", "shared" }
+local MODIFY_NUMS = { min_nodes = set_num, max_nodes = set_num, num_tasks = set_num, ntasks_per_node = set_num16,
+	sockets_per_node = set_num16, shared = set_num16 }
 local MODIFY_STRS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "partition" }
 local STASHED = { num_tasks = true, ntasks_per_node = true, sockets_per_node = true, shared = true }
 
@@ -858,8 +882,8 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	local old_v = rec_view(r, stash)
 	new_v = {}
 	for k, val in pairs(old_v) do new_v[k] = val end
-	for _, k in ipairs(MODIFY_NUMS) do
-		local val = set_num(d[k])
+	for k, read in pairs(MODIFY_NUMS) do
+		local val = read(d[k])
 		if val ~= nil then
 			new_v[k] = val; changed = true
 			if STASHED[k] then stash_changed = true end

@@ -414,7 +414,8 @@ def test_hook_files_belong_to_root_and_nobody_cannot_write_them(fresh):
         st = p.stat()
         assert (st.st_uid, st.st_gid) == (0, 0), p
         assert stat.S_IMODE(st.st_mode) & 0o022 == 0, f"{p}: mode {stat.S_IMODE(st.st_mode):o}"
-    # nobody can reach the files (let it traverse the directories above them), read them, not write them
+    # nobody can reach the files (let it traverse the directories above them), read the snapshot but
+    # not the journals (hold tokens), and write none of them
     opened = []
     try:
         d = c.conf_dir
@@ -427,7 +428,10 @@ def test_hook_files_belong_to_root_and_nobody_cannot_write_them(fresh):
         for p in files:
             size = p.stat().st_size
             rd = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(p)], capture_output=True, timeout=10)
-            assert rd.returncode == 0, (p, rd.stderr)
+            if p == c.snapshot_path:  # budgets: readable
+                assert rd.returncode == 0, (p, rd.stderr)
+            else:  # hold tokens: not for users (0640)
+                assert rd.returncode != 0 and b"Permission denied" in rd.stderr, (p, rd.stderr)
             wr = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-c", f"echo x >> '{p}'"],
                                 capture_output=True, text=True, timeout=10)
             assert wr.returncode != 0 and "Permission denied" in wr.stderr, (p, wr.stderr)
@@ -459,7 +463,7 @@ def test_admission_after_a_torn_journal_line_is_not_lost(fresh):
     with open(c.settle_path, "a") as fh:
         fh.write(f"settle\t{job}\t{token}\tphys")
     c.run("scancel", job, check=True)
-    wait_for(lambda: any(r[1] == job and len(r) == 8 for r in settle_rows(c)), 15, "the settle line")
+    wait_for(lambda: any(r[1] == job and len(r) == 11 for r in settle_rows(c)), 15, "the settle line")
     rep = g.sync("--no-reconcile")
     assert (rep["admitted"], rep["settled"]) == (0, 1), rep
     assert len(rep["problems"]) == 1 and "unrecognised journal line" in rep["problems"][0]

@@ -32,8 +32,19 @@ def admit(token, account="physics", cost_h=2.0, gpus=2, minutes=60, gpu_type="h1
     return f"admit\t{ts}\t1\t{token}\t{account}\t0\t{cost_h * 3600:.3f}\t{gpus}\t{minutes}\t{gpu_type}\n"
 
 
-def settle(job, token, gpus=2, start=T0 + 100, end=T0 + 1900, state="COMPLETED", account="physics"):
-    return f"settle\t{job}\t{token}\t{account}\t{gpus}\t{start}\t{end}\t{state}\n"
+def settle(job, token, gpus=2, start=T0 + 100, end=T0 + 1900, state="COMPLETED", account="physics", array=None,
+           restarts=None):
+    line = f"settle\t{job}\t{token}\t{account}\t{gpus}\t{start}\t{end}\t{state}"
+    if array is not None or restarts is not None:  # jobcomp's 11 fields
+        line += f"\t-\t{array or '-'}\t{restarts or 0}"
+    return line + "\n"
+
+
+def modify(key, new_h, old_h, mod_id, account="physics", old_account="physics", job=500, uid=1000, override=0,
+           gpus=2, minutes=60, gpu_type="h100", tasks=1, ts=T0 + 50):
+    """A modify line as job_submit.lua's job_modify writes it (17 fields)."""
+    return "\t".join(map(str, ("modify", ts, 1, key, account, 1000, f"{new_h * 3600:.3f}", gpus, minutes, gpu_type,
+                                job, old_account, f"{old_h * 3600:.3f}", uid, override, mod_id, tasks))) + "\n"
 
 
 def append(path, text):
@@ -123,12 +134,340 @@ def test_cancelled_while_pending_releases_the_hold(env):
 
 
 def test_install_hooks(env, root):
+    import pwd
+    import stat
+
     site, conf, state, ledger, sync = env
     names = governor.install_hooks(conf)
     assert names == ["job_submit.lua", "jobcomp.lua"]
     assert (conf / "job_submit.lua").read_text() == (root / "plugins" / "job_submit.lua").read_text()
-    for name in (governor.ADMITS, governor.SETTLES):
-        assert (conf / name).stat().st_mode & 0o777 == 0o644
+    for name in governor.JOURNALS:  # no slurm.conf: SlurmUser is root
+        st = (conf / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 0, 0)
+    # SlurmUser's own files, in its group; a careless earlier 0666 is taken back
+    (conf / "slurm.conf").write_text("ClusterName=c # SlurmUser=root\nSlurmctldHost=h SlurmUser=nobody\n")
+    (conf / governor.SETTLES).chmod(0o666)
+    governor.install_hooks(conf)
+    nobody = pwd.getpwnam("nobody")
+    for name in governor.JOURNALS:
+        st = (conf / name).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, nobody.pw_uid, nobody.pw_gid)
+
+
+def test_install_hooks_refuses_an_unknown_slurm_user(env):
+    from slurmgov.errors import SlurmgovError
+
+    site, conf, state, ledger, sync = env
+    (conf / "slurm.conf").write_text("SlurmUser=no-such-user-here\n")
+    with pytest.raises(SlurmgovError, match="SlurmUser=no-such-user-here is not a user on this host"):
+        governor.install_hooks(conf)
+    assert not (conf / "job_submit.lua").exists() and not (conf / governor.ADMITS).exists()
+
+
+def test_sync_takes_back_a_careless_chmod_of_the_journals(env, caplog):
+    import stat
+
+    site, conf, state, ledger, sync = env
+    governor.install_hooks(conf)
+    (conf / governor.ADMITS).chmod(0o644)  # the tokens readable by every user
+    (conf / governor.REFUSALS).chmod(0o600)  # tighter than needed: left alone
+    with caplog.at_level("WARNING"):
+        sync()
+    modes = {n: stat.S_IMODE((conf / n).stat().st_mode) for n in governor.JOURNALS}
+    assert modes == {governor.ADMITS: 0o640, governor.SETTLES: 0o640, governor.REFUSALS: 0o600}
+    assert "mode 644 was more open than 640" in caplog.text
+
+
+def test_snapshot_lists_the_site_admins_as_operators(env):
+    import pwd
+
+    from slurmgov.governance.site import Admins
+
+    site, conf, state, ledger, sync = env
+    site = site.model_copy(update={"admins": Admins(users=("nobody", "no-such-user-here", "root"))})
+    governor.sync_once(ledger, site, conf, state)
+    assert snapshot.read(conf / governor.SNAPSHOT).operator_uids == [0, pwd.getpwnam("nobody").pw_uid]
+    text = (conf / governor.SNAPSHOT).read_text()
+    assert f"operator_uid\t{pwd.getpwnam('nobody').pw_uid}\n" in text and "no-such-user" not in text
+
+
+# ---- job changes (modify lines), jobs without a token, arrays, requeues ---------------------
+
+def test_modify_grows_and_shrinks_a_tokens_hold(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("t1", cost_h=2.0) + modify("t1", 3.5, 2.0, "m1"))
+    rep = sync()
+    assert (rep.admitted, rep.modified, rep.problems) == (1, 1, [])
+    assert ledger.balance("physics").held_h == pytest.approx(3.5)
+    append(conf / governor.ADMITS, modify("t1", 1.0, 3.5, "m2"))  # shrunk below what was first held
+    sync()
+    h = ledger.hold("slurm:t1")
+    assert (h.amount_h, h.remaining_h) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert ledger.balance("physics").held_h == pytest.approx(1.0)
+    append(conf / governor.SETTLES, settle(101, "t1"))  # 2 GPUs x 1800 s: 1 GPU-h
+    sync()
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h, ledger.hold("slurm:t1").state) == (pytest.approx(1.0), 0, "done")
+
+
+def test_modify_moves_the_hold_to_the_jobs_new_account(env):
+    site, conf, state, ledger, sync = env
+    ledger.set_budget("chem-ai", 5.0, "quarterly", actor="test")
+    append(conf / governor.ADMITS, admit("t1", cost_h=2.0)
+           + modify("t1", 2.5, 2.0, "m1", account="chem-ai", old_account="physics"))
+    sync()
+    assert ledger.balance("physics").held_h == 0 and ledger.balance("chem-ai").held_h == pytest.approx(2.5)
+    assert ledger.hold("slurm:t1").account == "chem-ai"
+    append(conf / governor.SETTLES, settle(101, "t1", account="chem-ai"))
+    sync()
+    chem, phys = ledger.balance("chem-ai"), ledger.balance("physics")
+    assert (chem.charged_h, chem.held_h, chem.available_h) == (pytest.approx(1.0), 0, pytest.approx(4.0))
+    assert (phys.charged_h, phys.held_h, phys.available_h) == (0, 0, pytest.approx(10.0))
+
+
+def test_modify_holds_a_job_the_hook_never_held_and_audits_an_override(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, modify("job-77", 4.0, 0.0, "m1", job=77, uid=0, override=1))
+    sync()
+    h = ledger.hold("slurm:job-77")
+    assert (h.account, h.amount_h, h.state, h.run_id) == ("physics", 4.0, "open", "job-77;h100;1")
+    assert ledger.balance("physics").held_h == pytest.approx(4.0)
+    (a,) = [a for a in ledger.audit() if a["action"] == "override"]
+    assert (a["action"], a["actor"], a["account"]) == ("override", "uid 0", "physics")
+    assert a["old_budget_h"] == a["new_budget_h"] == 10.0  # the budget itself is unchanged
+    assert "job 77" in a["reason"] and "uid 0" in a["reason"] and "4.00 GPU-h" in a["reason"]
+    # its settle line has no token: it settles on job-77 (2 GPUs x 1800 s) and closes it
+    append(conf / governor.SETTLES, settle(77, "-"))
+    rep = sync()
+    assert rep.settled == 1 and ledger.hold("slurm:job-77").state == "done"
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(1.0), 0)
+
+
+def test_modify_lines_replayed_change_nothing(env):
+    site, conf, state, ledger, sync = env
+    ledger.set_budget("chem-ai", 5.0, "quarterly", actor="test")
+    append(conf / governor.ADMITS, admit("t1", cost_h=2.0) + modify("t1", 3.0, 2.0, "m1", override=1, uid=0)
+           + modify("t1", 3.0, 3.0, "m2", account="chem-ai") + modify("t1", 2.0, 3.0, "m3", account="chem-ai")
+           + modify("job-9", 1.0, 0.0, "m4", job=9))
+    sync()
+    state_before = (ledger.balances(), ledger.hold("slurm:t1"), ledger.hold("slurm:job-9"), len(ledger.audit()))
+    assert ledger.balance("chem-ai").held_h == pytest.approx(2.0) and ledger.balance("physics").held_h == 1.0
+    for _ in range(2):
+        (state / "governor-cursors.json").unlink()  # every line read again
+        rep = sync()
+        assert rep.problems == []  # the admit line of a re-priced, moved hold is a replay, not a conflict
+        after = (ledger.balances(), ledger.hold("slurm:t1"), ledger.hold("slurm:job-9"), len(ledger.audit()))
+        assert after == state_before
+
+
+def test_a_closed_hold_is_not_repriced(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("t1", cost_h=2.0))
+    append(conf / governor.SETTLES, settle(101, "t1"))
+    sync()
+    append(conf / governor.ADMITS, modify("t1", 5.0, 2.0, "late"))  # read after the job had ended
+    sync()
+    h = ledger.hold("slurm:t1")
+    assert (h.state, h.amount_h, h.remaining_h, h.shares["mod:late"]) == ("done", 2.0, 0, 0)
+    assert ledger.balance("physics").held_h == 0
+
+
+def test_a_settle_line_without_a_token_is_billed(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.SETTLES, settle(300, "-", gpus=4)  # 4 GPUs x 1800 s
+           + settle(301, "-", gpus=0, start=0, state="CANCELLED"))  # no GPU, no hold: nothing
+    rep = sync()
+    assert (rep.settled, rep.problems) == (1, [])
+    h = ledger.hold("slurm:job-300")
+    assert (h.state, h.amount_h, h.remaining_h) == ("done", 2.0, 0)
+    assert [c["charge_key"] for c in ledger.charges("slurm:job-300")] == [f"slurm:job:300@{T0 + 100}"]
+    assert ledger.find_hold("slurm:job-301") is None
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(2.0), 0)
+    (state / "governor-cursors.json").unlink()
+    sync()
+    assert ledger.balance("physics").charged_h == pytest.approx(2.0)  # once
+
+
+def test_an_arrays_record_of_tasks_never_started_releases_its_hold(env):
+    site, conf, state, ledger, sync = env
+    # 300 tasks x 1 GPU x 1 min: 5 GPU-h held
+    append(conf / governor.ADMITS, admit("arr", cost_h=5.0, gpus=1, minutes=1))
+    for task in range(2):
+        append(conf / governor.SETTLES, settle(f"90{task}", "arr", gpus=1, start=T0, end=T0 + 60,
+                                               array=f"900_{task}"))
+    sync()
+    assert ledger.balance("physics").held_h == pytest.approx(5.0 - 2 / 60)
+    # scancel of the array: its 298 pending tasks end as one record, and never run
+    append(conf / governor.SETTLES, settle(900, "arr", gpus=0, start=0, end=T0 + 100, state="CANCELLED",
+                                           array="900_*"))
+    sync()
+    b = ledger.balance("physics")
+    assert ledger.hold("slurm:arr").state == "cancelled" and b.held_h == 0
+    assert b.charged_h == pytest.approx(2 / 60)
+    # a task that was running when the array was cancelled settles afterwards: still billed
+    append(conf / governor.SETTLES, settle("902", "arr", gpus=1, start=T0, end=T0 + 120, state="CANCELLED",
+                                           array="900_2"))
+    sync()
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(4 / 60), 0)
+
+
+class FakeSlurm:
+    """sacct and squeue as the governor sees them (slurm_cli's Job and Queued rows)."""
+
+    def __init__(self, jobs=(), queued=()):
+        self.jobs, self.queued = list(jobs), list(queued)
+
+    def sacct_jobs(self):
+        return self.jobs
+
+    def squeue_jobs(self):
+        return self.queued
+
+
+def test_a_requeued_job_is_held_again_for_its_next_run(env):
+    from slurmgov.governance.slurm_cli import Job, Queued
+
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("rq", cost_h=2.0))
+    # the first run: 2 GPUs x 180 s, then requeued (node failure): jobcomp's line says NODE_FAIL
+    append(conf / governor.SETTLES, settle(400, "rq", start=T0 + 100, end=T0 + 280, state="NODE_FAIL"))
+    first = Job("400", "physics", "NODE_FAIL", "rq", 2, T0 + 100, T0 + 280, 180)
+    slurm = FakeSlurm([first], [Queued("400", "rq", "PENDING", restart_cnt=1)])
+    rep = governor.sync_once(ledger, site, conf, state, slurm=slurm)
+    assert ledger.hold("slurm:rq").state == "failed"  # its run is over
+    rerun = ledger.hold("slurm:rq@rerun1")
+    assert (rerun.state, rerun.amount_h, rerun.account) == ("open", 2.0, "physics")
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(0.1), pytest.approx(2.0))
+    governor.sync_once(ledger, site, conf, state, slurm=slurm)  # created once
+    assert ledger.balance("physics").held_h == pytest.approx(2.0) and not rep.problems
+    # the second run ends: charged on the job's hold, the rerun hold released
+    append(conf / governor.SETTLES, settle(400, "rq", start=T0 + 400, end=T0 + 580, restarts=1))
+    second = Job("400", "physics", "COMPLETED", "rq", 2, T0 + 400, T0 + 580, 180)
+    governor.sync_once(ledger, site, conf, state, slurm=FakeSlurm([first, second]))
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(0.2), 0)
+    assert ledger.hold("slurm:rq@rerun1").state == "done" and len(ledger.charges("slurm:rq")) == 2
+
+
+def test_a_requeued_jobs_rerun_hold_goes_when_sacct_says_it_ended(env):
+    from slurmgov.governance.slurm_cli import Job, Queued
+
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("rq", cost_h=2.0))
+    append(conf / governor.SETTLES, settle(400, "rq", start=T0 + 100, end=T0 + 280, state="REQUEUED"))
+    first = Job("400", "physics", "REQUEUED", "rq", 2, T0 + 100, T0 + 280, 180)
+    governor.sync_once(ledger, site, conf, state, slurm=FakeSlurm([first], [Queued("400", "rq", "RUNNING", 1)]))
+    governor.sync_once(ledger, site, conf, state, slurm=FakeSlurm([first], [Queued("400", "rq", "PENDING", 2)]))
+    assert ledger.hold("slurm:rq@rerun1").state == "done"  # the second run is over: the third is held
+    assert ledger.hold("slurm:rq@rerun2").state == "open"
+    assert ledger.balance("physics").held_h == pytest.approx(2.0 - 0.1 + 2.0)  # the job's hold is open still
+    # the last run's settle line is lost; sacct has it, squeue has nothing left of the job
+    last = Job("400", "physics", "COMPLETED", "rq", 2, T0 + 600, T0 + 780, 180)
+    rep = governor.sync_once(ledger, site, conf, state, slurm=FakeSlurm([first, last]), grace_s=0)
+    assert ledger.hold("slurm:rq").state == "done" and ledger.hold("slurm:rq@rerun2").state == "done"
+    b = ledger.balance("physics")
+    assert (b.charged_h, b.held_h) == (pytest.approx(0.2), 0)
+    assert "hold rq@rerun2: its jobs have all ended in Slurm; released" in rep.drift
+
+
+def test_a_cancelled_pending_array_is_released_without_waiting_for_grace(env):
+    from slurmgov.governance.slurm_cli import Job
+
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, admit("arr", cost_h=5.0, gpus=1, minutes=1, ts=int(time.time())))
+    # scancel while pending; jobcomp's line never came, sacct shows the array's one record
+    jobs = [Job("900", "physics", "CANCELLED by 1000", "arr", 0, 0, T0 + 100, 0)]
+    governor.sync_once(ledger, site, conf, state, slurm=FakeSlurm(jobs), grace_s=3600)
+    assert ledger.hold("slurm:arr").state == "cancelled" and ledger.balance("physics").held_h == 0
+
+
+def test_tokens_in_a_users_own_comment_are_ignored(env, monkeypatch):
+    import json
+
+    from slurmgov.governance import slurm_cli
+
+    site, conf, state, ledger, sync = env
+    ledger.set_budget("bio-ml", 5.0, "quarterly", actor="test")
+    append(conf / governor.ADMITS, admit("victim", cost_h=2.0, ts=T0))  # a job Slurm never created
+    sacct = {"jobs": [
+        {"job_id": 600, "account": "bio-ml", "state": {"current": "COMPLETED"},
+         "comment": {"administrator": None, "job": "slurmgov:hold=victim", "system": None},
+         "time": {"start": T0 + 100, "end": T0 + 1900, "elapsed": 1800},
+         "tres": {"allocated": [{"type": "gres", "name": "gpu", "count": 2}]}, "array": {"job_id": 0}},
+        {"job_id": 601, "account": "bio-ml", "state": {"current": "COMPLETED"}, "comment": "slurmgov:hold=victim",
+         "time": {"start": 0, "end": T0, "elapsed": 0}, "tres": {"allocated": []}},
+    ]}
+    squeue = {"jobs": [{"job_id": 602, "job_state": "PENDING", "admin_comment": "", "restart_cnt": 3,
+                        "comment": "slurmgov:hold=victim", "account": "bio-ml", "array_job_id": 0}]}
+    outputs = {"sacct": json.dumps(sacct), "squeue": json.dumps(squeue), "scontrol": ""}
+    monkeypatch.setattr(slurm_cli, "run", lambda cmd, **kw: outputs[cmd[0]])
+    assert [j.token for j in slurm_cli.sacct_jobs()] == [None, None]
+    assert [(q.token, q.key, q.restart_cnt) for q in slurm_cli.squeue_jobs()] == [(None, "job-602", 3)]
+    assert slurm_cli.squeue_tokens() == set()
+    rep = governor.sync_once(ledger, site, conf, state, slurm=slurm_cli)
+    victim = ledger.hold("slurm:victim")
+    assert victim.state == "cancelled" and ledger.charges("slurm:victim") == []  # neither pinned nor touched
+    assert "hold victim: no such job in Slurm after 600 s; released" in rep.drift
+    # the GPU job is billed to its own account, on a hold of its own
+    assert ledger.balance("bio-ml").charged_h == pytest.approx(1.0) and ledger.balance("physics").charged_h == 0
+    assert ledger.find_hold("slurm:job-602@rerun3") is None  # nothing was held for it: nothing to hold again
+
+
+def test_the_admin_comment_carries_the_token(monkeypatch):
+    import json
+
+    from slurmgov.governance import slurm_cli
+
+    sacct = {"jobs": [{"job_id": 7, "account": "physics", "state": {"current": "RUNNING"},
+                       "comment": {"administrator": "slurmgov:hold=1-2-ab old note", "job": None},
+                       "time": {"start": 5, "end": 0, "elapsed": 9}, "array": {"job_id": 6, "task_id": 1},
+                       "tres": {"allocated": [{"type": "gres", "name": "gpu", "count": 4}]}}]}
+    squeue = {"jobs": [{"job_id": 8, "job_state": "COMPLETED", "admin_comment": "slurmgov:hold=1-2-ab",
+                        "restart_cnt": 0, "array_job_id": 6, "array_task_id": 2}]}
+    outputs = {"sacct": json.dumps(sacct), "squeue": json.dumps(squeue), "scontrol": ""}
+    monkeypatch.setattr(slurm_cli, "run", lambda cmd, **kw: outputs[cmd[0]])
+    (job,) = slurm_cli.sacct_jobs()
+    assert (job.token, job.gpus, job.array_job_id, job.final, job.keys) == ("1-2-ab", 4, "6", False, ("1-2-ab",))
+    (q,) = slurm_cli.squeue_jobs()
+    assert (q.token, q.key, q.live, q.array_job_id) == ("1-2-ab", "1-2-ab", False, "6")
+    assert slurm_cli.Queued("9", None, "PENDING", 0, "6").keys == ("job-9", "job-6")
+
+
+def test_journal_lines_of_the_new_kinds(env):
+    from slurmgov.governance import journal
+
+    line = modify("1-2-ab", 3.0, 2.0, "m1", account="chem-ai", old_account="physics", job=42, uid=0, override=1,
+                  tasks=4).rstrip("\n")
+    m = journal.parse(line)
+    assert (m.key, m.account, m.old_account, m.job_id, m.modify_uid, m.override, m.mod_id, m.tasks) == (
+        "1-2-ab", "chem-ai", "physics", "42", "0", True, "m1", 4)
+    assert (m.new_cost_gpu_s, m.old_cost_gpu_s, m.gpus, m.time_limit_min, m.gpu_type) == (10800, 7200, 2, 60, "h100")
+    f = line.split("\t")
+    for i, bad, why in ((6, "nan", "new cost"), (12, "-1", "old cost"), (14, "yes", "override"),
+                        (3, "a@b", "key"), (15, "", "mod_id"), (7, "-2", "GPUs")):
+        with pytest.raises(ValueError, match=why):
+            journal.parse("\t".join(f[:i] + [bad] + f[i + 1:]))
+    with pytest.raises(ValueError, match="unrecognised"):
+        journal.parse("\t".join(f[:16]))
+    s = journal.parse(settle(5, "-", array="4_*", restarts=2).rstrip("\n"))
+    assert (s.token, s.array, s.array_rest, s.restart_cnt) == (None, "4_*", True, 2)
+    old = journal.parse(settle(5, "t").rstrip("\n"))  # jobcomp's older 8 fields
+    assert (old.array, old.array_rest, old.restart_cnt) == (None, False, 0)
+    with pytest.raises(ValueError, match="restarts"):
+        journal.parse("settle\t5\tt\tphysics\t2\t1\t2\tCOMPLETED\t-\t-\t-3")
+    p = journal.parse("probe\t12\tslurmgov-probe-x\taccount=physics tres_per_node=gres:gpu:2 price=7200")
+    assert (p.job_name, p.fields["tres_per_node"], p.fields["price"]) == ("slurmgov-probe-x", "gres:gpu:2", "7200")
+
+
+def test_probe_lines_are_neither_applied_nor_problems(env):
+    site, conf, state, ledger, sync = env
+    append(conf / governor.ADMITS, f"probe\t{T0}\tslurmgov-probe-1\taccount=physics price=7200\n" + admit("t1"))
+    rep = sync()
+    assert (rep.admitted, rep.problems) == (1, []) and ledger.balance("physics").held_h == pytest.approx(2.0)
 
 
 def test_requeued_job_charges_each_run_once_and_closes_at_the_end(env):
@@ -228,24 +567,25 @@ def test_governor_metrics_and_alerts(env):
 def reconcile_one_by_one(ledger, site, jobs, live_tokens, now, grace_s=600):
     """The reconcile pass as it was before it went bulk: one ledger call (transaction) at a time.
     The reference the bulk pass must agree with, job for job."""
-    from slurmgov.errors import SlurmgovError
     from slurmgov.governance import journal
 
-    drift, seen = [], set()
+    drift, seen, unbilled = [], set(), {}
+    budgets = {b.account for b in ledger.balances()}
     for job in jobs:
-        if not job.token:
+        seen.update(job.keys)
+        if not job.final or not (job.token or job.gpus):
             continue
-        seen.add(job.token)
-        if not job.final:
-            continue
-        key = governor.hold_key(job.token)
-        try:
-            ledger.hold(key)
-        except SlurmgovError:
+        token = job.token or f"job-{job.job_id}"
+        key = governor.hold_key(token)
+        if ledger.find_hold(key) is None:
+            if not job.token and job.account not in budgets:
+                unbilled.setdefault(job.account, set()).add(job.job_id)
+                continue
             used_h = job.gpus * job.elapsed * site.weight(None) / 3600
-            ledger.admit(key, job.account, "sbatch", {"job": used_h}, run_id=f"{job.token};-;1",
+            ledger.admit(key, job.account, "sbatch", {"job": used_h}, run_id=f"{token};-;1",
                          now=job.start or job.end or now, enforce=False)
-            drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
+            if job.token:
+                drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
         gpu_s = job.gpus * job.elapsed
         had = {c["charge_key"]: c for c in ledger.charges(key)}.get(governor.charge_key(job.job_id, job.start))
         if had is None:
@@ -254,11 +594,23 @@ def reconcile_one_by_one(ledger, site, jobs, live_tokens, now, grace_s=600):
             drift.append(f"job {job.job_id}: no settle line; settled from sacct ({gpu_s} GPU-s)")
         elif abs(had["gpu_seconds"] - gpu_s) > 1:
             drift.append(f"job {job.job_id}: ledger charged {had['gpu_seconds']:g} GPU-s, sacct says {gpu_s}")
+    drift += [f"account {a} has no budget in the ledger: {len(ids)} GPU job(s) without a hold left unbilled"
+              for a, ids in sorted(unbilled.items())]
     for key, created in ledger.open_holds("slurm:"):
-        token = key[len("slurm:"):]
-        if token not in seen and token not in live_tokens and now - created > grace_s:
+        token = key[len("slurm:"):].split("@")[0]
+        if token in live_tokens:
+            continue
+        last = {}  # job id -> its latest run, as sacct lists it
+        for job in jobs:
+            if token in job.keys and (job.job_id not in last or
+                                      (job.start, job.end) >= (last[job.job_id].start, last[job.job_id].end)):
+                last[job.job_id] = job
+        if last and all(j.final for j in last.values()):
+            ledger.close(key, governor.close_state(max(last.values(), key=lambda j: (j.end, j.start)).state))
+            drift.append(f"hold {key[len('slurm:'):]}: its jobs have all ended in Slurm; released")
+        elif token not in seen and now - created > grace_s:
             ledger.close(key, "cancelled")
-            drift.append(f"hold {token}: no such job in Slurm after {grace_s:g} s; released")
+            drift.append(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released")
     return drift
 
 
@@ -285,9 +637,16 @@ def mixed_jobs(now):
         adm("run"),  # still running
         adm("orphan", ts=t - 4000), adm("young", ts=now - 10), adm("queued", ts=t - 4000),
         adm("closed", ts=t - 4000), stl("9", "closed", start=0, end=t, state="CANCELLED"),
+        adm("arrp", cost_h=3.0, gpus=1),  # array of 3 cancelled while pending; its jobcomp line lost
+        stl("14", None),  # no token: billed by its settle line already
     ]
     jobs = [
-        Job("0", "physics", "COMPLETED", None, 2, t, t + 60, 60),  # no token: not governed
+        Job("0", "physics", "COMPLETED", None, 2, t, t + 60, 60),  # no token, its settle line lost: billed
+        Job("12", "physics", "COMPLETED", None, 0, t, t + 60, 60),  # no token, no GPU: nothing to bill
+        Job("13", "nobudget", "COMPLETED", None, 2, t, t + 60, 60),  # no token, no budget: reported
+        Job("13", "nobudget", "COMPLETED", None, 2, t, t + 60, 60),  # listed twice
+        Job("14", "physics", "COMPLETED", None, 2, t, t + 1800, 1800),  # no token, settled: verified only
+        Job("11", "physics", "CANCELLED", "arrp", 0, 0, t, 0),  # the array's pending record: all have ended
         Job("1", "physics", "COMPLETED", "ok", 2, t, t + 1800, 1800),
         Job("2", "physics", "FAILED", "nosettle", 2, t, t + 900, 900),
         Job("3", "physics", "COMPLETED", "drift", 2, t, t + 1800, 1800),
@@ -319,6 +678,11 @@ def ledger_state(ledger, tokens):
     return holds, charges, ledger.balances(now=time.time())
 
 
+def mixed_keys(jobs):
+    """Every hold token the mix can touch, job-<id> of jobs without one included."""
+    return {k for j in jobs for k in j.keys} | {"orphan", "young", "queued", "closed", "job-14"}
+
+
 def build_mixed(ledger, site, now):
     events, jobs, live = mixed_jobs(now)
     for ev in events:
@@ -337,14 +701,22 @@ def test_bulk_reconcile_matches_one_job_at_a_time(env, tmp_path, monkeypatch, ch
     monkeypatch.setattr(governor, "RECONCILE_CHUNK", chunk)  # chunk boundaries inside arrays and requeues
     drift = governor.reconcile(ledger, site, jobs, live, now=now)
     assert drift == reconcile_one_by_one(ref, site, jobs, live, now)
-    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    tokens = mixed_keys(jobs)
     assert ledger_state(ledger, tokens) == ledger_state(ref, tokens)
     # what the mix must have produced, beyond agreeing with the reference
     assert ledger.hold("slurm:arr").state == "done" and ledger.hold("slurm:nosettle").state == "failed"
     assert ledger.hold("slurm:arr2").state == "done"  # 'CANCELLED by 0' counts as finished: the array closes
     assert ledger.hold("slurm:noadmit").run_id == "noadmit;-;1" and ledger.hold("slurm:orphan").state == "cancelled"
     assert ledger.hold("slurm:young").state == "open" and ledger.hold("slurm:queued").state == "open"
-    assert sum(1 for d in drift if "no settle line" in d) == 9 and any("sacct says 3600" in d for d in drift)
+    assert sum(1 for d in drift if "no settle line" in d) == 11 and any("sacct says 3600" in d for d in drift)
+    # jobs without a token: billed from sacct once (job 0), or verified (14), or nothing (12); 13 has no budget
+    assert [c["gpu_seconds"] for c in ledger.charges("slurm:job-0")] == [120]
+    assert ledger.hold("slurm:job-0").state == "done"
+    assert len(ledger.charges("slurm:job-14")) == 1 and ledger.find_hold("slurm:job-12") is None
+    assert "account nobudget has no budget in the ledger: 1 GPU job(s) without a hold left unbilled" in drift
+    # the array cancelled while pending: every sacct row ended, nothing in squeue: released
+    assert ledger.hold("slurm:arrp").state == "cancelled"
+    assert "hold arrp: its jobs have all ended in Slurm; released" in drift
 
 
 def test_bulk_reconcile_replay_changes_nothing(env):
@@ -352,10 +724,11 @@ def test_bulk_reconcile_replay_changes_nothing(env):
     now = time.time()
     jobs, live = build_mixed(ledger, site, now)
     governor.reconcile(ledger, site, jobs, live, now=now)
-    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    tokens = mixed_keys(jobs)
     before = ledger_state(ledger, tokens)
     again = governor.reconcile(ledger, site, jobs, live, now=now)
-    assert again == ["job 3: ledger charged 1800 GPU-s, sacct says 3600"]  # reported, never rewritten
+    assert again == ["job 3: ledger charged 1800 GPU-s, sacct says 3600",  # reported, never rewritten
+                     "account nobudget has no budget in the ledger: 1 GPU job(s) without a hold left unbilled"]
     assert ledger_state(ledger, tokens) == before
 
 
@@ -384,10 +757,18 @@ def mixed_journal(conf):
         admit("arr", cost_h=3.0, gpus=1, minutes=60),  # array of 3 tasks
         admit("arr2", cost_h=2.0, gpus=1, minutes=60, gpu_type="-"),  # untyped array of 2
         admit("rq"), admit("pend"), admit("fail"), admit("run"),
+        modify("run", 3.0, 2.0, "m-grow"),  # the job grew: so does its hold
+        modify("run", 3.0, 2.0, "m-grow"),  # the same change again: nothing
+        modify("pend", 0.5, 2.0, "m-shrink"),  # it shrank: the difference is released
         admit("nobudget", account="no-such-account"),  # the ledger has no budget for it: reported
         admit("ok", cost_h=5.0),  # the same token, another cost: reported
         admit("typed", gpu_type="h100+a100"),
         admit("nan", cost_h=float("-1")),  # a negative cost: reported
+        modify("job-20", 1.0, 0.0, "m-new", job=20, uid=0, override=1),  # no token: held now, override audited
+        modify("fail", 2.0, 2.0, "m-away", account="no-such-account"),  # moved to an account without budget
+        "modify\t1\t1\tx\tphysics\t0\t1\t1\t1\t-\t1\tphysics\t0\t0\t2\tm-bad\t1\n",  # override 2: reported
+        f"probe\t{T0}\tslurmgov-probe-1\taccount=physics price=7200\n",  # for hooks check: not a problem
+        admit("arr3", cost_h=3.0, gpus=1, minutes=60), admit("rr"),
     ]
     settles = [
         settle(101, "ok"), settle(101, "ok"),  # a replayed line
@@ -401,12 +782,16 @@ def mixed_journal(conf):
         settle(7, "rq", start=T0 + 400, end=T0 + 580),  # and that line again
         settle(8, "pend", gpus=0, start=0, end=T0 + 50, state="CANCELLED"),  # cancelled while pending
         settle(9, "fail", state="NODE_FAIL"),
-        settle(10, "-"),  # no token: not governed, not counted
+        settle(10, "-"),  # no token: billed on job-10, created from what it used
         settle(11, "unknown-token"),  # no such hold: reported
         settle(101, "fail"),  # job 101's charge key again, for another hold: reported
         settle(12, "run", gpus=-2),  # negative GPUs: reported
         admit("late"), settle(13, "late"), settle(14, "early"), admit("early"),  # order within a file
         settle(15, "typed", gpus=3),
+        settle(20, "-"),  # the job the modify line held: charged on that hold, closed
+        settle("21_0", "arr3", gpus=1, array="21_0"),
+        settle(21, "arr3", gpus=0, start=0, state="CANCELLED", array="21_*"),  # the rest never ran: released
+        settle(22, "rr", restarts=1),  # the final run of a requeued job (no rerun hold to close here)
     ]
     append(conf / governor.ADMITS, "".join(admits) + admit("torn")[:25])
     append(conf / governor.SETTLES, "".join(settles) + settle(16, "typed")[:20])
@@ -415,7 +800,12 @@ def mixed_journal(conf):
 
 
 MIXED_TOKENS = {"ok", "arr", "arr2", "rq", "pend", "fail", "run", "nobudget", "typed", "nan", "late", "early",
-                "unknown-token", "torn"}
+                "unknown-token", "torn", "job-10", "job-20", "arr3", "rr"}
+
+
+def overrides(ledger):
+    return [(a["actor"], a["account"], a["reason"], a["old_budget_h"], a["new_budget_h"])
+            for a in ledger.audit() if a["action"] == "override"]
 
 
 def report_of(rep):
@@ -446,8 +836,18 @@ def test_journal_batches_match_one_event_at_a_time(env, tmp_path, monkeypatch, b
     assert rep.refused == {"over_budget": 2, "no_budget": 1}
     assert [p.split(": ", 1)[1].split(" ")[0] for p in rep.problems] == [
         "unrecognised", "account", "hold", "cost",  # garbage, nobudget, ok with another cost, negative cost
+        "account", "override",  # fail moved to an account without budget, the modify line with override 2
         "unrecognised", "hold", "charge", "GPUs", "hold",  # broken, unknown, 101 again, gpus -2, early
         "unrecognised"]  # the refusal without its fields
+    assert rep.modified == 4 and overrides(ledger) == overrides(ref) and len(overrides(ledger)) == 1
+    run, pend = ledger.hold("slurm:run"), ledger.hold("slurm:pend")
+    assert (run.amount_h, run.remaining_h, run.shares) == (3.0, 3.0, {"job": 2.0, "mod:m-grow": 1.0})
+    assert pend.amount_h == 0.5 and pend.shares["mod:m-shrink"] == 0 and pend.state == "cancelled"
+    assert ledger.hold("slurm:fail").account == "physics"  # the failed move left it where it was
+    job20 = ledger.hold("slurm:job-20")
+    assert job20.state == "done" and [c["charged_h"] for c in ledger.charges("slurm:job-20")] == [1.0]
+    assert [c["gpu_seconds"] for c in ledger.charges("slurm:job-10")] == [3600]  # no token: billed all the same
+    assert ledger.hold("slurm:arr3").state == "cancelled" and ledger.hold("slurm:arr3").remaining_h == 0
     assert ledger.hold("slurm:arr").state == "done" and ledger.hold("slurm:arr2").state == "done"
     assert ledger.hold("slurm:rq").state == "done" and len(ledger.charges("slurm:rq")) == 2
     assert ledger.hold("slurm:pend").state == "cancelled" and ledger.hold("slurm:fail").state == "failed"
@@ -472,6 +872,7 @@ def test_journal_batches_match_one_event_at_a_time(env, tmp_path, monkeypatch, b
         assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
         assert but_early() == before
         assert ledger.hold("slurm:early").state == "done" and len(again.problems) == len(rep.problems) - 1
+        assert overrides(ledger) == overrides(ref) and len(overrides(ledger)) == 1  # audited once
         if replay:
             assert ledger_state(ledger, MIXED_TOKENS) == everything  # nothing at all
     assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)

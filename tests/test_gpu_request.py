@@ -1,13 +1,23 @@
-"""The Python twin of the submit hook's GPU-request parser (pure Python, no Slurm)."""
+"""The Python twin of the submit hook's GPU-request parser and price (pure Python, no Slurm);
+tests/data/hook_prices.yaml is the table both are held to."""
 
 import pytest
+from hook_cases import expected_result, load_cases, py_price_result, subset
 
 from slurmgov.errors import InputError
 from slurmgov.governance.gpu_request import (
+    INFINITE,
     GpuRequest,
+    HookPartition,
+    HookView,
+    PriceParams,
+    _options,
+    hook_price,
     parse_array_size,
     parse_sbatch_args,
     parse_time_min,
+    sbatch_job_desc,
+    view_from_job_desc,
     worst_case_gpu_seconds,
 )
 
@@ -195,3 +205,70 @@ def test_default_and_unlimited_time():
     assert worst_case_gpu_seconds(r, {}, max_time_min=1440) == 86400
     with pytest.raises(InputError, match="cannot be priced"):
         worst_case_gpu_seconds(r, {})
+
+
+# ------------------------------------------------------------- the table of forms and prices
+TABLE = load_cases()
+SBATCH_CASES = [c for c in TABLE if c.args is not None]
+
+
+@pytest.mark.parametrize("case", SBATCH_CASES, ids=lambda c: c.id)
+def test_table_sbatch_arguments_give_slurms_job_desc(case):
+    """What sbatch 22.05 sends for the arguments (checked against the hook's probe lines on the
+    test cluster in tests/test_gsbatch.py)."""
+    assert sbatch_job_desc(_options(case.args, case.script, case.env)) == case.raw_job_desc
+    req = parse_sbatch_args(case.args, case.script, env=case.env)
+    assert req.view == view_from_job_desc(case.raw_job_desc)
+
+
+@pytest.mark.parametrize("case", TABLE, ids=lambda c: c.id)
+def test_table_prices(case):
+    want = expected_result(case)
+    got = py_price_result(hook_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
+    assert subset(got, want) == want
+
+
+def test_table_covers_every_form():
+    descs = [c.raw_job_desc for c in TABLE]
+    for f in ("tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "array_inx"):
+        assert any(f in d for d in descs), f
+    assert any(d.get("shared") == 0 and not any(k.startswith("tres") for k in d) for d in descs)  # --exclusive, no GPUs
+    for p in ("gpu", "nolimit", "gpu,nolimit"):  # -t UNLIMITED everywhere
+        assert any(d.get("time_limit") == INFINITE and d.get("partition", "gpu") == p for d in descs), p
+    assert any(c.expect.get("refused") == "bad_time" for c in TABLE)
+    assert any(c.expect.get("pin_time") for c in TABLE) and any(c.expect.get("pin_nodes") for c in TABLE)
+
+
+def test_worst_case_gpu_seconds_is_the_hook_price_in_one_partition():
+    req = parse_sbatch_args(["--gres=gpu:h100:2", "-p", "nolimit", "-a", "0-3", "--exclusive"])
+    part = HookPartition("default", default_time=45, max_time=None, default=True)
+    p = hook_price(HookView(**{**vars(req.view), "partition": None}), PriceParams(weights=W, default_weight=0.5,
+                                                                                 default_time_min=45), [part])
+    assert worst_case_gpu_seconds(req, W, default_weight=0.5, default_time_min=45) == p.cost == 4 * 2 * 2.0 * 45 * 60
+
+
+def test_sbatch_massages_node_and_task_counts():
+    def desc(*args, env=None):
+        return sbatch_job_desc(_options(list(args), None, env))
+    assert desc("-N", "2") == {"min_nodes": 2, "max_nodes": 2}
+    assert desc("-N", "1-3") == {"min_nodes": 1, "max_nodes": 3}
+    assert desc("-N", "2-0") == {"min_nodes": 2}  # max 0: no maximum
+    assert desc("-n", "3") == {"num_tasks": 3}
+    assert desc("-n", "2", "-N", "4") == {"min_nodes": 2, "max_nodes": 2, "num_tasks": 2}
+    assert desc("--ntasks-per-node=3") == {"num_tasks": 3, "ntasks_per_node": 3}
+    assert desc("--ntasks-per-node=3", "-N", "1-2") == {"min_nodes": 1, "max_nodes": 2, "ntasks_per_node": 3}
+    assert desc("-B", "2:4") == {"num_tasks": 8, "sockets_per_node": 2}
+    assert desc("--exclusive") == {"shared": 0}
+    assert desc("--exclusive=user") == {"shared": 2}
+    assert desc("--exclusive=mcs") == {"shared": 3}
+    assert desc("--oversubscribe") == {"shared": 1}
+    assert desc("-t", "UNLIMITED") == desc("-t", "0") == {"time_limit": INFINITE}
+    assert desc("--gres=none") == {}
+    assert desc("--gres=gpu:2,mps:100") == {"tres_per_node": "gres:gpu:2,gres:mps:100"}
+    assert desc("--gpus-per-node=h100:1,2") == {"tres_per_node": "gres:gpu:h100:1,gres:gpu:2"}
+    assert desc("--gpus=4", "--gres=gpu:2") == {"tres_per_job": "gres:gpu:4", "tres_per_node": "gres:gpu:2",
+                                                "min_nodes": 2, "max_nodes": 2}
+    env = {"SBATCH_PARTITION": "nolimit", "SBATCH_EXCLUSIVE": "user"}
+    assert desc(env=env) == {"partition": "nolimit", "shared": 2}
+    with pytest.raises(InputError, match="--exclusive"):
+        desc("--exclusive=sometimes")

@@ -192,6 +192,77 @@ def test_replay_with_different_request_is_an_error(led):
     assert bal(led) == (10.0, 100 / 3600, 2.0 - 100 / 3600, 8.0)
 
 
+# ---- re-pricing a hold (a job changed in Slurm) ---------------------------------------------
+
+def test_reprice_grows_shrinks_and_moves_a_hold(led):
+    led.ensure_account("bio", 5.0)
+    led.admit("h", "chem", "sbatch", {"a": 3.0}, user="u", now=NOW)
+    h = led.reprice("h", "m1", "chem", 1.5)
+    assert (h.amount_h, h.remaining_h, h.shares) == (4.5, 4.5, {"a": 3.0, "mod:m1": 1.5})
+    assert bal(led) == (10.0, 0.0, 4.5, 5.5)
+    # moved to bio, 2 GPU-h cheaper: the release comes out of the shares in step order
+    h = led.reprice("h", "m2", "bio", -2.0)
+    assert (h.account, h.amount_h, h.remaining_h, h.shares) == ("bio", 2.5, 2.5,
+                                                                {"a": 1.0, "mod:m1": 1.5, "mod:m2": 0.0})
+    assert bal(led) == (10.0, 0.0, 0.0, 10.0) and bal(led, "bio") == (5.0, 0.0, 2.5, 2.5)
+    charge(led, "c", "h", "a", 1800)  # charged to the account the hold is in now
+    assert bal(led, "bio") == (5.0, 0.5, 2.0, 2.5) and led.charges("h")[0]["account"] == "bio"
+    h = led.reprice("h", "m3", "bio", -10.0)  # never below nothing
+    assert (h.amount_h, h.remaining_h) == (0.0, 0.0) and bal(led, "bio") == (5.0, 0.5, 0.0, 4.5)
+
+
+def test_reprice_replayed_changes_nothing_and_admit_replays_still_match(led):
+    led.ensure_account("bio", 5.0)
+    led.admit("h", "chem", "sbatch", {"job": 2.0}, user="u", now=NOW)
+    first = led.reprice("h", "m1", "bio", 1.0, actor="uid 0", override=True, reason="job 1: past the budget")
+    audit = led.audit()
+    for _ in range(2):
+        assert led.reprice("h", "m1", "bio", 1.0, actor="uid 0", override=True, reason="again") == first
+        assert led.reprice("h", "m1", "chem", -5.0) == first  # the id decides: a replay whatever it says
+    assert led.audit() == audit and bal(led, "bio") == (5.0, 0.0, 3.0, 2.0)
+    # the admission replayed (its journal line read again) is the same hold, moved and re-priced
+    assert led.admit("h", "chem", "sbatch", {"job": 2.0}, user="u", now=NOW, enforce=False) == first
+    with pytest.raises(LedgerError, match="already exists"):
+        led.admit("h", "chem", "sbatch", {"job": 2.5}, user="u", now=NOW)
+
+
+def test_reprice_override_is_audited_with_the_budget_unchanged(led):
+    led.admit("h", "chem", "sbatch", {"job": 9.0}, user="u", now=NOW)
+    led.reprice("h", "m1", "chem", 4.0, actor="uid 0", override=True, reason="job 12 grown by uid 0: +4 GPU-h")
+    led.reprice("h", "m2", "chem", 1.0)  # no override: not audited
+    rows = [r for r in led.audit() if r["action"] == "override"]
+    assert [(r["actor"], r["account"], r["old_budget_h"], r["new_budget_h"], r["old_period"], r["new_period"],
+             r["reason"]) for r in rows] == [("uid 0", "chem", 10.0, 10.0, "monthly", "monthly",
+                                              "job 12 grown by uid 0: +4 GPU-h")]
+    assert bal(led) == (10.0, 0.0, 14.0, -4.0)
+
+
+def test_reprice_of_a_closed_hold_records_only_the_change(led):
+    led.ensure_account("bio", 5.0)
+    led.admit("h", "chem", "sbatch", {"job": 2.0}, user="u", now=NOW)
+    charge(led, "c", "h", "job", 3600)
+    led.close("h", "done")
+    h = led.reprice("h", "m1", "bio", 3.0)
+    assert (h.account, h.state, h.amount_h, h.remaining_h, h.shares) == ("chem", "done", 2.0, 0.0,
+                                                                          {"job": 0.0, "mod:m1": 0.0})
+    assert bal(led) == (10.0, 1.0, 0.0, 9.0) and bal(led, "bio") == (5.0, 0.0, 0.0, 5.0)
+
+
+def test_reprice_creates_a_missing_hold_once_and_refuses_bad_input(led):
+    with pytest.raises(LedgerError, match="hold nope is not in the ledger"):
+        led.reprice("nope", "m0", "chem", 1.0)
+    create = {"workflow": "sbatch", "shares": {"job": 1.5}, "user": "1000", "run_id": "job-5;-;1", "now": NOW}
+    h = led.reprice("job-5", "m1", "chem", 1.5, create=create)
+    assert (h.account, h.amount_h, h.shares, h.user, h.run_id) == ("chem", 1.5, {"job": 1.5, "mod:m1": 0.0},
+                                                                   "1000", "job-5;-;1")
+    assert led.reprice("job-5", "m1", "chem", 1.5, create=create) == h and bal(led) == (10.0, 0.0, 1.5, 8.5)
+    with pytest.raises(InputError, match="account ghost has no budget"):
+        led.reprice("job-5", "m2", "ghost", 1.0)
+    with pytest.raises(InputError, match="must be a number"):
+        led.reprice("job-5", "m3", "chem", float("nan"))
+    assert led.hold("job-5") == h  # the refused changes wrote nothing
+
+
 # ---- charges, settling, closing ------------------------------------------------------------
 
 def test_charge_beyond_share_is_charged_in_full_and_share_stops_at_zero(led):
@@ -425,6 +496,27 @@ def test_concurrent_charges_on_one_share_lose_no_update(led, db):
     assert round(led.hold("h").remaining_h * MS) == 10 * MS - 8 * 600_000
     assert bal(led)[1:] == (8 * 600 / 3600, led.hold("h").remaining_h, 10.0 - 8 * 600 / 3600
                             - led.hold("h").remaining_h)
+
+
+def test_charges_racing_a_hold_moving_between_accounts_lose_no_update(led, db):
+    led.ensure_account("bio", 10.0)
+    led.admit("h", "chem", "wf", {"a": 10.0}, user="u", now=NOW)
+    ledgers = [Ledger.open(db) for _ in range(8)]
+
+    def work(i):
+        if i % 2:  # half the threads move the hold (each to the other account), half charge it
+            return ledgers[i].reprice("h", f"m{i}", ("chem", "bio")[i % 4 == 1], 0.25)
+        return charge(ledgers[i], f"c{i}", "h", "a", 600)
+
+    out = _race(8, work)
+    for mine in ledgers:
+        mine.disconnect()
+    assert not [r for r in out if isinstance(r, Exception)]
+    h = led.hold("h")
+    assert round(h.shares["a"] * MS) == 10 * MS - 4 * 600_000 and h.remaining_h == pytest.approx(h.shares["a"] + 1.0)
+    held = {a: bal(led, a)[2] for a in ("chem", "bio")}
+    assert held[h.account] == pytest.approx(h.remaining_h) and sum(held.values()) == pytest.approx(h.remaining_h)
+    assert sum(bal(led, a)[1] for a in ("chem", "bio")) == pytest.approx(4 * 600 / 3600)
 
 
 def test_one_new_hold_key_raced_from_two_accounts(led, db):
@@ -749,7 +841,12 @@ def test_bulk_imports_refuse_what_one_call_refuses(led):
 def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_path, root, monkeypatch, chunk):
     import time as _time
 
-    from test_governor import build_mixed, ledger_state, reconcile_one_by_one
+    from test_governor import (
+        build_mixed,
+        ledger_state,
+        mixed_keys,
+        reconcile_one_by_one,
+    )
 
     from slurmgov.governance import governor
     from slurmgov.governance import site as site_mod
@@ -762,11 +859,12 @@ def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_p
         jobs, live = build_mixed(led, site, now)
     monkeypatch.setattr(governor, "RECONCILE_CHUNK", chunk)
     drift = governor.reconcile(bulk, site, jobs, live, now=now)
-    assert drift == reconcile_one_by_one(one, site, jobs, live, now) and len(drift) == 13
-    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    assert drift == reconcile_one_by_one(one, site, jobs, live, now) and len(drift) == 17
+    tokens = mixed_keys(jobs)
     assert ledger_state(bulk, tokens) == ledger_state(one, tokens)
     before = ledger_state(bulk, tokens)
-    assert governor.reconcile(bulk, site, jobs, live, now=now) == [d for d in drift if "ledger charged" in d]
+    assert governor.reconcile(bulk, site, jobs, live, now=now) == [d for d in drift if "ledger charged" in d
+                                                                   or "left unbilled" in d]
     assert ledger_state(bulk, tokens) == before
     one.disconnect()
     bulk.disconnect()
@@ -775,7 +873,7 @@ def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_p
 def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root):
     import time as _time
 
-    from test_governor import build_mixed, ledger_state
+    from test_governor import build_mixed, ledger_state, mixed_keys
 
     from slurmgov.governance import governor
     from slurmgov.governance import site as site_mod
@@ -798,7 +896,7 @@ def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root
     assert all(isinstance(r, list) for r in results), results
     settled = [d for r in results for d in r if "no settle line" in d or "no admit line" in d]
     assert sorted(settled) == sorted(d for d in alone if "no settle line" in d or "no admit line" in d)
-    tokens = {j.token for j in jobs if j.token} | {"orphan", "young", "queued", "closed"}
+    tokens = mixed_keys(jobs)
     with Ledger.open(db_url) as led, Ledger.open(ref_url) as ref:
         assert ledger_state(led, tokens) == ledger_state(ref, tokens)
 

@@ -68,7 +68,8 @@ def test_admit_run_settle_and_refuse(gov):
     # gsbatch: the cost first, then sbatch's own output and exit status
     p = gsbatch("-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--parsable", "--wrap", "sleep 2")
     assert p.returncode == 0, p.stderr
-    assert "this job may use up to 0.33 GPU-h; account physics has 1.00 GPU-h left" in p.stderr
+    assert ("this job may use up to 0.33 GPU-h (1200.000 weighted GPU-s: 2 GPU(s) x 10 min); "
+            "account physics has 1.00 GPU-h left") in p.stderr
     job = p.stdout.strip().split(";")[0]
     assert c.wait_job(job, ("COMPLETED",), timeout=30) == "COMPLETED"
     # an over-budget sbatch is refused by slurmctld itself with one line

@@ -1,19 +1,25 @@
 """The governor: owns the ledger for jobs that the submit hook admitted inside slurmctld.
 
 One pass (``slurmgov sync``; ``slurmgov governor`` repeats it) reads the hooks' journals,
-records each admitted job's hold, settles each finished job's real GPU-seconds, and rewrites
-the snapshot the hook reads. Every event is applied under its own key, so a pass killed
-half-way and run again applies each line exactly once.
+records each admitted job's hold, re-prices it when the job is changed, settles each finished
+job's real GPU-seconds (a job the hook never held is billed all the same, on ``job-<id>``),
+and rewrites the snapshot the hook reads. Every event is applied under its own key, so a pass
+killed half-way and run again applies each line exactly once.
 
 Journal lines are applied in batches (``JOURNAL_BATCH`` lines per write transaction), each
 with the same result as ``apply`` on its events one by one; a file's cursor moves past a
-batch only once that batch is committed.
+batch only once that batch is committed. ``modify`` lines are rare: each is applied on its
+own, between the batches before and after it.
 """
 
 from __future__ import annotations
 
+import grp
+import logging
 import os
+import pwd
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +27,20 @@ from pathlib import Path
 from slurmgov.errors import InputError, LedgerUnavailable, SlurmgovError
 from slurmgov.governance import journal, snapshot
 from slurmgov.governance.ledger import (HoldRow, Ledger, charge_conflict, charge_ms, epoch, hold_conflict,
-                                        missing_hold, shares_ms)
+                                        missing_hold, replay_matches, shares_ms)
+from slurmgov.governance.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
 from slurmgov.governance.site import Site
-from slurmgov.governance.slurm_cli import FINAL
+from slurmgov.governance.slurm_cli import FINAL, Queued, job_key
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT = "slurmgov_snapshot.txt"
 ADMITS = "slurmgov_journal.log"
 SETTLES = "slurmgov_settle.log"
 REFUSALS = "slurmgov_refusals.log"
+JOURNALS = (ADMITS, SETTLES, REFUSALS)
+JOURNAL_MODE = 0o640  # hold tokens are in them: SlurmUser writes, its group reads, users nothing
+RERUN_LOOKBACK = 64  # rerun holds a final settle looks for, back from the run's restart count
 # Slurm's final job states -> how the job's hold closes.
 CLOSE_STATE = {"COMPLETED": "done", "CANCELLED": "cancelled"}
 
@@ -37,6 +49,7 @@ CLOSE_STATE = {"COMPLETED": "done", "CANCELLED": "cancelled"}
 class SyncReport:
     admitted: int = 0
     settled: int = 0
+    modified: int = 0  # priced job changes (modify lines) applied
     problems: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     snapshot_serial: int | None = None
@@ -45,6 +58,42 @@ class SyncReport:
 
 def hold_key(token: str) -> str:
     return f"slurm:{token}"
+
+
+def settle_token(event: journal.Settle) -> str:
+    """The token a settle line settles: the job's, or job-<id> for a job without one."""
+    return event.token or job_key(event.job_id)
+
+
+def base_token(key: str) -> str:
+    """The job's token of a hold key: a rerun hold (``<token>@rerun<n>``) belongs to its job."""
+    return key[len("slurm:"):].split("@")[0]
+
+
+def rerun_key(token: str, job_id: str, n: int, array: bool) -> str:
+    """The hold of a requeued job's n-th rerun; an array's tasks share a token, so theirs name the task."""
+    return hold_key(f"{token}@{job_id}@rerun{n}" if array else f"{token}@rerun{n}")
+
+
+def _rerun_keys(token: str, event: journal.Settle, array: bool) -> list[str]:
+    """The rerun holds a final settle line closes (the restart count says how many there can be)."""
+    n = event.restart_cnt
+    return [rerun_key(token, event.job_id, m, array) for m in range(max(1, n - RERUN_LOOKBACK + 1), n + 1)]
+
+
+def run_tasks(run_id: str | None) -> int:
+    """Array tasks of a job's hold, from its run_id (``token;type;tasks``)."""
+    try:
+        return max(1, int((run_id or "").split(";")[2]))
+    except (IndexError, ValueError):
+        return 1
+
+
+def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float) -> tuple:
+    """A hold (Bulk.admit_many's row) of what a job without one used: priced at the dearest
+    weight, as the charge of an untyped job is."""
+    return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, None,
+            f"{token};-;1", ts)
 
 
 def _tasks(event: journal.Admit, site: Site) -> int:
@@ -64,13 +113,62 @@ def apply(ledger: Ledger, site: Site, event) -> None:
         run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, site)}"
         ledger.admit(hold_key(event.token), event.account, "sbatch", {"job": event.cost_gpu_s / 3600},
                      user=event.user, run_id=run_id, now=event.ts, enforce=False)
-    elif isinstance(event, journal.Settle) and event.token:
-        key = hold_key(event.token)
-        row, tasks = _settle_charge(site, key, ledger.hold(key).run_id, event)
-        ledger.charge(**row)
-        finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if is_final(c["status"])}
-        if len(finished) >= tasks:  # an array's hold closes with its last task
-            ledger.close(key, close_state(event.state))
+    elif isinstance(event, journal.Modify):
+        apply_modify(ledger, site, event)
+    elif isinstance(event, journal.Settle):
+        _apply_settle(ledger, site, event)
+
+
+def _apply_settle(ledger: Ledger, site: Site, event: journal.Settle) -> None:
+    token = settle_token(event)
+    key = hold_key(token)
+    h = ledger.find_hold(key)
+    if h is None:
+        if event.token:
+            raise missing_hold(key)
+        if not event.gpus:
+            return  # never held, never ran on a GPU: nothing to bill
+        key, account, workflow, shares, user, run_id, ts = _usage_hold(site, token, event.account, event.gpu_seconds,
+                                                                       event.start or event.end or time.time())
+        h = ledger.admit(key, account, workflow, shares, user=user, run_id=run_id, now=ts, enforce=False)
+    row, tasks = _settle_charge(site, key, h.run_id, event)
+    if not is_final(event.state) and any(c["charge_key"] == row["charge_key"] for c in ledger.charges(key)):
+        return  # requeue_echo: Slurm reports the requeue of a run it already settled
+    ledger.charge(**row)
+    finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if is_final(c["status"])}
+    if len(finished) >= tasks or event.array_rest:  # an array's hold closes with its last task
+        ledger.close(key, close_state(event.state))
+    if is_final(event.state):  # this run is the job's last: its rerun holds go
+        for rkey in _rerun_keys(token, event, tasks > 1):
+            r = ledger.find_hold(rkey)
+            if r is not None and r.state == "open":
+                ledger.close(rkey, close_state(event.state))
+
+
+def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
+    """A priced change to a job: its hold grows or shrinks by new - old cost and moves to the
+    job's account, in one transaction (created with the new cost if the job had none). An
+    operator's change past the budget is audited. Idempotent by the change's mod_id."""
+    key = hold_key(event.key)
+    h = ledger.find_hold(key)
+    # the settle line has neither type nor array size: the hold keeps the latest type and the most tasks
+    run_id = f"{event.key};{event.gpu_type or '-'};{max(event.tasks, run_tasks(h.run_id) if h else 1)}"
+    create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": event.user,
+              "run_id": run_id, "now": event.ts}
+    ledger.reprice(key, event.mod_id, event.account, (event.new_cost_gpu_s - event.old_cost_gpu_s) / 3600,
+                   actor=f"uid {event.modify_uid}", override=event.override, reason=_override_reason(event),
+                   run_id=run_id, create=create)
+
+
+def _override_reason(event: journal.Modify) -> str:
+    return (f"job {event.job_id} (owner uid {event.user}) changed by uid {event.modify_uid} past the budget: "
+            f"{event.old_cost_gpu_s / 3600:.2f} GPU-h on {event.old_account} -> "
+            f"{event.new_cost_gpu_s / 3600:.2f} GPU-h on {event.account} (hold {event.key}, change {event.mod_id})")
+
+
+# requeue_echo: `scontrol requeue` of a job that already ended makes jobcomp write that run again,
+# as PENDING and ending at the requeue: its charge key (job id @ start) is the run's own, already
+# charged. Only a run that had no final line yet (requeued while running) is charged by it.
 
 
 def _settle_charge(site: Site, key: str, run_id: str, event: journal.Settle) -> tuple[dict, int]:
@@ -103,13 +201,22 @@ def charge_key(job_id: str, start: int) -> str:
 RECONCILE_CHUNK = 50_000  # final jobs per write transaction: other writers wait at most one chunk
 
 
-def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: float | None = None,
-              grace_s: float = 600) -> list[str]:
+def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None = None,
+              grace_s: float = 600, partitions=None) -> list[str]:
     """Make the ledger agree with Slurm's accounting (sacct is the authority); return the drift found.
 
-    - a finished job whose settle line never came (jobcomp down, line lost) is settled from sacct;
+    ``jobs``: sacct's rows; ``live_tokens``: what squeue lists, as slurm_cli.Queued (or bare
+    tokens, taken as live jobs never requeued).
+
+    - a finished job whose settle line never came (jobcomp down, line lost) is settled from sacct,
+      a job without a token too (on ``job-<id>``) if it had GPUs: every GPU-second is billed;
     - a finished job the ledger charged differently is reported (charges are never rewritten);
     - a job whose admit line was lost gets its hold back, from what sacct says it used;
+    - a requeued job that is back in the queue is held again for its new run (``@rerun<n>``);
+    - every other queued job is held for its request as squeue shows it (``reprice_live``): a change
+      Slurm rejected after the hook priced it is undone, a job the hook never held is held;
+    - the holds of a job whose every sacct row has ended, with nothing of it left in squeue, are
+      released (a cancelled pending array whose jobcomp line was lost, the rerun holds);
     - a hold whose job Slurm no longer knows (rejected after the hook admitted it) is released
       once it is older than ``grace_s``.
 
@@ -117,32 +224,171 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens: set[str], now: floa
     charges it needs with a few queries and writes what is missing in one transaction.
     """
     now = time.time() if now is None else now
+    jobs = list(jobs)
+    queued = [Queued("", q, "RUNNING") if isinstance(q, str) else q for q in live_tokens]
     drift: list[str] = []
     seen: set[str] = set()
+    unbilled: dict[str, set[str]] = {}  # account without a budget -> its jobs without a hold, unbilled
     chunk: list = []
     for job in jobs:
-        if not job.token:
-            continue
-        seen.add(job.token)
-        if job.final:
+        seen.update(job.keys)
+        if job.final and (job.token or job.gpus):
             chunk.append(job)
             if len(chunk) >= RECONCILE_CHUNK:
-                _reconcile_chunk(ledger, site, chunk, now, drift)
+                _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
                 chunk = []
     if chunk:
-        _reconcile_chunk(ledger, site, chunk, now, drift)
-    stale = [key for key, created in ledger.open_holds("slurm:")
-             if key[len("slurm:"):] not in seen and key[len("slurm:"):] not in live_tokens and now - created > grace_s]
-    ledger.close_holds((key, "cancelled") for key in stale)
-    drift.extend(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released" for key in stale)
+        _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
+    drift.extend(f"account {a} has no budget in the ledger: {len(ids)} GPU job(s) without a hold left unbilled"
+                 for a, ids in sorted(unbilled.items()))
+    rehold(ledger, queued, now)
+    drift.extend(reprice_live(ledger, price_params(site), site_partitions(site) if partitions is None else partitions,
+                              queued, now))
+    drift.extend(release_ended(ledger, jobs, seen, queued, now, grace_s))
     return drift
 
 
-def _reconcile_chunk(ledger: Ledger, site: Site, jobs: list, now: float, drift: list[str]) -> None:
+def reprice_live(ledger: Ledger, params: PriceParams, partitions, queued: list[Queued], now: float) -> list[str]:
+    """Hold each queued job for what its request, as squeue shows it now, prices at; return the drift.
+
+    The hook prices a change before Slurm has checked it, and Slurm may still reject it (a node
+    count it finds invalid, an account the user is not associated with): the modify line then
+    says more, or less, than the job asks for. Slurm's queue is the authority, as sacct is for
+    usage: a job's hold moves to the job's account and to the hook's price of its request, and a
+    GPU job the hook never held (submitted before the hooks) is held from here on. Arrays and
+    requeued jobs are held per task and per run by their own rules and are left alone."""
+    drift = []
+    for q in queued:
+        if not q.live or q.view is None or q.restart_cnt or q.array_job_id:
+            continue
+        p = hook_price(q.view, params, partitions)
+        if not isinstance(p, HookPrice):
+            continue  # the hook would refuse it now (no time limit anywhere): keep what it was admitted at
+        want_h = p.cost / 3600 if p.any_gpu else 0.0
+        key = hold_key(q.key)
+        h = ledger.find_hold(key)
+        try:
+            if h is None:
+                if q.token or want_h <= 0:
+                    continue  # its admit line comes with the next pass; or nothing to hold
+                ledger.admit(key, q.account, "sbatch", {"job": want_h}, run_id=f"{q.key};{p.types};1", now=now,
+                             enforce=False)
+                drift.append(f"job {q.job_id}: a GPU job without a hold; held {want_h:.2f} GPU-h on {q.account}")
+            elif h.state == "open" and (abs(h.remaining_h - want_h) > 1e-6 or h.account != q.account):
+                ledger.reprice(key, f"live-{q.job_id}-{int(now * 1000)}", q.account, want_h - h.remaining_h,
+                               actor="slurmgov", reason=f"job {q.job_id} as Slurm shows it")
+                drift.append(f"job {q.job_id}: held {h.remaining_h:.2f} GPU-h on {h.account}, its request in Slurm "
+                             f"prices {want_h:.2f} GPU-h on {q.account}; re-priced")
+        except InputError as exc:  # an account the ledger has no budget for
+            drift.append(f"job {q.job_id}: {exc}")
+    return drift
+
+
+def price_params(site: Site) -> PriceParams:
+    """What the snapshot tells the hook to price with (write_snapshot), and what the governor prices with."""
+    nodes = site.topology.nodes
+    per_part = {}
+    for name, members in site.topology.partitions.items():
+        mine = [nodes[n] for n in members if n in nodes]
+        types = {n.gpu_type for n in mine if n.gpus}
+        per_part[name] = (max((n.gpus for n in mine), default=0), types.pop() if len(types) == 1 else None)
+    return PriceParams(
+        weights={t: g.weight for t, g in site.gpu_types.items()}, default_weight=site.weight(None),
+        default_time_min=site.partition(None).default_time_s // 60,
+        max_gpus_per_node=max((n.gpus for n in nodes.values()), default=0),
+        total_gpus=sum(n.gpus for n in nodes.values()), partition_gpus=per_part)
+
+
+def site_partitions(site: Site) -> list[HookPartition]:
+    """The site file's partitions as the hook's part_list shows them (when Slurm is not asked)."""
+    return [HookPartition(p.name, p.default_time_s // 60 if p.default_time_s else None,
+                          p.max_time_s // 60 if p.max_time_s else None, p.default) for p in site.partitions]
+
+
+def rehold(ledger: Ledger, queued: list[Queued], now: float) -> list[str]:
+    """Hold a requeued job again for its next run: ``<token>@rerun<n>`` for the price of one
+    run (its hold's amount, per task for an array), once; an earlier rerun hold of it is over.
+    Returns the rerun holds created. Requeues are rare: one ledger call at a time."""
+    made = []
+    for q in queued:
+        if not q.live or q.restart_cnt < 1:
+            continue
+        base = ledger.find_hold(hold_key(q.key))
+        if base is None:
+            continue  # never held: its runs are billed when they settle
+        tasks = run_tasks(base.run_id)
+        key = rerun_key(q.key, q.job_id, q.restart_cnt, tasks > 1)
+        if ledger.find_hold(key) is None:
+            gpu_type = (base.run_id or "").split(";")[1:2] or ["-"]
+            ledger.admit(key, base.account, "sbatch", {"job": base.amount_h / tasks}, user=base.user,
+                         run_id=f"{q.key};{gpu_type[0]};1", now=now, enforce=False)
+            made.append(key)
+        for m in range(max(1, q.restart_cnt - RERUN_LOOKBACK + 1), q.restart_cnt):
+            older = ledger.find_hold(rerun_key(q.key, q.job_id, m, tasks > 1))
+            if older is not None and older.state == "open":
+                ledger.close(older.hold_key, "done")
+    return made
+
+
+def _ended(jobs: list, wanted: set[str]) -> dict[str, str]:
+    """Token -> how its holds close, for the tokens in ``wanted`` whose every job has ended by
+    sacct (a requeued job by its latest run)."""
+    runs: dict[str, dict[str, object]] = {}
+    for job in jobs:
+        for key in job.keys:
+            if key in wanted:
+                mine = runs.setdefault(key, {})
+                prev = mine.get(job.job_id)
+                if prev is None or (job.start, job.end) >= (prev.start, prev.end):
+                    mine[job.job_id] = job
+    out = {}
+    for key, mine in runs.items():
+        if all(j.final for j in mine.values()):
+            out[key] = close_state(max(mine.values(), key=lambda j: (j.end, j.start)).state)
+    return out
+
+
+def release_ended(ledger: Ledger, jobs: list, seen: set[str], queued: list[Queued], now: float,
+                  grace_s: float) -> list[str]:
+    """Close the open holds of jobs that have ended (sacct: every row final; squeue: nothing
+    live) and of jobs Slurm does not know after ``grace_s``; say what was released."""
+    live = {k for q in queued if q.live for k in q.keys}
+    known = {k: q.state for q in queued for k in q.keys}
+    held = [(key, created, base_token(key)) for key, created in ledger.open_holds("slurm:")]
+    ended = _ended(jobs, {tok for _, _, tok in held if tok in seen and tok not in live})
+    closing, drift = [], []
+    for key, created, tok in held:
+        if tok in live:
+            continue
+        if tok in ended:
+            closing.append((key, ended[tok]))
+            drift.append(f"hold {key[len('slurm:'):]}: its jobs have all ended in Slurm; released")
+        elif tok in known and tok not in seen:
+            # squeue still shows it, ended; sacct has no row of it (an array cancelled while
+            # pending never started, so sacct's time window misses it)
+            closing.append((key, close_state(known[tok])))
+            drift.append(f"hold {key[len('slurm:'):]}: its jobs have all ended in Slurm; released")
+        elif tok not in seen and tok not in known and now - created > grace_s:
+            closing.append((key, "cancelled"))
+            drift.append(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released")
+    ledger.close_holds(closing)
+    return drift
+
+
+def sacct_settle(job) -> journal.Settle:
+    """The settle line a finished sacct row stands for (its run's end: start + elapsed)."""
+    return journal.Settle(job.job_id, job.token, job.account, job.gpus, None, job.start,
+                          job.start + job.elapsed if job.start else job.end, job.state)
+
+
+def _reconcile_chunk(ledger: Ledger, site: Site, jobs: list, now: float, drift: list[str],
+                     unbilled: dict[str, set[str]]) -> None:
     """One transaction. An error at a job (an account with no budget, a charge key taken by another
     hold) keeps what the jobs before it wrote, as the one-job-at-a-time pass did, then is raised."""
-    found, error = ledger.bulk(lambda b: _Chunk(b, site, jobs, now).run())
+    found, missed, error = ledger.bulk(lambda b: _Chunk(b, site, jobs, now).run())
     drift.extend(found)
+    for account, ids in missed.items():
+        unbilled.setdefault(account, set()).update(ids)
     if error is not None:
         raise error
 
@@ -156,9 +402,10 @@ class _Chunk:
         self.new_holds: list[tuple] = []
         self.new_charges: list[dict] = []
         self.settled: dict[str, list[tuple[str, str, str, int]]] = {}  # hold -> (charge key, status, close, tasks)
+        self.unbilled: dict[str, set[str]] = {}
 
     def run(self):
-        keys = [(hold_key(j.token), charge_key(j.job_id, j.start)) for j in self.jobs]
+        keys = [(hold_key(j.token or job_key(j.job_id)), charge_key(j.job_id, j.start)) for j in self.jobs]
         self.charges = self.b.charged(ck for _, ck in keys)
         # A job whose charge is recorded on its own hold only needs checking: its hold exists.
         # Only the others can write, so only their holds are read and their accounts locked.
@@ -182,7 +429,7 @@ class _Chunk:
         self.b.admit_many(self.new_holds)
         self.b.charge_many(self.new_charges)
         self.b.close_many(closes)
-        return self.drift, error
+        return self.drift, self.unbilled, error
 
     def _check(self, job, ck: str) -> None:
         """A job already charged on its hold: report it if sacct disagrees."""
@@ -193,14 +440,16 @@ class _Chunk:
 
     def _job(self, job, key: str, ck: str) -> None:
         if key not in self.holds:
+            if not job.token and not self._has_budget(job.account):
+                self.unbilled.setdefault(job.account, set()).add(job.job_id)
+                return  # a job the hook never governed, in an account the ledger does not know
             self._recreate_hold(job, key)
         gpu_s = job.gpus * job.elapsed
         had = self.charges.get(ck)
         if had is not None and had[0] != key:
             raise charge_conflict(ck)  # what ledger.charge says when the key is another hold's
         if had is None:
-            event = journal.Settle(job.job_id, job.token, job.account, job.gpus, None,
-                                   job.start, job.start + job.elapsed if job.start else job.end, job.state)
+            event = sacct_settle(job)
             row, tasks = _settle_charge(self.site, key, self.holds[key].run_id, event)
             self.new_charges.append(row)
             self.charges[ck] = (key, float(row["gpu_seconds"]))
@@ -209,13 +458,21 @@ class _Chunk:
         elif abs(had[1] - gpu_s) > 1:
             self.drift.append(f"job {job.job_id}: ledger charged {had[1]:g} GPU-s, sacct says {gpu_s}")
 
+    def _has_budget(self, account: str) -> bool:
+        try:
+            self.b.require_account(account)
+        except InputError:
+            return False
+        return True
+
     def _recreate_hold(self, job, key: str) -> None:
         self.b.require_account(job.account)
-        used_h = job.gpus * job.elapsed * self.site.weight(None) / 3600
-        run_id, ts = f"{job.token};-;1", job.start or job.end or self.now
-        self.new_holds.append((key, job.account, "sbatch", {"job": used_h}, None, run_id, ts))
-        self.holds[key] = HoldRow(key, job.account, "sbatch", None, run_id, "open", ts)
-        self.drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
+        row = _usage_hold(self.site, key[len("slurm:"):], job.account, job.gpus * job.elapsed,
+                          job.start or job.end or self.now)
+        self.new_holds.append(row)
+        self.holds[key] = HoldRow(key, job.account, "sbatch", None, row[5], "open", row[6])
+        if job.token:  # a job without one never had an admit line
+            self.drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
 
     def _closes(self) -> list[tuple[str, str]]:
         """Holds whose last task this chunk settled, closed in the state of the job that finished
@@ -261,6 +518,7 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     conf_dir = Path(conf_dir)
     batch = journal_batch() if batch is None else batch
     rep = SyncReport()
+    tighten_journals(conf_dir)
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
@@ -278,7 +536,12 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
         if name == ADMITS:
             admit_offset = cursor.get("offset", 0)
     if slurm is not None:
-        rep.drift = reconcile(ledger, site, slurm.sacct_jobs(), slurm.squeue_tokens(), grace_s=grace_s)
+        jobs = slurm.sacct_jobs()
+        # squeue_jobs says which jobs were requeued; a stand-in with squeue_tokens only still works
+        queued = slurm.squeue_jobs() if hasattr(slurm, "squeue_jobs") else slurm.squeue_tokens()
+        # the partitions as slurmctld hands them to the hook (the site file's if Slurm is not asked)
+        parts = (slurm.scontrol_partitions() if hasattr(slurm, "scontrol_partitions") else None) or None
+        rep.drift = reconcile(ledger, site, jobs, queued, grace_s=grace_s, partitions=parts)
     # The hook subtracts every admit line from this offset on: those are not in the ledger yet.
     rep.snapshot_serial = write_snapshot(ledger, site, conf_dir / SNAPSHOT, admit_offset)
     return rep
@@ -299,29 +562,63 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         if isinstance(event, journal.Refuse):
             rep.refused[event.reason] = rep.refused.get(event.reason, 0) + 1
             continue
+        if isinstance(event, journal.Probe):
+            continue  # for `slurmgov hooks check`: nothing to apply
         events.append((offset, event))
-    if one_by_one:
-        errors = _apply_one_by_one(ledger, site, [e for _, e in events])
-    else:
-        errors = apply_batch(ledger, site, [e for _, e in events])
+    errors = _apply_events(ledger, site, [e for _, e in events], one_by_one)
     for i, (offset, event) in enumerate(events):
         if i in errors:
             problems.append((offset, f"{path}@{offset}: {errors[i]}"))
         elif isinstance(event, journal.Admit):
             rep.admitted += 1
-        elif event.token:
+        elif isinstance(event, journal.Modify):
+            rep.modified += 1
+        elif event.token or event.gpus:
             rep.settled += 1
     rep.problems.extend(msg for _, msg in sorted(problems, key=lambda p: p[0]))
+
+
+def _apply_events(ledger: Ledger, site: Site, events: list, one_by_one: bool) -> dict[int, SlurmgovError]:
+    """Apply events in file order: in batches, each modify on its own between them (rare: a job
+    changed after submission); or, ``one_by_one``, each with ``apply``. Returns {index: error}."""
+    if one_by_one:
+        return _apply_one_by_one(ledger, site, events)
+    errors: dict[int, SlurmgovError] = {}
+    run: list[int] = []
+
+    def flush() -> None:
+        if run:
+            errors.update((run[j], exc) for j, exc in apply_batch(ledger, site, [events[i] for i in run]).items())
+            run.clear()
+
+    for i, event in enumerate(events):
+        if isinstance(event, journal.Modify):
+            flush()
+            exc = _try(apply_modify, ledger, site, event)
+            if exc is not None:
+                errors[i] = exc
+        else:
+            run.append(i)
+    flush()
+    return errors
+
+
+def _try(fn, *args) -> SlurmgovError | None:
+    """Run ``fn``; the error of a bad event is returned, a database going away is raised."""
+    try:
+        fn(*args)
+    except LedgerUnavailable:
+        raise  # the database, not this line: stop the pass; the cursor stays, the line is read again
+    except SlurmgovError as exc:
+        return exc
+    return None
 
 
 def _apply_one_by_one(ledger: Ledger, site: Site, events: list) -> dict[int, SlurmgovError]:
     errors = {}
     for i, event in enumerate(events):
-        try:
-            apply(ledger, site, event)
-        except LedgerUnavailable:
-            raise  # the database, not this line: stop the pass; the cursor stays, the line is read again
-        except SlurmgovError as exc:
+        exc = _try(apply, ledger, site, event)
+        if exc is not None:
             errors[i] = exc
     return errors
 
@@ -361,9 +658,16 @@ class _Batch:
         self.closes: list[tuple[str, str]] = []
 
     def run(self) -> dict[int, SlurmgovError]:
-        keys = {hold_key(e.token) for e in self.events if isinstance(e, (journal.Admit, journal.Settle)) and e.token}
-        cks = {charge_key(e.job_id, e.start) for e in self.events if isinstance(e, journal.Settle) and e.token}
-        accounts = {e.account for e in self.events if isinstance(e, journal.Admit)}
+        settles = [e for e in self.events if isinstance(e, journal.Settle)]
+        keys = {hold_key(e.token) for e in self.events if isinstance(e, journal.Admit)}
+        keys |= {hold_key(settle_token(e)) for e in settles}
+        # rerun holds a final settle may close (array or not: the hold's run_id says, once read)
+        keys |= {k for e in settles if is_final(e.state) and e.restart_cnt
+                 for array in (False, True) for k in _rerun_keys(settle_token(e), e, array)}
+        cks = {charge_key(e.job_id, e.start) for e in settles}
+        # a job without a token may get its hold here, in the account of its settle line
+        accounts = {e.account for e in self.events if isinstance(e, journal.Admit) or
+                    (isinstance(e, journal.Settle) and not e.token)}
         self._read(keys, cks)
         locked: set[str] = set()
         # PostgreSQL, READ COMMITTED: lock every account involved, then re-read what a writer
@@ -376,7 +680,7 @@ class _Batch:
             try:
                 if isinstance(event, journal.Admit):
                     self._admit(event)
-                elif isinstance(event, journal.Settle) and event.token:
+                elif isinstance(event, journal.Settle):
                     self._settle(event)
             except SlurmgovError as exc:
                 errors[i] = exc  # planned nothing for this event
@@ -400,7 +704,7 @@ class _Batch:
         epoch(event.ts, "now")
         old = self.holds.get(key)
         if old is not None:
-            if (old.account, old.workflow, old.shares) != (event.account, "sbatch", want):
+            if not replay_matches(old.account, old.workflow, old.shares, event.account, "sbatch", want):
                 raise hold_conflict(key)
             return  # a replay
         self.b.require_account(event.account)
@@ -408,17 +712,25 @@ class _Batch:
         self.holds[key] = _Held(event.account, "sbatch", want, run_id, "open")
 
     def _settle(self, event: journal.Settle) -> None:
-        """ledger.hold, ledger.charge, then ledger.close of an array's last task, as apply calls them."""
-        key = hold_key(event.token)
+        """ledger.hold (or admit, for a job without a token), ledger.charge, then ledger.close of an
+        array's last task and of the job's rerun holds, as apply calls them."""
+        token = settle_token(event)
+        key = hold_key(token)
         h = self.holds.get(key)
         if h is None:
-            raise missing_hold(key)
+            if event.token:
+                raise missing_hold(key)
+            if not event.gpus:
+                return
+            h = self._usage_hold(token, event)
         row, tasks = _settle_charge(self.site, key, h.run_id, event)
         ck = row["charge_key"]
         sig = (key, row["step"], row["attempt"], charge_ms(ck, row["gpu_seconds"], row["weight"]))
         epoch(row["started"], "started")
         epoch(row["ended"], "ended")
         old = self.charged.get(ck)
+        if old is not None and not is_final(event.state):
+            return  # requeue_echo: Slurm reports the requeue of a run it already settled
         if old is None:
             self.new_charges.append(row)
             self.charged[ck] = sig
@@ -426,11 +738,28 @@ class _Batch:
         elif old != sig:
             raise charge_conflict(ck)
         finished = {c.split("@")[0] for c, status in self.statuses.get(key, ()) if is_final(status)}
-        if len(finished) >= tasks:  # an array's hold closes with its last task
-            state = close_state(event.state)
-            if h.state == "open":  # closing again keeps the first state
-                self.closes.append((key, state))
-                h.state = state
+        if len(finished) >= tasks or event.array_rest:  # an array's hold closes with its last task
+            self._close(key, h, close_state(event.state))
+        if is_final(event.state):
+            for rkey in _rerun_keys(token, event, tasks > 1):
+                r = self.holds.get(rkey)
+                if r is not None:
+                    self._close(rkey, r, close_state(event.state))
+
+    def _close(self, key: str, h: _Held, state: str) -> None:
+        if h.state == "open":  # closing again keeps the first state
+            self.closes.append((key, state))
+            h.state = state
+
+    def _usage_hold(self, token: str, event: journal.Settle) -> _Held:
+        """ledger.admit of a job's usage, as apply calls it for a job the hook never held."""
+        row = _usage_hold(self.site, token, event.account, event.gpu_seconds, event.start or event.end or time.time())
+        want = shares_ms(row[3])
+        epoch(row[6], "now")
+        self.b.require_account(row[1])
+        self.new_holds.append(row)
+        self.holds[row[0]] = h = _Held(row[1], "sbatch", want, row[5], "open")
+        return h
 
 
 def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset: int | None = None) -> int:
@@ -439,25 +768,87 @@ def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset:
         previous = snapshot.read(path).serial
     except (OSError, ValueError, KeyError):
         previous = None
-    part = site.partition(None)
+    params = price_params(site)
     snap = snapshot.Snapshot(
         serial=snapshot.next_serial(previous), written=int(time.time()), max_age_s=site.snapshot_max_age_s,
-        fail_policy=site.fail_policy, default_time_min=part.default_time_s // 60,
-        max_gpus_per_node=max((n.gpus for n in site.topology.nodes.values()), default=0),
-        total_gpus=sum(n.gpus for n in site.topology.nodes.values()), journal_offset=journal_offset,
-        default_weight=site.weight(None), weights={t: g.weight for t, g in site.gpu_types.items()},
+        fail_policy=site.fail_policy, default_time_min=params.default_time_min,
+        max_gpus_per_node=params.max_gpus_per_node, total_gpus=params.total_gpus, journal_offset=journal_offset,
+        default_weight=params.default_weight, weights=dict(params.weights),
         available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
+        operator_uids=operator_uids(site), partition_gpus=dict(params.partition_gpus),
     )
     snapshot.write(path, snap)
     return snap.serial
 
 
+def operator_uids(site: Site) -> list[int]:
+    """Uids whose job changes may pass the budget (the hook lets root too): the site's admin users,
+    and the listed members of its admin groups. A name this host does not know is left out."""
+    names = list(site.admins.users)
+    for group in site.admins.groups:
+        try:
+            names += grp.getgrnam(group).gr_mem
+        except KeyError:
+            continue
+    uids = set()
+    for name in names:
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            continue
+    return sorted(uids)
+
+
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 
+def slurm_user(conf_dir: str | Path) -> str:
+    """SlurmUser of ``conf_dir``/slurm.conf (the user slurmctld runs as, so the hooks write as); root if unset."""
+    try:
+        text = (Path(conf_dir) / "slurm.conf").read_text()
+    except FileNotFoundError:
+        return "root"
+    user = "root"
+    for line in text.splitlines():
+        for word in line.split("#", 1)[0].split():
+            key, sep, value = word.partition("=")
+            if sep and key.lower() == "slurmuser" and value:
+                user = value
+    return user
+
+
+def journal_owner(conf_dir: str | Path) -> tuple[int, int]:
+    """(uid, gid) of the journals: SlurmUser, which appends to them from inside slurmctld, and its
+    primary group."""
+    user = slurm_user(conf_dir)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SlurmgovError(f"{Path(conf_dir) / 'slurm.conf'}: SlurmUser={user} is not a user on this host") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def tighten_journals(conf_dir: str | Path) -> None:
+    """Take back what a careless chmod gave away: the journals carry hold tokens, so no bit beyond
+    0640. Best effort (warned, never fatal): the pass goes on."""
+    for name in JOURNALS:
+        path = Path(conf_dir) / name
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & ~JOURNAL_MODE:
+                os.chmod(path, mode & JOURNAL_MODE)
+                log.warning("%s: mode %o was more open than %o; tightened", path, mode, JOURNAL_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s: cannot restrict its mode to %o: %s", path, JOURNAL_MODE, exc)
+
+
 def install_hooks(conf_dir: str | Path) -> list[str]:
-    """Copy the Lua hooks next to slurm.conf and create their journals, writable by root only."""
+    """Copy the Lua hooks next to slurm.conf and create their journals: mode 0640, owned by
+    SlurmUser (slurmctld appends to them) and its group; users cannot read the hold tokens."""
     conf_dir = Path(conf_dir)
+    uid, gid = journal_owner(conf_dir)  # before anything is written: an unknown SlurmUser changes nothing
     names = []
     for name in ("job_submit.lua", "jobcomp.lua"):
         src = PLUGINS / name
@@ -468,9 +859,12 @@ def install_hooks(conf_dir: str | Path) -> list[str]:
         os.chmod(tmp, 0o644)
         os.replace(tmp, conf_dir / name)  # slurmctld reloads on mtime: never let it see half a file
         names.append(name)
-    for name in (ADMITS, SETTLES, REFUSALS):
+    for name in JOURNALS:
         path = conf_dir / name
-        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
-        os.close(fd)
-        os.chmod(path, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY | os.O_NOFOLLOW, JOURNAL_MODE)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, JOURNAL_MODE)
+        finally:
+            os.close(fd)
     return names

@@ -1,19 +1,20 @@
 """Reading the hook journals exactly once.
 
-slurmctld's hooks append one tab-separated line per event (job_submit.lua: ``admit``;
-jobcomp.lua: ``settle``). The governor reads each file from a saved offset; a last line
-without its newline is torn (a crash mid-write, or a write in progress) and is left for the
-next pass. The offset is only an optimisation: every event is applied under its own key in
-the ledger, so reading a line twice changes nothing.
+slurmctld's hooks append one tab-separated line per event (job_submit.lua: ``admit``,
+``modify``, ``probe``; jobcomp.lua: ``settle``; format: plugins/SNAPSHOT_FORMAT.md). The
+governor reads each file from a saved offset; a last line without its newline is torn (a
+crash mid-write, or a write in progress) and is left for the next pass. The offset is only
+an optimisation: every event is applied under its own key in the ledger, so reading a line
+twice changes nothing.
 """
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -31,6 +32,29 @@ class Admit:
 
 
 @dataclass(frozen=True)
+class Modify:
+    """A priced change to a job (job_modify): its hold ``key`` moves to ``account`` and grows or
+    shrinks by ``new_cost_gpu_s - old_cost_gpu_s``."""
+
+    ts: float
+    serial: int
+    key: str  # the job's hold token, or job-<job_id> when it has none
+    account: str
+    user: str
+    new_cost_gpu_s: float  # weighted, worst case, the job's remaining array tasks
+    gpus: int
+    time_limit_min: int
+    gpu_type: str | None
+    job_id: str
+    old_account: str
+    old_cost_gpu_s: float  # 0 when the job had no token (nothing was held)
+    modify_uid: str
+    override: bool  # an operator grew the job past the account's budget
+    mod_id: str
+    tasks: int
+
+
+@dataclass(frozen=True)
 class Settle:
     job_id: str
     token: str | None
@@ -40,10 +64,26 @@ class Settle:
     start: int
     end: int
     state: str
+    array: str | None = None  # <array_job_id>_<task_id>, or <array_job_id>_* for the never-started rest
+    restart_cnt: int = 0  # how often the job was requeued before this run
 
     @property
     def gpu_seconds(self) -> float:
         return self.gpus * max(0, self.end - self.start) if self.start else 0.0
+
+    @property
+    def array_rest(self) -> bool:
+        """The array's record of its tasks that never started: none of them will run."""
+        return self.array is not None and self.array.endswith("_*")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What Slurm handed the submit hook for a probe job (``slurmgov hooks check``): nothing to apply."""
+
+    ts: float
+    job_name: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,18 +111,60 @@ def _count(text: str, what: str) -> int:
     return n
 
 
+_KEY = re.compile(r"^[A-Za-z0-9_.:-]+$")  # a hold token or job-<id>, as the hooks write them (never '@')
+
+
+def _key(text: str, what: str) -> str:
+    if not _KEY.match(text):
+        raise ValueError(f"{what} {text!r} is not a token")
+    return text
+
+
+def _opt(text: str) -> str | None:
+    return None if text in ("", "-") else text
+
+
+def _flag(text: str, what: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"{what} {text!r} is not 0 or 1")
+    return text == "1"
+
+
+def _modify(f: list[str]) -> Modify:
+    if not f[10].strip():
+        raise ValueError("modify line without a job id")
+    return Modify(_num(f[1], "time"), int(f[2]), _key(f[3], "key"), f[4], f[5], _num(f[6], "new cost"),
+                  _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), f[10], f[11],
+                  _num(f[12], "old cost"), f[13], _flag(f[14], "override"), _key(f[15], "mod_id"),
+                  max(1, _count(f[16], "tasks")))
+
+
+def _settle(f: list[str]) -> Settle:
+    if not f[7].strip():
+        raise ValueError("settle line without a job state")
+    extra = f[8:] + ["-"] * (11 - len(f))  # gpu_type, array, restart_cnt: absent from older lines
+    return Settle(f[1], _opt(f[2]), f[3], _count(f[4], "GPUs"), _opt(extra[0]), _count(f[5], "start"),
+                  _count(f[6], "end"), f[7], _opt(extra[1]), _count("0" if extra[2] == "-" else extra[2], "restarts"))
+
+
+def _probe(f: list[str]) -> Probe:
+    pairs = (kv.partition("=") for kv in f[3].split())
+    return Probe(_num(f[1], "time"), f[2], {k: v for k, sep, v in pairs if sep})
+
+
 def parse(line: str):
-    """One journal line -> Admit | Settle | Refuse; ValueError with the reason for anything else."""
+    """One journal line -> Admit | Modify | Settle | Probe | Refuse; ValueError with the reason
+    for anything else."""
     f = line.split("\t")
     if f[0] == "admit" and len(f) == 10:
         return Admit(_num(f[1], "time"), int(f[2]), f[3], f[4], f[5], _num(f[6], "cost"), _count(f[7], "GPUs"),
-                     _count(f[8], "time limit"), None if f[9] in ("", "-") else f[9])
-    if f[0] == "settle" and len(f) in (8, 9):
-        gpu_type = (None if f[8] in ("", "-") else f[8]) if len(f) == 9 else None
-        if not f[7].strip():
-            raise ValueError("settle line without a job state")
-        return Settle(f[1], None if f[2] in ("", "-") else f[2], f[3], _count(f[4], "GPUs"), gpu_type,
-                      _count(f[5], "start"), _count(f[6], "end"), f[7])
+                     _count(f[8], "time limit"), _opt(f[9]))
+    if f[0] == "modify" and len(f) == 17:
+        return _modify(f)
+    if f[0] == "settle" and 8 <= len(f) <= 11:
+        return _settle(f)
+    if f[0] == "probe" and len(f) == 4:
+        return _probe(f)
     if f[0] == "refuse" and len(f) == 5:
         return Refuse(float(f[1]), f[2], f[3], f[4])
     raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")

@@ -244,6 +244,24 @@ def hold_conflict(hold_key: str) -> LedgerError:
                        f"or shares; a replay must repeat the original request")
 
 
+MOD_PREFIX = "mod:"  # the share a re-pricing (reprice) adds; its key makes the change idempotent
+
+
+def mod_step(mod_id: str) -> str:
+    """The share that records re-pricing ``mod_id`` (its amount: what it added, 0 for a shrink)."""
+    return f"{MOD_PREFIX}{mod_id}"
+
+
+def replay_matches(had_account: str, had_workflow: str, had_shares: dict[str, int], account: str, workflow: str,
+                   want: dict[str, int]) -> bool:
+    """Whether an admission (account, workflow, shares in ms) repeats the hold that is there. A
+    re-priced hold is compared on the shares it was admitted with: its account may have moved."""
+    base = {k: v for k, v in had_shares.items() if not k.startswith(MOD_PREFIX)}
+    asked = {k: v for k, v in want.items() if not k.startswith(MOD_PREFIX)}
+    moved = len(base) != len(had_shares)
+    return had_workflow == workflow and base == asked and (moved or had_account == account)
+
+
 def shares_ms(shares: dict) -> dict[str, int]:
     """An admission's shares (step -> weighted GPU-h) as admit holds them: integer milliseconds,
     validated as admit validates them."""
@@ -431,12 +449,20 @@ class Ledger:
         if self._d.row_locks:
             self._x(S.ACCOUNT_LOCK, (account,))
 
-    def _lock_hold(self, hold_key: str) -> None:
-        """Lock the account of ``hold_key`` (a hold's account never changes), if the hold exists."""
-        if self._d.row_locks:
+    def _lock_hold(self, hold_key: str, also: str | None = None) -> None:
+        """Lock the account of ``hold_key`` (and ``also``), if the hold exists. reprice can move
+        a hold: its account is read again under the lock until it stays put."""
+        if not self._d.row_locks:
+            return
+        locked: set[str] = set()
+        while True:
             row = self._one(S.HOLD_ACCOUNT, (hold_key,))
-            if row is not None:
-                self._lock_account(row[0])
+            want = ({row[0]} if row else set()) | ({also} if also else set())
+            if want <= locked:
+                return
+            for account in sorted(want - locked):  # one order, as transfer locks
+                self._lock_account(account)
+            locked |= want
 
     # ---- budgets -------------------------------------------------------------------------
 
@@ -603,6 +629,10 @@ class Ledger:
     def hold(self, hold_key: str) -> Hold:
         return self._read(lambda: self._hold(hold_key))
 
+    def find_hold(self, hold_key: str) -> Hold | None:
+        """The hold, or None where there is none."""
+        return self._read(lambda: None if self._one(S.HOLD_ACCOUNT, (hold_key,)) is None else self._hold(hold_key))
+
     def open_holds(self, prefix: str = "") -> list[tuple[str, float]]:
         """(hold_key, created_at) of every open hold whose key starts with ``prefix``."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -621,7 +651,7 @@ class Ledger:
             old = self._one(S.HOLD_GET, (hold_key,))
             if old is not None:
                 had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
-                if (old[1], old[2], had) != (account, workflow, want):
+                if not replay_matches(old[1], old[2], had, account, workflow, want):
                     raise hold_conflict(hold_key)
                 return self._hold(hold_key)
             _, budget, charged, held = self._balance_ms(account, ts)
@@ -629,12 +659,83 @@ class Ledger:
             if enforce and avail < need:
                 raise BudgetRefused(f"account {account}: {_h(avail):.1f} GPU-h left, "
                                     f"workflow needs up to {_h(need):.1f} GPU-h")
-            self._x(S.HOLD_INSERT, (hold_key, account, workflow, user, run_id, need, ts))
-            for step, ms in want.items():
-                self._x(S.SHARE_INSERT, (hold_key, step, ms, ms))
+            self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
             return self._hold(hold_key)
 
         return self._write(tx)
+
+    def _insert_hold(self, hold_key: str, account: str, workflow: str, want: dict[str, int], user: str | None,
+                     run_id: str | None, ts: float) -> None:
+        self._x(S.HOLD_INSERT, (hold_key, account, workflow, user, run_id, sum(want.values()), ts))
+        for step, ms in want.items():
+            self._x(S.SHARE_INSERT, (hold_key, step, ms, ms))
+
+    def reprice(self, hold_key: str, mod_id: str, account: str, delta_h: float, actor: str = "slurmgov",
+                override: bool = False, reason: str = "", run_id: str | None = None,
+                create: dict | None = None) -> Hold:
+        """Re-price an open hold after its job changed, in one transaction; replaying ``mod_id``
+        changes nothing (its share ``mod:<mod_id>`` records that it was applied).
+
+        The hold moves to ``account``; ``delta_h`` > 0 adds a share ``mod:<mod_id>`` of that much,
+        < 0 releases that much from what the hold still holds (never below 0). ``run_id``: the
+        hold's new run_id (None: kept). A closed hold holds nothing: only the change is recorded.
+        A missing hold is admitted (enforce=False) with ``create`` (admit's workflow, shares, user,
+        run_id, now) at ``account``, instead of being re-priced; without ``create`` it is an error.
+        ``override``: an operator passed the budget; the audit trail says who (``actor``) and why."""
+        if isinstance(delta_h, bool) or not isinstance(delta_h, (int, float)) or not math.isfinite(delta_h):
+            raise InputError(f"re-pricing of {hold_key}: the change must be a number of GPU-hours, got {delta_h!r}")
+        delta = _ms(abs(delta_h), f"re-pricing of {hold_key}") * (1 if delta_h >= 0 else -1)
+        step = mod_step(mod_id)
+        born = None
+        if create is not None:
+            born = (create.get("workflow", "sbatch"), {**shares_ms(create["shares"]), step: 0}, create.get("user"),
+                    create.get("run_id"), _epoch(create.get("now"), "now"))
+
+        def tx() -> Hold:
+            self._lock_hold(hold_key, also=account)
+            self._account(account)  # a budget to move to
+            if self._one(S.HOLD_ACCOUNT, (hold_key,)) is None:
+                if born is None:
+                    raise missing_hold(hold_key)
+                self._insert_hold(hold_key, account, born[0], born[1], born[2], born[3], born[4])
+            elif self._one(S.SHARE_GET, (hold_key, step)) is None:  # else: a replay
+                self._reprice(hold_key, step, account, delta, run_id)
+            else:
+                return self._hold(hold_key)
+            if override:
+                self._audit_override(account, actor, reason)
+            return self._hold(hold_key)
+
+        return self._write(tx)
+
+    def _reprice(self, hold_key: str, step: str, account: str, delta: int, run_id: str | None) -> None:
+        old = self._one(S.HOLD_GET, (hold_key,))
+        if old[6] != "open":  # it released everything when it closed: nothing to re-price
+            self._x(S.SHARE_INSERT, (hold_key, step, 0, 0))
+            return
+        if old[1] != account:
+            self._x(S.HOLD_MOVE, (account, hold_key))
+        if run_id is not None:
+            self._x(S.HOLD_SET_RUN_ID, (run_id, hold_key))
+        added = max(0, delta)
+        self._x(S.SHARE_INSERT, (hold_key, step, added, added))
+        self._x(S.HOLD_SET_AMOUNT, (max(0, old[5] + delta), hold_key))
+        release = -min(0, delta)
+        for share, _, remaining in self._x(S.SHARES_GET, (hold_key,)).fetchall():
+            if release <= 0:
+                break
+            take = min(remaining, release)
+            if take:
+                self._x(S.SHARE_SET, (remaining - take, hold_key, share))
+                release -= take
+
+    def _audit_override(self, account: str, actor: str, reason: str) -> None:
+        """An operator passed the budget: on the append-only audit trail, budget unchanged."""
+        _, budget, kind = self._account(account)[:3]
+        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
+        at = datetime.now(timezone.utc).isoformat()
+        self._x(S.AUDIT_INSERT, (at, actor, account, "override", budget, budget, kind, kind, reason,
+                                 _terms_text(pct, expires)))
 
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
@@ -871,10 +972,11 @@ class Bulk:
         return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
 
     def _locked_holds(self, keys) -> dict[str, HoldRow]:
-        """The holds, read after their accounts are locked (a hold's account never changes)."""
+        """The holds, read after their accounts are locked (read again until no hold has moved to
+        an account not locked yet: reprice moves holds)."""
         keys = list(keys)
         holds = self.holds(keys)
-        if self._l._d.row_locks and holds and not {h.account for h in holds.values()} <= self._locked:
+        while self._l._d.row_locks and holds and not {h.account for h in holds.values()} <= self._locked:
             self.lock(h.account for h in holds.values())
             holds = self.holds(keys)  # READ COMMITTED: now we see what the last writer committed
         return holds
@@ -919,7 +1021,7 @@ class Bulk:
         for key, account, workflow, want, user, run_id, ts in rows:
             prev = had.get(key) or new.get(key)
             if prev is not None:
-                if prev != (account, workflow, want):
+                if not replay_matches(*prev, account, workflow, want):
                     raise hold_conflict(key)
                 continue
             self.require_account(account)

@@ -273,6 +273,10 @@ HOLD_INSERT = """INSERT INTO holds (hold_key, account, workflow, user_name, run_
 HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\' ORDER BY hold_key"""
 HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND state = 'open'"
 SHARES_GET = "SELECT step, amount_ms, remaining_ms FROM hold_shares WHERE hold_key = ? ORDER BY step"
+# A job changed in Slurm (job_modify): its hold is re-priced and may move to another account.
+HOLD_MOVE = "UPDATE holds SET account = ? WHERE hold_key = ?"
+HOLD_SET_AMOUNT = "UPDATE holds SET amount_ms = ? WHERE hold_key = ?"
+HOLD_SET_RUN_ID = "UPDATE holds SET run_id = ? WHERE hold_key = ?"
 SHARE_INSERT = "INSERT INTO hold_shares (hold_key, step, amount_ms, remaining_ms) VALUES (?, ?, ?, ?)"
 SHARE_GET = "SELECT amount_ms, remaining_ms FROM hold_shares WHERE hold_key = ? AND step = ?"
 SHARE_SET = "UPDATE hold_shares SET remaining_ms = ? WHERE hold_key = ? AND step = ?"

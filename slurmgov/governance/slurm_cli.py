@@ -13,14 +13,36 @@ import subprocess
 from dataclasses import dataclass
 
 from slurmgov.errors import SlurmgovError
+from slurmgov.governance.gpu_request import INFINITE, NO_VAL, UNLIMITED, HookPartition, HookView
+from slurmgov.units import slurm_seconds
 
 TOKEN = re.compile(r"slurmgov:hold=([A-Za-z0-9_.:-]+)")
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY"}
 
 
+def job_key(job_id: str) -> str:
+    """The hold key of a job without a token (one the hook never held, or held before it ran)."""
+    return f"job-{job_id}"
+
+
+def _keys(token: str | None, job_id: str, array_job_id: str | None) -> tuple[str, ...]:
+    """A job's hold keys: its token; without one, job-<id> and its array's job-<array id>."""
+    if token:
+        return (token,)
+    if array_job_id and array_job_id != job_id:
+        return job_key(job_id), job_key(array_job_id)
+    return (job_key(job_id),)
+
+
+def _final(state: str) -> bool:
+    return (state.split() or [""])[0] in FINAL
+
+
 @dataclass(frozen=True)
 class Job:
+    """One row of sacct."""
+
     job_id: str
     account: str
     state: str
@@ -29,10 +51,41 @@ class Job:
     start: int
     end: int
     elapsed: int
+    array_job_id: str | None = None
 
     @property
     def final(self) -> bool:
-        return self.state.split()[0] in FINAL
+        return _final(self.state)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return _keys(self.token, self.job_id, self.array_job_id)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A job slurmctld still has (squeue lists finished ones too, for MinJobAge)."""
+
+    job_id: str
+    token: str | None
+    state: str
+    restart_cnt: int = 0  # how often it was requeued
+    array_job_id: str | None = None
+    account: str = ""
+    view: HookView | None = None  # its request as the hook prices it (None: an array, priced per task)
+
+    @property
+    def key(self) -> str:
+        return self.token or job_key(self.job_id)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return _keys(self.token, self.job_id, self.array_job_id)
+
+    @property
+    def live(self) -> bool:
+        """Pending, running, or on its way back (requeued): it can still use GPUs."""
+        return not _final(self.state)
 
 
 def run(cmd: list[str], env=None, timeout: float = 60, ok_codes=(0,)) -> str:
@@ -51,9 +104,16 @@ def run(cmd: list[str], env=None, timeout: float = 60, ok_codes=(0,)) -> str:
 
 
 def _token(comment) -> str | None:
-    text = comment.get("administrator") if isinstance(comment, dict) else comment
-    m = TOKEN.search(text or "")
+    """The hold token of sacct's comment dict: only its AdminComment ("administrator"), which
+    only root and SlurmUser can set. A user's Comment (or a bare string) is never trusted."""
+    text = comment.get("administrator") if isinstance(comment, dict) else None
+    m = TOKEN.search(text if isinstance(text, str) else "")
     return m.group(1) if m else None
+
+
+def _id(value) -> str | None:
+    """A job id from JSON; 0 or nothing is none."""
+    return str(value) if value not in (None, "", 0, "0") else None
 
 
 def _gpus(tres: list) -> int:
@@ -71,16 +131,76 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
         state = j.get("state", {}).get("current", "")
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
-                       int(t.get("end") or 0), int(t.get("elapsed") or 0)))
+                       int(t.get("end") or 0), int(t.get("elapsed") or 0),
+                       _id((j.get("array") or {}).get("job_id"))))
     return out
 
 
-def squeue_tokens(env=None) -> set[str]:
-    """Hold tokens of the jobs Slurm still has pending or running."""
+def squeue_jobs(env=None) -> list[Queued]:
+    """Every job slurmctld has (22.05's squeue --json ignores state filters: finished ones too)."""
     data = json.loads(run(["squeue", "--json", "-a"], env=env))
-    tokens = set()
-    for j in data.get("jobs", []):
-        tok = _token({"administrator": j.get("admin_comment") or ""}) or _token(j.get("comment"))
-        if tok:
-            tokens.add(tok)
-    return tokens
+    return [_queued(j) for j in data.get("jobs", [])]
+
+
+def _queued(j: dict) -> Queued:
+    # AdminComment only: a user's own Comment may name someone else's token
+    return Queued(str(j["job_id"]), _token({"administrator": j.get("admin_comment")}), str(j.get("job_state") or ""),
+                  int(j.get("restart_cnt") or 0), _id(j.get("array_job_id")), str(j.get("account") or ""),
+                  None if _id(j.get("array_job_id")) else _view(j))
+
+
+_SHARED = {"none": 0, "user": 2, "mcs": 3}  # squeue's "shared" -> job_desc.shared (0: --exclusive)
+
+
+def _view(j: dict) -> HookView:
+    """A queued job's request in the hook's terms (squeue --json, data_parser v0.0.38)."""
+    def text(k):
+        v = j.get(k)
+        return v if isinstance(v, str) and v else None
+
+    def count(k):
+        v = j.get(k)
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v < NO_VAL else None
+
+    tl = j.get("time_limit")
+    if not isinstance(tl, int) or isinstance(tl, bool) or tl == NO_VAL:
+        time_limit = None
+    else:
+        time_limit = UNLIMITED if tl in (0, INFINITE) else tl
+    return HookView(tres_per_node=text("tres_per_node"), tres_per_job=text("tres_per_job"),
+                    tres_per_task=text("tres_per_task"), tres_per_socket=text("tres_per_socket"),
+                    min_nodes=count("node_count"), max_nodes=count("max_nodes"), num_tasks=count("tasks"),
+                    ntasks_per_node=count("tasks_per_node"), sockets_per_node=count("sockets_per_node"),
+                    shared=_SHARED.get(j.get("shared")), time_limit=time_limit, partition=text("partition"),
+                    tasks_in_array=1)
+
+
+def squeue_tokens(env=None) -> set[str]:
+    """Hold tokens of the jobs Slurm still has (any state)."""
+    return {q.token for q in squeue_jobs(env) if q.token}
+
+
+def parse_partitions(text: str) -> list:
+    """``scontrol -o show partition`` lines -> gpu_request.HookPartition, as the submit hook's
+    part_list shows them: DefaultTime and MaxTime in minutes (NONE, UNLIMITED: None),
+    Default=YES, OverSubscribe=EXCLUSIVE as max_share 0."""
+    def minutes(value: str | None) -> int | None:
+        secs = slurm_seconds(value) if value and value.upper() not in ("NONE", "UNLIMITED", "INFINITE") else None
+        return None if secs is None else -(-secs // 60)
+
+    out = []
+    for line in text.splitlines():
+        kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        if not kv.get("PartitionName"):
+            continue
+        out.append(HookPartition(
+            kv["PartitionName"], default_time=minutes(kv.get("DefaultTime")), max_time=minutes(kv.get("MaxTime")),
+            default=kv.get("Default", "NO").upper() == "YES",
+            max_share=0 if kv.get("OverSubscribe", "").upper().startswith("EXCLUSIVE") else 1))
+    return out
+
+
+def scontrol_partitions(env=None, timeout: float = 15) -> list:
+    """Every partition slurmctld has, hidden ones too (``scontrol -a -o show partition``), as
+    the submit hook sees them (parse_partitions); SlurmgovError when Slurm does not answer."""
+    return parse_partitions(run(["scontrol", "-a", "-o", "show", "partition"], env=env, timeout=timeout))

@@ -1,9 +1,14 @@
 """`gsbatch`: sbatch with the cost shown first.
 
-Takes sbatch's own arguments, works out the job's worst-case weighted GPU-hours from every
-form a GPU can be asked for (the same parser the submit hook mirrors), shows it beside what
-the account has left, and hands the unchanged arguments to sbatch, returning its exit status.
-The budget itself is enforced inside slurmctld by plugins/job_submit.lua; this is the preview.
+Takes sbatch's own arguments, works out what the submit hook (plugins/job_submit.lua) will
+hold for the job: the job_desc sbatch sends (its arguments, #SBATCH lines and SBATCH_*
+variables) priced by the hook's own rules (``gpu_request.hook_price``) over the partitions
+slurmctld has (``scontrol``; else the site file's) and the budget snapshot the hook reads
+(``slurmgov_snapshot.txt`` next to slurm.conf; else the site file's prices), with what the hook
+will pin (time limit, node count).  Shows it beside what the account has left, and hands the
+unchanged arguments to sbatch, returning its exit status.  A request the hook would refuse
+whatever the budget is one error line (exit 2, or 3 if it can never start).  The budget itself
+is enforced inside slurmctld by the hook; this is the preview.
 
 gsbatch-only options (removed before sbatch sees the arguments):
   --gsbatch-site FILE   site description (default: $SLURMGOV_SITE or site_configs/local.yaml)
@@ -22,9 +27,18 @@ from pathlib import Path
 
 import click
 
-from slurmgov.errors import BudgetRefused, InputError
+from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, SlurmgovError
 from slurmgov.governance import site as site_mod
-from slurmgov.governance.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
+from slurmgov.governance import slurm_cli, snapshot
+from slurmgov.governance.gpu_request import (
+    HookPartition,
+    HookPrice,
+    HookRefusal,
+    PriceParams,
+    hook_price,
+    never_placeable,
+    parse_sbatch_args,
+)
 from slurmgov.governance.ledger import Ledger
 from slurmgov.interface.errors import guarded
 
@@ -62,16 +76,86 @@ def _script_text(argv: list[str]) -> str | None:
     return None
 
 
+def site_partitions(site: site_mod.Site) -> list[HookPartition]:
+    """The site file's partitions as the hook would see them (a DefaultTime only where the file
+    gives one); the first is the default when none is marked, as the planner takes it."""
+    marked = any(p.default for p in site.partitions)
+    return [HookPartition(p.name,
+                          default_time=-(-p.default_time_s // 60) if "default_time_s" in p.model_fields_set else None,
+                          max_time=-(-p.max_time_s // 60) if p.max_time_s else None,
+                          default=p.default or (not marked and i == 0))
+            for i, p in enumerate(site.partitions)]
+
+
+def site_price_params(site: site_mod.Site) -> PriceParams:
+    """The pricing parameters the governor writes into the snapshot for this site."""
+    nodes = site.topology.nodes.values()
+    return PriceParams(weights={t: g.weight for t, g in site.gpu_types.items()}, default_weight=site.weight(None),
+                       default_time_min=site.partition(None).default_time_s // 60,
+                       max_gpus_per_node=max((n.gpus for n in nodes), default=0),
+                       total_gpus=sum(n.gpus for n in nodes))
+
+
+def hook_dir() -> Path:
+    """Where the hook and its snapshot live: next to slurm.conf."""
+    conf = os.environ.get("SLURM_CONF")
+    return Path(conf).parent if conf else Path("/etc/slurm")
+
+
+def snapshot_path(directory: Path) -> Path:
+    """The snapshot the hook reads: slurmgov_hook.conf's snapshot_path (its last one, read as
+    the hook reads the file), else the hook dir's."""
+    path = directory / "slurmgov_snapshot.txt"
+    try:
+        lines = (directory / "slurmgov_hook.conf").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return path
+    for line in lines:
+        m = re.match(r"^\s*(\w+)\s+(.*?)\s*$", re.sub(r"\s+#.*$", "", line))
+        if m and not line.startswith("#") and m[1] == "snapshot_path" and m[2]:
+            path = Path(m[2])
+    return path
+
+
+def pricing(site: site_mod.Site) -> tuple[list[HookPartition], PriceParams]:
+    """Partitions from slurmctld when it answers, else the site file; snapshot parameters from
+    the snapshot the hook reads when it is readable, else the site file."""
+    try:
+        partitions = slurm_cli.scontrol_partitions()
+    except SlurmgovError:
+        partitions = site_partitions(site)
+    try:
+        params = snapshot.read_price_params(snapshot_path(hook_dir()))
+    except (OSError, ValueError):
+        params = site_price_params(site)
+    return partitions, params
+
+
+def describe(p: HookPrice) -> tuple[str, str | None]:
+    """The cost, and what the hook will set on the job (or None)."""
+    if not p.any_gpu:
+        return "up to 0.00 GPU-h (no GPUs)", None
+    tasks = f" x {p.tasks} array tasks" if p.tasks != 1 else ""
+    cost = (f"up to {p.cost / 3600:.2f} GPU-h ({p.cost:.3f} weighted GPU-s: {p.gpus} GPU(s) x {p.tl} min{tasks})")
+    pins = ([f"--time={p.tl}"] if p.pin_time else []) + ([f"max nodes {p.nodes}"] if p.pin_nodes else [])
+    return cost, ("the hook will set " + " and ".join(pins)) if pins else None
+
+
 def run(argv: list[str]) -> int:
     own, sbatch_args = _split_own(argv)
     site = site_mod.load(own.get("site") or site_mod.default_site_path())
-    req = parse_sbatch_args(sbatch_args, _script_text(sbatch_args))
-    part = site.partition(req.partition) if site.partitions else None
-    default_min = (part.default_time_s if part else 3600) // 60
-    weights = {name: t.weight for name, t in site.gpu_types.items()}
-    cost_h = worst_case_gpu_seconds(req, weights, default_weight=site.weight(None), default_time_min=default_min) / 3600
+    req = parse_sbatch_args(sbatch_args, _script_text(sbatch_args), env=os.environ)
+    partitions, params = pricing(site)
+    p = hook_price(req.view, params, partitions)
+    if isinstance(p, HookRefusal):
+        raise InputError(p.message)
+    why = never_placeable(p, params)
+    if why:
+        raise InfeasibleError(why)
+    cost, pins = describe(p)
+    cost_h = p.cost / 3600 if p.any_gpu else 0.0
     account = req.account or os.environ.get("SBATCH_ACCOUNT") or os.environ.get("SLURM_ACCOUNT")
-    line = f"gsbatch: this job may use up to {cost_h:.2f} GPU-h"
+    line = f"gsbatch: this job may use {cost}"
     if account:
         ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
         acct = site.accounts.get(account)
@@ -80,8 +164,11 @@ def run(argv: list[str]) -> int:
         bal = ledger.balance(account)
         line += f"; account {account} has {bal.available_h:.2f} GPU-h left"
         if cost_h > bal.available_h:
-            raise BudgetRefused(f"account {account}: {bal.available_h:.1f} GPU-h left, job needs up to {cost_h:.1f} GPU-h")
+            raise BudgetRefused(f"account {account}: {bal.available_h:.1f} GPU-h left, "
+                                f"job needs up to {cost_h:.1f} GPU-h")
     click.echo(line, err=True)
+    if pins:
+        click.echo(f"gsbatch: {pins}", err=True)
     if own.get("preview"):
         return 0
     sbatch_args = _tagged(sbatch_args, own.get("tag"))
