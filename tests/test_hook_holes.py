@@ -16,17 +16,9 @@ import pytest
 
 from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurm_harness import PARTITION, PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
-from test_slurm_hook import admin_comment, journal, write_snapshot
+from test_slurm_hook import _clean, admin_comment, journal, write_snapshot  # noqa: F401  (_clean: autouse fixture)
 
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(autouse=True)
-def _clean(slurm_cluster):
-    slurm_cluster.hook_conf_path.unlink(missing_ok=True)
-    yield
-    slurm_cluster.hook_conf_path.unlink(missing_ok=True)
-    slurm_cluster.cancel_all()
 
 
 def as_nobody(c, *cmd):

@@ -66,6 +66,8 @@ SITE = site_text()
      "more than one partition"),
     (dict(extra="accounts: {chem-ai: {budget_gpu_hours: -5}}\n"), "accounts.chem-ai.budget_gpu_hours"),
     (dict(extra="fail_policy: maybe\n"), "fail_policy"),
+    (dict(extra="accounts: {PHYSICS: {budget_gpu_hours: 5}}\n"),
+     "'PHYSICS': Slurm account names are lower case; write 'physics'"),
     (dict(partitions="  - {name: a, nodes: n1, default_time: forever}"), "partitions[a]: default_time: not a Slurm time limit"),
 ])
 def test_bad_site_files(parts, fragment):

@@ -158,6 +158,8 @@ class Site(Strict):
         for k in v:
             if not re.match(NAME, k):
                 raise ValueError(f"account name {k!r} must match {NAME}")
+            if k != k.lower():  # Slurm keeps account names in lower case, and so the hook compares them
+                raise ValueError(f"account name {k!r}: Slurm account names are lower case; write {k.lower()!r}")
         return v
 
     @model_validator(mode="after")
