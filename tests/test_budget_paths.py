@@ -50,13 +50,14 @@ def hold_of(ledger, job: str):
 
 
 def swap_hook(c, text: str) -> None:
-    """Replace job_submit.lua; slurmctld reloads it on the next call once its mtime (seconds) changes."""
+    """Replace job_submit.lua. slurmctld reloads it on its next call if its mtime (whole seconds)
+    is later than when it loaded the current one, which was at the latest now: so the new file is
+    written in a later second than this one."""
     path = c.conf_dir / "job_submit.lua"
-    before = path.stat().st_mtime
+    start = int(time.time())
+    while int(time.time()) <= start:
+        time.sleep(0.05)
     path.write_text(text)
-    while int(path.stat().st_mtime) <= int(before):  # a later second, whatever the clock's granularity
-        time.sleep(0.2)
-        path.write_text(text)
 
 
 # ------------------------------------------------------------------------ jobs grown after admission
@@ -138,6 +139,9 @@ def test_gpu_time_of_a_job_without_a_hold_is_billed_to_its_account(gov):
     assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED"
     wait_for(lambda: settle_of(c, job))
     c.settle_path.write_text("")  # and its settle line lost too: sacct alone must bill it
+    # (a pass while sacct still shows it running bills it on the next one: wait for that one)
+    wait_for(lambda: json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]["state"]["current"]
+             == "COMPLETED")
     sync(sg, c)
     sacct = json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]
     (charge,) = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]

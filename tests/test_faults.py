@@ -133,7 +133,9 @@ def test_governor_killed_mid_ingest_applies_every_line_once(fresh, tmp_path):
     assert all(r.returncode == 0 for r in runs + held), [r.stderr for r in runs + held if r.returncode][:3]
     run_ids = [c.job_id(r) for r in runs]
     held_ids = [c.job_id(r) for r in held]
-    cancelled = held_ids[:10]  # cancelled while pending: a settle line with no run time
+    # cancelled while pending: a settle line with no run time each; enough of them that the
+    # settlement pass has many batches for a kill to land in, however busy the machine
+    cancelled = held_ids[:100]
     c.run("scancel", *cancelled, check=True)
     for j in run_ids:
         assert c.wait_job(j, ("COMPLETED",), timeout=60) == "COMPLETED"
