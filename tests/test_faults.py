@@ -21,7 +21,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 
 from pg_harness import fresh_url, pg_url  # noqa: F401  (session fixture)
 from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
-from slurmgov.governance import governor, journal, snapshot
+from slurmgov.governance import governor, snapshot
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 
@@ -247,7 +246,11 @@ def test_slurmctld_restart_keeps_holds_and_charges_right(fresh):
     assert c.wait_job(doomed, ("CANCELLED",), timeout=30) == "CANCELLED"
     jobs = running + pending + [doomed]
     wait_for(lambda: {r[1] for r in settle_rows(c)} >= set(jobs), 30, "settle lines")
-    time.sleep(1)  # a doubled settle line would come now
+    # A job that finishes after all of them: once its settle line is written, so is any doubled
+    # line for theirs (jobcomp writes completions in order), and the sync below would see it.
+    sentinel = c.job_id(c.sbatch(["-A", "physics", "--gres=gpu:h100:1", "-t", "1", "--wrap", "true"]))
+    assert c.wait_job(sentinel, ("COMPLETED",), timeout=60) == "COMPLETED"
+    wait_for(lambda: sentinel in {r[1] for r in settle_rows(c)}, 30, "the sentinel's settle line")
     rep = g.sync()
     assert rep["problems"] == [] and not [d for d in rep["drift"] if d.split(":")[0] in {f"job {j}" for j in jobs}]
     assert g.sync()["admitted"] == 0
