@@ -192,10 +192,14 @@ def test_hook_conf_moves_the_snapshot(tmp_path):
 def test_site_partitions_and_prices():
     from slurmgov.governance import site as site_mod
 
+    from slurmgov.governance import governor
+
     demo = site_mod.load(DEMO)
-    assert gsbatch_mod.site_partitions(demo) == CLUSTER
-    assert gsbatch_mod.site_price_params(demo) == PriceParams(weights={"h100": 1.0}, default_weight=1.0,
-                                                               default_time_min=30, max_gpus_per_node=4, total_gpus=16)
+    assert governor.site_partitions(demo) == CLUSTER
+    # the snapshot's parameters for the site: what the governor writes, and gsbatch falls back on
+    assert governor.price_params(demo) == PriceParams(
+        weights={"h100": 1.0}, default_weight=1.0, default_time_min=30, max_gpus_per_node=4, total_gpus=16,
+        partition_gpus={"gpu": (4, "h100"), "nolimit": (4, "h100")})
 
 
 def test_parse_scontrol_partitions():

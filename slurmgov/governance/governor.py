@@ -300,9 +300,15 @@ def price_params(site: Site) -> PriceParams:
 
 
 def site_partitions(site: Site) -> list[HookPartition]:
-    """The site file's partitions as the hook's part_list shows them (when Slurm is not asked)."""
-    return [HookPartition(p.name, p.default_time_s // 60 if p.default_time_s else None,
-                          p.max_time_s // 60 if p.max_time_s else None, p.default) for p in site.partitions]
+    """The site file's partitions as the hook's part_list shows them (when Slurm is not asked): a
+    DefaultTime only where the file gives one; the first is the default when none is marked, as
+    the planner takes it."""
+    marked = any(p.default for p in site.partitions)
+    return [HookPartition(p.name,
+                          default_time=-(-p.default_time_s // 60) if "default_time_s" in p.model_fields_set else None,
+                          max_time=-(-p.max_time_s // 60) if p.max_time_s else None,
+                          default=p.default or (not marked and i == 0))
+            for i, p in enumerate(site.partitions)]
 
 
 def rehold(ledger: Ledger, queued: list[Queued], now: float) -> list[str]:

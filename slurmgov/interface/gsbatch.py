@@ -30,6 +30,7 @@ import click
 from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, SlurmgovError
 from slurmgov.governance import site as site_mod
 from slurmgov.governance import slurm_cli, snapshot
+from slurmgov.governance.governor import price_params, site_partitions
 from slurmgov.governance.gpu_request import (
     HookPartition,
     HookPrice,
@@ -76,26 +77,6 @@ def _script_text(argv: list[str]) -> str | None:
     return None
 
 
-def site_partitions(site: site_mod.Site) -> list[HookPartition]:
-    """The site file's partitions as the hook would see them (a DefaultTime only where the file
-    gives one); the first is the default when none is marked, as the planner takes it."""
-    marked = any(p.default for p in site.partitions)
-    return [HookPartition(p.name,
-                          default_time=-(-p.default_time_s // 60) if "default_time_s" in p.model_fields_set else None,
-                          max_time=-(-p.max_time_s // 60) if p.max_time_s else None,
-                          default=p.default or (not marked and i == 0))
-            for i, p in enumerate(site.partitions)]
-
-
-def site_price_params(site: site_mod.Site) -> PriceParams:
-    """The pricing parameters the governor writes into the snapshot for this site."""
-    nodes = site.topology.nodes.values()
-    return PriceParams(weights={t: g.weight for t, g in site.gpu_types.items()}, default_weight=site.weight(None),
-                       default_time_min=site.partition(None).default_time_s // 60,
-                       max_gpus_per_node=max((n.gpus for n in nodes), default=0),
-                       total_gpus=sum(n.gpus for n in nodes))
-
-
 def hook_dir() -> Path:
     """Where the hook and its snapshot live: next to slurm.conf."""
     conf = os.environ.get("SLURM_CONF")
@@ -127,7 +108,7 @@ def pricing(site: site_mod.Site) -> tuple[list[HookPartition], PriceParams]:
     try:
         params = snapshot.read_price_params(snapshot_path(hook_dir()))
     except (OSError, ValueError):
-        params = site_price_params(site)
+        params = price_params(site)  # what the governor writes into the snapshot
     return partitions, params
 
 
@@ -155,6 +136,7 @@ def run(argv: list[str]) -> int:
     cost, pins = describe(p)
     cost_h = p.cost / 3600 if p.any_gpu else 0.0
     account = req.account or os.environ.get("SBATCH_ACCOUNT") or os.environ.get("SLURM_ACCOUNT")
+    account = account.lower() if account else None  # as Slurm and the hook spell it
     line = f"gsbatch: this job may use {cost}"
     if account:
         ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
