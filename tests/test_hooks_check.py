@@ -255,15 +255,16 @@ def test_fake_interrupt_still_cancels_what_was_submitted(hook_dir):
 
 
 def test_hook_conf_is_read_as_the_hook_reads_it(tmp_path):
-    """`key value`, the value running to the end of the line: a trailing `# comment` is part of
-    it, so the hook ignores `fail_policy open  # ...`; the check says so instead of showing `open`."""
+    """`key value`, the value running to the end of the line or to a `#` after a space (the hook
+    drops such comments); a value the hook cannot use is shown as ignored."""
     (tmp_path / "slurmgov_hook.conf").write_text(
-        "# site\njournal_path /var/lib/slurmgov/j.log\nfail_policy open   # for an unreadable snapshot\n")
+        "# site\njournal_path /var/lib/slurmgov/j.log\nfail_policy open   # for an unreadable snapshot\n"
+        "default_time_min soon\n")
     conf = hooks_check.read_hook_conf(tmp_path)
     assert conf.journal_path == "/var/lib/slurmgov/j.log" and conf.snapshot_path == str(tmp_path / hooks_check.SNAPSHOT)
-    assert conf.fail_policy == "closed"
+    assert conf.fail_policy == "open"
     [why] = conf.ignored
-    assert "fail_policy 'open   # for an unreadable snapshot' is not open or closed; the hook ignores it" in why
+    assert "default_time_min 'soon' is not a whole number; the hook ignores it" in why
 
 
 def test_snapshot_header_fresh_stale_unreadable(tmp_path):

@@ -138,7 +138,8 @@ class HookConf:
 
 def read_hook_conf(conf_dir: str | Path) -> HookConf:
     """``slurmgov_hook.conf`` read exactly as job_submit.lua reads it (so what is shown is what
-    the hook uses): ``key value``, value = rest of the line, ``#`` only at the start of a line."""
+    the hook uses): ``key value``, value = rest of the line; ``#`` starts a comment at the start
+    of a line or after a space."""
     conf_dir = Path(conf_dir)
     path = conf_dir / HOOK_CONF
     conf = HookConf(str(path), path.exists(), str(conf_dir / SNAPSHOT), str(conf_dir / JOURNAL), "closed")
@@ -147,7 +148,7 @@ def read_hook_conf(conf_dir: str | Path) -> HookConf:
     except OSError:
         return conf
     for n, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"^\s*([A-Za-z0-9_]+)\s+(.*?)\s*$", line)
+        m = re.match(r"^\s*([A-Za-z0-9_]+)\s+(.*?)\s*$", re.sub(r"\s+#.*$", "", line))
         if not m or line.startswith("#"):
             continue
         key, value = m.groups()
