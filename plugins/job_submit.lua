@@ -699,14 +699,18 @@ end
 
 -- Refuse with one line to the user, and count it for the governor's metrics (refusals by
 -- reason). Recording is best effort: a refusal never waits on, or fails because of, its log.
-local function refuse(conf, reason, account, job_desc, msg)
-	log_user(msg)
+local function log_refusal(conf, reason, account, uid)
 	local f = io.open(conf.refusals_path, "a")
 	if f then
 		f:write(table.concat({ "refuse", string.format("%d", os.time()), reason, field(account),
-			field(job_desc.user_id) }, "\t") .. "\n")
+			field(uid) }, "\t") .. "\n")
 		f:close()
 	end
+end
+
+local function refuse(conf, reason, account, job_desc, msg)
+	log_user(msg)
+	log_refusal(conf, reason, account, job_desc.user_id)
 	return slurm.ERROR
 end
 
@@ -864,23 +868,18 @@ local function modify_refuse(conf, reason, account, job_rec, modify_uid, msg)
 	-- Slurm 22.05 discards log_user messages from job_modify: log for the admins instead.
 	log_info(string.format("slurmgov: change to job %s by uid %s refused: %s",
 		tostring(job_rec.job_id), tostring(modify_uid), msg))
-	local f = io.open(conf.refusals_path, "a")
-	if f then
-		f:write(table.concat({ "refuse", string.format("%d", os.time()), reason, field(account),
-			field(modify_uid) }, "\t") .. "\n")
-		f:close()
-	end
+	log_refusal(conf, reason, account, modify_uid)
 	return slurm.ERROR
 end
 
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	local d, r = job_desc, job_rec
-	local new_v, changed, stash_changed = nil, false, false
+	local changed, stash_changed = false, false
 	local ac = r.admin_comment
 	local token = ac and string.match(ac, "slurmgov:hold=([%w_.:%-]+)")
 	local stash = token and parse_stash(ac) or nil
 	local old_v = rec_view(r, stash)
-	new_v = {}
+	local new_v = {}
 	for k, val in pairs(old_v) do new_v[k] = val end
 	for k, read in pairs(MODIFY_NUMS) do
 		local val = read(d[k])

@@ -132,10 +132,11 @@ def _apply_settle(ledger: Ledger, site: Site, event: journal.Settle) -> None:
                                                                        event.start or event.end or time.time())
         h = ledger.admit(key, account, workflow, shares, user=user, run_id=run_id, now=ts, enforce=False)
     row, tasks = _settle_charge(site, key, h.run_id, event)
-    if not is_final(event.state) and any(c["charge_key"] == row["charge_key"] for c in ledger.charges(key)):
+    had = ledger.charges(key)
+    if not is_final(event.state) and any(c["charge_key"] == row["charge_key"] for c in had):
         return  # requeue_echo: Slurm reports the requeue of a run it already settled
     ledger.charge(**row)
-    finished = {c["charge_key"].split("@")[0] for c in ledger.charges(key) if is_final(c["status"])}
+    finished = {c["charge_key"].split("@")[0] for c in [*had, row] if is_final(c["status"])}
     if len(finished) >= tasks or event.array_rest:  # an array's hold closes with its last task
         ledger.close(key, close_state(event.state))
     if is_final(event.state):  # this run is the job's last: its rerun holds go

@@ -31,6 +31,7 @@ from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, Slurmgov
 from slurmgov.governance import site as site_mod
 from slurmgov.governance import slurm_cli, snapshot
 from slurmgov.governance.governor import price_params, site_partitions
+from slurmgov.governance.hooks_check import read_hook_conf
 from slurmgov.governance.gpu_request import (
     HookPartition,
     HookPrice,
@@ -83,21 +84,6 @@ def hook_dir() -> Path:
     return Path(conf).parent if conf else Path("/etc/slurm")
 
 
-def snapshot_path(directory: Path) -> Path:
-    """The snapshot the hook reads: slurmgov_hook.conf's snapshot_path (its last one, read as
-    the hook reads the file), else the hook dir's."""
-    path = directory / "slurmgov_snapshot.txt"
-    try:
-        lines = (directory / "slurmgov_hook.conf").read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return path
-    for line in lines:
-        m = re.match(r"^\s*(\w+)\s+(.*?)\s*$", re.sub(r"\s+#.*$", "", line))
-        if m and not line.startswith("#") and m[1] == "snapshot_path" and m[2]:
-            path = Path(m[2])
-    return path
-
-
 def pricing(site: site_mod.Site) -> tuple[list[HookPartition], PriceParams]:
     """Partitions from slurmctld when it answers, else the site file; snapshot parameters from
     the snapshot the hook reads when it is readable, else the site file."""
@@ -106,7 +92,7 @@ def pricing(site: site_mod.Site) -> tuple[list[HookPartition], PriceParams]:
     except SlurmgovError:
         partitions = site_partitions(site)
     try:
-        params = snapshot.read_price_params(snapshot_path(hook_dir()))
+        params = snapshot.read_price_params(read_hook_conf(hook_dir()).snapshot_path)
     except (OSError, ValueError):
         params = price_params(site)  # what the governor writes into the snapshot
     return partitions, params
