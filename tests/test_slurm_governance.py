@@ -121,6 +121,9 @@ def test_reconcile_settles_lost_lines_and_releases_orphans(gov):
     assert c.wait_job(job, ("COMPLETED",), timeout=30) == "COMPLETED"
     wait_for(lambda: any(f"\t{job}\t" in ln for ln in settled(c)))
     c.settle_path.write_text("")  # the settle line is lost (jobcomp's file gone with a disk, say)
+    # (on a busy machine slurmdbd may take a moment to show the end: that pass would bill it next time)
+    wait_for(lambda: json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]["state"]["current"]
+             == "COMPLETED")
     # admitted by the hook, then rejected by slurmctld (no such partition): no job, no settle line
     bad = c.sbatch(["-A", "physics", "-p", "nosuch", "--gres=gpu:h100:1", "-t", "5", "--wrap", "true"])
     assert bad.returncode != 0
