@@ -135,7 +135,12 @@ local function lines_of(data)
 end
 
 -- Optional hook config: "key value" (whitespace separated, value = rest of line).
+-- Read on every call (an admin's edit counts from the next job); parsed again only when the
+-- text changed. Callers never modify the table returned.
 local function read_hook_conf()
+	local data = read_file(HOOK_DIR .. "/" .. HOOK_CONF_NAME) or ""
+	local st = slurmgov_state
+	if st.conf and st.conf_data == data then return st.conf end
 	local conf = {
 		snapshot_path = HOOK_DIR .. "/" .. SNAPSHOT_NAME,
 		journal_path = HOOK_DIR .. "/" .. JOURNAL_NAME,
@@ -143,8 +148,7 @@ local function read_hook_conf()
 		fail_policy = "closed",
 		default_time_min = 60,
 	}
-	local data = read_file(HOOK_DIR .. "/" .. HOOK_CONF_NAME)
-	if not data then return conf end
+	st.conf, st.conf_data = conf, data
 	for _, line in ipairs(lines_of(data)) do
 		local key, value = string.match(string.gsub(line, "%s+#.*$", ""), "^%s*([%w_]+)%s+(.-)%s*$")
 		if key and string.sub(line, 1, 1) ~= "#" then
@@ -205,6 +209,24 @@ local function lookup_account(packed, name)
 		end
 	end
 	return nil
+end
+
+-- Budget of account ``name`` in snapshot ``snap`` (lookup_account), remembered for the
+-- snapshot's life: a site's submissions come from a few hundred accounts at most, so the memo
+-- stays small (it is emptied past 256 names, whatever names users try).
+local function account_budget(snap, name)
+	local memo = snap.budget_memo
+	if not memo or snap.budget_memo_n >= 256 then
+		memo = {}
+		snap.budget_memo, snap.budget_memo_n = memo, 0
+	end
+	local b = memo[name]
+	if b == nil then
+		b = lookup_account(snap.accounts, name) or false
+		memo[name] = b
+		snap.budget_memo_n = snap.budget_memo_n + 1
+	end
+	return b or nil
 end
 
 -- One non-account key line into ``snap``; true if it is malformed.
@@ -304,6 +326,7 @@ local function read_snapshot(path)
 	-- Writers change the serial (line 2) with every rewrite and rename whole files into place,
 	-- so the same path, serial and size mean the same snapshot: reuse its parse without
 	-- reading the rest (a 10,000-account snapshot is ~300 KB).
+	f:setvbuf("no") -- 64 bytes is all most calls read: no 4 KB buffer fill
 	local head = f:read(64) or ""
 	local size = f:seek("end")
 	local serial = string.match(head, "^slurmgov%-snapshot\t1\r?\nserial\t(%d+)\r?\n")
@@ -321,29 +344,38 @@ local function read_snapshot(path)
 	return snap, perr
 end
 
+-- The journal, opened once per decision ("a+": created if missing, every write goes to the
+-- end) both to read what was admitted since the snapshot and to append the decision's line.
+local function open_journal(path)
+	local f, err = io.open(path, "a+")
+	if not f then return nil, tostring(err) end
+	f:setvbuf("no") -- reads of exactly the new bytes, one write(2) per line: no stdio refills
+	return { f = f, path = path }
+end
+
+local function close_journal(j)
+	if j then j.f:close() end
+end
+
 -- Sum of admitted costs per account that the snapshot does not yet include (admit lines, and
--- what modify lines add: a change's growth, or its whole new cost on the account it moved to).
--- Returns table account -> cost, or nil and a reason when the journal cannot be read.
-local function charged_since(snap, journal_path)
+-- what modify lines add: a change's growth, or its whole new cost on the account it moved to),
+-- as table account -> cost, read from journal ``j`` (open_journal). Notes in j.ends_nl whether
+-- the journal ends with a whole line, when that is known without another read.
+local function charged_since(snap, j)
 	local st = slurmgov_state
+	local f = j.f
 	local mode, start
 	if snap.journal_offset then
 		mode, start = "offset", snap.journal_offset
 	else
 		mode, start = "serial", 0
 	end
-	local f = io.open(journal_path, "r")
-	if not f then
-		-- No journal yet: nothing admitted.
-		st.journal = nil
-		return {}
-	end
 	local size = f:seek("end") or 0
 	if size < start then start = 0 end -- journal rotated after the snapshot: all of it is new
 	local c = st.journal
-	if not c or c.path ~= journal_path or c.mode ~= mode or c.serial ~= snap.serial_str
+	if not c or c.path ~= j.path or c.mode ~= mode or c.serial ~= snap.serial_str
 	   or c.start ~= start or size < c.offset then
-		c = { path = journal_path, mode = mode, serial = snap.serial_str, start = start,
+		c = { path = j.path, mode = mode, serial = snap.serial_str, start = start,
 		      offset = start, sums = {} }
 	end
 	if size > c.offset then
@@ -382,7 +414,8 @@ local function charged_since(snap, journal_path)
 			c.offset = c.offset + last_nl
 		end
 	end
-	f:close()
+	-- Read up to its end, line by line: it ends with a newline (an empty journal does too).
+	if size == 0 or (c.offset == size and c.offset > c.start) then j.ends_nl = true end
 	st.journal = c
 	return c.sums
 end
@@ -642,20 +675,31 @@ local function new_token()
 	return string.format("%d-%d-%04x", os.time(), slurmgov_state.counter, math.random(0, 65535))
 end
 
--- Append one line to the journal; false and a reason if it could not be recorded.
-local function append_journal(journal_path, line)
-	-- "a+": every write still goes to the end (O_APPEND); reading tells whether the journal
-	-- ends with a half line (slurmctld died mid-append). That half line is ended first, so
-	-- this line stays whole: glued onto it, the hold would be unparseable and lost.
-	local f, err = io.open(journal_path, "a+")
-	if not f then return false, err end
-	local size = f:seek("end")
-	if size and size > 0 and f:seek("set", size - 1) and f:read(1) ~= "\n" then
-		line = "\n" .. line
+-- Append one line to journal ``j`` (open_journal); false and a reason if it was not recorded.
+local function append_line(j, line)
+	local f = j.f
+	-- A journal that ends with a half line (slurmctld died mid-append) gets that line ended
+	-- first, so this line stays whole: glued onto it, the hold would be unparseable and lost.
+	if not j.ends_nl then
+		local size = f:seek("end")
+		if size and size > 0 and f:seek("set", size - 1) and f:read(1) ~= "\n" then
+			line = "\n" .. line
+		end
 	end
 	f:seek("end") -- C stdio: a seek between reading and writing
 	local ok, werr = f:write(line)
-	local cok = f:close()
+	if ok then ok, werr = f:flush() end
+	if not ok then return false, werr or "write failed" end
+	j.ends_nl = true
+	return true
+end
+
+-- Append one line to the journal at ``journal_path``; false and a reason if it was not recorded.
+local function append_journal(journal_path, line)
+	local j, err = open_journal(journal_path)
+	if not j then return false, err end
+	local ok, werr = append_line(j, line)
+	local cok = j.f:close()
 	if not ok or not cok then return false, werr or "write failed" end
 	return true
 end
@@ -675,14 +719,17 @@ local function parse_stash(ac)
 	         shared = tonumber(d) }
 end
 
-local function admit(job_desc, v, journal_path, serial, account, p)
+-- Journal the hold and pin the job to it. ``journal``: an open journal (open_journal), or the
+-- journal's path.
+local function admit(job_desc, v, journal, serial, account, p)
 	local token = new_token()
 	local line = table.concat({
 		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
 		field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
 		string.format("%d", p.tl), field(p.types),
 	}, "\t") .. "\n"
-	local ok, err = append_journal(journal_path, line)
+	local ok, err
+	if type(journal) == "table" then ok, err = append_line(journal, line) else ok, err = append_journal(journal, line) end
 	if not ok then
 		log_user("slurmgov: cannot record the GPU hold (" .. printable(err) .. "); job refused")
 		return slurm.ERROR
@@ -820,23 +867,27 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return refuse(conf, "no_account", account, job_desc,
 			"slurmgov: job has no account and the user has no default account; give --account")
 	end
-	local budget = lookup_account(snap.accounts, account) -- plain comparison: never a pattern
+	local budget = account_budget(snap, account) -- plain comparison: never a pattern
 	if budget == nil then
 		return refuse(conf, "no_budget", account, job_desc, string.format(
 			"slurmgov: account %s has no GPU budget, job needs up to %s GPU-h", printable(account), fmt_gpuh(p.cost)))
 	end
-	local sums, jerr = charged_since(snap, conf.journal_path)
-	if not sums then
+	local j, jerr = open_journal(conf.journal_path)
+	if not j then
 		return refuse(conf, "journal_unreadable", account, job_desc,
-			"slurmgov: cannot read the hold journal (" .. printable(jerr) .. "); job refused")
+			"slurmgov: cannot open the hold journal (" .. printable(jerr) .. "); job refused")
 	end
+	local sums = charged_since(snap, j)
 	local available = budget - (sums[account] or 0)
 	if p.cost > available then
+		close_journal(j)
 		return refuse(conf, "over_budget", account, job_desc, string.format(
 			"slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
 			printable(account), fmt_gpuh(available), fmt_gpuh(p.cost)))
 	end
-	return admit(job_desc, v, conf.journal_path, snap.serial_str, account, p)
+	local rc = admit(job_desc, v, j, snap.serial_str, account, p)
+	close_journal(j)
+	return rc
 end
 
 -- The job as it stands (job_rec), in view form. Slurm keeps no task, socket or shared counts
@@ -917,6 +968,11 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	-- What the change asks of the (new) account beyond what is held for the job already.
 	local need = (new_acct == old_acct) and (new_cost - old_cost) or new_cost
 	local override, serial = false, snap and snap.serial_str or "0"
+	local j, jerr = open_journal(conf.journal_path)
+	if not j then
+		return modify_refuse(conf, "journal_unreadable", new_acct, r, modify_uid,
+			"cannot open the hold journal (" .. printable(jerr) .. ")")
+	end
 	if need > 0 then
 		local problem, policy, why = snapshot_problem(conf, snap, snap_err)
 		local short = nil
@@ -925,8 +981,8 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 		elseif new_acct == nil then
 			short, reason = "the job has no account", "no_account"
 		else
-			local budget = lookup_account(snap.accounts, new_acct)
-			local sums = charged_since(snap, conf.journal_path) or {}
+			local budget = account_budget(snap, new_acct)
+			local sums = charged_since(snap, j)
 			local available = budget and (budget - (sums[new_acct] or 0))
 			if budget == nil then
 				short, reason = string.format("account %s has no GPU budget", printable(new_acct)), "no_budget"
@@ -936,7 +992,10 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 			end
 		end
 		if short then
-			if not operator then return modify_refuse(conf, reason, new_acct, r, modify_uid, short) end
+			if not operator then
+				close_journal(j)
+				return modify_refuse(conf, reason, new_acct, r, modify_uid, short)
+			end
 			override = true
 			log_info(string.format("slurmgov: uid %s grows job %s past the budget (%s); hold re-priced, override journaled",
 				tostring(modify_uid), tostring(r.job_id), short))
@@ -952,7 +1011,8 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 		field(modify_uid), override and "1" or "0", new_token(),
 		string.format("%d", newp.any_gpu and newp.tasks or 1),
 	}, "\t") .. "\n"
-	local ok, err = append_journal(conf.journal_path, line)
+	local ok, err = append_line(j, line)
+	close_journal(j)
 	if not ok then
 		return modify_refuse(conf, "journal_unreadable", new_acct, r, modify_uid,
 			"cannot record the re-priced hold (" .. printable(err) .. ")")
