@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import pg_harness
 from pg_harness import pg_url  # noqa: F401
 from slurmgov.errors import BudgetRefused, InputError, LedgerError
+from slurmgov.governance import ledger_schema
 from slurmgov.governance.ledger import Ledger, period_of
 
 MS = 3_600_000
@@ -753,11 +754,11 @@ def test_a_version_1_ledger_gains_attributions_on_open(db):
         conn.execute("UPDATE schema_version SET version = 1")  # as a version-1 slurmgov left it
         if db.startswith("sqlite"):
             conn.commit()
-    led = Ledger.open(db)  # migrates: version 2 adds the table, version 3 finds its columns there
+    led = Ledger.open(db)  # migrates: version 2 adds the table, versions 3 and 4 find their columns there
     led.ensure_account("chem", 1.0)
     assert led.attribute(_attr_rows("r1", {"s1": 10.0}, 5.0)) == 2
     with raw(db) as (conn, _):
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
     led.disconnect()
 
 
@@ -967,3 +968,67 @@ def test_a_version_2_ledger_gains_the_terms_columns(db):
     led.set_budget("proj", 5.0, "monthly", actor="admin", rollover_pct=20)
     assert led.audit()[-1]["terms"] == "rollover 20%" and led.audit()[0]["terms"] is None
     led.disconnect()
+
+
+# ---- run leases: a hold lives while its run renews it ----------------------------------------
+
+def test_a_lapsed_lease_is_released_by_the_next_command_and_what_was_charged_stays(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    t0 = time.time()
+    led.admit("run:a", "chem", "wf", {"s1": 3.0, "s2": 3.0}, user="ann", run_id="a", now=t0, lease_s=60)
+    led.charge("a:s1:1", "run:a", "s1", 1, gpu_seconds=3600, weight=1.0, gpu_type="h100",
+               started=t0, ended=t0 + 1, status="ok")
+    assert led.renew("run:a", 60, now=t0 + 50)  # renewed: lapses at t0 + 110 now
+    assert led.release_lapsed(now=t0 + 100) == []
+    assert led.hold("run:a").state == "open"
+    assert led.release_lapsed(now=t0 + 111) == ["run:a"]
+    bal = led.balance("chem")
+    assert (bal.charged_h, bal.held_h, bal.available_h) == (1.0, 0.0, 9.0)  # charge kept, rest released
+    assert led.hold("run:a").state == "failed"
+    assert not led.renew("run:a", 60)  # a run that comes back learns its hold is gone
+    (row,) = [a for a in led.audit() if a["action"] == "release"]
+    assert "run:a" in row["reason"] and row["actor"] == "slurmgov"
+    assert led.release_lapsed(now=t0 + 500) == []  # released once
+
+
+def test_admission_releases_the_accounts_lapsed_leases_before_it_counts(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 4.0, "none", actor="t")
+    t0 = time.time()
+    led.admit("run:dead", "chem", "wf", {"s": 4.0}, now=t0 - 300, lease_s=60)  # its run was killed
+    led.admit("run:new", "chem", "wf", {"s": 4.0}, now=t0, lease_s=60)  # not refused for dead money
+    assert led.hold("run:dead").state == "failed" and led.hold("run:new").state == "open"
+    with pytest.raises(BudgetRefused):
+        led.admit("run:live", "chem", "wf", {"s": 1.0}, now=t0 + 1, lease_s=60)  # a live lease counts
+
+
+def test_holds_without_a_lease_never_lapse_and_an_admin_release_is_audited(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("slurm:tok", "chem", "sbatch", {"job": 2.0}, now=time.time() - 10 ** 6)
+    assert led.release_lapsed() == []
+    (h,) = led.holds_open()
+    assert (h["hold_key"], h["held_h"], h["lease_until"]) == ("slurm:tok", 2.0, None)
+    with pytest.raises(InputError, match="reason"):
+        led.release("slurm:tok", actor="root", reason=" ")
+    assert led.release("slurm:tok", actor="root", reason="job lost in a crash").state == "cancelled"
+    assert led.balance("chem").held_h == 0 and led.holds_open() == []
+    (row,) = [a for a in led.audit() if a["action"] == "release"]
+    assert row["actor"] == "root" and "job lost in a crash" in row["reason"]
+    led.release("slurm:tok", actor="root", reason="again")  # closed: nothing more, no second row
+    assert len([a for a in led.audit() if a["action"] == "release"]) == 1
+
+
+def test_a_version_3_ledger_gains_leases_on_open(db):
+    led = Ledger.open(db)
+    led.disconnect()
+    with raw(db) as (conn, _):
+        conn.execute("ALTER TABLE holds DROP COLUMN lease_until")
+        conn.execute("UPDATE schema_version SET version = 3")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)
+    led.set_budget("chem", 1.0, "none", actor="t")
+    led.admit("run:x", "chem", "wf", {"s": 0.5}, lease_s=30)
+    assert led.holds_open()[0]["lease_until"] > time.time()

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from slurmgov.execution import gpu_slots
+from slurmgov.execution import gpu_slots, reaper
 
 TAIL = 4000  # characters of stdout/stderr kept per attempt
 
@@ -114,6 +114,7 @@ def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"sg-{spec.id}-", delete=False) as fh:
         json.dump(inputs, fh, default=str)
         path = fh.name
+    proc = None
     try:
         proc = subprocess.Popen(
             ["/bin/sh", "-c", spec.run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -121,6 +122,7 @@ def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
         )
         with _running_lock:
             _running.add(proc)
+        reaper.watch(proc.pid, path)  # however this process ends, the step ends with it
         try:
             out, err = proc.communicate(timeout=spec.time_s)
         except subprocess.TimeoutExpired:
@@ -131,8 +133,14 @@ def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
         finally:
             with _running_lock:
                 _running.discard(proc)
+            try:  # what the step left behind in its group (a background job) ends with it, as in Slurm
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     finally:
         os.unlink(path)
+        if proc is not None:
+            reaper.forget(proc.pid, path)
     output = out.strip()
     try:
         output = json.loads(output) if output else None

@@ -388,6 +388,10 @@ class Ledger:
                 for table, column, stmt in S.terms_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 4:
+                for table, column, stmt in S.lease_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -639,15 +643,21 @@ class Ledger:
         return self._read(lambda: [tuple(r) for r in self._x(S.HOLDS_OPEN, (pattern,)).fetchall()])
 
     def admit(self, hold_key: str, account: str, workflow: str, shares: dict[str, float], user: str | None = None,
-              run_id: str | None = None, now=None, enforce: bool = True) -> Hold:
+              run_id: str | None = None, now=None, enforce: bool = True, lease_s: float | None = None) -> Hold:
         """Hold sum(shares) against ``account``, or raise BudgetRefused. Replaying ``hold_key`` returns
         the existing hold and holds nothing more. ``enforce=False`` records a hold that was already
-        admitted elsewhere (by the submit hook inside slurmctld): the job exists, so must its hold."""
+        admitted elsewhere (by the submit hook inside slurmctld): the job exists, so must its hold.
+        ``lease_s``: the hold is a lease its holder renews (``renew``) within that many seconds,
+        or the next command that opens the ledger releases it (``release_lapsed``). Lapsed
+        leases of ``account`` are released first: a dead run's money never refuses new work."""
         want = shares_ms(shares)
         need, ts = sum(want.values()), _epoch(now, "now")
+        if lease_s is not None and not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
+            raise InputError(f"hold {hold_key}: the lease must be a positive number of seconds, got {lease_s!r}")
 
         def tx() -> Hold:
             self._lock_account(account)  # before reading the balance
+            self._release_lapsed(ts, account)
             old = self._one(S.HOLD_GET, (hold_key,))
             if old is not None:
                 had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
@@ -660,9 +670,71 @@ class Ledger:
                 raise BudgetRefused(f"account {account}: {_h(avail):.1f} GPU-h left, "
                                     f"workflow needs up to {_h(need):.1f} GPU-h")
             self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
+            if lease_s is not None:
+                self._x(S.HOLD_LEASE, (ts + lease_s, hold_key))
             return self._hold(hold_key)
 
         return self._write(tx)
+
+    # ---- leases: a run's hold lives while its run does -----------------------------------
+
+    def renew(self, hold_key: str, lease_s: float, now=None) -> bool:
+        """Extend ``hold_key``'s lease to ``lease_s`` from now; False when the hold is no longer
+        open (it was released: the run should stop, its money is no longer reserved)."""
+        ts = _epoch(now, "now")
+
+        def tx() -> bool:
+            self._lock_hold(hold_key)
+            return self._x(S.HOLD_LEASE, (ts + lease_s, hold_key)).rowcount == 1
+
+        return self._write(tx)
+
+    def _release_lapsed(self, ts: float, account: str | None = None) -> list[str]:
+        released = []
+        lapsed = [r for r in self._x(S.HOLDS_LAPSED, (ts,)).fetchall() if account is None or r[1] == account]
+        for acct in sorted({r[1] for r in lapsed}):  # one order, as transfer locks
+            self._lock_account(acct)
+        for key, acct, until in lapsed:
+            self._x(S.SHARES_RELEASE, (key,))
+            self._x(S.HOLD_CLOSE, ("failed", ts, key))
+            self._audit_release(acct, "slurmgov", f"hold {key}: its run stopped renewing its lease "
+                                f"(lapsed {max(0.0, ts - until):.0f} s ago); what it charged stays charged")
+            released.append(key)
+        return released
+
+    def release_lapsed(self, now=None) -> list[str]:
+        """Release every open hold whose lease lapsed (its run was killed, or its host died):
+        what its steps charged stays charged, the rest is released. The hold keys released."""
+        ts = _epoch(now, "now")
+        if not self._read(lambda: self._x(S.HOLDS_LAPSED, (ts,)).fetchall()):
+            return []  # the common case stays a read: no write lock for every command
+        return self._write(lambda: self._release_lapsed(ts))
+
+    def release(self, hold_key: str, actor: str, reason: str) -> Hold:
+        """An admin releases an open hold (a run that cannot be stopped any other way); the
+        release, with who and why, goes on the audit trail. Closing it again changes nothing."""
+        if not reason.strip():
+            raise InputError(f"releasing hold {hold_key} needs a reason (--reason): it goes on the audit trail")
+
+        def tx() -> Hold:
+            self._lock_hold(hold_key)
+            h = self._hold(hold_key)
+            if h.state == "open":
+                self._x(S.SHARES_RELEASE, (hold_key,))
+                self._x(S.HOLD_CLOSE, ("cancelled", time.time(), hold_key))
+                self._audit_release(h.account, actor, f"hold {hold_key} released "
+                                    f"({h.remaining_h:.3f} GPU-h): {reason}")
+            return self._hold(hold_key)
+
+        return self._write(tx)
+
+    def holds_open(self) -> list[dict]:
+        """Every open hold: key, account, workflow, user, run id, amount and still-held GPU-h,
+        when it was made and when its lease lapses (None: no lease, e.g. a Slurm job's hold)."""
+        rows = self._read(lambda: self._x(S.HOLDS_LIST).fetchall())
+        return [{"hold_key": k, "account": a, "workflow": w, "user": u, "run_id": r, "amount_h": _h(amt),
+                 "held_h": _h(held), "created_at": c, "lease_until": lease}
+                for k, a, w, u, r, amt, held, c, lease in rows]
 
     def _insert_hold(self, hold_key: str, account: str, workflow: str, want: dict[str, int], user: str | None,
                      run_id: str | None, ts: float) -> None:
@@ -735,6 +807,14 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, "override", budget, budget, kind, kind, reason,
+                                 _terms_text(pct, expires)))
+
+    def _audit_release(self, account: str, actor: str, reason: str) -> None:
+        """A hold released other than by its run's end: on the audit trail, budget unchanged."""
+        _, budget, kind = self._account(account)[:3]
+        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
+        at = datetime.now(timezone.utc).isoformat()
+        self._x(S.AUDIT_INSERT, (at, actor, account, "release", budget, budget, kind, kind, reason,
                                  _terms_text(pct, expires)))
 
     def settle_step(self, hold_key: str, step: str) -> None:

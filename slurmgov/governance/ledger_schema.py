@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3  # 2: attributions; 3: rollover and expiry terms
+SCHEMA_VERSION = 4  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds
 LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
 
 
@@ -153,7 +153,8 @@ def ddl(d: Dialect) -> list[str]:
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
             state {T} NOT NULL CHECK (state IN ('open', 'done', 'failed', 'cancelled')),
             created_at DOUBLE PRECISION NOT NULL,
-            closed_at DOUBLE PRECISION)""",
+            closed_at DOUBLE PRECISION,
+            lease_until DOUBLE PRECISION)""",
         f"""CREATE TABLE IF NOT EXISTS hold_shares (
             hold_key {T} NOT NULL REFERENCES holds (hold_key),
             step {T} NOT NULL,
@@ -219,6 +220,13 @@ def terms_ddl(d: Dialect) -> list[tuple[str, str, str]]:
     ]
 
 
+def lease_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 4: a run's hold is a lease its run renews while it lives (``lease_until``, epoch
+    seconds; NULL for holds no process keeps, such as Slurm jobs'). One that lapses is released
+    by the next command that opens the ledger. (table, column, statement) as terms_ddl."""
+    return [("holds", "lease_until", "ALTER TABLE holds ADD COLUMN lease_until DOUBLE PRECISION")]
+
+
 ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
     amount_ms, ended, recorded_at"""
 ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -272,6 +280,15 @@ HOLD_INSERT = """INSERT INTO holds (hold_key, account, workflow, user_name, run_
     VALUES (?, ?, ?, ?, ?, ?, 'open', ?)"""
 HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\' ORDER BY hold_key"""
 HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND state = 'open'"
+HOLD_LEASE = "UPDATE holds SET lease_until = ? WHERE hold_key = ? AND state = 'open'"
+HOLDS_LAPSED = """SELECT hold_key, account, lease_until FROM holds
+    WHERE state = 'open' AND lease_until IS NOT NULL AND lease_until < ? ORDER BY hold_key"""
+# Open holds for `slurmgov holds`: what each still reserves, its owner, age and lease.
+HOLDS_LIST = """SELECT h.hold_key, h.account, h.workflow, h.user_name, h.run_id, h.amount_ms,
+    CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT), h.created_at, h.lease_until
+    FROM holds h LEFT JOIN hold_shares s ON s.hold_key = h.hold_key
+    WHERE h.state = 'open' GROUP BY h.hold_key, h.account, h.workflow, h.user_name, h.run_id, h.amount_ms,
+    h.created_at, h.lease_until ORDER BY h.created_at, h.hold_key"""
 SHARES_GET = "SELECT step, amount_ms, remaining_ms FROM hold_shares WHERE hold_key = ? ORDER BY step"
 # A job changed in Slurm (job_modify): its hold is re-priced and may move to another account.
 HOLD_MOVE = "UPDATE holds SET account = ? WHERE hold_key = ?"

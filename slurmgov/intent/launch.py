@@ -15,23 +15,24 @@ idle rest as waste (``Ledger.attribute``).
 
 from __future__ import annotations
 
+import _thread
 import getpass
-import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slurmgov.errors import BudgetRefused
-from slurmgov.governance import attribution
-from slurmgov.governance.placement import LOCALITY_ORDER
-from slurmgov.governance.seed import ensure_budget
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
+from slurmgov.governance import attribution
+from slurmgov.governance.lease import LeaseKeeper, lease_seconds
 from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.placement import LOCALITY_ORDER
+from slurmgov.governance.seed import ensure_budget
 from slurmgov.governance.site import Site, slurmgov_home
+from slurmgov.intent import run_records
 from slurmgov.intent.jobspec import Workflow
 from slurmgov.intent.planner import HOST, Plan, plan
 
@@ -115,6 +116,8 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     slurm = site.executor == "slurm"
     p = plan(wf, site)
     ensure_budget(ledger, site, wf.account)
+    lease_s = lease_seconds()
+    keeper = None
     if slurm:
         hold_key = None
         left = ledger.balance(wf.account).available_h
@@ -123,7 +126,15 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
                                 f"{p.cost_h:.2f} GPU-h; nothing was submitted")
     else:
         hold_key = f"run:{run_id}"
-        ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id)
+        ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id, lease_s=lease_s)
+        # SIGKILL or a dead host leave the hold to lapse; while this process lives it is renewed.
+        # If it is released under the run (an admin), the run stops as on Ctrl-C.
+        keeper = LeaseKeeper(ledger, hold_key, lease_s, on_lost=_thread.interrupt_main).start()
+    started = time.time()
+    live = {"run_id": run_id, "workflow": wf.workflow, "account": wf.account, "user": user, "site": site.site,
+            "executor": site.executor, "hold_key": hold_key, "status": "running", "started": started,
+            "plan": {"cost_h": p.cost_h}, **run_records.this_process()}
+    run_records.write(run_id, live)
     if on_admitted:
         on_admitted(p, hold_key)
     specs, allocs = step_specs(wf, p)
@@ -141,13 +152,20 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
         if rec.status in TERMINAL:
             ledger.settle_step(hold_key, outcome.step)
 
+    def stopped(state: str) -> None:
+        """The run ends without a result (an error, a signal): its record says so."""
+        run_records.write(run_id, {**live, "status": state, "ended": time.time()})
+
     owned = backend is None
     if owned:
         try:
             backend = _slurm_backend(wf, p, run_id) if slurm else _local_backend(wf, site)
-        except Exception:
+        except BaseException:
+            if keeper:
+                keeper.stop()
             if hold_key:
                 ledger.close(hold_key, "failed")
+            stopped("failed")
             raise
     engine = Engine(backend, wf.workflow, run_id, specs, allocs, wf.on_failure,
                     on_attempt=None if slurm else charge, on_change=on_change)
@@ -161,10 +179,16 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
             ledger.close(hold_key, state)
         if on_finish:
             on_finish(result)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (interface/signals.py)
         state = "cancelled"
+        stopped(state)
+        raise
+    except BaseException:
+        stopped(state)
         raise
     finally:
+        if keeper:
+            keeper.stop()
         if hold_key:
             ledger.close(hold_key, state)
         link = backend.dashboard_link
@@ -256,12 +280,7 @@ def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> 
 def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | None:
     """Keep what happened (outputs, attempts, allocations, costs) beside the ledger, for reports."""
     result = rep.result
-    runs = slurmgov_home() / "runs"
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    doc = {
+    doc = {**run_records.this_process(),
         "run_id": run_id, "workflow": wf.workflow, "account": wf.account, "user": user, "site": site.site,
         "executor": site.executor, "hold_key": rep.hold_key, "status": result.status, "started": result.started,
         "ended": result.ended, "plan": p.to_dict(),
@@ -277,8 +296,4 @@ def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | 
             for aid, a in result.allocations.items()
         },
     }
-    path = runs / f"{run_id}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return run_records.write(run_id, doc)

@@ -4,7 +4,7 @@ The site file defaults to $SLURMGOV_SITE or site_configs/local.yaml (the embedde
 local Dask, SQLite ledger under $SLURMGOV_HOME).
 
 The root group and the entry point live here; the commands live in `slurmgov.interface.commands`,
-one module per group: `run` (plan, run), `budget` (budget, audit, waste, usage), `slurm` (sync,
+one module per group: `run` (plan, run), `runs` (runs, holds), `budget` (budget, audit, waste, usage), `slurm` (sync,
 governor, limits, hooks), `topology`, `dashboard`, and `common` for what they share.
 """
 
@@ -15,6 +15,7 @@ import click
 from slurmgov.interface.commands.budget import audit, budget, usage, waste
 from slurmgov.interface.commands.dashboard import dashboard_cmd
 from slurmgov.interface.commands.run import plan, run
+from slurmgov.interface.commands.runs import holds, runs
 from slurmgov.interface.commands.slurm import governor_loop, hooks, limits, sync
 from slurmgov.interface.commands.topology import topology
 from slurmgov.interface.errors import EXIT_CODES, guarded
@@ -34,7 +35,8 @@ def cli():
     """
 
 
-for _command in (plan, run, budget, audit, waste, usage, sync, governor_loop, dashboard_cmd, limits, topology, hooks):
+for _command in (plan, run, runs, holds, budget, audit, waste, usage, sync, governor_loop, dashboard_cmd, limits,
+                 topology, hooks):
     cli.add_command(_command)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 
 import click
 
 from slurmgov.errors import SlurmgovError
+from slurmgov.interface.signals import Stopped, stopped_by
 
 EXIT_CODES = """\b
 Exit codes:
@@ -21,6 +23,7 @@ Exit codes:
   6  not allowed (budget changes need an admin)
   70 internal error (SLURMGOV_DEBUG=1 shows the traceback)
   130 interrupted (Ctrl-C); the workflow's hold is released
+  143, 129 stopped by SIGTERM, SIGHUP: as Ctrl-C
 """
 
 
@@ -32,10 +35,16 @@ def guarded(prog: str):
         def main(*args, **kwargs):
             try:
                 return fn(*args, standalone_mode=False, **kwargs)
-            except (click.exceptions.Abort, KeyboardInterrupt):
-                click.echo(f"{prog}: interrupted; running steps were stopped, the workflow's Slurm jobs "
-                           f"cancelled and its hold released", err=True)
-                sys.exit(130)
+            except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+                # SIGTERM / SIGHUP (signals.Stopped) as Ctrl-C; after SIGHUP the terminal may be gone
+                signum = exc.signum if isinstance(exc, Stopped) else stopped_by()
+                how = f"stopped by {signal.Signals(signum).name}" if signum else "interrupted"
+                try:
+                    click.echo(f"{prog}: {how}; running steps were stopped, the workflow's Slurm jobs "
+                               f"cancelled and its hold released", err=True)
+                except OSError:
+                    pass
+                sys.exit(128 + signum if signum else 130)
             except click.UsageError as exc:  # one line, not click's three (usage, hint, error)
                 cmd = exc.ctx.command_path if exc.ctx else prog
                 usage = " ".join(exc.ctx.get_usage().split()[1:]) if exc.ctx else f"{cmd} --help"

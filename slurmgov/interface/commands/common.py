@@ -27,7 +27,11 @@ def _site(path) -> site_mod.Site:
 
 
 def _ledger(site: site_mod.Site) -> Ledger:
-    return Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
+    """The site's ledger. Holds whose run stopped renewing their lease (killed, host gone) are
+    released first: every command that opens the ledger settles them."""
+    ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
+    ledger.release_lapsed()
+    return ledger
 
 
 def _json(data) -> None:

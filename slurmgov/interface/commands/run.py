@@ -7,11 +7,26 @@ import sys
 import time
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from slurmgov.intent import jobspec, planner
 from slurmgov.interface import report
-from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option
+from slurmgov.interface.commands.common import (
+    _json,
+    _ledger,
+    _site,
+    err,
+    json_option,
+    out,
+    site_option,
+)
+from slurmgov.interface.signals import stop_on_signals
 
 
 @click.command()
@@ -94,10 +109,14 @@ def run(jobspec_path, site_path, as_json, linger):
         progress.update(task, completed=done, description=f"{wf.workflow}: {', '.join(running[:3]) or '...'}")
 
     try:
-        rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
-                     on_finish=finished)
+        with stop_on_signals():  # SIGTERM, SIGHUP: stopped and settled as on Ctrl-C
+            rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
+                         on_finish=finished)
     finally:
-        progress.stop()
+        try:
+            progress.stop()
+        except OSError:  # SIGHUP: the terminal is gone
+            pass
     bal = ledger.balance(wf.account)
     if as_json:
         _json({
