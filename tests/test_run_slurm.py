@@ -214,9 +214,10 @@ def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, gover
     assert not ledger().open_holds("slurm:")  # every job's hold closed by the governor
 
 
-def test_ctrl_c_cancels_the_workflows_jobs(governed, tmp_path):
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "interrupt-me"), (signal.SIGTERM, 143, "term-me")])
+def test_ctrl_c_or_sigterm_cancels_the_workflows_jobs(governed, tmp_path, sig, code, name):
     c, env = governed
-    proc, mark = one_step_run(c, env, tmp_path, "interrupt-me", "echo started > {mark}; sleep 60", 2)
+    proc, mark = one_step_run(c, env, tmp_path, name, "echo started > {mark}; sleep 60", 2)
     page = None
     for line in proc.stdout:  # printed before any step runs
         m = re.search(r"dashboard: (http://\S+/slurmgov)", line)
@@ -234,15 +235,15 @@ def test_ctrl_c_cancels_the_workflows_jobs(governed, tmp_path):
             break
         time.sleep(0.3)
     assert alloc["jobs"][0]["state"] == "RUNNING" and alloc["jobs"][0]["nodes"][0].startswith("gpu0")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert proc.returncode == code and "Traceback" not in err, err
     assert "Slurm jobs cancelled" in err
     deadline = time.time() + 20
-    while c.run("squeue", "-h", "-n", "sg.interrupt-me.a1").stdout.strip():  # COMPLETING, briefly
-        assert time.time() < deadline, "the pilot job outlived Ctrl-C"
+    while c.run("squeue", "-h", "-n", f"sg.{name}.a1").stdout.strip():  # COMPLETING, briefly
+        assert time.time() < deadline, "the pilot job outlived the signal"
         time.sleep(0.2)
-    (job,) = [j for j, t in sacct_by_name(c, "sg.interrupt-me.a1").items()]
+    (job,) = [j for j, t in sacct_by_name(c, f"sg.{name}.a1").items()]
     assert sacct(c, [job])[job]["state"] == "CANCELLED"
 
 
