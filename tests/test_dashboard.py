@@ -40,8 +40,8 @@ def test_page_follows_a_running_workflow(root, tmp_path):
     def backend_up(backend):
         page["url"] = dashboard.install(backend, page["state"])
 
-    def finished(result):
-        page["state"].finish(result.status)
+    def finished(result, charged_h):
+        page["state"].finish(result.status, charged_h)
         try:
             seen["final"] = browser.dom(exe, page["url"])
             ARTIFACTS.mkdir(exist_ok=True)

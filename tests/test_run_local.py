@@ -35,10 +35,14 @@ def test_each_example_runs_and_settles(root, local, ledger, name):
     assert hold.state == "done" and hold.remaining_h == pytest.approx(0)
     b = ledger.balance(w.account)
     assert b.held_h == pytest.approx(0)
-    # what was charged is exactly the GPU-seconds the steps used, at the type's weight
+    # what was charged is what the allocations held: the GPU-seconds the steps used, at the type's
+    # weight, plus the allocations' idle time (as Slurm would bill the pilots)
     used = sum(r.gpu_seconds for r in rep.result.steps.values()) / 3600
-    assert b.charged_h == pytest.approx(used, rel=1e-6, abs=1e-6) and used > 0
-    assert b.available_h == pytest.approx(b.budget_h - used, abs=1e-6)
+    held = sum(a.cost_h for a in rep.allocations.values())
+    idle = sum(a.idle_gpu_s for a in rep.allocations.values()) / 3600
+    assert b.charged_h == pytest.approx(held, rel=1e-6, abs=1e-6) and used > 0
+    assert held == pytest.approx(used + idle, rel=1e-6, abs=1e-6)  # these examples' types weigh 1
+    assert b.available_h == pytest.approx(b.budget_h - held, abs=1e-6)
     assert rep.record_path.exists()
 
 
@@ -68,7 +72,7 @@ def test_retries_charge_every_attempt(local, ledger):
     rep = launch(w, local, ledger)
     rec = rep.result.steps["f"]
     assert rec.status == "ok" and len(rec.attempts) == 3 and rec.output == {"attempt": 3}
-    charges = ledger.charges(rep.hold_key)
+    charges = [c for c in ledger.charges(rep.hold_key) if c["step"] == "f"]  # (and the allocation's idle time)
     assert sorted(c["attempt"] for c in charges) == [1, 2, 3]
     assert [c["status"] for c in sorted(charges, key=lambda c: c["attempt"])] == ["failed", "failed", "ok"]
 
@@ -145,3 +149,40 @@ def test_interrupt_releases_the_hold_and_charges_what_ran(local, ledger):
     assert hold.state == "cancelled"
     b = ledger.balance("chem-ai")
     assert b.held_h == 0 and b.charged_h > 0  # the interrupted attempt is charged, the rest released
+
+
+def test_one_cost_story_the_charge_is_steps_plus_waste_everywhere(root, local, ledger, tmp_path):
+    """A run's charge = its steps' costs + its allocations' idle time, in its report, its JSON,
+    `slurmgov runs`, the ledger and the site dashboard alike."""
+    import json
+    import subprocess
+    import sys
+
+    from slurmgov.governance.site import slurmgov_home
+    from slurmgov.interface.site_dashboard import site_state
+
+    spec = tmp_path / "story.yaml"
+    # two steps in one allocation, one idle while the other finishes: there is waste to account for
+    spec.write_text("workflow: story\naccount: chem-ai\nsteps:\n"
+                    "  - {id: short, run: 'sleep 0.1', resources: {gpus: 1}}\n"
+                    "  - {id: long, run: 'sleep 0.8', resources: {gpus: 1}}\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-m", "slurmgov.interface.cli", "run", str(spec), "--json"],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    charged = doc["charged_gpu_hours"]
+    steps_h = sum(s["cost"]["cost_h"] for s in doc["steps"].values())
+    (alloc,) = doc["allocations"].values()
+    waste_h = alloc["idle_gpu_s"] * alloc["cost_h"] / alloc["held_gpu_s"]
+    assert doc["waste_gpu_seconds"] > 0 and waste_h > 0
+    assert charged == pytest.approx(steps_h + waste_h, abs=1e-6)
+    assert charged == pytest.approx(alloc["cost_h"], abs=1e-6)
+    ledger_h = sum(c["charged_h"] for c in ledger.charges(f"run:{doc['run_id']}"))
+    assert charged == pytest.approx(ledger_h, abs=1e-9)
+    listed = json.loads(subprocess.run([sys.executable, "-m", "slurmgov.interface.cli", "runs", "--json"],
+                                       capture_output=True, text=True, env=env, timeout=60, check=True).stdout)
+    assert [x["charged_h"] for x in listed] == [pytest.approx(charged, abs=1e-9)]
+    (run,) = site_state(local, ledger, slurmgov_home())["runs"]
+    assert run["cost_h"] == pytest.approx(charged, abs=1e-9)
+    assert ledger.balance("chem-ai").charged_h == pytest.approx(charged, abs=1e-6)

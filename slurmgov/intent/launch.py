@@ -110,7 +110,8 @@ def step_specs(wf: Workflow, p: Plan) -> tuple[list[StepSpec], list[AllocSpec]]:
 def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, run_id: str | None = None,
            backend=None, on_change=None, on_admitted=None, on_backend=None, on_finish=None) -> LaunchReport:
     """``on_admitted(plan, hold_key)``, ``on_backend(backend)``, ``on_change(engine)`` and
-    ``on_finish(result)`` let the interface show progress and the dashboard page."""
+    ``on_finish(result, charged_h)`` let the interface show progress and the dashboard page
+    (``charged_h``: the run's settled charge, None on Slurm where sacct settles it afterwards)."""
     user = user or getpass.getuser()
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     slurm = site.executor == "slurm"
@@ -175,10 +176,17 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
             on_backend(backend)
         result = engine.run()
         state = {"ok": "done", "failed": "failed", "cancelled": "cancelled"}[result.status]
+        settled = None
+        if not slurm:
+            # One cost story: a simulated allocation's idle time is charged as Slurm bills a
+            # pilot's, so the run's charge = its steps' costs + its waste, wherever it is shown.
+            allocations, steps = _costs(p, result, site)
+            _charge_idle(ledger, hold_key, run_id, user, wf, p, allocations)
+            settled = charged[0] = sum(c["charged_h"] for c in ledger.charges(hold_key))
         if hold_key:
             ledger.close(hold_key, state)
         if on_finish:
-            on_finish(result)
+            on_finish(result, settled)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (interface/signals.py)
         state = "cancelled"
         stopped(state)
@@ -197,8 +205,6 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     if slurm:
         allocations, steps = _costs(p, result, site, backend.settle())
         charged[0] = sum(a.cost_h for a in allocations.values())
-    else:
-        allocations, steps = _costs(p, result, site)
     ledger.attribute(_attribution_rows(wf, run_id, user, p, allocations, steps, result))
     rep = LaunchReport(p, result, hold_key, charged[0], link, None, allocations, steps, site.executor)
     rep.record_path = _write_record(wf, p, rep, run_id, user, site)
@@ -245,7 +251,10 @@ def _costs(p: Plan, result: RunResult, site: Site, jobs=None):
         if a.kind == HOST:
             continue
         infos = jobs.get(a.id, []) if jobs is not None else []
-        held = float(sum(i.gpu_seconds for i in infos)) if jobs is not None else result.allocations[a.id].held_gpu_s
+        if jobs is not None:
+            held = float(sum(i.gpu_seconds for i in infos))
+        else:  # simulated: held from start to stop, never less than what its steps metered
+            held = max(result.allocations[a.id].held_gpu_s, result.allocations[a.id].busy_gpu_s)
         last_nodes = infos[-1].nodes if infos else []
         parts, idle = attribution.split(held, {sid: result.steps[sid].gpu_seconds for sid in a.steps})
         for sid in a.steps:
@@ -260,6 +269,18 @@ def _costs(p: Plan, result: RunResult, site: Site, jobs=None):
             [i.state for i in infos], result.allocations[a.id].events,
         )
     return allocations, steps
+
+
+def _charge_idle(ledger: Ledger, hold_key: str, run_id: str, user: str, wf: Workflow, p: Plan,
+                 allocations: dict[str, AllocCost]) -> None:
+    """Charge each simulated allocation's idle GPU-seconds (keyed: a replay charges nothing more)."""
+    for a in p.allocations:
+        ac = allocations.get(a.id)
+        if ac is None or ac.idle_gpu_s <= 0:
+            continue
+        ledger.charge(f"{run_id}:{a.id}:(idle)", hold_key, "(idle)", 1, gpu_seconds=ac.idle_gpu_s, weight=a.weight,
+                      gpu_type=a.gpu_type, started=None, ended=time.time(), status="idle", user=user,
+                      workflow=wf.workflow)
 
 
 def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> list[dict]:
@@ -283,6 +304,7 @@ def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | 
     doc = {**run_records.this_process(),
         "run_id": run_id, "workflow": wf.workflow, "account": wf.account, "user": user, "site": site.site,
         "executor": site.executor, "hold_key": rep.hold_key, "status": result.status, "started": result.started,
+        "charged_h": rep.charged_h, "waste_gpu_s": rep.waste_gpu_s,
         "ended": result.ended, "plan": p.to_dict(),
         "steps": {
             sid: {"status": r.status, "reason": r.reason, "alloc": r.spec.alloc, "gpu_seconds": r.gpu_seconds,

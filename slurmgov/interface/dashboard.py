@@ -41,9 +41,12 @@ class DashboardState:
             if charged != self.burn[-1][1]:
                 self.burn.append((time.time(), charged))
 
-    def finish(self, status: str) -> None:
+    def finish(self, status: str, charged_h: float | None = None) -> None:
+        """The run ended; ``charged_h``: its settled charge (steps + waste), shown from now on."""
         with self._lock:
             self.status = status
+            if charged_h is not None and charged_h != self.burn[-1][1]:
+                self.burn.append((time.time(), charged_h))
 
     def _charged_h(self, engine) -> float:
         weights = {a.id: a.weight for a in self.plan.allocations}

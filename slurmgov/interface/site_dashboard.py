@@ -74,7 +74,9 @@ def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
             "user": doc.get("user"), "status": doc.get("status"), "executor": doc.get("executor", "local"),
             "started": doc.get("started"), "ended": doc.get("ended"),
             "steps": len(doc.get("steps", {})), "steps_ok": sum(s.get("status") == "ok" for s in steps),
-            "cost_h": sum(a.get("cost_h", 0) for a in allocs),
+            # the run's charge (steps + waste), as its own report and `slurmgov runs` show it
+            "cost_h": doc["charged_h"] if isinstance(doc.get("charged_h"), (int, float))
+            else sum(a.get("cost_h", 0) for a in allocs),
             "held_gpu_s": sum(a.get("held_gpu_s", 0) for a in allocs),
             "idle_gpu_s": sum(a.get("idle_gpu_s", 0) for a in allocs),
             "nodes": sorted({n for a in allocs for n in a.get("nodes", [])}),

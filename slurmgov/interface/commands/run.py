@@ -94,8 +94,8 @@ def run(jobspec_path, site_path, as_json, linger):
             out.print(f"dashboard: {page['link']}  (Dask: {backend.dashboard_link})")
         progress.start()
 
-    def finished(result):
-        page["state"].finish(result.status)
+    def finished(result, charged_h):
+        page["state"].finish(result.status, charged_h)
         progress.stop()
         if linger:
             if not as_json:

@@ -44,7 +44,8 @@ def _summary(doc: dict, ledger) -> dict:
     """A run as `runs` shows it: its record, with its hold and charge from the ledger."""
     hold_key = doc.get("hold_key")
     hold = ledger.find_hold(hold_key) if hold_key else None
-    charged = sum(c["charged_h"] for c in ledger.charges(hold_key)) if hold else None
+    # a local run's charges are on its hold; a Slurm run's, on its jobs' holds: its record has them
+    charged = sum(c["charged_h"] for c in ledger.charges(hold_key)) if hold else doc.get("charged_h")
     return {
         "run_id": doc["run_id"], "state": run_records.state(doc), "workflow": doc.get("workflow"),
         "account": doc.get("account"), "user": doc.get("user"), "executor": doc.get("executor", "local"),
