@@ -69,8 +69,8 @@ def test_sixteen_gpus_in_one_nvlink_domain_is_refused(large):
     w = wf("  - {id: tp16, run: x, within: nvlink-domain, resources: {gpus: 16, nodes: 2}}\n")
     with pytest.raises(InfeasibleError) as exc:
         planner.plan(w, large)
-    assert str(exc.value) == (
-        "step 'tp16': needs 16 GPUs in one NVLink domain; the largest NVLink domain in partition h100 has 8 h100"
+    assert str(exc.value) == (  # the step's file and line, as jobspec errors name them
+        "w.yaml:4: step 'tp16': needs 16 GPUs in one NVLink domain; the largest NVLink domain in partition h100 has 8 h100"
     )
 
 
