@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slurmgov.errors import BudgetRefused
+from slurmgov.errors import BudgetRefused, UnknownAccount
 from slurmgov.governance import attribution
 from slurmgov.governance.placement import LOCALITY_ORDER
 from slurmgov.governance.seed import ensure_budget
@@ -115,15 +115,22 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     slurm = site.executor == "slurm"
     p = plan(wf, site)
     ensure_budget(ledger, site, wf.account)
-    if slurm:
-        hold_key = None
-        left = ledger.balance(wf.account).available_h
-        if p.cost_h > left + 1e-9:
-            raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
-                                f"{p.cost_h:.2f} GPU-h; nothing was submitted")
-    else:
-        hold_key = f"run:{run_id}"
-        ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id)
+    try:
+        if slurm:
+            hold_key = None
+            left = ledger.balance(wf.account).available_h
+            if p.cost_h > left + 1e-9:
+                raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
+                                    f"{p.cost_h:.2f} GPU-h; nothing was submitted")
+        else:
+            hold_key = f"run:{run_id}"
+            ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id)
+    except UnknownAccount as exc:
+        where = wf.where("account")
+        if exc.account != wf.account or where is None:
+            raise
+        raise UnknownAccount(exc.account, f"{where}: account: {wf.account} has no budget in the ledger and site {site.site} "
+                                          f"does not list it; set one with `slurmgov budget set {wf.account} GPU_HOURS`") from None
     if on_admitted:
         on_admitted(p, hold_key)
     specs, allocs = step_specs(wf, p)

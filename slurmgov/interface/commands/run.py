@@ -97,7 +97,8 @@ def run(jobspec_path, site_path, as_json, linger):
         rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
                      on_finish=finished)
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stop() prints a blank line off a terminal, before a refusal too
+            progress.stop()
     bal = ledger.balance(wf.account)
     if as_json:
         _json({
