@@ -16,6 +16,15 @@ class InputError(SlurmgovError):
     exit_code = 2
 
 
+class UnknownAccount(InputError):
+    """An account the ledger has no budget for; ``account`` says which, so a caller that knows
+    where the name came from (a jobspec's ``account:`` line) can say so."""
+
+    def __init__(self, account: str, message: str):
+        super().__init__(message)
+        self.account = account
+
+
 class InfeasibleError(SlurmgovError):
     """A request that can never be placed on the site."""
 

@@ -16,6 +16,7 @@ NOBODY_GROUP = grp.getgrgid(NOBODY.pw_gid).gr_name
 
 def site(admins: str = ""):
     text = ("site: s\ngpu_types: {h100: {memory_gb: 80}}\nnodes:\n  - {names: n1, gpus: 4, gpu_type: h100}\n"
+            "partitions:\n  - {name: p, nodes: n1}\n"
             + admins)
     return site_mod.parse(yamlfile.load_text(text, "s.yaml"))
 

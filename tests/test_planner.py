@@ -69,8 +69,8 @@ def test_sixteen_gpus_in_one_nvlink_domain_is_refused(large):
     w = wf("  - {id: tp16, run: x, within: nvlink-domain, resources: {gpus: 16, nodes: 2}}\n")
     with pytest.raises(InfeasibleError) as exc:
         planner.plan(w, large)
-    assert str(exc.value) == (
-        "step 'tp16': needs 16 GPUs in one NVLink domain; the largest NVLink domain in partition h100 has 8 h100"
+    assert str(exc.value) == (  # the step's file and line, as jobspec errors name them
+        "w.yaml:4: step 'tp16': needs 16 GPUs in one NVLink domain; the largest NVLink domain in partition h100 has 8 h100"
     )
 
 
@@ -127,6 +127,7 @@ def test_multi_node_nvlink_domain_becomes_a_matching_or_constraint():
         "site: nvl\ngpu_types: {gb200: {memory_gb: 186}}\n"
         "nodes:\n  - {names: 'r[01-08]', gpus: 4, gpu_type: gb200}\n"
         "nvlink_domains:\n  - {name: nvlA, nodes: 'r[01-04]'}\n  - {name: nvlB, nodes: 'r[05-08]'}\n"
+        "partitions:\n  - {name: gpu, nodes: 'r[01-08]'}\n"
     )
     s = site_mod.parse(yamlfile.load_text(text, "nvl.yaml"))
     p = planner.plan(wf("  - {id: tp16, run: x, within: nvlink-domain, resources: {gpus: 16, nodes: 4}}\n"), s)

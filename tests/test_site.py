@@ -58,12 +58,12 @@ SITE = site_text()
 
 @pytest.mark.parametrize("parts,fragment", [
     (dict(extra="colour: blue\n"), "s.yaml:9: colour: unknown key"),
-    (dict(nodes="  - {names: x1, gpus: 2, gpu_type: a100}"), "gpu_type 'a100' is not in gpu_types"),
-    (dict(switches="  - {name: l9, nodes: 'zz[1-2]'}"), "unknown node zz1"),
+    (dict(nodes="  - {names: x1, gpus: 2, gpu_type: a100}"), "nodes[x1]: gpu_type: 'a100' is not in gpu_types"),
+    (dict(switches="  - {name: l9, nodes: 'zz[1-2]'}"), "s.yaml:6: switches[l9]: nodes: unknown node zz1"),
     (dict(switches="  - {name: l9, nodes: 'n[1-2'}"), "bad hostlist"),
-    (dict(switches="  - {name: l1, nodes: n1}\n  - {name: l2, nodes: n1}"), "two leaf switches"),
+    (dict(switches="  - {name: l1, nodes: n1}\n  - {name: l2, nodes: n1}"), "switches[l2]: nodes: node n1 is already under leaf switch l1"),
     (dict(partitions="  - {name: a, nodes: n1, default: true}\n  - {name: b, nodes: n2, default: true}"),
-     "more than one partition"),
+     "partitions[b]: default: more than one partition is marked default"),
     (dict(extra="accounts: {chem-ai: {budget_gpu_hours: -5}}\n"), "accounts.chem-ai.budget_gpu_hours"),
     (dict(extra="fail_policy: maybe\n"), "fail_policy"),
     (dict(extra="accounts: {PHYSICS: {budget_gpu_hours: 5}}\n"),

@@ -126,7 +126,10 @@ def test_untyped_gpus_without_gres_conf_and_unknown_memory(tmp_path):
     assert doc["gpu_types"]["gpu"]["memory_gb"] == 64  # the gpu_memory_gb argument
     assert doc["gpu_types"]["mi250"]["memory_gb"] == 64
     assert doc["gpu_types"]["a100_40gb"]["memory_gb"] == 40  # size in the type name
-    assert "partitions" not in doc and "switches" not in doc
+    assert "switches" not in doc
+    # no PartitionName: one partition of every node, named so that it is seen to need renaming
+    assert doc["partitions"] == [{"name": "all", "nodes": "b1,m1,n[1-3],x1"}]
+    assert any("no partition with nodes; wrote partition 'all'" in w for w in warnings)
     assert any("untyped GPUs" in w and "n[1-3]" in w for w in warnings)
     assert any("'mi250'" in w for w in warnings) and any("no topology.conf" in w for w in warnings)
     # without the argument: 80 GB and a warning that says so
@@ -171,6 +174,8 @@ def test_topology_with_unknown_nodes_is_pruned(tmp_path):
     ({"slurm.conf": "NodeName=n1 CPUs=4 \\\n  RealMemory=1G0\n"}, "slurm.conf:1", "RealMemory=1G0"),
     ({"slurm.conf": "NodeName=n1\nPartitionName=p Nodes=n1 MaxTime=soon\n"}, "slurm.conf:2", "MaxTime=soon is not a Slurm time limit"),
     ({"slurm.conf": "NodeName=n1\nPartitionName=p Nodes=n[1-2]\n"}, "slurm.conf:2", "node n2 is not defined"),
+    ({"slurm.conf": "NodeName=n1\nPartitionName=p Nodes=n1 DefaultTime=2:00:00 MaxTime=60\n"}, "slurm.conf:2",
+     "DefaultTime 02:00:00 is longer than MaxTime 01:00:00"),
     ({"slurm.conf": "NodeName=n1\nNodeName=n[0-1]\n"}, "slurm.conf:2", "node n1 is already defined at"),
     ({"slurm.conf": "NodeName=n1 junk\n"}, "slurm.conf:1", "'junk' has no value"),
     ({"slurm.conf": "NodeName=n[1-\n"}, "slurm.conf:1", "bad hostlist"),
@@ -219,6 +224,7 @@ def nvl_site():
         "nodes": [{"names": "n[1-5]", "gpus": 4, "gpu_type": "gb200"}],
         "nvlink_domains": [{"name": "nvl1", "nodes": "n[1-2]"}, {"name": "nvl2", "nodes": "n[3-4]"}],
         "switches": [{"name": "leafA", "nodes": "n[1-4]"}, {"name": "leafB", "nodes": "n5"}],
+        "partitions": [{"name": "gpu", "nodes": "n[1-5]"}],
     })
 
 

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
+from slurmgov.errors import (
+    BudgetRefused,
+    InputError,
+    LedgerError,
+    LedgerUnavailable,
+    UnknownAccount,
+)
 from slurmgov.governance import ledger_schema as S
 
 MS_PER_H = 3_600_000
@@ -229,9 +235,9 @@ def _pg_where(url: str) -> tuple[str, tuple[str, ...]]:
     return where, tuple(sorted((s for s in secrets if s), key=len, reverse=True))
 
 
-def _no_budget(account: str) -> InputError:
-    return InputError(f"account {account} has no budget in the ledger; set one with "
-                      f"`slurmgov budget set {account} GPU_HOURS`")
+def _no_budget(account: str) -> UnknownAccount:
+    return UnknownAccount(account, f"account {account} has no budget in the ledger; set one with "
+                                   f"`slurmgov budget set {account} GPU_HOURS`")
 
 
 def missing_hold(hold_key: str) -> LedgerError:

@@ -18,14 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slurmgov import yamlfile
 from slurmgov.errors import InputError
-from slurmgov.governance.topology import Topology
-from slurmgov.units import parse_memory_mb, parse_time_seconds
+from slurmgov.governance.topology import Topology, TopologyError
+from slurmgov.units import format_time, parse_memory_mb, parse_time_seconds
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _At(ValueError):
+    """A site error that knows where in the file it belongs, e.g. ("switches", 3, "switches");
+    pydantic would place a check across entries at the top of the file."""
+
+    def __init__(self, loc: tuple, msg: str):
+        super().__init__(msg)
+        self.loc, self.msg = loc, msg
 
 
 def _expand(v: str) -> list[str]:
@@ -144,7 +153,7 @@ class Site(Strict):
     nodes: tuple[NodeGroup, ...] = Field(min_length=1)
     nvlink_domains: tuple[Domain, ...] = ()
     switches: tuple[Switch, ...] = ()
-    partitions: tuple[Partition, ...] = ()
+    partitions: tuple[Partition, ...] = ()  # at least one: checked in _consistent, to say so plainly
     accounts: dict[str, Account] = Field(default_factory=dict)
     ledger: str = "sqlite:///${SLURMGOV_HOME}/ledger.sqlite"
     fail_policy: Literal["closed", "open"] = "closed"
@@ -164,31 +173,45 @@ class Site(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
-        for g in self.nodes:
+        for i, g in enumerate(self.nodes):
             if g.gpu_type and g.gpu_type not in self.gpu_types:
-                raise ValueError(f"node group {g.names}: gpu_type {g.gpu_type!r} is not in gpu_types")
-        self.topology  # builds and cross-checks names; raises ValueError
-        if sum(p.default for p in self.partitions) > 1:
-            raise ValueError("more than one partition is marked default")
+                raise _At(("nodes", i, "gpu_type"), f"{g.gpu_type!r} is not in gpu_types")
+        if not self.partitions:
+            raise _At(("partitions",), "a site needs at least one partition (the Slurm partition its jobs go to)")
+        for kind, what in (("switches", "switch"), ("nvlink_domains", "NVLink domain"), ("partitions", "partition")):
+            seen: set[str] = set()
+            for i, entry in enumerate(getattr(self, kind)):
+                if entry.name in seen:
+                    raise _At((kind, i, "name"), f"duplicate {what} name {entry.name!r}")
+                seen.add(entry.name)
+        defaults = [i for i, p in enumerate(self.partitions) if p.default]
+        if len(defaults) > 1:
+            raise _At(("partitions", defaults[1], "default"),
+                      f"more than one partition is marked default ({self.partitions[defaults[0]].name} already is)")
+        for i, p in enumerate(self.partitions):
+            _check_times(i, p)
+        self.topology  # builds and cross-checks names; raises _At
         return self
 
     @cached_property
     def topology(self) -> Topology:
         nodes = {}
-        for g in self.nodes:
+        for i, g in enumerate(self.nodes):
             for n in _expand(g.names):
                 if n in nodes:
-                    raise ValueError(f"node {n} is listed twice")
+                    raise _At(("nodes", i, "names"), f"node {n} is listed twice")
                 nodes[n] = (g.gpus, g.gpu_type, g.cpus, g.memory_mb, g.features)
         domains = {d.name: _expand(d.nodes) for d in self.nvlink_domains}
         leaves = {s.name: _expand(s.nodes) for s in self.switches if s.nodes}
         uppers = {s.name: _expand(s.switches) for s in self.switches if s.switches}
-        parts = {p.name: _expand(p.nodes) for p in self.partitions} or {"default": sorted(nodes)}
-        return Topology(nodes, domains, leaves, uppers, parts)
+        parts = {p.name: _expand(p.nodes) for p in self.partitions}
+        try:
+            return Topology(nodes, domains, leaves, uppers, parts)
+        except TopologyError as exc:
+            index = next(i for i, e in enumerate(getattr(self, exc.kind)) if e.name == exc.name)
+            raise _At((exc.kind, index, exc.field), exc.msg) from None
 
     def partition(self, name: str | None) -> Partition:
-        if not self.partitions:
-            return Partition(name="default", nodes=hostlist.collect_hostlist(sorted(self.topology.nodes)))
         if name is None:
             for p in self.partitions:
                 if p.default:
@@ -218,6 +241,18 @@ def slurmgov_home() -> Path:
     return Path(base) / "slurmgov"
 
 
+def _check_times(index: int, p: Partition) -> None:
+    """A step without a time limit gets the partition's default: it must fit under the maximum."""
+    if p.max_time_s is None or p.default_time_s <= p.max_time_s:
+        return
+    if "default_time_s" in p.model_fields_set:
+        raise _At(("partitions", index, "default_time"),
+                  f"{format_time(p.default_time_s)} is longer than max_time {format_time(p.max_time_s)}")
+    raise _At(("partitions", index, "max_time"),
+              f"{format_time(p.max_time_s)} is shorter than the default time limit {format_time(p.default_time_s)}; "
+              f"set default_time")
+
+
 def _describe(loc, data):
     if len(loc) >= 2 and loc[0] in ("nodes", "partitions", "switches", "nvlink_domains") and isinstance(loc[1], int):
         try:
@@ -235,6 +270,11 @@ def parse(doc: yamlfile.Located) -> Site:
     try:
         return Site.model_validate(doc.data)
     except ValidationError as err:
+        exc = err.errors()[0].get("ctx", {}).get("error")
+        if isinstance(exc, _At):
+            name, rest = _describe(exc.loc, doc.data)
+            parts = [doc.where(exc.loc), name, ".".join(str(x) for x in rest)]
+            raise InputError(": ".join(x for x in parts if x) + f": {exc.msg}") from None
         raise yamlfile.first_error(err, doc, _describe) from None
 
 

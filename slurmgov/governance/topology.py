@@ -10,6 +10,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 
+class TopologyError(ValueError):
+    """A contradiction in the site's shape. ``kind``, ``name`` and ``field`` name the entry that
+    holds it (e.g. "switches", "spine1", "switches"), so a site file can point at its line."""
+
+    def __init__(self, kind: str, name: str, field: str, msg: str):
+        super().__init__(msg)
+        self.kind, self.name, self.field, self.msg = kind, name, field, msg
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -29,23 +38,23 @@ class Topology:
         self._leaf_of: dict[str, str] = {}
         for name, members in leaves.items():
             for n in members:
-                self._require_node(n, f"switch {name}")
+                self._require_node(n, "switches", name)
                 if n in self._leaf_of:
-                    raise ValueError(f"node {n} sits under two leaf switches ({self._leaf_of[n]}, {name})")
+                    raise TopologyError("switches", name, "nodes",
+                                        f"node {n} is already under leaf switch {self._leaf_of[n]}; a node has one leaf switch")
                 self._leaf_of[n] = name
-        known = set(leaves) | set(uppers)
-        for name, children in uppers.items():
-            for c in children:
-                if c not in known:
-                    raise ValueError(f"switch {name}: unknown child switch {c}")
+        _check_tree(leaves, uppers)
         # NVLink domains: declared multi-node ones; every other GPU node is its own domain (HGX).
         self._domain_of: dict[str, str] = {}
         self.domains: dict[str, list[str]] = {}
         for name, members in domains.items():
+            if name in self.nodes and list(members) != [name]:  # a node outside any domain is a domain by its name
+                raise TopologyError("nvlink_domains", name, "name", f"{name!r} is also a node's name")
             for n in members:
-                self._require_node(n, f"nvlink domain {name}")
+                self._require_node(n, "nvlink_domains", name)
                 if n in self._domain_of:
-                    raise ValueError(f"node {n} is in two NVLink domains")
+                    raise TopologyError("nvlink_domains", name, "nodes",
+                                        f"node {n} is already in NVLink domain {self._domain_of[n]}")
                 self._domain_of[n] = name
             self.domains[name] = list(members)
         for n, node in self.nodes.items():
@@ -54,11 +63,11 @@ class Topology:
                 self.domains[n] = [n]
         for p, members in partitions.items():
             for n in members:
-                self._require_node(n, f"partition {p}")
+                self._require_node(n, "partitions", p)
 
-    def _require_node(self, n: str, where: str) -> None:
+    def _require_node(self, n: str, kind: str, name: str) -> None:
         if n not in self.nodes:
-            raise ValueError(f"{where}: unknown node {n}")
+            raise TopologyError(kind, name, "nodes", f"unknown node {n}")
 
     def leaf_of(self, node: str) -> str | None:
         return self._leaf_of.get(node)
@@ -133,3 +142,44 @@ class Topology:
 
     def __hash__(self):
         return id(self)
+
+
+def _check_tree(leaves: dict[str, list[str]], uppers: dict[str, list[str]]) -> None:
+    """Every child switch exists, and no switch is above itself (directly or round a cycle)."""
+    known = set(leaves) | set(uppers)
+    for name, children in uppers.items():
+        for c in children:
+            if c == name:
+                raise TopologyError("switches", name, "switches", f"switch {name} lists itself as a child")
+            if c not in known:
+                raise TopologyError("switches", name, "switches", f"unknown child switch {c}")
+    cycle = _find_cycle(uppers)
+    if cycle:
+        order = {name: i for i, name in enumerate(uppers)}
+        first = min(range(len(cycle)), key=lambda i: order[cycle[i]])  # report it where the file first says it
+        cycle = cycle[first:] + cycle[:first]
+        raise TopologyError("switches", cycle[0], "switches", "cycle: " + " -> ".join(cycle + [cycle[0]]))
+
+
+def _find_cycle(uppers: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of switches, each the parent of the next, or None. Iterative depth-first search."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    for root, children in uppers.items():
+        if root in state:
+            continue
+        path, stack = [root], [iter(children)]
+        state[root] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif nxt not in uppers or state.get(nxt) == 2:
+                continue
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):]
+            else:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(uppers[nxt]))
+    return None

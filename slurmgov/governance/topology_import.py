@@ -43,6 +43,7 @@ FALLBACK_GPU_MEMORY_GB = 80
 UNTYPED_GPU = "gpu"  # gpu_type given to GPUs that neither slurm.conf nor gres.conf type
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as in site.py
 MAX_INCLUDE_DEPTH = 16
+NO_PARTITION = "all"  # the partition written when slurm.conf has none (a site file needs one)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -400,6 +401,8 @@ def _parse_partitions(lines: list[Line], nodes: dict[str, _Node], warnings: list
             part["default"] = True
         max_s = _time(merged.get("maxtime"), line, "MaxTime", what)
         def_s = _time(merged.get("defaulttime"), line, "DefaultTime", what)
+        if def_s is not None and max_s is not None and def_s > max_s:
+            raise line.fail(f"{what}: DefaultTime {format_time(def_s)} is longer than MaxTime {format_time(max_s)}")
         if def_s is None and max_s is not None:
             def_s = max_s  # Slurm: without DefaultTime a job gets MaxTime
         if def_s is not None:
@@ -595,8 +598,11 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
         doc["switches"] = switches
     else:
         warnings.append("no topology.conf switches: leaf-switch placement cannot be planned")
-    if partitions:
-        doc["partitions"] = partitions
+    if not partitions:  # a site file needs one; name it so that nobody mistakes it for a Slurm partition
+        partitions = [{"name": NO_PARTITION, "nodes": _collect(nodes)}]
+        warnings.append(f"{slurm_conf}: no partition with nodes; wrote partition {NO_PARTITION!r} of every node: "
+                        f"rename it to the Slurm partition jobs go to")
+    doc["partitions"] = partitions
     doc["accounts"] = {}
     return doc, warnings
 

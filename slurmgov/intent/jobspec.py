@@ -7,10 +7,11 @@ Every error is one line naming the file, the line, the step and the field, e.g.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from slurmgov import yamlfile
 from slurmgov.context.kv_size import DTYPE_BYTES, PRESETS, KVShape
@@ -139,6 +140,15 @@ class Step(Strict):
         return "node" if self.resources.nodes == 1 else "any"
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a workflow was read from, so a refusal after validation can still name ``file:line``."""
+
+    path: str
+    fields: dict[str, int | None]  # top-level keys: "account", "partition"
+    step_lines: tuple[int | None, ...]  # the line of each step, in file order
+
+
 class Workflow(Strict):
     workflow: str = Field(pattern=NAME)
     account: str = Field(pattern=NAME)
@@ -146,6 +156,7 @@ class Workflow(Strict):
     partition: Optional[str] = Field(None, pattern=NAME)
     on_failure: Literal["continue", "cancel"] = "continue"
     steps: tuple[Step, ...] = Field(min_length=1, max_length=100_000)
+    _source: Source | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _dag(self):
@@ -171,6 +182,23 @@ class Workflow(Strict):
     @property
     def by_id(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
+
+    def where(self, field: str) -> str | None:
+        """``file:line`` of a top-level field ("account", "partition"); None when not read from a file."""
+        src = self._source
+        return _at(src.path, src.fields.get(field)) if src else None
+
+    def where_step(self, step_id: str) -> str | None:
+        """``file:line`` of a step; None when not read from a file."""
+        src = self._source
+        if src is None:
+            return None
+        index = next((i for i, s in enumerate(self.steps) if s.id == step_id), None)
+        return _at(src.path, src.step_lines[index] if index is not None else None)
+
+
+def _at(path: str, line: int | None) -> str:
+    return f"{path}:{line}" if line else path
 
 
 class _StepError(ValueError):
@@ -244,7 +272,7 @@ def parse(doc: yamlfile.Located) -> Workflow:
     if not isinstance(doc.data, dict):
         raise InputError(f"{doc.path}: a jobspec is a YAML mapping with workflow, account and steps")
     try:
-        return Workflow.model_validate(doc.data)
+        wf = Workflow.model_validate(doc.data)
     except ValidationError as err:
         e = err.errors()[0]
         exc = e.get("ctx", {}).get("error")
@@ -253,6 +281,12 @@ def parse(doc: yamlfile.Located) -> Workflow:
             name, rest = _describe(doc.data)(loc, None)
             raise InputError(f"{doc.where(loc)}: {name}: {exc.field}: {exc.msg}") from None
         raise yamlfile.first_error(err, doc, _describe(doc.data)) from None
+    wf._source = Source(
+        doc.path,
+        {k: doc.line((k,)) for k in ("account", "partition") if k in doc.data},
+        tuple(doc.line(("steps", i)) for i in range(len(wf.steps))),
+    )
+    return wf
 
 
 def load(path: str | Path) -> Workflow:

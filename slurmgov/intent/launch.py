@@ -22,7 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slurmgov.errors import BudgetRefused
+from slurmgov.errors import BudgetRefused, UnknownAccount
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
@@ -119,15 +119,23 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     ensure_budget(ledger, site, wf.account)
     lease_s = lease_seconds()
     keeper = None
-    if slurm:
-        hold_key = None
-        left = ledger.balance(wf.account).available_h
-        if p.cost_h > left + 1e-9:
-            raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
-                                f"{p.cost_h:.2f} GPU-h; nothing was submitted")
-    else:
-        hold_key = f"run:{run_id}"
-        ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id, lease_s=lease_s)
+    try:
+        if slurm:
+            hold_key = None
+            left = ledger.balance(wf.account).available_h
+            if p.cost_h > left + 1e-9:
+                raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
+                                    f"{p.cost_h:.2f} GPU-h; nothing was submitted")
+        else:
+            hold_key = f"run:{run_id}"
+            ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id, lease_s=lease_s)
+    except UnknownAccount as exc:
+        where = wf.where("account")
+        if exc.account != wf.account or where is None:
+            raise
+        raise UnknownAccount(exc.account, f"{where}: account: {wf.account} has no budget in the ledger and site {site.site} "
+                                          f"does not list it; set one with `slurmgov budget set {wf.account} GPU_HOURS`") from None
+    if hold_key:
         # SIGKILL or a dead host leave the hold to lapse; while this process lives it is renewed.
         # If it is released under the run (an admin), the run stops as on Ctrl-C.
         keeper = LeaseKeeper(ledger, hold_key, lease_s, on_lost=_thread.interrupt_main).start()

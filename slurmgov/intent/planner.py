@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from slurmgov.context.kv_size import GIB, KVNeed, need
-from slurmgov.errors import InfeasibleError
+from slurmgov.errors import InfeasibleError, InputError
 from slurmgov.governance.pricing import gpu_hours, split
 from slurmgov.governance.site import Site
 from slurmgov.intent.jobspec import Step, Workflow, topo_order
@@ -140,11 +140,17 @@ class Plan:
 
 
 def plan(wf: Workflow, site: Site) -> Plan:
-    partition = site.partition(wf.partition)
+    try:
+        partition = site.partition(wf.partition)
+    except InputError as exc:
+        raise InputError(_located(wf.where("partition"), f"partition: {exc}")) from None
     steps: dict[str, PlannedStep] = {}
     notes: list[str] = []
     for st in topo_order(wf):
-        ps = _resolve(st, site, partition)
+        try:
+            ps = _resolve(st, site, partition)
+        except InfeasibleError as exc:  # name the step's file and line, as jobspec errors do
+            raise InfeasibleError(_located(wf.where_step(st.id), str(exc))) from None
         ps.start_s = max((steps[d].end_s for d in st.after), default=0)
         ps.end_s = ps.start_s + ps.time_s * (1 + ps.retries)
         steps[st.id] = ps
@@ -178,6 +184,10 @@ def plan(wf: Workflow, site: Site) -> Plan:
             ps.share_h = share
     notes.extend(_context_notes(steps, {a.id: a for a in allocations}))
     return Plan(wf.workflow, wf.account, site.site, steps, allocations, notes)
+
+
+def _located(where: str | None, msg: str) -> str:
+    return f"{where}: {msg}" if where else msg
 
 
 def _resolve(st: Step, site: Site, partition) -> PlannedStep:

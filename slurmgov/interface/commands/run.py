@@ -114,7 +114,8 @@ def run(jobspec_path, site_path, as_json, linger):
                          on_finish=finished)
     finally:
         try:
-            progress.stop()
+            if progress.live.is_started:  # stop() prints a blank line off a terminal, before a refusal too
+                progress.stop()
         except OSError:  # SIGHUP: the terminal is gone
             pass
     bal = ledger.balance(wf.account)
