@@ -40,6 +40,14 @@ def _utc(d):
     return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
 
 
+def pin_home() -> None:
+    """Make a set $SLURMGOV_HOME absolute once, from the directory the command started in, so the
+    ledger, the run records and every process the command starts (Dask workers, steps, pilots)
+    agree on one place."""
+    if os.environ.get("SLURMGOV_HOME"):
+        os.environ["SLURMGOV_HOME"] = str(site_mod.slurmgov_home())
+
+
 def _state_dir(site) -> str:
     return str(site_mod.slurmgov_home())
 
