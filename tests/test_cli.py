@@ -185,3 +185,27 @@ def test_budget_terms_rollover_and_expiry_from_the_cli_and_the_site_file(root, t
     nope.write_text(site.read_text().replace("period: quarterly, rollover_pct: 10", "period: none, rollover_pct: 10"))
     err = sg("budget", "show", "--site", nope, check=2).stderr.strip()
     assert "bad.yaml" in err and "rollover_pct needs a monthly or quarterly period" in err and "\n" not in err
+
+
+def test_a_relative_slurmgov_home_is_taken_from_the_starting_directory(tmp_path):
+    """The ledger and the run records land together under ./rel/home (not the ledger under /),
+    and a step sees the absolute path; `run:` steps run under /bin/sh, as the README says."""
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = tmp_path / "h.yaml"
+    spec.write_text("workflow: h\naccount: chem-ai\nsteps:\n"
+                    "  - id: a\n    resources: {gpus: 1}\n"
+                    "    run: printf '[\"%s\", \"%s\"]' \"$0\" \"$SLURMGOV_HOME\"\n")
+    env = {**os.environ, "SLURMGOV_HOME": "rel/home"}
+    proc = subprocess.run([str(BIN / "slurmgov"), "run", str(spec), "--json"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    home = work / "rel" / "home"
+    assert (home / "ledger.sqlite").is_file()
+    assert Path(d["record"]) == home / "runs" / f"{d['run_id']}.json" and Path(d["record"]).is_file()
+    assert d["steps"]["a"]["output"] == ["/bin/sh", str(home)]
+    # the same home named absolutely, from elsewhere, is the same ledger: the run's charge is there
+    bal = {b["account"]: b for b in json.loads(sg("budget", "show", "--json", env={"SLURMGOV_HOME": str(home)},
+                                                   check=0).stdout)}
+    assert bal["chem-ai"]["charged_h"] > 0  # a fresh ledger would have charged nothing

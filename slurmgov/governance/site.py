@@ -234,11 +234,13 @@ class Site(Strict):
 
 
 def slurmgov_home() -> Path:
-    """$SLURMGOV_HOME, else the user's XDG data directory."""
+    """$SLURMGOV_HOME, else the user's XDG data directory; always absolute (a relative one is taken
+    from the current directory): the ledger URL is ``sqlite:///`` + this path, and a relative path
+    there would land under ``/``. The CLI pins it once at start (``pin_home`` in the interface)."""
     if os.environ.get("SLURMGOV_HOME"):
-        return Path(os.environ["SLURMGOV_HOME"])
+        return Path(os.environ["SLURMGOV_HOME"]).expanduser().absolute()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "slurmgov"
+    return (Path(base) / "slurmgov").absolute()
 
 
 def _check_times(index: int, p: Partition) -> None:

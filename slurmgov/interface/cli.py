@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from slurmgov.interface.commands.budget import audit, budget, usage, waste
+from slurmgov.interface.commands.common import pin_home
 from slurmgov.interface.commands.dashboard import dashboard_cmd
 from slurmgov.interface.commands.run import plan, run
 from slurmgov.interface.commands.runs import holds, runs
@@ -33,6 +34,7 @@ def cli():
       slurmgov budget show --json
       slurmgov usage --by step
     """
+    pin_home()
 
 
 for _command in (plan, run, runs, holds, budget, audit, waste, usage, sync, governor_loop, dashboard_cmd, limits,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
+from slurmgov.interface.tables import Table, show
 from slurmgov.units import format_time
 
 
@@ -21,7 +21,7 @@ def plan_tables(p, console: Console) -> None:
         shape = "-" if a.kind == "host" else f"{a.nodes} x {a.gpus_per_node} {a.gpu_type or ''}".strip()
         t.add_row(a.id, a.kind, ", ".join(a.steps), shape, format_time(a.time_s) if a.kind != "host" else "-",
                   _h(a.cost_h), opts or "(runs on the submitting host)")
-    console.print(t)
+    show(t, console)
     s = Table(title="steps")
     for col in ("step", "alloc", "GPUs", "within", "time", "retries", "worst-case window", "share GPU-h", "KV GiB"):
         s.add_column(col)
@@ -29,7 +29,7 @@ def plan_tables(p, console: Console) -> None:
         s.add_row(ps.id, ps.alloc, str(ps.gpus), ps.within if ps.gpus else "-", format_time(ps.time_s), str(ps.retries),
                   f"{format_time(ps.start_s) if ps.start_s else '0'} .. {format_time(ps.end_s)}", _h(ps.share_h),
                   f"{ps.kv_bytes / 2**30:.1f}" if ps.kv_bytes else "-")
-    console.print(s)
+    show(s, console)
     for n in p.notes:
         console.print(f"note: {n}")
     console.print(f"worst case: [bold]{p.cost_h:.2f} GPU-h[/bold] (weighted), makespan up to {format_time(p.makespan_s)}")
@@ -52,7 +52,7 @@ def run_tables(rep, balance, console: Console) -> None:
         if slurm:
             row += [",".join(sc.nodes) if sc else "host", f"{sc.requested} -> {sc.achieved}" if sc else "-"]
         t.add_row(*row, rec.reason or "")
-    console.print(t)
+    show(t, console)
     a = Table(title="allocations" + (" (held = sacct's GPUs x elapsed)" if slurm else ""))
     cols = ["alloc", "GPUs"] + (["Slurm jobs", "nodes", "leaf", "within (asked -> got)"] if slurm else [])
     for col in cols + ["held GPU-s", "busy GPU-s", "idle GPU-s", "busy %", "cost GPU-h", "events"]:
@@ -68,7 +68,7 @@ def run_tables(rep, balance, console: Console) -> None:
                 f"{100 * ac.busy_gpu_s / ac.held_gpu_s:.0f}%" if ac.held_gpu_s else "-", f"{ac.cost_h:.5f}",
                 "; ".join(ac.events)]
         a.add_row(*row)
-    console.print(a)
+    show(a, console)
     for sid, rec in r.steps.items():
         out = rec.output
         if isinstance(out, dict) and "blocks_saved" in out:  # a step that reports its KV cache
@@ -93,7 +93,7 @@ def run_tables(rep, balance, console: Console) -> None:
         )
 
 
-def balance_table(balances, console: Console, forecasts: dict | None = None) -> None:
+def balance_table(balances, console: Console, forecasts: dict | None = None, fmt: str = "table") -> None:
     t = Table(title="budgets")
     for col in ("account", "period", "budget GPU-h", "charged", "held", "available", "used %", "burn/day", "runs out"):
         t.add_column(col, justify="right" if col != "account" else "left")
@@ -105,33 +105,37 @@ def balance_table(balances, console: Console, forecasts: dict | None = None) -> 
         period = b.period + (f", expires {b.expires}" if b.expires else "")
         t.add_row(b.account, period, budget, _h(b.charged_h), _h(b.held_h), _h(b.available_h),
                   f"{used:.1f}%", _h(f.burn_h_per_day) if f else "-", (f.runs_out or "-") if f else "-", style=style)
-    console.print(t)
-    for f in (forecasts or {}).values():
+    show(t, console, fmt)
+    for f in (forecasts or {}).values() if fmt == "table" else ():  # tsv is the table alone
         if f.runs_out and any(b.account == f.account for b in balances):
             console.print(f.sentence())
 
 
-def usage_table(rows, by: str, console: Console) -> None:
+def usage_as_table(rows, by: str) -> Table:
     t = Table(title=f"usage by {by}")
     for col in (by, "charges", "GPU-s", "charged GPU-h"):
         t.add_column(col)
     for r in rows:
         t.add_row(str(r["key"]), str(r["charges"]), f"{r['gpu_seconds']:.2f}", f"{r['charged_h']:.5f}")
-    console.print(t)
+    return t
 
 
-def waste_table(rows, by: str, console: Console) -> None:
+def usage_table(rows, by: str, console: Console, fmt: str = "table") -> None:
+    show(usage_as_table(rows, by), console, fmt)
+
+
+def waste_table(rows, by: str, console: Console, fmt: str = "table") -> None:
     t = Table(title=f"allocated GPU time by {by}: used by steps vs idle")
     for col in (by, "runs", "used GPU-s", "idle GPU-s", "idle %", "idle GPU-h"):
         t.add_column(col)
     for r in rows:
         t.add_row(str(r["key"]), str(r["runs"]), f"{r['used_gpu_seconds']:.1f}", f"{r['idle_gpu_seconds']:.1f}",
                   f"{100 * r['idle_share']:.0f}%", f"{r['idle_h']:.4f}")
-    console.print(t)
+    show(t, console, fmt)
 
 
-def placement_table(rep: dict, console: Console) -> None:
-    if not rep["jobs"]:
+def placement_table(rep: dict, console: Console, fmt: str = "table") -> None:
+    if not rep["jobs"] and fmt == "table":
         console.print("no GPU jobs recorded yet (the governor samples running jobs every --placement-every seconds)")
         return
     t = Table(title=f"placement: {rep['jobs']} GPU jobs, {100 * rep['share']:.0f}% got the locality they asked for")
@@ -140,13 +144,13 @@ def placement_table(rep: dict, console: Console) -> None:
     for within, r in rep["by_request"].items():
         if r["jobs"]:
             t.add_row(within, str(r["jobs"]), str(r["satisfied"]), f"{100 * r['share']:.0f}%")
-    console.print(t)
-    for miss in rep["misses"][:20]:
+    show(t, console, fmt)
+    for miss in rep["misses"][:20] if fmt == "table" else ():
         console.print(f"miss: job {miss['job_id']} asked for {miss['requested']}, got {miss['got']} ({miss['nodes']})")
 
 
-def fragmentation_table(rep: dict, console: Console) -> None:
-    if not rep["samples"]:
+def fragmentation_table(rep: dict, console: Console, fmt: str = "table") -> None:
+    if not rep["samples"] and fmt == "table":
         console.print("no samples recorded yet (run `slurmgov governor`, or `slurmgov sync --placement`)")
         return
     t = Table(title=f"free N-GPU slots over {rep['samples']} samples (now / min / mean)")
@@ -155,4 +159,4 @@ def fragmentation_table(rep: dict, console: Console) -> None:
         t.add_column(f"{k}-GPU")
     for name, series in list(rep["leaf_switches"].items()) + [("all", rep["total"])]:
         t.add_row(name, *(f"{v['now']} / {v['min']} / {v['mean']:.1f}" for v in series.values()))
-    console.print(t)
+    show(t, console, fmt)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from slurmgov.governance import authz
 from slurmgov.governance.forecast import forecasts
@@ -18,8 +17,9 @@ from slurmgov.intent import jobspec
 from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
-    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, json_option, out, site_option,
+    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, format_option, json_option, out, site_option,
 )
+from slurmgov.interface.tables import Table, show, tsv
 
 
 @click.group()
@@ -114,12 +114,14 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
 @click.argument("account", required=False, shell_complete=_complete_accounts)
 @site_option
 @json_option
-def budget_show(account, site_path, as_json):
+@format_option
+def budget_show(account, site_path, as_json, fmt):
     """Show budgets: budget, charged, held and available GPU-hours.
 
     \b
     Example:
       slurmgov budget show chem-ai --json
+      slurmgov budget show --format tsv | cut -f1,6
     """
     site = _site(site_path)
     ledger = _ledger(site)
@@ -132,13 +134,14 @@ def budget_show(account, site_path, as_json):
         _json([{**dataclasses.asdict(b), **{k: v for k, v in dataclasses.asdict(fc[b.account]).items() if k != "account"}}
                for b in balances])
     else:
-        report.balance_table(balances, out, fc)
+        report.balance_table(balances, out, fc, fmt)
 
 
 @click.command()
 @site_option
 @json_option
-def audit(site_path, as_json):
+@format_option
+def audit(site_path, as_json, fmt):
     """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
 
     \b
@@ -151,12 +154,13 @@ def audit(site_path, as_json):
         return
     t = Table(title="audit log")
     for col in ("#", "when (UTC)", "who", "account", "action", "old GPU-h", "new GPU-h", "period", "why"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col)
     for r in rows:
-        old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:g}"
+        # .12g: every digit the ledger keeps (plain :g would show 123456.789 as 123457)
+        old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:.12g}"
         t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["account"], r["action"], old,
-                  f"{r['new_budget_h']:g}", r["new_period"], r["reason"] or "")
-    out.print(t)
+                  f"{r['new_budget_h']:.12g}", r["new_period"], r["reason"] or "")
+    show(t, out, fmt)
 
 
 @click.command()
@@ -165,7 +169,8 @@ def audit(site_path, as_json):
 @click.option("--until", type=click.DateTime(), default=None, help="Allocations that ended before (UTC).")
 @site_option
 @json_option
-def waste(by, since, until, site_path, as_json):
+@format_option
+def waste(by, since, until, site_path, as_json, fmt):
     """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
 
     \b
@@ -177,7 +182,7 @@ def waste(by, since, until, site_path, as_json):
     if as_json:
         _json(rows)
     else:
-        report.waste_table(rows, by, out)
+        report.waste_table(rows, by, out, fmt)
 
 
 @click.command()
@@ -185,8 +190,8 @@ def waste(by, since, until, site_path, as_json):
               show_default=True)
 @click.option("--since", type=click.DateTime(), default=None, help="Charges that ended at or after (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="Charges that ended before (UTC).")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "tsv", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="tsv: a header line, then one tab-separated line per row, whole values.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to this file (parquet needs one).")
 @site_option
@@ -199,14 +204,15 @@ def usage(by, since, until, fmt, output, site_path, as_json):
       slurmgov usage --by workflow --json
       slurmgov usage --by user --since 2026-11-01 --format csv -o november.csv
       slurmgov usage --by gpu_type --format parquet -o usage.parquet
+      slurmgov usage --by step --format tsv | cut -f1,4
     """
     import pandas as pd
 
     with _busy("reading usage from the ledger"):
         rows = _ledger(_site(site_path)).usage(by=by, since=_utc(since), until=_utc(until))
     fmt = "json" if as_json else fmt
-    if fmt == "table" and output is None:
-        report.usage_table(rows, by, out)
+    if fmt in ("table", "tsv") and output is None:
+        report.usage_table(rows, by, out, fmt)
         return
     frame = pd.DataFrame(rows, columns=["key", "charges", "gpu_seconds", "charged_h"]).rename(columns={"key": by})
     if fmt == "parquet":
@@ -218,6 +224,8 @@ def usage(by, since, until, fmt, output, site_path, as_json):
             raise click.UsageError("parquet output needs pyarrow: pip install 'slurmgov[parquet]'") from None
     elif fmt == "csv":
         text = frame.to_csv(index=False)
+    elif fmt == "tsv":  # the same lines as on stdout
+        text = tsv(report.usage_as_table(rows, by))
     else:
         text = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
     if fmt != "parquet":

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
+from slurmgov.interface import tables
 
 out = Console()
 err = Console(stderr=True)
@@ -43,6 +44,14 @@ def _utc(d):
     return None if d is None else d.replace(tzinfo=timezone.utc).timestamp()
 
 
+def pin_home() -> None:
+    """Make a set $SLURMGOV_HOME absolute once, from the directory the command started in, so the
+    ledger, the run records and every process the command starts (Dask workers, steps, pilots)
+    agree on one place."""
+    if os.environ.get("SLURMGOV_HOME"):
+        os.environ["SLURMGOV_HOME"] = str(site_mod.slurmgov_home())
+
+
 def _state_dir(site) -> str:
     return str(site_mod.slurmgov_home())
 
@@ -63,6 +72,8 @@ def _complete_accounts(ctx, param, incomplete):
 site_option = click.option("--site", "site_path", type=click.Path(dir_okay=False), default=None,
                            help="Site description (default: $SLURMGOV_SITE or site_configs/local.yaml).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+format_option = click.option("--format", "fmt", type=click.Choice(tables.FORMATS), default="table", show_default=True,
+                             help="tsv: a header line, then one tab-separated line per row, whole values.")
 conf_dir_option = click.option("--slurm-conf-dir", "conf_dir", required=True,
                                type=click.Path(file_okay=False, exists=True),
                                help="Directory of slurm.conf, where the hooks and their files live.")

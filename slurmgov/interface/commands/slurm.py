@@ -7,7 +7,6 @@ import re
 import time
 
 import click
-from rich.table import Table
 
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance import governor as governor_mod
@@ -20,6 +19,7 @@ from slurmgov.interface.commands.common import (
     _busy, _complete_accounts, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option,
     out, site_option,
 )
+from slurmgov.interface.tables import Table, show
 
 
 @click.command()
@@ -144,7 +144,7 @@ def limits_sync(site_path, as_json, dry_run):
         t.add_column(col)
     for c in changes:
         t.add_row(c.account, str(c.usage_min), str(c.remaining_min), str(c.old), str(c.new), c.status)
-    out.print(t)
+    show(t, out)
 
 
 @click.group()
@@ -252,7 +252,7 @@ def _print_hooks_check(rep) -> None:
     t = Table(title="hook probes (held, then cancelled)",
               caption="Slurm handed the hook: the fields it set (unset ones, NO_VAL, left out; --json has all)")
     for col in ("#", "request", "Slurm handed the hook", "journaled price", "pinned", "Slurm now", "outcome"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col)
     for p in rep.probes:
         handed = ("(no probe line)" if p.handed is None else
                   " ".join(f"{k}={v}" for k, v in hooks_check.set_fields(p.handed).items()) or "(nothing set)")
@@ -271,7 +271,7 @@ def _print_hooks_check(rep) -> None:
         outcome = p.outcome if p.ok else f"{p.outcome} (!)"
         pinned = (p.pinned or "-") if p.submitted else "-"  # a refused job has nothing pinned
         t.add_row(str(p.form), p.request, handed, price, pinned, now, outcome)
-    out.print(t)
+    show(t, out)
     out.print("ok: every GPU probe was priced by the hook and the CPU-only probe left alone; all probes cancelled"
               if rep.ok else f"{len(rep.problems)} problem(s):", markup=False, highlight=False)
     for prob in rep.problems:

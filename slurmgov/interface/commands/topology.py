@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 import hostlist
-from rich.table import Table
 
 from slurmgov.governance import placement
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
-    _json, _placement_log, _site, _utc, conf_dir_option, err, json_option, out, site_option,
+    _json, _placement_log, _site, _utc, conf_dir_option, err, format_option, json_option, out, site_option,
 )
+from slurmgov.interface.tables import Table, show
 
 
 @click.group()
@@ -23,8 +23,9 @@ def topology():
 @topology.command("show")
 @site_option
 @json_option
+@format_option
 @click.option("--live", is_flag=True, help="Free slots as Slurm has them now (sinfo), not an empty cluster.")
-def topology_show(site_path, as_json, live):
+def topology_show(site_path, as_json, fmt, live):
     """Show leaf switches, their nodes and GPUs, and the free N-GPU slots per leaf and domain.
 
     \b
@@ -59,8 +60,8 @@ def topology_show(site_path, as_json, live):
         t.add_row(name, info["nodes"], str(info["gpus"]), "/".join(str(slots.get(k, 0)) for k in (1, 2, 4, 8)))
     for name, children in doc["upper_switches"].items():
         t.add_row(name, "switches: " + ", ".join(children), "", "")
-    out.print(t)
-    if doc["nvlink_domains"]:
+    show(t, out, fmt)
+    if doc["nvlink_domains"] and fmt == "table":
         out.print("multi-node NVLink domains: " + ", ".join(f"{d} ({n} nodes)" for d, n in doc["nvlink_domains"].items()))
 
 
@@ -77,8 +78,9 @@ def _samples(site, since, until) -> list:
 @topology.command("placement")
 @site_option
 @json_option
+@format_option
 @_samples_window
-def topology_placement(site_path, as_json, since, until):
+def topology_placement(site_path, as_json, fmt, since, until):
     """The share of GPU jobs that got the locality they asked for (node, NVLink domain, leaf
     switch), from what the governor recorded of running jobs.
 
@@ -92,14 +94,15 @@ def topology_placement(site_path, as_json, since, until):
     if as_json:
         _json(rep)
         return
-    report.placement_table(rep, out)
+    report.placement_table(rep, out, fmt)
 
 
 @topology.command("fragmentation")
 @site_option
 @json_option
+@format_option
 @_samples_window
-def topology_fragmentation(site_path, as_json, since, until):
+def topology_fragmentation(site_path, as_json, fmt, since, until):
     """Free N-GPU slots per leaf switch: now, and the minimum and mean over the recorded samples.
 
     \b
@@ -112,7 +115,7 @@ def topology_fragmentation(site_path, as_json, since, until):
     if as_json:
         _json(rep)
         return
-    report.fragmentation_table(rep, out)
+    report.fragmentation_table(rep, out, fmt)
 
 
 @topology.command("import")
