@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 
 import click
-from rich.table import Table
 
 from slurmgov.errors import InputError, PermissionDenied
 from slurmgov.governance.authz import is_admin, require_admin
@@ -19,10 +18,12 @@ from slurmgov.interface.commands.common import (
     _json,
     _ledger,
     _site,
+    format_option,
     json_option,
     out,
     site_option,
 )
+from slurmgov.interface.tables import Table, show
 
 
 def _when(ts) -> str:
@@ -59,9 +60,10 @@ def _summary(doc: dict, ledger) -> dict:
 @click.group(invoke_without_command=True)
 @site_option
 @json_option
+@format_option
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to list.")
 @click.pass_context
-def runs(ctx, site_path, as_json, limit):
+def runs(ctx, site_path, as_json, fmt, limit):
     """List workflow runs, newest first: state, account, user, hold and charge.
 
     A run whose process is gone without ending it (SIGKILL, a host that died) shows as `lost`;
@@ -82,13 +84,13 @@ def runs(ctx, site_path, as_json, limit):
         return
     t = Table(title="runs")
     for col in ("run", "state", "workflow", "account", "user", "started (UTC)", "hold", "held GPU-h", "charged GPU-h"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col)
     for r in rows:
         hold = "-" if not r["hold_key"] else f"{r['hold_key']} ({r['hold_state'] or 'gone'})"
         charged = "-" if r["charged_h"] is None else f"{r['charged_h']:.3f}"
         t.add_row(r["run_id"], r["state"], r["workflow"] or "-", r["account"] or "-", r["user"] or "-",
                   _when(r["started"]), hold, f"{r['held_h']:.3f}", charged)
-    out.print(t)
+    show(t, out, fmt)
 
 
 @runs.command("show")
@@ -117,11 +119,11 @@ def runs_show(run_id, site_path, as_json):
     if steps:
         t = Table(title="steps")
         for col in ("step", "status", "attempts", "GPU-s", "reason"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col)
         for sid, s in steps.items():
             t.add_row(sid, str(s.get("status")), str(len(s.get("attempts") or [])),
                       f"{s.get('gpu_seconds') or 0:.1f}", s.get("reason") or "")
-        out.print(t)
+        show(t, out)
 
 
 def _may_stop(site, doc: dict, what: str) -> None:
@@ -183,8 +185,9 @@ def runs_cancel(run_id, site_path, wait_s):
 @click.group(invoke_without_command=True)
 @site_option
 @json_option
+@format_option
 @click.pass_context
-def holds(ctx, site_path, as_json):
+def holds(ctx, site_path, as_json, fmt):
     """List open holds: what each still reserves, whose it is, how old, and its lease.
 
     A run's hold is a lease its run renews; a lease that lapsed is released when any command
@@ -204,13 +207,13 @@ def holds(ctx, site_path, as_json):
         return
     t = Table(title="open holds")
     for col in ("hold", "account", "user", "workflow", "held GPU-h", "of GPU-h", "age", "lease"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col)
     for r in rows:
         lease = "-" if r["lease_until"] is None else (
             f"lapses in {_age(r['lease_until'] - now)}" if r["lease_until"] > now else "lapsed")
         t.add_row(r["hold_key"], r["account"], r["user"] or "-", r["workflow"], f"{r['held_h']:.3f}",
                   f"{r['amount_h']:.3f}", _age(now - r["created_at"]), lease)
-    out.print(t)
+    show(t, out, fmt)
 
 
 @holds.command("release")
