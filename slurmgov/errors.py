@@ -5,9 +5,11 @@ The CLI prints ``str(err)`` and exits with ``err.exit_code``; no traceback reach
 
 
 class SlurmgovError(Exception):
-    """Base of every error a user may see; the message is one line."""
+    """Base of every error a user may see; the message is one line. Raised as itself, it means
+    something slurmgov needs is unavailable or failed: Slurm's commands, a port, a file (exit 7;
+    exit 1 is kept for "a step of the workflow failed")."""
 
-    exit_code = 1
+    exit_code = 7
 
 
 class InputError(SlurmgovError):

@@ -30,9 +30,11 @@ TABLE = load_cases()
 _serials = itertools.count(int(time.time() * 1000))
 
 
-def gsbatch(*args, env=None, cwd=None):
+def gsbatch(*args, env=None, cwd=None, stdin=None):
+    """gsbatch's run; ``stdin``: a batch script piped in (else stdin is empty, never a terminal)."""
     proc = subprocess.run([str(BIN / "gsbatch"), *map(str, args)], check=False, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60)
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=60,
+                          input=stdin if stdin is not None else "")
     assert "Traceback" not in proc.stderr
     return proc
 
@@ -110,6 +112,33 @@ def test_over_budget_is_refused_before_sbatch(root, tmp_path):
 def test_bad_option_value_is_one_line(tmp_path):
     p = gsbatch("--gsbatch-preview", "--gres=gpu:h100:lots", "--wrap", "true")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--gres" in p.stderr
+
+
+def test_help_lists_gsbatchs_options_and_sbatchs_and_submits_nothing(tmp_path):
+    sbatch = tmp_path / "sbatch"  # a stand-in that records whether it was asked to submit
+    sbatch.write_text(f"#!/bin/sh\nif [ \"$1\" = --help ]; then echo 'Usage: sbatch [OPTIONS(0)...]'; exit 0; fi\n"
+                      f"echo \"$*\" >> {tmp_path}/submitted\n")
+    sbatch.chmod(0o755)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    for flag in ("--help", "-h"):
+        p = gsbatch("--gres=gpu:1", flag, "job.sh", env=env)
+        assert p.returncode == 0, p.stderr
+        assert "--gsbatch-preview" in p.stdout and "--gsbatch-tag" in p.stdout and "Exit codes" in p.stdout
+        assert "Usage: sbatch [OPTIONS(0)...]" in p.stdout  # sbatch's own options follow
+        assert "GPU-h" not in p.stdout + p.stderr  # no price: nothing is being submitted
+    assert not (tmp_path / "submitted").exists()
+
+
+def test_a_script_piped_in_is_priced_by_its_sbatch_lines_and_handed_on(tmp_path):
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ncat > {tmp_path}/script\necho \"$*\" > {tmp_path}/args\n")
+    sbatch.chmod(0o755)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    script = "#!/bin/sh\n#SBATCH --gres=gpu:h100:2\n#SBATCH -t 60\nhostname\n"
+    p = gsbatch("-A", "chem-ai", stdin=script, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "2 GPU(s) x 60 min" in p.stderr  # the #SBATCH lines it read from stdin
+    assert (tmp_path / "script").read_text() == script and (tmp_path / "args").read_text().split() == ["-A", "chem-ai"]
 
 
 def test_without_sbatch_on_path(tmp_path):

@@ -13,7 +13,13 @@ import subprocess
 from dataclasses import dataclass
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.governance.gpu_request import INFINITE, NO_VAL, UNLIMITED, HookPartition, HookView
+from slurmgov.governance.gpu_request import (
+    INFINITE,
+    NO_VAL,
+    UNLIMITED,
+    HookPartition,
+    HookView,
+)
 from slurmgov.units import slurm_seconds
 
 TOKEN = re.compile(r"slurmgov:hold=([A-Za-z0-9_.:-]+)")
@@ -101,6 +107,14 @@ def run(cmd: list[str], env=None, timeout: float = 60, ok_codes=(0,)) -> str:
         last = ((p.stderr.strip() or p.stdout.strip()).splitlines() or ["(no message)"])[-1].strip()
         raise SlurmgovError(f"{what} failed (rc {p.returncode}): {last}")
     return p.stdout
+
+
+def ping(env=None, timeout: float = 15) -> None:
+    """Raise one SlurmgovError line unless slurmctld answers (`scontrol ping`): what a run checks
+    before it admits anything, rather than have every step fail on the first submission."""
+    out = run(["scontrol", "ping"], env=env, timeout=timeout)
+    if "UP" not in out:
+        raise SlurmgovError(f"scontrol ping: slurmctld is not up: {out.strip().splitlines()[-1:] or '(no answer)'}")
 
 
 def _token(comment) -> str | None:

@@ -22,11 +22,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slurmgov.errors import BudgetRefused, UnknownAccount
+from slurmgov.errors import BudgetRefused, SlurmgovError, UnknownAccount
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
-from slurmgov.governance import attribution
+from slurmgov.governance import attribution, slurm_cli
 from slurmgov.governance.lease import LeaseKeeper, lease_seconds
 from slurmgov.governance.ledger import Ledger
 from slurmgov.governance.placement import LOCALITY_ORDER
@@ -119,6 +119,11 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     ensure_budget(ledger, site, wf.account)
     lease_s = lease_seconds()
     keeper = None
+    if slurm:
+        try:  # before anything is admitted: a Slurm that does not answer fails every step
+            slurm_cli.ping()
+        except SlurmgovError as exc:
+            raise SlurmgovError(f"Slurm does not answer ({exc}); nothing was admitted or submitted") from None
     try:
         if slurm:
             hold_key = None

@@ -21,6 +21,7 @@ Exit codes:
   4  refused: the account's budget does not cover the worst case
   5  the ledger cannot be used
   6  not allowed (budget changes need an admin)
+  7  something slurmgov needs is unavailable (Slurm does not answer, a port in use, a file)
   70 internal error (SLURMGOV_DEBUG=1 shows the traceback)
   130 interrupted (Ctrl-C); the workflow's hold is released
   143, 129 stopped by SIGTERM, SIGHUP: as Ctrl-C

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,10 +109,65 @@ def describe(p: HookPrice) -> tuple[str, str | None]:
     return cost, ("the hook will set " + " and ".join(pins)) if pins else None
 
 
+HELP = """Usage: gsbatch [GSBATCH OPTIONS] [SBATCH OPTIONS] SCRIPT [ARGS...]
+
+sbatch with the cost shown first: prices the job as the site's submit hook will (its
+arguments, #SBATCH lines and SBATCH_* variables), shows what the account has left and what
+the hook will pin, then runs sbatch with the same arguments and returns its exit status.
+
+gsbatch options (removed before sbatch sees the arguments):
+  --gsbatch-site FILE    site description (default: $SLURMGOV_SITE or site_configs/local.yaml)
+  --gsbatch-preview      show the cost and exit without submitting
+  --gsbatch-tag WF/STEP  attribute the job to a workflow and step (default: $SLURMGOV_WORKFLOW
+                         and $SLURMGOV_STEP); sent as --comment
+  -h, --help             this help, then sbatch's
+
+Exit codes: sbatch's own once it runs; before that 2 bad input, 3 can never be placed,
+4 refused by the budget, 5 ledger unusable, 7 Slurm or a file unavailable, 70 internal error.
+
+Examples:
+  gsbatch --gres=gpu:h100:2 -t 2:00:00 -A chem-ai job.sh
+  gsbatch --gsbatch-preview -p gpu --gpus-per-node=h100:4 -N 2 -t 30 job.sh
+"""
+
+# Asked of sbatch itself, never a submission: passed through without a price.
+_SBATCH_INFO = ("--usage", "-V", "--version")
+
+
+def _help() -> str:
+    """gsbatch's help, then sbatch's own (its options are gsbatch's too)."""
+    sbatch = shutil.which("sbatch")
+    text = HELP
+    if sbatch is None:
+        return text + "\n(sbatch is not on PATH: its options are in `man sbatch`)\n"
+    try:
+        p = subprocess.run([sbatch, "--help"], capture_output=True, text=True, timeout=15, check=False)
+        theirs, why = p.stdout.strip(), (p.stderr.strip().splitlines() or [""])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        theirs, why = "", str(exc)
+    return text + "\nsbatch options (sbatch --help):\n\n" + (
+        theirs or f"(sbatch --help failed: {why or 'no output'}; see `man sbatch`)") + "\n"
+
+
 def run(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        click.echo(_help(), nl=False)
+        return 0
+    if any(a in _SBATCH_INFO for a in argv):
+        sbatch = shutil.which("sbatch")
+        if sbatch is None:
+            raise InputError("sbatch is not on PATH")
+        os.execv(sbatch, [sbatch, *[a for a in argv if a in _SBATCH_INFO]])
+    if not argv and sys.stdin.isatty():
+        raise InputError("no batch script given (usage: gsbatch [options] SCRIPT; gsbatch --help)")
     own, sbatch_args = _split_own(argv)
     site = site_mod.load(own.get("site") or site_mod.default_site_path())
-    req = parse_sbatch_args(sbatch_args, _script_text(sbatch_args), env=os.environ)
+    script = _script_text(sbatch_args)
+    piped = None
+    if script is None and not any(a == "--wrap" or a.startswith("--wrap=") for a in sbatch_args) \
+            and not sys.stdin.isatty():
+        piped = script = sys.stdin.read()  # `gsbatch < job.sh`: sbatch reads it there; price its #SBATCH lines
+    req = parse_sbatch_args(sbatch_args, script, env=os.environ)
     partitions, params = pricing(site)
     p = hook_price(req.view, params, partitions)
     if isinstance(p, HookRefusal):
@@ -143,6 +199,8 @@ def run(argv: list[str]) -> int:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise InputError("sbatch is not on PATH (use --gsbatch-preview to see the cost only)")
+    if piped is not None:  # the script was read here: hand it on
+        return subprocess.run([sbatch, *sbatch_args], input=piped, text=True, check=False).returncode
     os.execv(sbatch, [sbatch, *sbatch_args])  # sbatch's own exit status becomes ours
     return 0  # not reached
 
