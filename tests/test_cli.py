@@ -185,3 +185,57 @@ def test_budget_terms_rollover_and_expiry_from_the_cli_and_the_site_file(root, t
     nope.write_text(site.read_text().replace("period: quarterly, rollover_pct: 10", "period: none, rollover_pct: 10"))
     err = sg("budget", "show", "--site", nope, check=2).stderr.strip()
     assert "bad.yaml" in err and "rollover_pct needs a monthly or quarterly period" in err and "\n" not in err
+
+
+def test_budget_set_changes_only_what_it_is_told():
+    sg("budget", "show", check=0)  # seeds physics from the site file: quarterly
+    sg("budget", "set", "physics", "60", "--rollover", "25", "--expires", "2099-01-01", "--reason", "terms", check=0)
+    p = sg("budget", "set", "physics", "100", "--reason", "raise", check=0)
+    assert "account physics: budget 100.00 GPU-h (" in p.stdout and "-Q" in p.stdout and "expires 2099-01-01" in p.stdout
+    last = json.loads(sg("audit", "--json", check=0).stdout)[-1]
+    assert (last["account"], last["new_budget_h"], last["old_period"], last["new_period"]) == (
+        "physics", 100.0, "quarterly", "quarterly")
+    assert last["terms"] == "rollover 25%; expires 2099-01-01T00:00:00+00:00"
+    sg("budget", "set", "physics", "100", "--period", "monthly", "--reason", "asked", check=0)
+    assert json.loads(sg("audit", "--json", check=0).stdout)[-1]["new_period"] == "monthly"
+    sg("budget", "set", "brand-new", "5", check=0)
+    last = json.loads(sg("audit", "--json", check=0).stdout)[-1]
+    assert (last["account"], last["new_period"], last["terms"]) == ("brand-new", "monthly", "")
+
+
+@pytest.mark.parametrize("args", [
+    ["budget", "set", "physics", "1e13"],
+    ["budget", "set", "physics", "nan"],
+    ["budget", "set", "physics", "inf"],
+    ["budget", "grant", "physics", "1e13"],
+    ["budget", "transfer", "chem-ai", "physics", "1e13"],
+    ["budget", "set", "physics", "--", "-5"],
+])
+def test_amounts_the_ledger_cannot_store_are_refused_in_one_line(args):
+    sg("budget", "show", check=0)
+    before = sg("audit", "--json", check=0).stdout
+    p = sg(*args[:2], "--reason", "too much", *args[2:], check=2)
+    line = p.stderr.strip()
+    assert "\n" not in line and any(why in line for why in ("more than the ledger can store", ">= 0", "x>=0")), line
+    assert sg("audit", "--json", check=0).stdout == before  # nothing changed
+
+
+@pytest.mark.parametrize("where,why", [
+    ("missing/u.csv", "directory {tmp}/missing does not exist"),
+    ("a-file/u.csv", "{tmp}/a-file is a file, not a directory"),
+    ("a-file/deeper/u.parquet", "{tmp}/a-file is a file, not a directory"),
+])
+def test_usage_output_path_errors_are_one_line_exit_2(tmp_path, where, why):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    target = tmp_path / where
+    fmt = "parquet" if where.endswith(".parquet") else "csv"
+    p = sg("usage", "--format", fmt, "-o", target, check=2)
+    assert p.stderr.strip() == f"slurmgov: cannot write {target}: {why.format(tmp=tmp_path)}"
+    assert not target.exists()
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs, where no one may create files")
+def test_usage_into_an_unwritable_directory_is_one_line_exit_2():
+    p = sg("usage", "--format", "csv", "-o", "/sys/slurmgov-usage.csv", check=2)
+    assert p.stderr.strip() == "slurmgov: cannot write /sys/slurmgov-usage.csv: permission denied"
+

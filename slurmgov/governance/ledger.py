@@ -89,10 +89,26 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+MAX_GPU_HOURS = S.MAX_MS / MS_PER_H  # about 2.56e12: the most one amount column can store
+
+
+def _too_much(what: str, ms: float, verb: str = ":") -> InputError:
+    h = ms / MS_PER_H
+    said = f"{h:,.0f}" if h < 1e15 else f"{h:.3g}"  # whole hours, so that it differs visibly from the limit
+    return InputError(f"{what}{verb} {said} GPU-h, more than the ledger can store (at most {MAX_GPU_HOURS:,.0f} GPU-h)")
+
+
+def _storable_ms(x: float, what: str) -> int:
+    """``x`` milliseconds rounded half up, or InputError when that is more than a 64-bit column holds."""
+    if x >= 2**63 or x + 0.5 >= 2**63:  # exact comparisons (float against int); inf included
+        raise _too_much(what, x)
+    return _round_half_up(x)
+
+
 def _ms(hours, what: str) -> int:
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
         raise InputError(f"{what} must be a number of GPU-hours >= 0, got {hours!r}")
-    return _round_half_up(hours * MS_PER_H)
+    return _storable_ms(hours * MS_PER_H, what)
 
 
 def _epoch(t, what: str = "time") -> float:
@@ -283,7 +299,7 @@ def charge_ms(charge_key: str, gpu_seconds, weight) -> int:
     for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
-    return _round_half_up(gpu_seconds * weight * 1000)  # straight from seconds: one rounding
+    return _storable_ms(gpu_seconds * weight * 1000, f"charge {charge_key}")  # straight from seconds: one rounding
 
 
 def _charge_dict(r) -> dict:
@@ -474,6 +490,8 @@ class Ledger:
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
         """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
+        if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
+            raise _too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
@@ -497,28 +515,33 @@ class Ledger:
         terms = _check_terms(account, rollover_pct, expires)
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
 
-    def set_budget(self, account: str, gpu_hours: float, period_kind: str = "monthly", actor: str = "",
+    def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",
                    reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False) -> None:
         """Set ``account``'s budget per period; who, when, what and why go to the audit trail.
 
-        ``rollover_pct``: last period's unused budget is carried into each period, up to this
-        share of the budget (None: keep); ``expires``: a time after which the account has no budget (None: keep,
-        unless ``clear_expiry``)."""
+        What is not given stays as the account has it (a new account: monthly, no rollover, no
+        expiry): ``period_kind``; ``rollover_pct``, last period's unused budget carried into each
+        period up to this share of the budget; ``expires``, a time after which the account has no
+        budget (``clear_expiry`` removes it)."""
         if not actor:
             raise InputError(f"set_budget of {account}: say who is changing it (actor)")
-        ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        if rollover_pct is not None or expires is not None or clear_expiry:
-            if rollover_pct is not None and kind == "none" and rollover_pct:
-                raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
+        ms = _ms(gpu_hours, f"budget of {account}")
+        kind = None if period_kind is None else _check_kind(period_kind)
+        if rollover_pct is not None:
+            _check_terms(account, rollover_pct, None)
+        when = None if expires is None else _epoch(expires, "expires")
 
-            def tx():
-                current = self._one(S.ACCOUNT_TERMS, (account,))
-                pct = rollover_pct if rollover_pct is not None else (current[0] if current else 0)
-                exp = None if clear_expiry else (expires if expires is not None else (current[1] if current else None))
-                self._put_budget(account, ms, kind, actor, reason or "", "set", True, _check_terms(account, pct, exp))
-            self._write(tx)
-        else:
-            self._write(lambda: self._put_budget(account, ms, kind, actor, reason or "", "set", True))
+        def tx():
+            self._lock_account(account)
+            row, terms = self._one(S.ACCOUNT_GET, (account,)), self._one(S.ACCOUNT_TERMS, (account,))
+            k = kind or (row[2] if row else "monthly")
+            if rollover_pct and k == "none":
+                raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
+            pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
+            exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, _check_terms(account, pct, exp))
+
+        self._write(tx)
 
     def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
         """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""

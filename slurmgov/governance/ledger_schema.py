@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 3  # 2: attributions; 3: rollover and expiry terms
 LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
+# The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
+MAX_MS = 2**63 - 1
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import io
 import json
 import re
 import time
-from pathlib import Path
 
 import click
 from rich.table import Table
@@ -49,16 +49,18 @@ def _print_budget(ledger, account):
 @budget.command("set")
 @click.argument("account", shell_complete=_complete_accounts)
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
-@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
+@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default=None,
+              help="How often the budget renews (default: keep the account's; monthly for a new account).")
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @click.option("--rollover", "rollover_pct", type=click.IntRange(0, 100), default=None, metavar="PCT",
               help="Carry last period's unused budget over, up to PCT% of the budget (0: none; default: keep).")
 @click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="No budget from this day on, UTC (the project ends).")
+              help="No budget from this day on, UTC (the project ends; default: keep).")
 @click.option("--no-expiry", is_flag=True, help="Remove an expiry date.")
 @site_option
 def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_expiry, site_path):
-    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period).
+    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period). Its period, rollover
+    and expiry stay as they are unless given.
 
     \b
     Examples:
@@ -212,18 +214,19 @@ def usage(by, since, until, fmt, output, site_path, as_json):
     if fmt == "parquet":
         if output is None:
             raise click.BadParameter("parquet is binary: give --output FILE", param_hint="--format")
+        buf = io.BytesIO()  # built in memory first, so that a missing pyarrow leaves no empty file
         try:
-            frame.to_parquet(output, index=False)
+            frame.to_parquet(buf, index=False)
         except ImportError:
             raise click.UsageError("parquet output needs pyarrow: pip install 'slurmgov[parquet]'") from None
+        data: str | bytes = buf.getvalue()
     elif fmt == "csv":
-        text = frame.to_csv(index=False)
+        data = frame.to_csv(index=False)
     else:
-        text = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
-    if fmt != "parquet":
-        if output:
-            Path(output).write_text(text)
-        else:
-            click.echo(text, nl=False)
+        data = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
+    if output:
+        report.write_output(output, data)
+    else:
+        click.echo(data, nl=False)
     if output:
         err.print(f"wrote {len(frame)} rows to {output}")
