@@ -239,3 +239,46 @@ def test_usage_into_an_unwritable_directory_is_one_line_exit_2():
     p = sg("usage", "--format", "csv", "-o", "/sys/slurmgov-usage.csv", check=2)
     assert p.stderr.strip() == "slurmgov: cannot write /sys/slurmgov-usage.csv: permission denied"
 
+
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("committed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_command_waiting_for_the_ledger_says_who_holds_it_and_gives_up_with_exit_5(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    env = {"SLURMGOV_LEDGER": f"sqlite:///{db}"}
+    sg("budget", "show", env=env, check=0)  # creates the ledger and seeds the site's accounts
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"  # another process is writing
+        shown = json.loads(sg("budget", "show", "--json", "--wait", "2", env=env, check=0).stdout)
+        assert {b["account"] for b in shown} >= {"chem-ai", "physics"}  # reading does not queue behind a writer
+        p = sg("budget", "grant", "chem-ai", "1", "--reason", "t", "--wait", "2", env=env, check=5)
+        notice, gave_up = p.stderr.splitlines()
+        assert notice.startswith(f"slurmgov: ledger {db} is busy: held by pid {holder.pid} (")
+        assert notice.endswith("; waiting up to 2 s (--wait SECONDS or $SLURMGOV_WAIT to change)")
+        assert gave_up.startswith(f"slurmgov: ledger {db} is busy: held by pid {holder.pid} (")
+        assert gave_up.endswith("; gave up after waiting 2 s")
+        # a command that is waiting goes on when the writer commits (SLURMGOV_WAIT: a generous limit)
+        waiting = subprocess.Popen([str(BIN / "slurmgov"), "budget", "grant", "chem-ai", "1", "--reason", "t"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **env, "SLURMGOV_WAIT": "600"})
+        assert "is busy" in waiting.stderr.readline()  # the notice: it is waiting now
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "committed\n"
+        out, rest = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0 and rest == "", rest
+        assert "account chem-ai: budget 501.00 GPU-h" in out
+    finally:
+        holder.kill()
+        holder.wait()

@@ -5,6 +5,7 @@ server that tests/pg_harness.py starts for the session (each test gets a new, em
 """
 
 import multiprocessing
+import os
 import sqlite3
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 import pg_harness
 from pg_harness import pg_url  # noqa: F401
-from slurmgov.errors import BudgetRefused, InputError, LedgerError
+from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
 from slurmgov.governance.ledger import Ledger, period_of
 
 MS = 3_600_000
@@ -1008,3 +1009,54 @@ def test_amounts_beyond_64_bit_milliseconds_are_refused_in_one_line(led):
     assert led.balance("big").budget_h == most and led.balance("chem").budget_h == 10.0  # nothing half-done
     assert [a["account"] for a in led.audit()] == ["chem", "big"]
 
+
+# ---- waiting for a busy ledger ---------------------------------------------------------------
+
+@contextmanager
+def _writer_holding(db_url):
+    """Another connection in the middle of a write transaction on the ledger (SQLite: BEGIN
+    IMMEDIATE; PostgreSQL: the chem account row locked, as a writer locks it), and the id of
+    the process that holds it, as the notice should name it. Yields (commit, pid)."""
+    if db_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(db_url[len("sqlite://"):], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        pid = os.getpid()
+    else:
+        import psycopg
+
+        conn = psycopg.connect(db_url, autocommit=True)
+        conn.execute("BEGIN")
+        conn.execute("SELECT account FROM accounts WHERE account = 'chem' FOR UPDATE")
+        pid = conn.info.backend_pid
+    try:
+        yield (lambda: conn.execute("COMMIT")), pid
+    finally:
+        conn.close()
+
+
+def test_a_writer_that_waits_says_who_holds_the_lock_then_gives_up(led, db):
+    notices: list[str] = []
+    with _writer_holding(db) as (_, pid):
+        mine = Ledger.open(db, wait_s=1.5, on_wait=notices.append)  # opening reads: it does not wait
+        assert mine.balance("chem").budget_h == 10.0  # nor does a read
+        with pytest.raises(LedgerUnavailable) as e:
+            mine.grant("chem", 1.0, actor="t")
+    assert len(notices) == 1 and notices[0].startswith(f"ledger {mine._where} is busy: held by pid {pid} (")
+    assert str(e.value).startswith(notices[0]) and str(e.value).endswith("; gave up after waiting 1.5 s")
+    mine.grant("chem", 1.0, actor="t")  # the writer has gone: no wait, no notice
+    assert len(notices) == 1 and led.balance("chem").budget_h == 11.0
+    mine.disconnect()
+
+
+def test_a_waiting_writer_goes_on_once_the_holder_commits(led, db):
+    notices: list[str] = []
+    with _writer_holding(db) as (commit, _):
+        def notice(text):  # the holder commits when told that someone waits: no timing involved
+            notices.append(text)
+            commit()
+
+        mine = Ledger.open(db, wait_s=600, on_wait=notice)
+        mine.grant("chem", 2.0, actor="t")
+    assert len(notices) == 1 and "is busy" in notices[0]
+    assert led.balance("chem").budget_h == 12.0
+    mine.disconnect()

@@ -28,11 +28,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,8 +49,10 @@ PERIOD_KINDS = ("monthly", "quarterly", "none")
 CLOSED_STATES = ("done", "failed", "cancelled")
 USAGE_BY = tuple(S.USAGE_COLUMNS)
 _FOREVER = 1e18  # epoch-seconds bound for the open-ended period and unbounded usage queries
-_BUSY_S = S.LOCK_WAIT_MS / 1000  # how long the engine waits for a lock before reporting it busy
-_RETRIES = 8  # then we back off and retry the whole transaction this many times
+DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
+NOTICE_S = 1.0  # after this long waiting, on_wait hears that (and who) the ledger is busy
+_RETRIES = 8  # transactions a server aborted (serialization, deadlock, key race): retried this many times
+_ENGINE_WAIT_MAX_S = 86_400.0  # one engine wait at most (an infinite --wait waits in day-long turns)
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
 _PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 _PG_HINT = "pip install 'slurmgov[postgres]'"
@@ -177,6 +181,11 @@ class _Driver:
     def retryable(self, e: Exception) -> bool:
         raise NotImplementedError
 
+    def lock_wait(self, e: Exception) -> bool:
+        """Whether ``e`` says a lock another connection holds was not free in time (retried until
+        the ledger's wait runs out, rather than a number of times)."""
+        raise NotImplementedError
+
     def in_tx(self, conn) -> bool:
         raise NotImplementedError
 
@@ -195,6 +204,9 @@ class _SqliteDriver(_Driver):
     def retryable(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and _locked(e)
 
+    def lock_wait(self, e: Exception) -> bool:
+        return self.retryable(e)
+
     def in_tx(self, conn) -> bool:
         return conn.in_transaction
 
@@ -210,6 +222,9 @@ class _PgDriver(_Driver):
 
     def retryable(self, e: Exception) -> bool:
         return isinstance(e, self._retry)
+
+    def lock_wait(self, e: Exception) -> bool:
+        return isinstance(e, self._pg.errors.LockNotAvailable)
 
     def in_tx(self, conn) -> bool:
         return conn.info.transaction_status != self._pg.pq.TransactionStatus.IDLE
@@ -243,6 +258,55 @@ def _pg_where(url: str) -> tuple[str, tuple[str, ...]]:
     except ValueError:
         where = "postgresql://(unparseable URL)"
     return where, tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+
+
+def _pg_holders(rows) -> str | None:
+    """PG_LOCK_HOLDERS' rows in words: 'pid 123 (alice from 10.0.0.5, slurmgov, in a transaction for 12 s)'."""
+    said = []
+    for pid, user, addr, app, age in rows:
+        about = [f"{user or '?'} from {addr or 'this host'}"]
+        if app:
+            about.append(app)
+        if age is not None:
+            about.append(f"in a transaction for {age:.0f} s")
+        said.append(f"pid {pid} ({', '.join(about)})")
+    return f"held by {' and '.join(said)}" if said else None
+
+
+_SHM_WRITE_LOCK = "120"  # SQLite's unix VFS locks byte 120 of the -shm file while a WAL writer writes
+
+
+def _sqlite_holder(path: str) -> str | None:
+    """Which process holds the write lock of the WAL database at ``path``, from Linux's
+    /proc/locks (a process on another host, through a network file system, is not there)."""
+    shm = os.stat(path + "-shm")
+    inode = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    with open("/proc/locks") as f:
+        for line in f:  # "1: POSIX  ADVISORY  WRITE 4242 fe:00:2146356 120 120" ("->" marks waiters)
+            p = line.split()
+            if len(p) >= 8 and p[1] == "POSIX" and p[3] == "WRITE" and p[5] == inode and p[6] == _SHM_WRITE_LOCK:
+                return f"held by {_process(int(p[4]))}"
+    return None
+
+
+def _process(pid: int) -> str:
+    """'pid 4242 (alice: slurmgov budget grant chem-ai 5)', as much of it as /proc shows."""
+    if pid == os.getpid():
+        return f"pid {pid} (this process, another connection)"
+    try:
+        import pwd
+
+        user = pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
+    except (OSError, KeyError):
+        user = None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = " ".join(f.read().decode(errors="replace").replace("\0", " ").split())  # one line
+    except OSError:
+        cmd = ""
+    cmd = cmd if len(cmd) <= 80 else cmd[:79] + "…"
+    about = ": ".join(x for x in (user, cmd) if x)
+    return f"pid {pid}" + (f" ({about})" if about else "")
 
 
 def _no_budget(account: str) -> InputError:
@@ -312,40 +376,52 @@ def _charge_dict(r) -> dict:
 
 class Ledger:
     """One connection to one ledger. Safe to share between threads (calls are serialised);
-    for parallel writers give each process its own Ledger."""
+    for parallel writers give each process its own Ledger.
 
-    def __init__(self, conn, where: str, dialect: S.Dialect = S.SQLITE, driver: _Driver | None = None):
+    ``wait_s``: how long a transaction waits for locks other writers hold before it gives up
+    with LedgerUnavailable ('... is busy'); ``on_wait(text)``: told once per wait that passes
+    NOTICE_S, with who holds the lock where the database can tell."""
+
+    def __init__(self, conn, where: str, dialect: S.Dialect = S.SQLITE, driver: _Driver | None = None,
+                 wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None):
         self._conn, self._where, self._d = conn, where, dialect
         self._drv = driver or _SqliteDriver()
         self._lock = threading.RLock()
+        if not (isinstance(wait_s, (int, float)) and wait_s >= 0):  # NaN fails too
+            raise InputError(f"ledger wait must be a number of seconds >= 0, got {wait_s!r}")
+        self.wait_s, self.on_wait = float(wait_s), on_wait
+        self._engine_wait_ms: int | None = None  # the lock wait the connection has now (None: not set yet)
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
+    def open(cls, url: str, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None) -> Ledger:
         """Open (creating if needed) the ledger at ``sqlite:///ABSOLUTE/PATH``, or on PostgreSQL at
         ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`` (also ``postgres://``, and any libpq URL
-        such as ``postgresql:///DB?host=/run/postgresql`` for a unix socket)."""
+        such as ``postgresql:///DB?host=/run/postgresql`` for a unix socket). ``wait_s`` and
+        ``on_wait``: see the class."""
+        waiting = {"wait_s": wait_s, "on_wait": on_wait}
         if isinstance(url, str) and _PG_URL.match(url):
-            return cls._open_postgres(url)
+            return cls._open_postgres(url, waiting)
         if not isinstance(url, str) or not url.startswith("sqlite:///"):
             if isinstance(url, str) and url.split(":", 1)[0].lower() in ("postgres", "postgresql"):
                 # never echo a URL that may carry a password
                 raise LedgerError("ledger URL is not of the form postgresql://USER@HOST:PORT/DB")
             raise LedgerError(f"ledger URL {url!r} is not of the form sqlite:///ABSOLUTE/PATH "
                               f"or postgresql://USER@HOST:PORT/DB")
-        path = Path(url[len("sqlite://"):])
+        path = Path("/" + url[len("sqlite://"):].lstrip("/"))  # sqlite:////abs gives //abs: one slash
         if not path.name:
             raise LedgerError(f"ledger URL {url!r} names no file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False)
+            # timeout 0: the ledger sets the lock wait itself, before each transaction (_retry)
+            conn = sqlite3.connect(str(path), timeout=0, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise LedgerUnavailable(f"ledger {path}: cannot open: {e}") from None
-        return cls._started(conn, str(path))
+        return cls._started(conn, str(path), S.SQLITE, None, waiting)
 
     @classmethod
-    def _open_postgres(cls, url: str) -> Ledger:
+    def _open_postgres(cls, url: str, waiting: dict) -> Ledger:
         try:
             import psycopg
         except ImportError:
@@ -364,14 +440,14 @@ class Ledger:
             conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
         except psycopg.Error as e:
             raise LedgerUnavailable(f"ledger {where}: cannot connect: {drv.message(e)}") from None
-        return cls._started(conn, where, S.POSTGRES, drv)
+        return cls._started(conn, where, S.POSTGRES, drv, waiting)
 
     @classmethod
-    def _started(cls, conn, *args) -> Ledger:
+    def _started(cls, conn, where: str, dialect: S.Dialect, driver: _Driver | None, waiting: dict) -> Ledger:
         """A Ledger on ``conn`` with its session set up and schema checked; the connection is
         closed if that fails, so a bad ledger never leaks one."""
-        ledger = cls(conn, *args)
         try:
+            ledger = cls(conn, where, dialect, driver, **waiting)
             ledger._setup()
         except BaseException:
             conn.close()
@@ -381,7 +457,19 @@ class Ledger:
     def _setup(self) -> None:
         for stmt in self._d.session:
             self._retry(lambda stmt=stmt: self._x(stmt))
-        self._write(self._ensure_schema)
+        # Read first: a ledger that is up to date is opened without the write lock, so readers
+        # (budget show, usage) never queue behind a writer.
+        if not self._read(self._schema_current):
+            self._write(self._ensure_schema)
+
+    def _schema_current(self) -> bool:
+        if self._one(self._d.has_table, ("schema_version",)) is None:
+            return False
+        version = self._one(S.VERSION_GET)[0]
+        if version is not None and version > S.SCHEMA_VERSION:
+            raise LedgerError(f"ledger {self._where} has schema version {version}, newer than this "
+                              f"slurmgov understands ({S.SCHEMA_VERSION}); upgrade slurmgov")
+        return version == S.SCHEMA_VERSION
 
     def _ensure_schema(self) -> None:
         if self._d.schema_lock:
@@ -426,14 +514,60 @@ class Ledger:
         return self._x(q, params).fetchone()
 
     def _retry(self, fn):
-        """Run ``fn`` again, with jittered exponential backoff, while the database is locked."""
-        for attempt in range(_RETRIES):
+        """Run ``fn``; while a lock it needs is held elsewhere, run it again until ``wait_s`` has
+        passed (the engine itself waits for the lock, so no turn is lost in sleeps); after
+        NOTICE_S tell ``on_wait`` once. A transaction the server aborted (serialization failure,
+        deadlock, a raced first insert) is run again up to _RETRIES times, with jittered backoff."""
+        start, waited, aborted = time.monotonic(), 0.0, 0
+        told = self.on_wait is None
+        holder: str | None = None
+        while True:
+            left = self.wait_s - waited
             try:
+                # until the notice is due the engine waits only that long, so that it comes on time
+                self._engine_wait(left if told else min(left, NOTICE_S - waited))
                 return fn()
             except self._drv.error as e:
-                if not self._drv.retryable(e) or attempt == _RETRIES - 1:
+                if not self._drv.retryable(e):
                     raise LedgerUnavailable(f"ledger {self._where}: {self._drv.message(e)}") from None
-                time.sleep(min(1.0, 0.02 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                waited = time.monotonic() - start
+                if self._drv.lock_wait(e):
+                    if waited >= self.wait_s:
+                        holder = holder or self._holder()
+                        raise LedgerUnavailable(f"{self._busy(holder)}; gave up after waiting "
+                                                f"{self.wait_s:g} s") from None
+                    if not told and waited >= NOTICE_S:
+                        told, holder = True, self._holder()
+                        self.on_wait(self._busy(holder))
+                    pause = 0.01  # the engine has waited already; this only keeps an instant 'busy' from spinning
+                else:
+                    aborted += 1
+                    if aborted >= _RETRIES:
+                        raise LedgerUnavailable(f"ledger {self._where}: {self._drv.message(e)}") from None
+                    pause = min(1.0, 0.02 * 2 ** aborted)
+                time.sleep(min(pause * random.uniform(0.5, 1.0), max(0.0, self.wait_s - waited)))
+                waited = time.monotonic() - start
+
+    def _engine_wait(self, seconds: float) -> None:
+        """Make the engine wait up to ``seconds`` (at least 1 ms: 0 means forever on PostgreSQL)
+        for a lock, before it reports the database busy; a statement only when that changes."""
+        ms = max(1, math.ceil(min(seconds, _ENGINE_WAIT_MAX_S) * 1000))
+        if ms != self._engine_wait_ms:
+            self._x(self._d.lock_wait.format(ms=ms))
+            self._engine_wait_ms = ms
+
+    def _busy(self, holder: str | None) -> str:
+        return f"ledger {self._where} is busy: " + (holder or "another connection holds its write lock")
+
+    def _holder(self) -> str | None:
+        """Who holds the ledger's lock, in words, where the database can tell; never raises."""
+        try:
+            if self._d.row_locks:  # PostgreSQL
+                return _pg_holders(self._x(S.PG_LOCK_HOLDERS, (
+                    list(S.TABLES), S.SCHEMA_LOCK_KEY >> 32, S.SCHEMA_LOCK_KEY & 0xFFFFFFFF)).fetchall())
+            return _sqlite_holder(self._where)
+        except (OSError, ValueError, TypeError, self._drv.error):  # best effort: never fail a wait over it
+            return None
 
     def _tx(self, fn, begin: str):
         def once():
@@ -513,6 +647,8 @@ class Ledger:
         """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
         ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
         terms = _check_terms(account, rollover_pct, expires)
+        if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
+            return  # seeded before: no need to queue for the write lock (the write checks again)
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
 
     def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",

@@ -18,7 +18,7 @@ from slurmgov.intent import jobspec
 from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
-    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, json_option, out, site_option,
+    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, json_option, out, site_option, wait_option,
 )
 
 
@@ -58,6 +58,7 @@ def _print_budget(ledger, account):
               help="No budget from this day on, UTC (the project ends; default: keep).")
 @click.option("--no-expiry", is_flag=True, help="Remove an expiry date.")
 @site_option
+@wait_option
 def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_expiry, site_path):
     """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period). Its period, rollover
     and expiry stay as they are unless given.
@@ -81,6 +82,7 @@ def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_exp
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
+@wait_option
 def budget_grant(account, gpu_hours, reason, site_path):
     """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins only).
 
@@ -99,6 +101,7 @@ def budget_grant(account, gpu_hours, reason, site_path):
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
+@wait_option
 def budget_transfer(source, dest, gpu_hours, reason, site_path):
     """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins only).
 
@@ -116,6 +119,7 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
 @click.argument("account", required=False, shell_complete=_complete_accounts)
 @site_option
 @json_option
+@wait_option
 def budget_show(account, site_path, as_json):
     """Show budgets: budget, charged, held and available GPU-hours.
 
@@ -140,6 +144,7 @@ def budget_show(account, site_path, as_json):
 @click.command()
 @site_option
 @json_option
+@wait_option
 def audit(site_path, as_json):
     """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
 
@@ -167,6 +172,7 @@ def audit(site_path, as_json):
 @click.option("--until", type=click.DateTime(), default=None, help="Allocations that ended before (UTC).")
 @site_option
 @json_option
+@wait_option
 def waste(by, since, until, site_path, as_json):
     """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
 
@@ -193,6 +199,7 @@ def waste(by, since, until, site_path, as_json):
               help="Write to this file (parquet needs one).")
 @site_option
 @json_option
+@wait_option
 def usage(by, since, until, fmt, output, site_path, as_json):
     """Charged GPU time, grouped by account, workflow, step, user or GPU type.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 from rich.console import Console
 
 from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.ledger import DEFAULT_WAIT_S, Ledger
 
 out = Console()
 err = Console(stderr=True)
@@ -26,8 +27,26 @@ def _site(path) -> site_mod.Site:
     return site_mod.load(path or site_mod.default_site_path())
 
 
+_WAIT_KEY = "slurmgov.wait_s"  # where --wait leaves its value, in the click context's meta
+
+
 def _ledger(site: site_mod.Site) -> Ledger:
-    return Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
+    """The site's ledger (or $SLURMGOV_LEDGER's). A transaction that waits for another writer says
+    so on stderr after a second, and gives up after --wait seconds (LedgerUnavailable: exit 5)."""
+    ctx = click.get_current_context(silent=True)
+    wait_s = ctx.meta.get(_WAIT_KEY, DEFAULT_WAIT_S) if ctx else DEFAULT_WAIT_S
+
+    def notice(text: str) -> None:
+        click.echo(f"slurmgov: {text}; waiting up to {wait_s:g} s (--wait SECONDS or $SLURMGOV_WAIT to change)",
+                   err=True)
+
+    return Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url(), wait_s=wait_s, on_wait=notice)
+
+
+def _remember_wait(ctx, param, value: float) -> None:
+    if math.isnan(value):
+        raise click.BadParameter("give a number of seconds (inf: wait as long as it takes)")
+    ctx.meta[_WAIT_KEY] = value
 
 
 def _json(data) -> None:
@@ -59,6 +78,11 @@ def _complete_accounts(ctx, param, incomplete):
 site_option = click.option("--site", "site_path", type=click.Path(dir_okay=False), default=None,
                            help="Site description (default: $SLURMGOV_SITE or site_configs/local.yaml).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=DEFAULT_WAIT_S, show_default=True, envvar="SLURMGOV_WAIT",
+    metavar="SECONDS", expose_value=False, callback=_remember_wait,
+    help="How long to wait while another command holds the ledger's lock (said on stderr after a second), "
+         "then give up with exit 5 (or $SLURMGOV_WAIT).")
 conf_dir_option = click.option("--slurm-conf-dir", "conf_dir", required=True,
                                type=click.Path(file_okay=False, exists=True),
                                help="Directory of slurm.conf, where the hooks and their files live.")

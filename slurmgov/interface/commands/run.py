@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from slurmgov.intent import jobspec, planner
 from slurmgov.interface import report
-from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option
+from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option, wait_option
 
 
 @click.command()
@@ -39,6 +39,7 @@ def plan(jobspec_path, site_path, as_json):
 @json_option
 @click.option("--linger", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Keep the dashboard up this long after the workflow ends.")
+@wait_option
 def run(jobspec_path, site_path, as_json, linger):
     """Plan, price, admit against the budget, run on Dask, settle, and report the cost.
 
