@@ -209,3 +209,100 @@ def test_a_relative_slurmgov_home_is_taken_from_the_starting_directory(tmp_path)
     bal = {b["account"]: b for b in json.loads(sg("budget", "show", "--json", env={"SLURMGOV_HOME": str(home)},
                                                    check=0).stdout)}
     assert bal["chem-ai"]["charged_h"] > 0  # a fresh ledger would have charged nothing
+
+
+def test_budget_set_changes_only_what_it_is_told():
+    sg("budget", "show", check=0)  # seeds physics from the site file: quarterly
+    sg("budget", "set", "physics", "60", "--rollover", "25", "--expires", "2099-01-01", "--reason", "terms", check=0)
+    p = sg("budget", "set", "physics", "100", "--reason", "raise", check=0)
+    assert "account physics: budget 100.00 GPU-h (" in p.stdout and "-Q" in p.stdout and "expires 2099-01-01" in p.stdout
+    last = json.loads(sg("audit", "--json", check=0).stdout)[-1]
+    assert (last["account"], last["new_budget_h"], last["old_period"], last["new_period"]) == (
+        "physics", 100.0, "quarterly", "quarterly")
+    assert last["terms"] == "rollover 25%; expires 2099-01-01T00:00:00+00:00"
+    sg("budget", "set", "physics", "100", "--period", "monthly", "--reason", "asked", check=0)
+    assert json.loads(sg("audit", "--json", check=0).stdout)[-1]["new_period"] == "monthly"
+    sg("budget", "set", "brand-new", "5", check=0)
+    last = json.loads(sg("audit", "--json", check=0).stdout)[-1]
+    assert (last["account"], last["new_period"], last["terms"]) == ("brand-new", "monthly", "")
+
+
+@pytest.mark.parametrize("args", [
+    ["budget", "set", "physics", "1e13"],
+    ["budget", "set", "physics", "nan"],
+    ["budget", "set", "physics", "inf"],
+    ["budget", "grant", "physics", "1e13"],
+    ["budget", "transfer", "chem-ai", "physics", "1e13"],
+    ["budget", "set", "physics", "--", "-5"],
+])
+def test_amounts_the_ledger_cannot_store_are_refused_in_one_line(args):
+    sg("budget", "show", check=0)
+    before = sg("audit", "--json", check=0).stdout
+    p = sg(*args[:2], "--reason", "too much", *args[2:], check=2)
+    line = p.stderr.strip()
+    assert "\n" not in line and any(why in line for why in ("more than the ledger can store", ">= 0", "x>=0")), line
+    assert sg("audit", "--json", check=0).stdout == before  # nothing changed
+
+
+@pytest.mark.parametrize("where,why", [
+    ("missing/u.csv", "directory {tmp}/missing does not exist"),
+    ("a-file/u.csv", "{tmp}/a-file is a file, not a directory"),
+    ("a-file/deeper/u.parquet", "{tmp}/a-file is a file, not a directory"),
+])
+def test_usage_output_path_errors_are_one_line_exit_2(tmp_path, where, why):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    target = tmp_path / where
+    fmt = "parquet" if where.endswith(".parquet") else "csv"
+    p = sg("usage", "--format", fmt, "-o", target, check=2)
+    assert p.stderr.strip() == f"slurmgov: cannot write {target}: {why.format(tmp=tmp_path)}"
+    assert not target.exists()
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs, where no one may create files")
+def test_usage_into_an_unwritable_directory_is_one_line_exit_2():
+    p = sg("usage", "--format", "csv", "-o", "/sys/slurmgov-usage.csv", check=2)
+    assert p.stderr.strip() == "slurmgov: cannot write /sys/slurmgov-usage.csv: permission denied"
+
+
+HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("committed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_command_waiting_for_the_ledger_says_who_holds_it_and_gives_up_with_exit_5(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    env = {"SLURMGOV_LEDGER": f"sqlite:///{db}"}
+    sg("budget", "show", env=env, check=0)  # creates the ledger and seeds the site's accounts
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"  # another process is writing
+        shown = json.loads(sg("budget", "show", "--json", "--wait", "2", env=env, check=0).stdout)
+        assert {b["account"] for b in shown} >= {"chem-ai", "physics"}  # reading does not queue behind a writer
+        p = sg("budget", "grant", "chem-ai", "1", "--reason", "t", "--wait", "2", env=env, check=5)
+        notice, gave_up = p.stderr.splitlines()
+        assert notice.startswith(f"slurmgov: ledger {db} is busy: held by pid {holder.pid} (")
+        assert notice.endswith("; waiting up to 2 s (--wait SECONDS or $SLURMGOV_WAIT to change)")
+        assert gave_up.startswith(f"slurmgov: ledger {db} is busy: held by pid {holder.pid} (")
+        assert gave_up.endswith("; gave up after waiting 2 s")
+        # a command that is waiting goes on when the writer commits (SLURMGOV_WAIT: a generous limit)
+        waiting = subprocess.Popen([str(BIN / "slurmgov"), "budget", "grant", "chem-ai", "1", "--reason", "t"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **env, "SLURMGOV_WAIT": "600"})
+        assert "is busy" in waiting.stderr.readline()  # the notice: it is waiting now
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "committed\n"
+        out, rest = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0 and rest == "", rest
+        assert "account chem-ai: budget 501.00 GPU-h" in out
+    finally:
+        holder.kill()
+        holder.wait()

@@ -5,6 +5,7 @@ server that tests/pg_harness.py starts for the session (each test gets a new, em
 """
 
 import multiprocessing
+import os
 import sqlite3
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 import pg_harness
 from pg_harness import pg_url  # noqa: F401
-from slurmgov.errors import BudgetRefused, InputError, LedgerError
+from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
 from slurmgov.governance import ledger_schema
 from slurmgov.governance.ledger import Ledger, period_of
 
@@ -350,14 +351,14 @@ def test_ensure_account_does_not_overwrite_and_audit_is_append_only(led, db):
     led.ensure_account("chem", 999.0)
     assert led.balance("chem").budget_h == 10.0
     led.set_budget("chem", 20.0, "quarterly", actor="alice", reason="grant")
-    led.set_budget("chem", 15.0, actor="bob", reason="cut")
+    led.set_budget("chem", 15.0, actor="bob", reason="cut")  # no period given: it stays quarterly
     assert led.balance("chem").budget_h == 15.0
     led.ensure_account("chem", 1.0)
     a = led.audit()
     assert [(r["actor"], r["action"], r["old_budget_h"], r["new_budget_h"], r["new_period"], r["reason"])
             for r in a] == [("site-config", "seed", None, 10.0, "monthly", "seeded from site config"),
                             ("alice", "set", 10.0, 20.0, "quarterly", "grant"),
-                            ("bob", "set", 20.0, 15.0, "monthly", "cut")]
+                            ("bob", "set", 20.0, 15.0, "quarterly", "cut")]
     assert all(r["at"].endswith("+00:00") for r in a)
     with pytest.raises(InputError, match="actor"):
         led.set_budget("chem", 1.0)
@@ -1032,3 +1033,95 @@ def test_a_version_3_ledger_gains_leases_on_open(db):
     led.set_budget("chem", 1.0, "none", actor="t")
     led.admit("run:x", "chem", "wf", {"s": 0.5}, lease_s=30)
     assert led.holds_open()[0]["lease_until"] > time.time()
+
+
+# ---- budget changes change only what they are told -----------------------------------------
+
+def test_set_budget_keeps_the_period_rollover_and_expiry_it_is_not_given(db):
+    led = Ledger.open(db)
+    expiry = f"expires {datetime.fromtimestamp(MAR, timezone.utc).isoformat()}"
+    led.set_budget("proj", 100.0, "quarterly", actor="admin", rollover_pct=25, expires=MAR)
+    led.set_budget("proj", 150.0, actor="admin", reason="raise")  # only the amount
+    last = led.audit()[-1]
+    assert (last["new_budget_h"], last["new_period"], last["terms"]) == (150.0, "quarterly", f"rollover 25%; {expiry}")
+    assert led.balance("proj", now=JAN).period == period_of("quarterly", JAN)[0]
+    led.set_budget("proj", 150.0, "monthly", actor="admin")  # a period given is a period changed
+    assert (led.audit()[-1]["new_period"], led.audit()[-1]["terms"]) == ("monthly", f"rollover 25%; {expiry}")
+    led.set_budget("new", 5.0, actor="admin")  # a new account: monthly, no rollover, no expiry
+    assert (led.audit()[-1]["new_period"], led.audit()[-1]["terms"]) == ("monthly", "")
+    led.set_budget("flat", 5.0, "none", actor="admin")
+    with pytest.raises(InputError, match="rollover needs a monthly or quarterly period"):
+        led.set_budget("flat", 5.0, actor="admin", rollover_pct=10)  # the kept period is 'none'
+    assert led.audit()[-1]["account"] == "flat" and led.audit()[-1]["terms"] == ""
+    led.disconnect()
+
+
+def test_amounts_beyond_64_bit_milliseconds_are_refused_in_one_line(led):
+    from slurmgov.governance.ledger import MAX_GPU_HOURS
+
+    most = (2**63 - 2048) / MS  # the largest float amount whose milliseconds fit a signed 64-bit column
+    assert most < MAX_GPU_HOURS < 2.6e12
+    led.set_budget("big", most, actor="t")
+    assert round(led.balance("big").budget_h * MS) == 2**63 - 2048
+    for call in (lambda: led.set_budget("big", 1e13, actor="t"), lambda: led.set_budget("big", MAX_GPU_HOURS + 1, actor="t"),
+                 lambda: led.grant("chem", 1e13, actor="t"), lambda: led.grant("big", 1.0, actor="t"),
+                 lambda: led.transfer("chem", "big", 1.0, actor="t"), lambda: led.ensure_account("x", 1e300),
+                 lambda: led.admit("h", "chem", "wf", {"s": 1e13}, user="u"),
+                 lambda: charge(led, "c", "h", "s", 1e300, weight=1e300)):
+        with pytest.raises(InputError, match="more than the ledger can store") as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert led.balance("big").budget_h == most and led.balance("chem").budget_h == 10.0  # nothing half-done
+    assert [a["account"] for a in led.audit()] == ["chem", "big"]
+
+
+# ---- waiting for a busy ledger ---------------------------------------------------------------
+
+@contextmanager
+def _writer_holding(db_url):
+    """Another connection in the middle of a write transaction on the ledger (SQLite: BEGIN
+    IMMEDIATE; PostgreSQL: the chem account row locked, as a writer locks it), and the id of
+    the process that holds it, as the notice should name it. Yields (commit, pid)."""
+    if db_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(db_url[len("sqlite://"):], isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        pid = os.getpid()
+    else:
+        import psycopg
+
+        conn = psycopg.connect(db_url, autocommit=True)
+        conn.execute("BEGIN")
+        conn.execute("SELECT account FROM accounts WHERE account = 'chem' FOR UPDATE")
+        pid = conn.info.backend_pid
+    try:
+        yield (lambda: conn.execute("COMMIT")), pid
+    finally:
+        conn.close()
+
+
+def test_a_writer_that_waits_says_who_holds_the_lock_then_gives_up(led, db):
+    notices: list[str] = []
+    with _writer_holding(db) as (_, pid):
+        mine = Ledger.open(db, wait_s=1.5, on_wait=notices.append)  # opening reads: it does not wait
+        assert mine.balance("chem").budget_h == 10.0  # nor does a read
+        with pytest.raises(LedgerUnavailable) as e:
+            mine.grant("chem", 1.0, actor="t")
+    assert len(notices) == 1 and notices[0].startswith(f"ledger {mine._where} is busy: held by pid {pid} (")
+    assert str(e.value).startswith(notices[0]) and str(e.value).endswith("; gave up after waiting 1.5 s")
+    mine.grant("chem", 1.0, actor="t")  # the writer has gone: no wait, no notice
+    assert len(notices) == 1 and led.balance("chem").budget_h == 11.0
+    mine.disconnect()
+
+
+def test_a_waiting_writer_goes_on_once_the_holder_commits(led, db):
+    notices: list[str] = []
+    with _writer_holding(db) as (commit, _):
+        def notice(text):  # the holder commits when told that someone waits: no timing involved
+            notices.append(text)
+            commit()
+
+        mine = Ledger.open(db, wait_s=600, on_wait=notice)
+        mine.grant("chem", 2.0, actor="t")
+    assert len(notices) == 1 and "is busy" in notices[0]
+    assert led.balance("chem").budget_h == 12.0
+    mine.disconnect()

@@ -28,11 +28,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,8 +55,10 @@ PERIOD_KINDS = ("monthly", "quarterly", "none")
 CLOSED_STATES = ("done", "failed", "cancelled")
 USAGE_BY = tuple(S.USAGE_COLUMNS)
 _FOREVER = 1e18  # epoch-seconds bound for the open-ended period and unbounded usage queries
-_BUSY_S = S.LOCK_WAIT_MS / 1000  # how long the engine waits for a lock before reporting it busy
-_RETRIES = 8  # then we back off and retry the whole transaction this many times
+DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
+NOTICE_S = 1.0  # after this long waiting, on_wait hears that (and who) the ledger is busy
+_RETRIES = 8  # transactions a server aborted (serialization, deadlock, key race): retried this many times
+_ENGINE_WAIT_MAX_S = 86_400.0  # one engine wait at most (an infinite --wait waits in day-long turns)
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
 _PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 _PG_HINT = "pip install 'slurmgov[postgres]'"
@@ -95,10 +99,26 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+MAX_GPU_HOURS = S.MAX_MS / MS_PER_H  # about 2.56e12: the most one amount column can store
+
+
+def _too_much(what: str, ms: float, verb: str = ":") -> InputError:
+    h = ms / MS_PER_H
+    said = f"{h:,.0f}" if h < 1e15 else f"{h:.3g}"  # whole hours, so that it differs visibly from the limit
+    return InputError(f"{what}{verb} {said} GPU-h, more than the ledger can store (at most {MAX_GPU_HOURS:,.0f} GPU-h)")
+
+
+def _storable_ms(x: float, what: str) -> int:
+    """``x`` milliseconds rounded half up, or InputError when that is more than a 64-bit column holds."""
+    if x >= 2**63 or x + 0.5 >= 2**63:  # exact comparisons (float against int); inf included
+        raise _too_much(what, x)
+    return _round_half_up(x)
+
+
 def _ms(hours, what: str) -> int:
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
         raise InputError(f"{what} must be a number of GPU-hours >= 0, got {hours!r}")
-    return _round_half_up(hours * MS_PER_H)
+    return _storable_ms(hours * MS_PER_H, what)
 
 
 def _epoch(t, what: str = "time") -> float:
@@ -167,6 +187,11 @@ class _Driver:
     def retryable(self, e: Exception) -> bool:
         raise NotImplementedError
 
+    def lock_wait(self, e: Exception) -> bool:
+        """Whether ``e`` says a lock another connection holds was not free in time (retried until
+        the ledger's wait runs out, rather than a number of times)."""
+        raise NotImplementedError
+
     def in_tx(self, conn) -> bool:
         raise NotImplementedError
 
@@ -185,6 +210,9 @@ class _SqliteDriver(_Driver):
     def retryable(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and _locked(e)
 
+    def lock_wait(self, e: Exception) -> bool:
+        return self.retryable(e)
+
     def in_tx(self, conn) -> bool:
         return conn.in_transaction
 
@@ -200,6 +228,9 @@ class _PgDriver(_Driver):
 
     def retryable(self, e: Exception) -> bool:
         return isinstance(e, self._retry)
+
+    def lock_wait(self, e: Exception) -> bool:
+        return isinstance(e, self._pg.errors.LockNotAvailable)
 
     def in_tx(self, conn) -> bool:
         return conn.info.transaction_status != self._pg.pq.TransactionStatus.IDLE
@@ -233,6 +264,55 @@ def _pg_where(url: str) -> tuple[str, tuple[str, ...]]:
     except ValueError:
         where = "postgresql://(unparseable URL)"
     return where, tuple(sorted((s for s in secrets if s), key=len, reverse=True))
+
+
+def _pg_holders(rows) -> str | None:
+    """PG_LOCK_HOLDERS' rows in words: 'pid 123 (alice from 10.0.0.5, slurmgov, in a transaction for 12 s)'."""
+    said = []
+    for pid, user, addr, app, age in rows:
+        about = [f"{user or '?'} from {addr or 'this host'}"]
+        if app:
+            about.append(app)
+        if age is not None:
+            about.append(f"in a transaction for {age:.0f} s")
+        said.append(f"pid {pid} ({', '.join(about)})")
+    return f"held by {' and '.join(said)}" if said else None
+
+
+_SHM_WRITE_LOCK = "120"  # SQLite's unix VFS locks byte 120 of the -shm file while a WAL writer writes
+
+
+def _sqlite_holder(path: str) -> str | None:
+    """Which process holds the write lock of the WAL database at ``path``, from Linux's
+    /proc/locks (a process on another host, through a network file system, is not there)."""
+    shm = os.stat(path + "-shm")
+    inode = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    with open("/proc/locks") as f:
+        for line in f:  # "1: POSIX  ADVISORY  WRITE 4242 fe:00:2146356 120 120" ("->" marks waiters)
+            p = line.split()
+            if len(p) >= 8 and p[1] == "POSIX" and p[3] == "WRITE" and p[5] == inode and p[6] == _SHM_WRITE_LOCK:
+                return f"held by {_process(int(p[4]))}"
+    return None
+
+
+def _process(pid: int) -> str:
+    """'pid 4242 (alice: slurmgov budget grant chem-ai 5)', as much of it as /proc shows."""
+    if pid == os.getpid():
+        return f"pid {pid} (this process, another connection)"
+    try:
+        import pwd
+
+        user = pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
+    except (OSError, KeyError):
+        user = None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = " ".join(f.read().decode(errors="replace").replace("\0", " ").split())  # one line
+    except OSError:
+        cmd = ""
+    cmd = cmd if len(cmd) <= 80 else cmd[:79] + "…"
+    about = ": ".join(x for x in (user, cmd) if x)
+    return f"pid {pid}" + (f" ({about})" if about else "")
 
 
 def _no_budget(account: str) -> UnknownAccount:
@@ -289,7 +369,7 @@ def charge_ms(charge_key: str, gpu_seconds, weight) -> int:
     for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
-    return _round_half_up(gpu_seconds * weight * 1000)  # straight from seconds: one rounding
+    return _storable_ms(gpu_seconds * weight * 1000, f"charge {charge_key}")  # straight from seconds: one rounding
 
 
 def _charge_dict(r) -> dict:
@@ -302,40 +382,52 @@ def _charge_dict(r) -> dict:
 
 class Ledger:
     """One connection to one ledger. Safe to share between threads (calls are serialised);
-    for parallel writers give each process its own Ledger."""
+    for parallel writers give each process its own Ledger.
 
-    def __init__(self, conn, where: str, dialect: S.Dialect = S.SQLITE, driver: _Driver | None = None):
+    ``wait_s``: how long a transaction waits for locks other writers hold before it gives up
+    with LedgerUnavailable ('... is busy'); ``on_wait(text)``: told once per wait that passes
+    NOTICE_S, with who holds the lock where the database can tell."""
+
+    def __init__(self, conn, where: str, dialect: S.Dialect = S.SQLITE, driver: _Driver | None = None,
+                 wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None):
         self._conn, self._where, self._d = conn, where, dialect
         self._drv = driver or _SqliteDriver()
         self._lock = threading.RLock()
+        if not (isinstance(wait_s, (int, float)) and wait_s >= 0):  # NaN fails too
+            raise InputError(f"ledger wait must be a number of seconds >= 0, got {wait_s!r}")
+        self.wait_s, self.on_wait = float(wait_s), on_wait
+        self._engine_wait_ms: int | None = None  # the lock wait the connection has now (None: not set yet)
 
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
+    def open(cls, url: str, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None) -> Ledger:
         """Open (creating if needed) the ledger at ``sqlite:///ABSOLUTE/PATH``, or on PostgreSQL at
         ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`` (also ``postgres://``, and any libpq URL
-        such as ``postgresql:///DB?host=/run/postgresql`` for a unix socket)."""
+        such as ``postgresql:///DB?host=/run/postgresql`` for a unix socket). ``wait_s`` and
+        ``on_wait``: see the class."""
+        waiting = {"wait_s": wait_s, "on_wait": on_wait}
         if isinstance(url, str) and _PG_URL.match(url):
-            return cls._open_postgres(url)
+            return cls._open_postgres(url, waiting)
         if not isinstance(url, str) or not url.startswith("sqlite:///"):
             if isinstance(url, str) and url.split(":", 1)[0].lower() in ("postgres", "postgresql"):
                 # never echo a URL that may carry a password
                 raise LedgerError("ledger URL is not of the form postgresql://USER@HOST:PORT/DB")
             raise LedgerError(f"ledger URL {url!r} is not of the form sqlite:///ABSOLUTE/PATH "
                               f"or postgresql://USER@HOST:PORT/DB")
-        path = Path(url[len("sqlite://"):])
+        path = Path("/" + url[len("sqlite://"):].lstrip("/"))  # sqlite:////abs gives //abs: one slash
         if not path.name:
             raise LedgerError(f"ledger URL {url!r} names no file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=_BUSY_S, isolation_level=None, check_same_thread=False)
+            # timeout 0: the ledger sets the lock wait itself, before each transaction (_retry)
+            conn = sqlite3.connect(str(path), timeout=0, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise LedgerUnavailable(f"ledger {path}: cannot open: {e}") from None
-        return cls._started(conn, str(path))
+        return cls._started(conn, str(path), S.SQLITE, None, waiting)
 
     @classmethod
-    def _open_postgres(cls, url: str) -> Ledger:
+    def _open_postgres(cls, url: str, waiting: dict) -> Ledger:
         try:
             import psycopg
         except ImportError:
@@ -354,14 +446,14 @@ class Ledger:
             conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
         except psycopg.Error as e:
             raise LedgerUnavailable(f"ledger {where}: cannot connect: {drv.message(e)}") from None
-        return cls._started(conn, where, S.POSTGRES, drv)
+        return cls._started(conn, where, S.POSTGRES, drv, waiting)
 
     @classmethod
-    def _started(cls, conn, *args) -> Ledger:
+    def _started(cls, conn, where: str, dialect: S.Dialect, driver: _Driver | None, waiting: dict) -> Ledger:
         """A Ledger on ``conn`` with its session set up and schema checked; the connection is
         closed if that fails, so a bad ledger never leaks one."""
-        ledger = cls(conn, *args)
         try:
+            ledger = cls(conn, where, dialect, driver, **waiting)
             ledger._setup()
         except BaseException:
             conn.close()
@@ -371,7 +463,19 @@ class Ledger:
     def _setup(self) -> None:
         for stmt in self._d.session:
             self._retry(lambda stmt=stmt: self._x(stmt))
-        self._write(self._ensure_schema)
+        # Read first: a ledger that is up to date is opened without the write lock, so readers
+        # (budget show, usage) never queue behind a writer.
+        if not self._read(self._schema_current):
+            self._write(self._ensure_schema)
+
+    def _schema_current(self) -> bool:
+        if self._one(self._d.has_table, ("schema_version",)) is None:
+            return False
+        version = self._one(S.VERSION_GET)[0]
+        if version is not None and version > S.SCHEMA_VERSION:
+            raise LedgerError(f"ledger {self._where} has schema version {version}, newer than this "
+                              f"slurmgov understands ({S.SCHEMA_VERSION}); upgrade slurmgov")
+        return version == S.SCHEMA_VERSION
 
     def _ensure_schema(self) -> None:
         if self._d.schema_lock:
@@ -420,14 +524,60 @@ class Ledger:
         return self._x(q, params).fetchone()
 
     def _retry(self, fn):
-        """Run ``fn`` again, with jittered exponential backoff, while the database is locked."""
-        for attempt in range(_RETRIES):
+        """Run ``fn``; while a lock it needs is held elsewhere, run it again until ``wait_s`` has
+        passed (the engine itself waits for the lock, so no turn is lost in sleeps); after
+        NOTICE_S tell ``on_wait`` once. A transaction the server aborted (serialization failure,
+        deadlock, a raced first insert) is run again up to _RETRIES times, with jittered backoff."""
+        start, waited, aborted = time.monotonic(), 0.0, 0
+        told = self.on_wait is None
+        holder: str | None = None
+        while True:
+            left = self.wait_s - waited
             try:
+                # until the notice is due the engine waits only that long, so that it comes on time
+                self._engine_wait(left if told else min(left, NOTICE_S - waited))
                 return fn()
             except self._drv.error as e:
-                if not self._drv.retryable(e) or attempt == _RETRIES - 1:
+                if not self._drv.retryable(e):
                     raise LedgerUnavailable(f"ledger {self._where}: {self._drv.message(e)}") from None
-                time.sleep(min(1.0, 0.02 * 2 ** attempt) * random.uniform(0.5, 1.0))
+                waited = time.monotonic() - start
+                if self._drv.lock_wait(e):
+                    if waited >= self.wait_s:
+                        holder = holder or self._holder()
+                        raise LedgerUnavailable(f"{self._busy(holder)}; gave up after waiting "
+                                                f"{self.wait_s:g} s") from None
+                    if not told and waited >= NOTICE_S:
+                        told, holder = True, self._holder()
+                        self.on_wait(self._busy(holder))
+                    pause = 0.01  # the engine has waited already; this only keeps an instant 'busy' from spinning
+                else:
+                    aborted += 1
+                    if aborted >= _RETRIES:
+                        raise LedgerUnavailable(f"ledger {self._where}: {self._drv.message(e)}") from None
+                    pause = min(1.0, 0.02 * 2 ** aborted)
+                time.sleep(min(pause * random.uniform(0.5, 1.0), max(0.0, self.wait_s - waited)))
+                waited = time.monotonic() - start
+
+    def _engine_wait(self, seconds: float) -> None:
+        """Make the engine wait up to ``seconds`` (at least 1 ms: 0 means forever on PostgreSQL)
+        for a lock, before it reports the database busy; a statement only when that changes."""
+        ms = max(1, math.ceil(min(seconds, _ENGINE_WAIT_MAX_S) * 1000))
+        if ms != self._engine_wait_ms:
+            self._x(self._d.lock_wait.format(ms=ms))
+            self._engine_wait_ms = ms
+
+    def _busy(self, holder: str | None) -> str:
+        return f"ledger {self._where} is busy: " + (holder or "another connection holds its write lock")
+
+    def _holder(self) -> str | None:
+        """Who holds the ledger's lock, in words, where the database can tell; never raises."""
+        try:
+            if self._d.row_locks:  # PostgreSQL
+                return _pg_holders(self._x(S.PG_LOCK_HOLDERS, (
+                    list(S.TABLES), S.SCHEMA_LOCK_KEY >> 32, S.SCHEMA_LOCK_KEY & 0xFFFFFFFF)).fetchall())
+            return _sqlite_holder(self._where)
+        except (OSError, ValueError, TypeError, self._drv.error):  # best effort: never fail a wait over it
+            return None
 
     def _tx(self, fn, begin: str):
         def once():
@@ -484,6 +634,8 @@ class Ledger:
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
         """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
+        if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
+            raise _too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
@@ -505,30 +657,37 @@ class Ledger:
         """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
         ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
         terms = _check_terms(account, rollover_pct, expires)
+        if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
+            return  # seeded before: no need to queue for the write lock (the write checks again)
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
 
-    def set_budget(self, account: str, gpu_hours: float, period_kind: str = "monthly", actor: str = "",
+    def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",
                    reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False) -> None:
         """Set ``account``'s budget per period; who, when, what and why go to the audit trail.
 
-        ``rollover_pct``: last period's unused budget is carried into each period, up to this
-        share of the budget (None: keep); ``expires``: a time after which the account has no budget (None: keep,
-        unless ``clear_expiry``)."""
+        What is not given stays as the account has it (a new account: monthly, no rollover, no
+        expiry): ``period_kind``; ``rollover_pct``, last period's unused budget carried into each
+        period up to this share of the budget; ``expires``, a time after which the account has no
+        budget (``clear_expiry`` removes it)."""
         if not actor:
             raise InputError(f"set_budget of {account}: say who is changing it (actor)")
-        ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        if rollover_pct is not None or expires is not None or clear_expiry:
-            if rollover_pct is not None and kind == "none" and rollover_pct:
-                raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
+        ms = _ms(gpu_hours, f"budget of {account}")
+        kind = None if period_kind is None else _check_kind(period_kind)
+        if rollover_pct is not None:
+            _check_terms(account, rollover_pct, None)
+        when = None if expires is None else _epoch(expires, "expires")
 
-            def tx():
-                current = self._one(S.ACCOUNT_TERMS, (account,))
-                pct = rollover_pct if rollover_pct is not None else (current[0] if current else 0)
-                exp = None if clear_expiry else (expires if expires is not None else (current[1] if current else None))
-                self._put_budget(account, ms, kind, actor, reason or "", "set", True, _check_terms(account, pct, exp))
-            self._write(tx)
-        else:
-            self._write(lambda: self._put_budget(account, ms, kind, actor, reason or "", "set", True))
+        def tx():
+            self._lock_account(account)
+            row, terms = self._one(S.ACCOUNT_GET, (account,)), self._one(S.ACCOUNT_TERMS, (account,))
+            k = kind or (row[2] if row else "monthly")
+            if rollover_pct and k == "none":
+                raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
+            pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
+            exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, _check_terms(account, pct, exp))
+
+        self._write(tx)
 
     def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
         """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""

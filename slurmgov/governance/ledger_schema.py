@@ -23,7 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 4  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds
-LOCK_WAIT_MS = 10_000  # how long the engine itself waits for a lock before reporting it busy
+# The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
+MAX_MS = 2**63 - 1
+SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
+TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Dialect:
     has_column: str  # one row when the (table, column) named by the parameters exists
     schema_lock: str | None = None  # serialises concurrent first opens that create the tables
     session: tuple[str, ...] = ()  # run once on each new connection, outside any transaction
+    # how long the engine waits for a lock before it reports the database busy ({ms}: 1 or more)
+    lock_wait: str = "PRAGMA busy_timeout = {ms}"
     # ``{col} IN <a set of keys given as one parameter>``: bulk lookups pass thousands of keys in
     # one parameter (SQLite: a JSON array, PostgreSQL: a text[]), not thousands of placeholders.
     keys_in: str = "{col} IN (SELECT value FROM json_each(?))"
@@ -78,7 +83,6 @@ SQLITE = Dialect(
     has_table="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     has_column="SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
     session=(
-        f"PRAGMA busy_timeout = {LOCK_WAIT_MS}",
         # WAL lets readers run beside the one writer; FULL sync because a lost commit is lost money.
         "PRAGMA journal_mode = WAL",
         "PRAGMA synchronous = FULL",
@@ -109,8 +113,8 @@ POSTGRES = Dialect(
                "AND table_name = %s AND column_name = %s",
     # A transaction-scoped advisory lock (key: 'slurmgov' as an integer) held while the schema
     # is checked or created, so two first opens cannot both create the tables.
-    schema_lock="SELECT pg_advisory_xact_lock(8317151746168680310)",
-    session=(f"SET lock_timeout = {LOCK_WAIT_MS}",),
+    schema_lock=f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})",
+    lock_wait="SET lock_timeout = {ms}",
     keys_in="{col} = ANY(CAST(? AS TEXT[]))",
     keys_as_json=False,
     copy_rows=True,
@@ -249,6 +253,22 @@ def waste_sql(by: str) -> str:
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 VERSION_GET = "SELECT MAX(version) FROM schema_version"
 VERSION_SET = "INSERT INTO schema_version (version) VALUES (?)"
+
+# PostgreSQL: who holds the ledger's locks, as far as the server tells: other sessions holding
+# more than a read lock on a ledger table of this schema, or the schema lock; oldest first.
+# (Another role's client address and transaction start are NULL without pg_read_all_stats.)
+PG_LOCK_HOLDERS = """SELECT a.pid, a.usename, host(a.client_addr), a.application_name,
+        CAST(EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start) AS DOUBLE PRECISION)
+    FROM pg_stat_activity a
+    WHERE a.pid <> pg_backend_pid() AND a.pid IN (
+        SELECT l.pid FROM pg_locks l WHERE l.granted AND (
+            (l.locktype = 'relation' AND l.mode <> 'AccessShareLock' AND l.relation IN (
+                SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = current_schema() AND CAST(c.relname AS TEXT) = ANY(CAST(? AS TEXT[]))))
+            OR (l.locktype = 'advisory'
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND CAST(l.classid AS BIGINT) = ? AND CAST(l.objid AS BIGINT) = ?)))
+    ORDER BY a.xact_start NULLS LAST LIMIT 3"""
 
 ACCOUNT_GET = "SELECT account, budget_ms, period_kind FROM accounts WHERE account = ?"
 # Taken first by every PostgreSQL write (Dialect.row_locks); see the module docstring.

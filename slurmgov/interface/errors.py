@@ -19,7 +19,7 @@ Exit codes:
   2  bad input (jobspec, site file, option)
   3  the request can never be placed on the site
   4  refused: the account's budget does not cover the worst case
-  5  the ledger cannot be used
+  5  the ledger cannot be used, or stayed busy past --wait
   6  not allowed (budget changes need an admin)
   7  something slurmgov needs is unavailable (Slurm does not answer, a port in use, a file)
   70 internal error (SLURMGOV_DEBUG=1 shows the traceback)

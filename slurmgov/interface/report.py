@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 from rich.console import Console
 
+from slurmgov.errors import InputError
 from slurmgov.interface.tables import Table, show
 from slurmgov.units import format_time
+
+
+def write_output(path: str, data: str | bytes) -> None:
+    """Write ``data`` to the file at ``path`` (an -o option), or InputError in one line that names
+    it: a missing directory, a path through a regular file, no permission, a full disk."""
+    try:
+        with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {_why_not(path, e)}") from None
+
+
+def _why_not(path: str, e: OSError) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    if e.errno == errno.ENOTDIR:  # name the file that stands where a directory should
+        first = parent
+        while not os.path.exists(first) and os.path.dirname(first) != first:
+            first = os.path.dirname(first)
+        if os.path.isfile(first):
+            return f"{first} is a file, not a directory"
+    if e.errno == errno.ENOENT and not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    if e.errno == errno.EISDIR:
+        return "it is a directory"
+    return (e.strerror or str(e)).lower()
 
 
 def _h(x: float) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import io
 import json
 import re
 import time
-from pathlib import Path
 
 import click
 
@@ -18,6 +18,7 @@ from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
     _busy, _complete_accounts, _json, _ledger, _site, _utc, err, format_option, json_option, out, site_option,
+    wait_option,
 )
 from slurmgov.interface.tables import Table, show, tsv
 
@@ -49,16 +50,19 @@ def _print_budget(ledger, account):
 @budget.command("set")
 @click.argument("account", shell_complete=_complete_accounts)
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
-@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default="monthly", show_default=True)
+@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default=None,
+              help="How often the budget renews (default: keep the account's; monthly for a new account).")
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @click.option("--rollover", "rollover_pct", type=click.IntRange(0, 100), default=None, metavar="PCT",
               help="Carry last period's unused budget over, up to PCT% of the budget (0: none; default: keep).")
 @click.option("--expires", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="No budget from this day on, UTC (the project ends).")
+              help="No budget from this day on, UTC (the project ends; default: keep).")
 @click.option("--no-expiry", is_flag=True, help="Remove an expiry date.")
 @site_option
+@wait_option
 def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_expiry, site_path):
-    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period).
+    """Set ACCOUNT's budget to GPU_HOURS (weighted GPU-hours per period). Its period, rollover
+    and expiry stay as they are unless given.
 
     \b
     Examples:
@@ -79,6 +83,7 @@ def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_exp
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
+@wait_option
 def budget_grant(account, gpu_hours, reason, site_path):
     """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins only).
 
@@ -97,6 +102,7 @@ def budget_grant(account, gpu_hours, reason, site_path):
 @click.argument("gpu_hours", type=click.FloatRange(min=0))
 @click.option("--reason", default="", help="Why: kept in the audit log.")
 @site_option
+@wait_option
 def budget_transfer(source, dest, gpu_hours, reason, site_path):
     """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins only).
 
@@ -115,6 +121,7 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
 @site_option
 @json_option
 @format_option
+@wait_option
 def budget_show(account, site_path, as_json, fmt):
     """Show budgets: budget, charged, held and available GPU-hours.
 
@@ -141,6 +148,7 @@ def budget_show(account, site_path, as_json, fmt):
 @site_option
 @json_option
 @format_option
+@wait_option
 def audit(site_path, as_json, fmt):
     """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
 
@@ -170,6 +178,7 @@ def audit(site_path, as_json, fmt):
 @site_option
 @json_option
 @format_option
+@wait_option
 def waste(by, since, until, site_path, as_json, fmt):
     """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
 
@@ -196,6 +205,7 @@ def waste(by, since, until, site_path, as_json, fmt):
               help="Write to this file (parquet needs one).")
 @site_option
 @json_option
+@wait_option
 def usage(by, since, until, fmt, output, site_path, as_json):
     """Charged GPU time, grouped by account, workflow, step, user or GPU type.
 
@@ -218,20 +228,21 @@ def usage(by, since, until, fmt, output, site_path, as_json):
     if fmt == "parquet":
         if output is None:
             raise click.BadParameter("parquet is binary: give --output FILE", param_hint="--format")
+        buf = io.BytesIO()  # built in memory first, so that a missing pyarrow leaves no empty file
         try:
-            frame.to_parquet(output, index=False)
+            frame.to_parquet(buf, index=False)
         except ImportError:
             raise click.UsageError("parquet output needs pyarrow: pip install 'slurmgov[parquet]'") from None
+        data: str | bytes = buf.getvalue()
     elif fmt == "csv":
-        text = frame.to_csv(index=False)
+        data = frame.to_csv(index=False)
     elif fmt == "tsv":  # the same lines as on stdout
-        text = tsv(report.usage_as_table(rows, by))
+        data = tsv(report.usage_as_table(rows, by))
     else:
-        text = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
-    if fmt != "parquet":
-        if output:
-            Path(output).write_text(text)
-        else:
-            click.echo(text, nl=False)
+        data = json.dumps(rows, indent=2, default=str) if fmt == "json" else frame.to_string(index=False)
+    if output:
+        report.write_output(output, data)
+    else:
+        click.echo(data, nl=False)
     if output:
         err.print(f"wrote {len(frame)} rows to {output}")

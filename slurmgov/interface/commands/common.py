@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 from rich.console import Console
 
 from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
+from slurmgov.governance.ledger import DEFAULT_WAIT_S, Ledger
 from slurmgov.interface import tables
 
 out = Console()
@@ -27,12 +28,30 @@ def _site(path) -> site_mod.Site:
     return site_mod.load(path or site_mod.default_site_path())
 
 
+_WAIT_KEY = "slurmgov.wait_s"  # where --wait leaves its value, in the click context's meta
+
+
 def _ledger(site: site_mod.Site) -> Ledger:
-    """The site's ledger. Holds whose run stopped renewing their lease (killed, host gone) are
-    released first: every command that opens the ledger settles them."""
-    ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url())
+    """The site's ledger (or $SLURMGOV_LEDGER's), lapsed leases released. A transaction that waits for another writer says
+    so on stderr after a second, and gives up after --wait seconds (LedgerUnavailable: exit 5)."""
+    ctx = click.get_current_context(silent=True)
+    wait_s = ctx.meta.get(_WAIT_KEY, DEFAULT_WAIT_S) if ctx else DEFAULT_WAIT_S
+
+    def notice(text: str) -> None:
+        click.echo(f"slurmgov: {text}; waiting up to {wait_s:g} s (--wait SECONDS or $SLURMGOV_WAIT to change)",
+                   err=True)
+
+    ledger = Ledger.open(os.environ.get("SLURMGOV_LEDGER") or site.ledger_url(), wait_s=wait_s, on_wait=notice)
+    # Holds whose run stopped renewing their lease (killed, host gone) are released first: every
+    # command that opens the ledger settles them.
     ledger.release_lapsed()
     return ledger
+
+
+def _remember_wait(ctx, param, value: float) -> None:
+    if math.isnan(value):
+        raise click.BadParameter("give a number of seconds (inf: wait as long as it takes)")
+    ctx.meta[_WAIT_KEY] = value
 
 
 def _json(data) -> None:
@@ -74,6 +93,11 @@ site_option = click.option("--site", "site_path", type=click.Path(dir_okay=False
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 format_option = click.option("--format", "fmt", type=click.Choice(tables.FORMATS), default="table", show_default=True,
                              help="tsv: a header line, then one tab-separated line per row, whole values.")
+wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=DEFAULT_WAIT_S, show_default=True, envvar="SLURMGOV_WAIT",
+    metavar="SECONDS", expose_value=False, callback=_remember_wait,
+    help="How long to wait while another command holds the ledger's lock (said on stderr after a second), "
+         "then give up with exit 5 (or $SLURMGOV_WAIT).")
 conf_dir_option = click.option("--slurm-conf-dir", "conf_dir", required=True,
                                type=click.Path(file_okay=False, exists=True),
                                help="Directory of slurm.conf, where the hooks and their files live.")

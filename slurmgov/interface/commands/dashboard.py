@@ -9,13 +9,14 @@ import click
 
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance.seed import ensure_budget
-from slurmgov.interface.commands.common import _ledger, _site, _state_dir, out, site_option
+from slurmgov.interface.commands.common import _ledger, _site, _state_dir, out, site_option, wait_option
 
 
 @click.command("dashboard")
 @site_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8788, show_default=True, help="0: any free port.")
+@wait_option
 def dashboard_cmd(site_path, host, port):
     """Serve the site-wide page: every account's budget, burn-down and forecast, recent
     workflows with their cost and idle time, waste by account, placement and free GPU slots.

@@ -17,15 +17,7 @@ from rich.progress import (
 
 from slurmgov.intent import jobspec, planner
 from slurmgov.interface import report
-from slurmgov.interface.commands.common import (
-    _json,
-    _ledger,
-    _site,
-    err,
-    json_option,
-    out,
-    site_option,
-)
+from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option, wait_option
 from slurmgov.interface.signals import stop_on_signals
 
 
@@ -54,6 +46,7 @@ def plan(jobspec_path, site_path, as_json):
 @json_option
 @click.option("--linger", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Keep the dashboard up this long after the workflow ends.")
+@wait_option
 def run(jobspec_path, site_path, as_json, linger):
     """Plan, price, admit against the budget, run on Dask, settle, and report the cost.
 

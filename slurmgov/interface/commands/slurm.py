@@ -17,7 +17,7 @@ from slurmgov.governance.seed import ensure_budget
 from slurmgov.intent import jobspec
 from slurmgov.interface.commands.common import (
     _busy, _complete_accounts, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option,
-    out, site_option,
+    out, site_option, wait_option,
 )
 from slurmgov.interface.tables import Table, show
 
@@ -32,6 +32,7 @@ from slurmgov.interface.tables import Table, show
               help="Release holds whose job Slurm has not known for this long.")
 @click.option("--placement", "placement_sample", is_flag=True,
               help="Also record where jobs landed and the free GPU slots.")
+@wait_option
 def sync(conf_dir, site_path, as_json, reconcile, grace, placement_sample):
     """One governor pass: ingest the hooks' journals, settle finished jobs, reconcile with
     sacct, rewrite the snapshot.
@@ -69,6 +70,7 @@ def sync(conf_dir, site_path, as_json, reconcile, grace, placement_sample):
 @click.option("--placement-every", type=click.FloatRange(min=0), default=60, show_default=True, metavar="SECONDS",
               help="Record where jobs landed and free GPU slots this often (0: never); "
                    "read with `slurmgov topology placement|fragmentation`.")
+@wait_option
 def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port, placement_every):
     """Run the governor: a sync pass every --interval seconds until stopped (Ctrl-C / SIGINT).
 
@@ -119,6 +121,7 @@ def limits():
 @site_option
 @json_option
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@wait_option
 def limits_sync(site_path, as_json, dry_run):
     """Push each account's remaining budget into slurmdbd as GrpTRESMins=gres/gpu=N.
 
@@ -155,6 +158,7 @@ def hooks():
 @hooks.command("install")
 @conf_dir_option
 @site_option
+@wait_option
 def hooks_install(conf_dir, site_path):
     """Copy the hooks next to slurm.conf and write the first budget snapshot.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import hostlist
 
@@ -136,7 +134,7 @@ def topology_import(conf_dir, name, output):
     for w in warnings:
         err.print(f"warning: {w}")
     if output:
-        Path(output).write_text(text)
+        report.write_output(output, text)
         err.print(f"wrote {output}")
     else:
         click.echo(text, nl=False)
