@@ -20,6 +20,17 @@ def large():
     return site_mod.load(Path(__file__).resolve().parents[1] / "site_configs" / "large-fat-tree.yaml")
 
 
+def generated(n: int) -> jobspec.Workflow:
+    """bench/plan_scale.py's agent DAG: waves of 1-GPU, TP-8 and 2-node steps, fanned out and in."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import plan_scale
+
+    return jobspec.Workflow.model_validate(plan_scale.generate(n))
+
+
 def wf(steps: str, account="chem-ai", extra=""):
     return jobspec.loads(f"workflow: w\naccount: {account}\n{extra}steps:\n{steps}", "w.yaml")
 
@@ -139,12 +150,7 @@ def test_a_wait_delays_the_allocations_after_it(demo):
 
 @pytest.mark.parametrize("n", [300, 2000])
 def test_worst_case_schedule_is_consistent(large, n):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "bench"))
-    import plan_scale
-
-    p = planner.plan(jobspec.Workflow.model_validate(plan_scale.generate(n)), large)
+    p = planner.plan(generated(n), large)
     for st in p.steps.values():  # every step starts after its dependencies' worst-case ends
         assert all(st.start_s >= p.steps[d].end_s for d in st.after)
         assert st.end_s == st.start_s + st.run_s + st.queue_s
@@ -229,3 +235,11 @@ def test_schedule_stays_consistent_when_the_waits_do_not_settle(demo, monkeypatc
         assert a.time_s >= max(m.end_s for m in members) - min(m.start_s for m in members)
         assert a.cost_h == pytest.approx(a.gpus * a.time_s / 3600)
     assert all(p.steps[f"t{i}"].start_s >= p.steps[f"s{i}"].end_s for i in range(8))
+
+
+def test_notes_name_the_allocations_as_the_plan_numbers_them(large):
+    p = planner.plan(generated(3000), large)
+    queued = [n for n in p.notes if "queue inside the allocation" in n]
+    assert queued
+    for n in queued:
+        assert p.allocation(n.split(":")[0]).queue_s > 0

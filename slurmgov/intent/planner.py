@@ -203,7 +203,6 @@ def plan(wf: Workflow, site: Site) -> Plan:
         _schedule(order, steps, waits)
         _cover(allocations, steps, partition)
 
-    notes = [f"{a.id}: {n}" for a in allocations for n in a.notes]
     # Allocations in the order they would start, numbered in that order.
     allocations.sort(key=lambda a: (a.start_s, a.kind == HOST, a.id))
     for i, a in enumerate(allocations, 1):
@@ -211,6 +210,7 @@ def plan(wf: Workflow, site: Site) -> Plan:
         for sid in a.steps:
             steps[sid].alloc = new
         a.id = new
+    notes = [f"{a.id}: {n}" for a in allocations for n in a.notes]
     for a in allocations:
         members = [steps[s] for s in a.steps]
         a.end_s = max(m.end_s for m in members)
