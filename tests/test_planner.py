@@ -121,6 +121,9 @@ def test_cpus_and_memory_are_asked_of_the_nodes_that_have_them():
     assert a.cpus_per_node >= 48 and a.memory_mb >= 256 * 1024  # not cut to the thin nodes' 8 CPUs / 64G
     with pytest.raises(InfeasibleError, match="needs 65 CPUs per node; the largest h100 node in partition default has 64"):
         planner.plan(wf("  - {id: a, run: x, resources: {gpus: 1, cpus: 65}}\n"), s)
+    lopsided = site_mod.parse(yamlfile.load_text(MIXED.replace("cpus: 8, memory: 64G", "cpus: 8, memory: 1T"), "m.yaml"))
+    with pytest.raises(InfeasibleError, match="needs 48 CPUs and 786432 MB of memory on one h100 node; no node in partition default has both"):
+        planner.plan(wf("  - {id: a, run: x, resources: {gpus: 1, cpus: 48, memory: 768G}}\n"), lopsided)
 
 
 def ones(n: int, minutes: int = 10) -> str:
