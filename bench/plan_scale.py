@@ -1,20 +1,28 @@
 """Plan a generated 10,000-step agent DAG on a large site and time it (target: under 2 s).
 
-    python bench/plan_scale.py [--steps 10000] [--repeat 3] [--nodes 512,4096]
+    python bench/plan_scale.py [--steps 10000] [--repeat 3] [--nodes 512,4096] [--no-cli]
 
 Sites: 512 is site_configs/large-fat-tree.yaml; any other count is generated in its image
 (8 GPUs per node, leaf switches of 16 nodes, spines of 8 leaves, one core). Times loading
-the site (its topology), validation (jobspec model) and planning separately; prints the
-best of --repeat runs for each site, in one run.
+the site (its topology), validation (jobspec model) and planning separately; then the whole
+`slurmgov plan` command a user runs, end to end (a new process: start-up, reading the jobspec
+file's YAML, planning, printing), with --json and with its human summary. Prints the best of
+--repeat runs for each site, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from slurmgov import yamlfile
 from slurmgov.governance import site as site_mod
 from slurmgov.intent import jobspec, planner
 
@@ -84,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--nodes", default="512,4096", help="comma-separated node counts")
+    ap.add_argument("--no-cli", dest="cli", action="store_false", help="time the planner only, not `slurmgov plan`")
     args = ap.parse_args()
     try:
         counts = [int(n) for n in args.nodes.split(",")]
@@ -92,8 +101,13 @@ def main() -> None:
     if any(n < 16 for n in counts):
         ap.error("--nodes: at least 16 nodes (one leaf switch)")
     doc = generate(args.steps)
-    for n in counts:
-        run(doc, n, args.repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "scale.yaml"
+        spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+        for n in counts:
+            run(doc, n, args.repeat)
+            if args.cli:
+                cli(spec, n, args.repeat, Path(tmp))
 
 
 def run(doc: dict, nodes: int, repeat: int) -> None:
@@ -115,6 +129,32 @@ def run(doc: dict, nodes: int, repeat: int) -> None:
     print(f"worst case: {p.cost_h:,.0f} GPU-h, makespan {p.makespan_s / 3600:.1f} h")
     print(f"validate: {best_v:.3f} s   plan: {best_p:.3f} s   total: {best_v + best_p:.3f} s   "
           f"(target < 2 s: {(best_v + best_p) / 2:.2f} of the target)\n")
+
+
+def cli(spec: Path, nodes: int, repeat: int, tmp: Path) -> None:
+    """`slurmgov plan` as a user runs it, in a new process each time, with and without --json."""
+    if nodes == 512:
+        site = ROOT / "site_configs" / "large-fat-tree.yaml"
+    else:
+        site = tmp / f"site-{nodes}.yaml"
+        site.write_text(yaml.safe_dump(site_doc(nodes), sort_keys=False))
+    exe = [sys.executable, "-m", "slurmgov.interface.cli", "plan", str(spec), "--site", str(site)]
+    size_kb = spec.stat().st_size / 1024
+    results = []
+    for label, extra in (("--json", ["--json"]), ("human", [])):
+        best, printed = float("inf"), 0
+        for _ in range(repeat):
+            t = time.perf_counter()
+            proc = subprocess.run(exe + extra, capture_output=True, check=False)
+            best = min(best, time.perf_counter() - t)
+            if proc.returncode:
+                sys.exit(f"slurmgov plan failed ({proc.returncode}): {proc.stderr.decode().strip()}")
+            printed = len(proc.stdout)
+        results.append(best)
+        print(f"CLI slurmgov plan {label}: {best:.3f} s end to end, {printed / 1024:,.0f} KB printed")
+    loader = "LibYAML" if yamlfile.LIBYAML else "pure-Python PyYAML (no LibYAML)"
+    print(f"CLI: jobspec {size_kb:,.0f} KB read with {loader}; slowest {max(results):.3f} s "
+          f"(target < 2 s: {max(results) / 2:.2f} of the target)\n")
 
 
 if __name__ == "__main__":

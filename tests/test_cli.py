@@ -13,7 +13,7 @@ BIN = Path(sys.executable).parent
 
 def sg(*args, env=None, check=None):
     proc = subprocess.run([str(BIN / "slurmgov"), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+                          env={**os.environ, **(env or {})}, timeout=120, check=False)
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     if check is not None:
         assert proc.returncode == check, proc.stderr + proc.stdout
@@ -67,7 +67,7 @@ def test_budget_refusal_exits_4_with_the_message(root):
     (["usage", "--by", "colour"], 2, "colour"),
 ])
 def test_bad_input_is_one_line(root, args, code, fragment):
-    p = subprocess.run([str(BIN / "slurmgov"), *args], capture_output=True, text=True, cwd=root, timeout=60)
+    p = subprocess.run([str(BIN / "slurmgov"), *args], capture_output=True, text=True, cwd=root, timeout=60, check=False)
     assert "Traceback" not in p.stderr
     assert p.returncode != 0 and (code is None or p.returncode == code), p.stderr
     assert fragment in p.stderr
@@ -306,3 +306,39 @@ def test_a_command_waiting_for_the_ledger_says_who_holds_it_and_gives_up_with_ex
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_large_plan_is_summarised_unless_all_is_asked(root, tmp_path):
+    import yaml
+
+    sys.path.insert(0, str(root / "bench"))
+    import plan_scale
+
+    spec = tmp_path / "big.yaml"
+    spec.write_text(yaml.safe_dump(plan_scale.generate(300), sort_keys=False))
+    site = root / "site_configs/large-fat-tree.yaml"
+    summary = sg("plan", spec, "--site", site, env={"COLUMNS": "200"}, check=0).stdout
+    assert "steps by shape" in summary and "300 steps in" in summary and "--all lists every" in summary
+    assert "s299" not in summary and "--gpus-per-node" not in summary  # no row per step or allocation
+    every = sg("plan", spec, "--site", site, "--all", env={"COLUMNS": "200"}, check=0).stdout
+    assert all(f"s{i} " in every for i in (0, 150, 299)) and "--gpus-per-node=h100:8" in every
+    last = summary.strip().splitlines()[-1]
+    assert last.startswith("worst case:") and last == every.strip().splitlines()[-1]  # the same cost and makespan
+    d = json.loads(sg("plan", spec, "--site", site, "--json", check=0).stdout)
+    assert len(d["steps"]) == 300
+
+
+def test_plan_makespan_counts_the_wait_inside_the_allocation(tmp_path):
+    spec = tmp_path / "q.yaml"
+    steps = "".join(f"  - {{id: s{i}, run: 'true', resources: {{gpus: 1, time: '00:10:00'}}}}\n" for i in range(16))
+    spec.write_text("workflow: q\naccount: chem-ai\nsteps:\n" + steps)
+    out = sg("plan", spec, env={"COLUMNS": "200"}, check=0).stdout  # the embedded default: 8 GPU slots
+    assert "--time=00:20:00" in out and "makespan up to 00:20:00" in out
+
+
+def test_a_request_larger_than_any_node_exits_3_naming_the_line(tmp_path):
+    spec = tmp_path / "fat.yaml"
+    spec.write_text("workflow: f\naccount: chem-ai\nsteps:\n  - {id: a, run: 'true'}\n"
+                    "  - id: fat\n    run: 'true'\n    resources: {gpus: 1, cpus: 64}\n")
+    p = sg("plan", spec, check=3)  # the embedded default's nodes have 8 CPUs
+    assert p.stderr.strip() == f"slurmgov: {spec}:5: step 'fat': needs 64 CPUs per node; the largest h100 node in partition local has 8"

@@ -1,7 +1,7 @@
-import textwrap
-
 import pytest
+import yaml
 
+from slurmgov import yamlfile
 from slurmgov.errors import InputError
 from slurmgov.intent import jobspec
 
@@ -100,3 +100,62 @@ def test_long_chain_has_no_recursion_limit():
     steps = "\n".join(f"  - {{id: s{i}, run: echo, after: [s{i - 1}]}}" for i in range(1, 3000))
     wf = jobspec.loads("workflow: w\naccount: a\nsteps:\n  - {id: s0, run: echo}\n" + steps)
     assert [s.id for s in jobspec.topo_order(wf)][-1] == "s2999"
+
+
+LOADERS = [pytest.param(yamlfile.PurePythonLoader, id="pure-python")]
+if yamlfile.LIBYAML:
+    LOADERS.append(pytest.param(yamlfile.LibYAMLLoader, id="libyaml"))
+
+ODD_YAML = """\
+defaults: &d
+  cpus: 4
+  time: 00:10:00
+numbers: [1, 0x1f, 1.5, .inf, -2, '3', "4"]
+flags: [true, no, null, ~, '']
+when: 2024-01-02
+steps:
+  - &s {id: a, run: echo}
+  - *s
+  - <<: *d
+    cpus: 8
+"""
+
+
+@pytest.fixture(params=LOADERS)
+def loader(request, monkeypatch):
+    monkeypatch.setattr(yamlfile, "LOADER", request.param)
+    return request.param
+
+
+def test_yaml_loaders_build_what_safe_load_builds_and_keep_lines(loader):
+    doc = yamlfile.load_text(ODD_YAML, "o.yaml")
+    assert doc.data == yaml.safe_load(ODD_YAML)
+    assert doc.data["steps"][2] == {"cpus": 8, "time": "00:10:00"}  # merged defaults, the key written here wins
+    assert doc.where(("steps", 2, "cpus")) == "o.yaml:11"
+    assert doc.where(("steps", 2, "time")) == "o.yaml:3"  # a merged key: where its value is written
+    assert doc.where(("steps", 1, "id")) == "o.yaml:8"  # inside an alias: where its anchor is
+    assert doc.where(("numbers", 5)) == "o.yaml:4"
+
+
+@pytest.mark.parametrize("text,line", [
+    (BASE.format(extra="  - id: b\n    run: echo\n    resources:\n      gpus: -1"), "x.yaml:9: step 'b': resources.gpus:"),
+    ("workflow: w\naccount: a\naccount: b\n", "x.yaml:3: duplicate key 'account'"),
+    ("workflow: w\naccount: a\nsteps:\n  - {id: a, run: [unclosed\n", "x.yaml:5: not valid YAML"),
+    ("workflow: w\naccount: a\nsteps: &x\n  - *x\n", "x.yaml:3: recursive YAML alias"),
+    ("workflow: w\naccount: a\nsteps:\n  - {id: a, run: !!python/name:os.system x}\n", "x.yaml:4: not valid YAML"),
+    ("workflow: w\naccount: a\nsteps:\n  - {? [k]: v}\n", "x.yaml:4: a mapping key must be a plain value"),
+])
+def test_either_loader_names_the_line(loader, text, line):
+    with pytest.raises(InputError) as exc:
+        jobspec.loads(text, "x.yaml")
+    assert str(exc.value).startswith(line), str(exc.value)
+
+
+def test_alias_bomb_is_built_once_per_anchor(loader):
+    # ten levels of ten aliases: 10**10 leaves if every alias were walked again
+    text = "a0: &a0 [x, y]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 11))
+    doc = yamlfile.load_text(text, "x.yaml")
+    deep = doc.data["a10"]
+    for _ in range(10):
+        deep = deep[9]
+    assert deep == ["x", "y"] and doc.where(("a10", 9, 9, 0)) == "x.yaml:10"  # the line of anchor a9

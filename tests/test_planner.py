@@ -20,6 +20,17 @@ def large():
     return site_mod.load(Path(__file__).resolve().parents[1] / "site_configs" / "large-fat-tree.yaml")
 
 
+def generated(n: int) -> jobspec.Workflow:
+    """bench/plan_scale.py's agent DAG: waves of 1-GPU, TP-8 and 2-node steps, fanned out and in."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import plan_scale
+
+    return jobspec.Workflow.model_validate(plan_scale.generate(n))
+
+
 def wf(steps: str, account="chem-ai", extra=""):
     return jobspec.loads(f"workflow: w\naccount: {account}\n{extra}steps:\n{steps}", "w.yaml")
 
@@ -82,13 +93,77 @@ def test_sixteen_gpus_in_one_nvlink_domain_is_refused(large):
     ("{id: long, run: x, resources: {gpus: 1, time: 3-00:00:00}}", "exceeds partition gpu's maximum"),
     ("{id: cpu2, run: x, resources: {nodes: 2}}", "cannot span 2 nodes"),
     ("{id: fat, run: x, resources: {gpus: 1, memory: 128G}}", "needs 131072 MB of memory per node; the largest h100 node in partition gpu has 65536 MB"),
+    ("{id: cpus, run: x, resources: {gpus: 1, cpus: 64}}", "needs 64 CPUs per node; the largest h100 node in partition gpu has 16"),
+    ("{id: both, run: x, resources: {gpus: 4, nodes: 2, cpus: 17}}", "needs 17 CPUs per node; the largest h100 node in partition gpu has 16"),
     ("{id: kv, run: x, resources: {gpus: 1}, context: {model: llama-3-70b, tokens: 8192, sequences: 32}}",
      "context needs 211.5 GiB (KV 80.0 + weights 131.5); 1 x h100 (80 GiB) is too little; ask for at least 3 GPUs"),
 ])
 def test_infeasible_requests_name_the_reason(demo, step, fragment):
     with pytest.raises(InfeasibleError) as exc:
-        planner.plan(wf(f"  - {step}\n"), demo)
+        planner.plan(wf(f"  - {{id: first, run: x}}\n  - {step}\n"), demo)
+    step_id = step.split(",")[0].removeprefix("{id: ")
+    assert str(exc.value).startswith(f"w.yaml:5: step '{step_id}': ")  # the file and line of the step
     assert fragment in str(exc.value)
+
+
+MIXED = (
+    "site: mixed\ngpu_types: {h100: {memory_gb: 80}}\n"
+    "nodes:\n  - {names: 'thin[1-2]', gpus: 4, gpu_type: h100, cpus: 8, memory: 64G}\n"
+    "  - {names: 'fat[1-2]', gpus: 4, gpu_type: h100, cpus: 64, memory: 512G}\n"
+    "partitions:\n  - {name: default, nodes: 'thin[1-2],fat[1-2]', default: true}\n"
+)
+
+
+def test_cpus_and_memory_are_asked_of_the_nodes_that_have_them():
+    s = site_mod.parse(yamlfile.load_text(MIXED, "mixed.yaml"))
+    p = planner.plan(wf("  - {id: a, run: x, resources: {gpus: 1, cpus: 48, memory: 256G}}\n"
+                        "  - {id: b, run: x, resources: {gpus: 1}}\n"), s)
+    (a,) = p.allocations
+    assert a.cpus_per_node >= 48 and a.memory_mb >= 256 * 1024  # not cut to the thin nodes' 8 CPUs / 64G
+    with pytest.raises(InfeasibleError, match="needs 65 CPUs per node; the largest h100 node in partition default has 64"):
+        planner.plan(wf("  - {id: a, run: x, resources: {gpus: 1, cpus: 65}}\n"), s)
+    lopsided = site_mod.parse(yamlfile.load_text(MIXED.replace("cpus: 8, memory: 64G", "cpus: 8, memory: 1T"), "m.yaml"))
+    with pytest.raises(InfeasibleError, match="needs 48 CPUs and 786432 MB of memory on one h100 node; no node in partition default has both"):
+        planner.plan(wf("  - {id: a, run: x, resources: {gpus: 1, cpus: 48, memory: 768G}}\n"), lopsided)
+
+
+def ones(n: int, minutes: int = 10) -> str:
+    return "".join(f"  - {{id: s{i}, run: x, resources: {{gpus: 1, time: {minutes}}}}}\n" for i in range(n))
+
+
+def test_makespan_includes_queueing_inside_the_allocation(root):
+    local = site_mod.load(root / "site_configs" / "local.yaml")  # 8 GPU slots
+    after_all = ", ".join(f"s{i}" for i in range(16))
+    p = planner.plan(wf(ones(16) + f"  - {{id: join, run: x, after: [{after_all}], resources: {{time: 5}}}}\n"), local)
+    a = p.allocation(p.steps["s0"].alloc)
+    assert a.gpus == 8 and a.time_s == 20 * 60 and a.queue_s == 10 * 60  # two rounds of eight
+    assert max(p.steps[f"s{i}"].end_s for i in range(16)) == 20 * 60
+    assert p.steps["join"].start_s == 20 * 60  # what comes after waits for the second round
+    assert p.makespan_s == 25 * 60 and p.to_dict()["worst_case_makespan_s"] == 25 * 60
+
+
+def test_a_wait_delays_the_allocations_after_it(demo):
+    # 40 one-GPU steps on 16 GPUs (three rounds), then 8 more after them: the second wave's
+    # allocation starts when the first wave's third round can end, not after one round
+    first = ones(40)
+    second = "".join(f"  - {{id: t{i}, run: x, after: [s{i}], resources: {{gpus: 1, time: 10}}}}\n" for i in range(8))
+    p = planner.plan(wf(first + second), demo)
+    assert p.steps["t0"].start_s == 30 * 60
+    assert p.makespan_s == 40 * 60
+
+
+@pytest.mark.parametrize("n", [300, 2000])
+def test_worst_case_schedule_is_consistent(large, n):
+    p = planner.plan(generated(n), large)
+    for st in p.steps.values():  # every step starts after its dependencies' worst-case ends
+        assert all(st.start_s >= p.steps[d].end_s for d in st.after)
+        assert st.end_s == st.start_s + st.run_s + st.queue_s
+    for a in p.allocations:  # and an allocation's time covers its steps' worst case, queueing included
+        members = [p.steps[s] for s in a.steps]
+        span = max(m.end_s for m in members) - min(m.start_s for m in members)
+        if a.kind == "gpu" and "capped" not in " ".join(a.notes):
+            assert a.time_s >= span
+    assert p.makespan_s == max(s.end_s for s in p.steps.values())
 
 
 def test_gap_splits_allocations(demo):
@@ -152,3 +227,24 @@ def test_attribution_split_adds_up_to_the_charge():
     parts, idle = split(10.0, {"a": 6.0, "b": 6.0})
     assert idle == 0 and sum(parts.values()) == pytest.approx(10.0) and parts["a"] == pytest.approx(5.0)
     assert split(0, {"a": 1.0}) == ({"a": 0.0}, 0.0)
+
+
+def test_schedule_stays_consistent_when_the_waits_do_not_settle(demo, monkeypatch):
+    # one round only: the second wave is still grouped with the first, its wait is kept, and
+    # the allocation is stretched to cover it rather than ending before its steps can
+    monkeypatch.setattr(planner, "MAX_PASSES", 1)
+    second = "".join(f"  - {{id: t{i}, run: x, after: [s{i}], resources: {{gpus: 1, time: 10}}}}\n" for i in range(8))
+    p = planner.plan(wf(ones(40) + second), demo)
+    for a in p.allocations:
+        members = [p.steps[s] for s in a.steps]
+        assert a.time_s >= max(m.end_s for m in members) - min(m.start_s for m in members)
+        assert a.cost_h == pytest.approx(a.gpus * a.time_s / 3600)
+    assert all(p.steps[f"t{i}"].start_s >= p.steps[f"s{i}"].end_s for i in range(8))
+
+
+def test_notes_name_the_allocations_as_the_plan_numbers_them(large):
+    p = planner.plan(generated(3000), large)
+    queued = [n for n in p.notes if "queue inside the allocation" in n]
+    assert queued
+    for n in queued:
+        assert p.allocation(n.split(":")[0]).queue_s > 0

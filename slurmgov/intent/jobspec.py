@@ -9,9 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slurmgov import yamlfile
 from slurmgov.context.kv_size import DTYPE_BYTES, PRESETS, KVShape
@@ -30,11 +38,11 @@ class Strict(BaseModel):
 
 class Resources(Strict):
     gpus: int = Field(0, ge=0, le=4096, description="GPUs in total for the step")
-    gpu_type: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    gpu_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     nodes: int = Field(1, ge=1, le=4096)
     cpus: int = Field(1, ge=1, le=4096, description="CPUs per node")
     memory_mb: int = Field(0, ge=0, alias="memory", description="memory per node (e.g. 16G)")
-    time_s: Optional[int] = Field(None, alias="time", description="time limit (Slurm format)")
+    time_s: int | None = Field(None, alias="time", description="time limit (Slurm format)")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -71,7 +79,7 @@ class Context(Strict):
     model: Model | str
     tokens: int = Field(ge=1, le=100_000_000, description="context tokens per sequence")
     sequences: int = Field(1, ge=1, le=1_000_000)
-    share: Optional[str] = Field(None, pattern=NAME, description="steps with the same key reuse one KV prefix")
+    share: str | None = Field(None, pattern=NAME, description="steps with the same key reuse one KV prefix")
 
     @field_validator("model")
     @classmethod
@@ -90,14 +98,14 @@ class Context(Strict):
 
 class Step(Strict):
     id: str = Field(pattern=NAME)
-    run: Optional[str] = Field(None, min_length=1, description="shell command")
-    call: Optional[str] = Field(None, description="Python callable module:function")
+    run: str | None = Field(None, min_length=1, description="shell command")
+    call: str | None = Field(None, description="Python callable module:function")
     params: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     after: tuple[str, ...] = ()
     resources: Resources = Resources()
-    within: Optional[Within] = None
-    context: Optional[Context] = None
+    within: Within | None = None
+    context: Context | None = None
     retries: int = Field(0, ge=0, le=10)
 
     @field_validator("after", mode="before")
@@ -153,7 +161,7 @@ class Workflow(Strict):
     workflow: str = Field(pattern=NAME)
     account: str = Field(pattern=NAME)
     description: str = ""
-    partition: Optional[str] = Field(None, pattern=NAME)
+    partition: str | None = Field(None, pattern=NAME)
     on_failure: Literal["continue", "cancel"] = "continue"
     steps: tuple[Step, ...] = Field(min_length=1, max_length=100_000)
     _source: Source | None = PrivateAttr(None)
@@ -213,10 +221,10 @@ def find_cycle(steps) -> list[str] | None:
     """Return one cycle as a list of step ids, or None. Iterative: 100k-step chains are fine."""
     after = {s.id: s.after for s in steps}
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    for root in after:
+    for root, deps in after.items():
         if root in state:
             continue
-        stack = [(root, iter(after[root]))]
+        stack = [(root, iter(deps))]
         path = [root]
         state[root] = 1
         while stack:
@@ -278,7 +286,7 @@ def parse(doc: yamlfile.Located) -> Workflow:
         exc = e.get("ctx", {}).get("error")
         if isinstance(exc, _StepError):
             loc = ("steps", exc.index, exc.field)
-            name, rest = _describe(doc.data)(loc, None)
+            name, _ = _describe(doc.data)(loc, None)
             raise InputError(f"{doc.where(loc)}: {name}: {exc.field}: {exc.msg}") from None
         raise yamlfile.first_error(err, doc, _describe(doc.data)) from None
     wf._source = Source(
@@ -297,4 +305,4 @@ def loads(text: str, name: str = "<jobspec>") -> Workflow:
     return parse(yamlfile.load_text(text, name))
 
 
-__all__ = ["Workflow", "Step", "Resources", "Context", "load", "loads", "topo_order", "DTYPE_BYTES"]
+__all__ = ["DTYPE_BYTES", "Context", "Resources", "Step", "Workflow", "load", "loads", "topo_order"]

@@ -41,7 +41,16 @@ def _h(x: float) -> str:
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
-def plan_tables(p, console: Console) -> None:
+PLAN_ROWS = 40  # a plan with more steps than this is summarised unless every row is asked for
+NOTES_NAMED = 5  # a summary names this many allocations per kind of note, then counts the rest
+
+
+def plan_tables(p, console: Console, every_row: bool = False) -> None:
+    """The plan's allocations and steps; a large plan gets a summary of them instead (its
+    rows would run to megabytes), unless ``every_row`` (`--all`)."""
+    if not every_row and len(p.steps) > PLAN_ROWS:
+        _plan_summary(p, console)
+        return
     t = Table(title=f"plan: {p.workflow} (account {p.account}, site {p.site})")
     for col in ("alloc", "kind", "steps", "nodes x GPUs", "time", "worst case GPU-h", "Slurm options"):
         t.add_column(col, overflow="fold")
@@ -62,6 +71,60 @@ def plan_tables(p, console: Console) -> None:
     for n in p.notes:
         console.print(f"note: {n}")
     console.print(f"worst case: [bold]{p.cost_h:.2f} GPU-h[/bold] (weighted), makespan up to {format_time(p.makespan_s)}")
+
+
+def _plan_summary(p, console: Console) -> None:
+    allocs: dict[tuple, list] = {}
+    for a in p.allocations:
+        allocs.setdefault((a.kind, a.gpu_type, a.gpus_per_node, a.within), []).append(a)
+    t = Table(title=f"plan: {p.workflow} (account {p.account}, site {p.site}): allocations by shape")
+    for col in ("kind", "GPUs per node", "within", "allocs", "steps", "most nodes", "longest", "worst case GPU-h"):
+        t.add_column(col)
+    for (kind, gpu_type, gpn, within), group in allocs.items():
+        if kind == "host":
+            t.add_row(kind, "-", "-", str(len(group)), str(sum(len(a.steps) for a in group)), "-", "-", "0")
+            continue
+        t.add_row(kind, f"{gpn} {gpu_type or ''}".strip(), within, str(len(group)), str(sum(len(a.steps) for a in group)),
+                  str(max(a.nodes for a in group)), format_time(max(a.time_s for a in group)),
+                  _h(sum(a.cost_h for a in group)))
+    console.print(t)
+    steps: dict[tuple, list] = {}
+    for ps in p.steps.values():
+        steps.setdefault((ps.gpus, ps.gpu_type, ps.within if ps.gpus else "-"), []).append(ps)
+    s = Table(title="steps by shape")
+    for col in ("GPUs", "within", "steps", "longest", "with retries", "wait up to", "share GPU-h"):
+        s.add_column(col)
+    for (gpus, gpu_type, within), group in sorted(steps.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        wait = max(ps.queue_s for ps in group)
+        s.add_row(f"{gpus} {gpu_type or ''}".strip(), within, str(len(group)), format_time(max(ps.time_s for ps in group)),
+                  str(sum(1 for ps in group if ps.retries)), format_time(wait) if wait else "-",
+                  _h(sum(ps.share_h for ps in group)))
+    console.print(s)
+    for n in _grouped_notes(p.notes):
+        console.print(f"note: {n}")
+    jobs = sum(1 for a in p.allocations if a.kind != "host")
+    console.print(f"{len(p.steps)} steps in {len(p.allocations)} allocations ({jobs} Slurm jobs); "
+                  f"--all lists every allocation and step, --json gives them all")
+    console.print(f"worst case: [bold]{p.cost_h:.2f} GPU-h[/bold] (weighted), makespan up to {format_time(p.makespan_s)}")
+
+
+def _grouped_notes(notes: list[str]) -> list[str]:
+    """'a5: X', 'a9: X', ... -> 'a5, a9 and 13 more: X': one line per different note."""
+    by_text: dict[str, list[str]] = {}
+    for n in notes:
+        alloc, sep, text = n.partition(": ")
+        if not sep or " " in alloc:  # not about one allocation
+            alloc, text = "", n
+        by_text.setdefault(text, []).append(alloc)
+    out = []
+    for text, allocs in by_text.items():
+        named = [a for a in allocs if a]
+        if not named:
+            out.extend([text] * len(allocs))
+            continue
+        more = f" and {len(named) - NOTES_NAMED} more" if len(named) > NOTES_NAMED else ""
+        out.append(f"{', '.join(named[:NOTES_NAMED])}{more}: {text}")
+    return out
 
 
 def run_tables(rep, balance, console: Console) -> None:

@@ -25,19 +25,22 @@ from slurmgov.interface.signals import stop_on_signals
 @click.argument("jobspec_path", metavar="JOBSPEC", type=click.Path(dir_okay=False))
 @site_option
 @json_option
-def plan(jobspec_path, site_path, as_json):
+@click.option("--all", "every_row", is_flag=True,
+              help=f"List every allocation and step (a plan of more than {report.PLAN_ROWS} steps is summarised).")
+def plan(jobspec_path, site_path, as_json, every_row):
     """Show how JOBSPEC maps onto allocations, their Slurm options and worst-case cost.
 
     \b
     Example:
       slurmgov plan jobspecs/multinode-finetune.yaml --site site_configs/demo-cluster.yaml --json
+      slurmgov plan big-sweep.yaml --all      # every allocation and step, however many
     """
     site = _site(site_path)
     p = planner.plan(jobspec.load(jobspec_path), site)
     if as_json:
         _json(p.to_dict())
     else:
-        report.plan_tables(p, out)
+        report.plan_tables(p, out, every_row)
 
 
 @click.command()
