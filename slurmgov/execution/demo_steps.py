@@ -7,6 +7,7 @@ Each takes the outputs of its upstream steps (``inputs``, keyed by step id) plus
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 
@@ -56,8 +57,12 @@ def judge(inputs: dict, rubric: str, seconds: float = 0.1) -> dict:
     return {"rubric": rubric, "score": int(_digest(rubric, upstream), 16) % 100 / 100}
 
 
-def finetune(inputs: dict, steps: int = 20, step=None, seconds: float = 0.3) -> dict:
+def finetune(inputs: dict, steps: int = 20, step=None, seconds: float = 0.3, until: str | None = None) -> dict:
+    """``until``: a file whose appearance ends training (a stand-in for "stop when told": tests
+    keep the allocation alive with it while they look at it; the step's time limit still applies)."""
     _work(seconds)
+    while until and not os.path.exists(until):
+        time.sleep(0.05)
     loss = [round(2.5 / (1 + 0.3 * i), 4) for i in range(steps)]
     return {"steps": steps, "final_loss": loss[-1], "gpus": list(step.gpu_ids) if step else []}
 
