@@ -342,3 +342,16 @@ def test_a_request_larger_than_any_node_exits_3_naming_the_line(tmp_path):
                     "  - id: fat\n    run: 'true'\n    resources: {gpus: 1, cpus: 64}\n")
     p = sg("plan", spec, check=3)  # the embedded default's nodes have 8 CPUs
     assert p.stderr.strip() == f"slurmgov: {spec}:5: step 'fat': needs 64 CPUs per node; the largest h100 node in partition local has 8"
+
+
+def test_one_version_source_and_the_license_the_package_declares(root):
+    import importlib.metadata
+
+    import slurmgov
+
+    p = sg("--version", check=0)
+    assert p.stdout.strip() == f"slurmgov, version {slurmgov.__version__}"
+    assert importlib.metadata.version("slurmgov") == slurmgov.__version__  # setup.cfg reads the same
+    assert f"## {slurmgov.__version__} " in (root / "CHANGELOG.md").read_text()  # every release says what changed
+    assert "license = Apache-2.0" in (root / "setup.cfg").read_text()
+    assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()

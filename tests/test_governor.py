@@ -912,8 +912,37 @@ def test_a_batch_that_fails_as_a_whole_is_applied_one_event_at_a_time(env, tmp_p
         raise LedgerError("ledger: disk I/O error")  # after the holds were written: all rolled back
 
     monkeypatch.setattr(Bulk, "charge_many", broken)
-    assert report_of(governor.sync_once(ledger, site, conf, state, batch=4)) == want
+    with caplog_at(governor.log) as records:
+        rep = governor.sync_once(ledger, site, conf, state, batch=4)
+    assert report_of(rep) == want
     assert ledger_state(ledger, MIXED_TOKENS) == ledger_state(ref, MIXED_TOKENS)
+    # never silent: each fallback is logged with its first event and the error, and counted
+    fell = [r.getMessage() for r in records if "failed as a whole" in r.getMessage()]
+    assert fell and len(fell) == rep.batch_fallbacks
+    assert all("LedgerError: ledger: disk I/O error" in m and "(first: " in m for m in fell)
+    from slurmgov.governance.metrics import GovernorMetrics
+
+    m = GovernorMetrics()
+    m.update(ledger, rep, None)
+    assert m.registry.get_sample_value("slurmgov_journal_batch_fallbacks_total") == rep.batch_fallbacks
+
+
+class caplog_at:
+    """The records a logger emits inside the block (the project's own loggers, at WARNING)."""
+
+    def __init__(self, logger):
+        import logging
+
+        self.logger, self.records = logger, []
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = self.records.append
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
 
 
 def test_a_pass_killed_between_batches_resumes_after_the_last_committed_one(env, tmp_path, monkeypatch):

@@ -54,6 +54,7 @@ class SyncReport:
     drift: list[str] = field(default_factory=list)
     snapshot_serial: int | None = None
     refused: dict[str, int] = field(default_factory=dict)  # hook refusals since the last pass, by reason
+    batch_fallbacks: int = 0  # journal batches that failed whole and were applied event by event
 
 
 def hold_key(token: str) -> str:
@@ -572,7 +573,7 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         if isinstance(event, journal.Probe):
             continue  # for `slurmgov hooks check`: nothing to apply
         events.append((offset, event))
-    errors = _apply_events(ledger, site, [e for _, e in events], one_by_one)
+    errors = _apply_events(ledger, site, [e for _, e in events], one_by_one, rep)
     for i, (offset, event) in enumerate(events):
         if i in errors:
             problems.append((offset, f"{path}@{offset}: {errors[i]}"))
@@ -585,9 +586,11 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
     rep.problems.extend(msg for _, msg in sorted(problems, key=lambda p: p[0]))
 
 
-def _apply_events(ledger: Ledger, site: Site, events: list, one_by_one: bool) -> dict[int, SlurmgovError]:
+def _apply_events(ledger: Ledger, site: Site, events: list, one_by_one: bool,
+                  rep: SyncReport | None = None) -> dict[int, SlurmgovError]:
     """Apply events in file order: in batches, each modify on its own between them (rare: a job
-    changed after submission); or, ``one_by_one``, each with ``apply``. Returns {index: error}."""
+    changed after submission); or, ``one_by_one``, each with ``apply``. Returns {index: error};
+    batches that fell back to one by one are counted in ``rep.batch_fallbacks``."""
     if one_by_one:
         return _apply_one_by_one(ledger, site, events)
     errors: dict[int, SlurmgovError] = {}
@@ -595,7 +598,7 @@ def _apply_events(ledger: Ledger, site: Site, events: list, one_by_one: bool) ->
 
     def flush() -> None:
         if run:
-            errors.update((run[j], exc) for j, exc in apply_batch(ledger, site, [events[i] for i in run]).items())
+            errors.update((run[j], exc) for j, exc in apply_batch(ledger, site, [events[i] for i in run], rep).items())
             run.clear()
 
     for i, event in enumerate(events):
@@ -630,7 +633,7 @@ def _apply_one_by_one(ledger: Ledger, site: Site, events: list) -> dict[int, Slu
     return errors
 
 
-def apply_batch(ledger: Ledger, site: Site, events: list) -> dict[int, SlurmgovError]:
+def apply_batch(ledger: Ledger, site: Site, events: list, rep: SyncReport | None = None) -> dict[int, SlurmgovError]:
     """Apply journal events in one write transaction, as ``apply`` on each in turn would: returns
     {index: error} of the events that failed (and wrote nothing), the others are applied.
 
@@ -641,8 +644,21 @@ def apply_batch(ledger: Ledger, site: Site, events: list) -> dict[int, SlurmgovE
         return {}
     try:
         return ledger.bulk(lambda b: _Batch(b, site, events).run())
-    except Exception:  # noqa: BLE001 - rolled back; the reference path decides, event by event
+    except Exception as exc:  # noqa: BLE001 - rolled back; the reference path decides, event by event
+        # Never silent: the batch path failing is a bug or an outage a site must see (the log,
+        # and the slurmgov_journal_batch_fallbacks metric), even though nothing is lost.
+        log.warning("a journal batch of %d events (first: %s) failed as a whole (%s: %s); "
+                    "applying them one by one", len(events), _event_text(events[0]), type(exc).__name__, exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+        if rep is not None:
+            rep.batch_fallbacks += 1
         return _apply_one_by_one(ledger, site, events)
+
+
+def _event_text(event) -> str:
+    """One journal event in a log line: its kind and its key fields (never a whole dataclass dump)."""
+    key = getattr(event, "token", None) or getattr(event, "job_id", None) or "?"
+    return f"{type(event).__name__.lower()} {key}"
 
 
 class _Held:

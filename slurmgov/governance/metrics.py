@@ -26,6 +26,9 @@ class GovernorMetrics:
         self.problems = Counter("slurmgov_journal_problems", "Journal lines that could not be applied",
                                 registry=self.registry)
         self.drift = Counter("slurmgov_reconcile_drift", "Differences found against sacct", registry=self.registry)
+        self.batch_fallbacks = Counter("slurmgov_journal_batch_fallbacks",
+                                       "Journal batches that failed whole and were applied event by event (logged)",
+                                       registry=self.registry)
         self.refusals = Counter("slurmgov_hook_refusals", "GPU jobs the submit hook refused, by reason",
                                 ("reason",), registry=self.registry)
         self.port = None
@@ -40,6 +43,7 @@ class GovernorMetrics:
         self.settlements.inc(rep.settled)
         self.problems.inc(len(rep.problems))
         self.drift.inc(len(rep.drift))
+        self.batch_fallbacks.inc(getattr(rep, "batch_fallbacks", 0))
         for reason, n in getattr(rep, "refused", {}).items():
             self.refusals.labels(reason=reason).inc(n)
         if snapshot_written is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from slurmgov import __version__
 from slurmgov.interface.commands.budget import audit, budget, usage, waste
 from slurmgov.interface.commands.common import pin_home
 from slurmgov.interface.commands.dashboard import dashboard_cmd
@@ -23,7 +24,7 @@ from slurmgov.interface.errors import EXIT_CODES, guarded
 
 
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="slurmgov")
+@click.version_option(version=__version__, package_name="slurmgov")
 def cli():
     """Govern what agent workflows cost on Slurm GPU clusters.
 

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import sys
 import time
 
 import click
 
 from slurmgov.errors import SlurmgovError
 from slurmgov.governance import governor as governor_mod
-from slurmgov.governance import limits as limits_mod
 from slurmgov.governance import hooks_check, placement, slurm_cli
+from slurmgov.governance import limits as limits_mod
 from slurmgov.governance.metrics import GovernorMetrics
 from slurmgov.governance.seed import ensure_budget
 from slurmgov.intent import jobspec
 from slurmgov.interface.commands.common import (
-    _busy, _complete_accounts, _json, _ledger, _placement_log, _site, _state_dir, conf_dir_option, err, json_option,
-    out, site_option, wait_option,
+    _busy,
+    _complete_accounts,
+    _json,
+    _ledger,
+    _placement_log,
+    _site,
+    _state_dir,
+    conf_dir_option,
+    err,
+    json_option,
+    out,
+    site_option,
+    wait_option,
 )
 from slurmgov.interface.tables import Table, show
 
@@ -81,6 +94,9 @@ def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port, placem
     Example:
       slurmgov governor --slurm-conf-dir /etc/slurm --interval 5
     """
+    # A service's output is a log a site can ship: timestamps and levels on stderr.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     site = _site(site_path)
     ledger = _ledger(site)
     metrics = GovernorMetrics(metrics_port)
