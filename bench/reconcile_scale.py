@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from slurmgov.governance import governor, site as site_mod  # noqa: E402
+from slurmgov.governance import governor  # noqa: E402
+from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger  # noqa: E402
 from slurmgov.governance.slurm_cli import Job  # noqa: E402
 

@@ -12,6 +12,12 @@ if not Path("/dev/nvidia0").exists():
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The shared fixtures, registered once for every test module: the real Slurm cluster (and it
+# governed), the throw-away PostgreSQL server, lua5.1.
+from hook_cases import lua51_fixture  # noqa: E402, F401
+from pg_harness import pg_url  # noqa: E402, F401
+from slurm_fixtures import clean_hook_conf, gov, slurm_cluster  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def slurmgov_home(tmp_path, monkeypatch):

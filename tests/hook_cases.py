@@ -1,7 +1,7 @@
 """The request forms and prices of tests/data/hook_prices.yaml, and plugins/job_submit.lua's
 internals under plain ``lua5.1`` (tests/lua/hook_driver.lua): shared by the pricing tests.
 
-``lua51`` is a session fixture (import ``lua51_fixture``): the path of ``lua5.1``, installed with apt-get when it is
+``lua51`` is a session fixture (registered in conftest.py): the path of ``lua5.1``, installed with apt-get when it is
 missing and the tests run as root (as tests/slurm_harness.py installs Slurm).  When it cannot
 be had the tests skip, except under ``CI=true`` where they fail.
 """

@@ -3,7 +3,7 @@
 ``can_run()`` says whether one can be started here (installing Debian's ``postgresql`` package
 when ``initdb`` is missing and we are root); the session fixture ``pg_url`` starts one and gives
 ``postgresql://ledger:PASSWORD@127.0.0.1:PORT/ledger_test``, and stops it at the end of the
-session. Use it from a test module with ``from pg_harness import pg_url  # noqa: F401``.
+session, registered for every test module in conftest.py.
 
 The server: ``initdb`` into a fresh temp dir (as the ``postgres`` system user when we are root,
 since PostgreSQL refuses to run as root), listening on a unix socket in that dir and on a free
@@ -159,7 +159,7 @@ class Server:
         os.unlink(pwfile)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed: {r.stderr.strip()[-500:]}")
-        for attempt in range(3):  # another process may take the free port before the server binds it
+        for _attempt in range(3):  # another process may take the free port before the server binds it
             self.port = _free_port()
             # The server is our (grand)child, not pg_ctl's orphan, so that its exit is reaped.
             log = open(self.log, "ab")

@@ -314,7 +314,7 @@ class SlurmCluster:
             time.sleep(0.1)
 
     # -------------------------------------------------------------- bring-up
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         """Install packages if needed, then bring the daemons up within ``timeout`` seconds."""
         for d in (self.conf_dir, self.state_dir, self.spool_dir, self.log_dir, self.run_dir,
                   self.dev_dir, self.work_dir):
@@ -577,14 +577,14 @@ StorageLoc=slurm_acct_db
             except Exception:
                 pass
         # Reverse start order: slurmd before slurmctld before slurmdbd before the database.
-        for name, p in reversed(self._procs):
+        for _name, p in reversed(self._procs):
             if p.poll() is None:
                 try:
                     p.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         end = time.monotonic() + timeout
-        for name, p in reversed(self._procs):
+        for _name, p in reversed(self._procs):
             try:
                 p.wait(timeout=max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -663,7 +663,7 @@ StorageLoc=slurm_acct_db
         time.sleep(down_s)
         self.start_slurmctld(timeout=timeout)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,9 +15,7 @@ import subprocess
 import time
 
 import pytest
-
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
-from test_slurm_governance import BIN, gov, settled, wait_for  # noqa: F401  (gov: fixture)
+from test_slurm_governance import settled, wait_for
 
 pytestmark = pytest.mark.slurm
 

@@ -5,9 +5,9 @@ import threading
 import time
 from pathlib import Path
 
+import browser
 import pytest
 
-import browser
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec

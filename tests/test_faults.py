@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pg_harness import fresh_url
 
-from pg_harness import fresh_url, pg_url  # noqa: F401  (session fixture)
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurmgov.governance import governor, snapshot
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
@@ -276,7 +275,7 @@ def _closed_port() -> int:
     return port
 
 
-def test_ledger_down_hook_admits_until_stale_then_catches_up(fresh, pg_url, tmp_path):  # noqa: F811
+def test_ledger_down_hook_admits_until_stale_then_catches_up(fresh, pg_url, tmp_path):
     c, home = fresh
     max_age = 6
     doc = yaml.safe_load(DEMO_SITE.read_text())

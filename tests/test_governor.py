@@ -3,7 +3,6 @@
 import time
 
 import pytest
-from pg_harness import pg_url  # noqa: F401  (session fixture: the PostgreSQL batch test)
 
 from slurmgov.governance import governor, snapshot
 from slurmgov.governance import site as site_mod

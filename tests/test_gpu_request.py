@@ -1,6 +1,8 @@
 """The Python twin of the submit hook's GPU-request parser and price (pure Python, no Slurm);
 tests/data/hook_prices.yaml is the table both are held to."""
 
+import dataclasses
+
 import pytest
 from hook_cases import expected_result, load_cases, py_price_result, subset
 
@@ -173,7 +175,7 @@ def test_bad_values_raise_input_error(argv, needle):
 def test_request_is_frozen():
     r = parse_sbatch_args(["--gpus=1"])
     assert isinstance(r, GpuRequest)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.gpus_total = 5  # type: ignore[misc]
 
 

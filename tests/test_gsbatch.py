@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from hook_cases import Case, load_cases, render_snapshot
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 
 from slurmgov.errors import InfeasibleError, InputError
 from slurmgov.governance import slurm_cli
@@ -219,9 +218,8 @@ def test_hook_conf_moves_the_snapshot(tmp_path):
 
 
 def test_site_partitions_and_prices():
-    from slurmgov.governance import site as site_mod
-
     from slurmgov.governance import governor
+    from slurmgov.governance import site as site_mod
 
     demo = site_mod.load(DEMO)
     assert governor.site_partitions(demo) == CLUSTER
@@ -288,7 +286,7 @@ def _journal(c, offset: int) -> list[list[str]]:
 
 
 @pytest.mark.slurm
-def test_preview_is_what_the_hook_holds_on_the_test_cluster(slurm_cluster, tmp_path):  # noqa: F811
+def test_preview_is_what_the_hook_holds_on_the_test_cluster(slurm_cluster, tmp_path):
     c = slurm_cluster
     c.hook_conf_path.unlink(missing_ok=True)
     cases = [case for case in TABLE if case.args is not None and case.partition_set == "cluster"]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurm_harness import PARTITION, PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
-from test_slurm_hook import _clean, admin_comment, journal, write_snapshot  # noqa: F401  (_clean: autouse fixture)
+from test_slurm_hook import admin_comment, journal, write_snapshot
+
+pytestmark = pytest.mark.usefixtures("clean_hook_conf")
 
 pytestmark = pytest.mark.slurm
 

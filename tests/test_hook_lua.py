@@ -17,7 +17,6 @@ from hook_cases import (
     expected_result,
     line,
     load_cases,
-    lua51_fixture,  # noqa: F401  (session fixture lua51)
     lua_price_result,
     price_line,
     py_price_result,

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN
+
 from slurmgov.governance import hooks_check
 
 pytestmark = pytest.mark.slurm

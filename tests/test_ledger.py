@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pg_harness
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pg_harness
-from pg_harness import pg_url  # noqa: F401
 from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
 from slurmgov.governance import ledger_schema
 from slurmgov.governance.ledger import Ledger, period_of

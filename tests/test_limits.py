@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurmgov.errors import InputError
 from slurmgov.governance import limits, snapshot
 from slurmgov.governance.ledger import Ledger

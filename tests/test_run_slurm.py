@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurmgov.governance import site as site_mod
 from slurmgov.governance.ledger import Ledger
 
@@ -34,7 +33,7 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def governed(slurm_cluster, home):  # noqa: F811
+def governed(slurm_cluster, home):
     """The hooks installed and a governor keeping the snapshot fresh and settling jobs."""
     c = slurm_cluster
     c.cancel_all()

@@ -12,9 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture)
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
+
 from slurmgov.governance.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
 
 pytestmark = pytest.mark.slurm
@@ -68,12 +67,7 @@ def slurmgov_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if "slurmgov:" in ln]
 
 
-@pytest.fixture(autouse=True)
-def _clean(slurm_cluster):
-    slurm_cluster.hook_conf_path.unlink(missing_ok=True)
-    yield
-    slurm_cluster.hook_conf_path.unlink(missing_ok=True)
-    slurm_cluster.cancel_all()
+pytestmark = pytest.mark.usefixtures("clean_hook_conf")
 
 
 def test_cluster_is_up(slurm_cluster):

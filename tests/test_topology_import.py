@@ -12,10 +12,9 @@ import yaml
 
 from slurmgov.errors import InputError
 from slurmgov.governance import site as site_mod
-from slurmgov.governance.site import Site
 from slurmgov.governance.placement import fragmentation, placement_report
+from slurmgov.governance.site import Site
 from slurmgov.governance.topology_import import import_site, to_yaml
-from slurm_fixtures import slurm_cluster  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -296,7 +295,7 @@ def test_fragmentation(demo, nvl_site):
 
 # ------------------------------------------------------------- the real Slurm cluster
 @pytest.mark.slurm
-def test_import_real_harness_cluster(slurm_cluster):  # noqa: F811
+def test_import_real_harness_cluster(slurm_cluster):
     from slurm_harness import GPU_TYPE, GPUS_PER_NODE, NODES, PARTITION, PARTITION_DEFAULT_TIME_MIN
 
     from slurmgov.intent import jobspec, planner

@@ -30,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable, Sequence
 
 
 class OutOfBlocks(Exception):

@@ -13,8 +13,8 @@ lost one is resubmitted up to ``MAX_RESTARTS`` times and its unfinished steps ru
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from distributed import wait
 
@@ -84,7 +84,7 @@ class RunResult:
 class Engine:
     def __init__(self, backend, workflow: str, run_id: str, steps: list[StepSpec], allocs: list[AllocSpec],
                  on_failure: str = "continue", on_attempt: Callable[[StepOutcome, StepRecord], None] | None = None,
-                 on_change: Callable[["Engine"], None] | None = None):
+                 on_change: Callable[[Engine], None] | None = None):
         self.backend = backend
         self.workflow = workflow
         self.run_id = run_id

@@ -41,7 +41,10 @@ if threading.current_thread() is threading.main_thread():
 from slurmgov.errors import SlurmgovError  # noqa: E402
 from slurmgov.execution import gpu_slots  # noqa: E402
 from slurmgov.execution.backend import (  # noqa: E402
-    AllocSpec, add_local_worker, alloc_resource, remove_local_worker,
+    AllocSpec,
+    add_local_worker,
+    alloc_resource,
+    remove_local_worker,
 )
 from slurmgov.governance import slurm_cli  # noqa: E402
 

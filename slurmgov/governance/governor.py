@@ -26,9 +26,18 @@ from pathlib import Path
 
 from slurmgov.errors import InputError, LedgerUnavailable, SlurmgovError
 from slurmgov.governance import journal, snapshot
-from slurmgov.governance.ledger import (HoldRow, Ledger, charge_conflict, charge_ms, epoch, hold_conflict,
-                                        missing_hold, replay_matches, shares_ms)
 from slurmgov.governance.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
+from slurmgov.governance.ledger import (
+    HoldRow,
+    Ledger,
+    charge_conflict,
+    charge_ms,
+    epoch,
+    hold_conflict,
+    missing_hold,
+    replay_matches,
+    shares_ms,
+)
 from slurmgov.governance.site import Site
 from slurmgov.governance.slurm_cli import FINAL, Queued, job_key
 

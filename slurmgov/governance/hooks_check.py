@@ -22,9 +22,10 @@ import re
 import secrets
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from slurmgov.errors import InputError, PermissionDenied, SlurmgovError
 

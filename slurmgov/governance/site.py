@@ -11,7 +11,7 @@ import re
 from datetime import date, datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import hostlist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -55,7 +55,7 @@ class GpuType(Strict):
 class NodeGroup(Strict):
     names: str
     gpus: int = Field(ge=0, le=1024)
-    gpu_type: Optional[str] = None
+    gpu_type: str | None = None
     cpus: int = Field(1, ge=1, le=100_000)
     memory_mb: int = Field(0, ge=0, alias="memory")
     features: tuple[str, ...] = ()
@@ -92,8 +92,8 @@ class Domain(Strict):
 
 class Switch(Strict):
     name: str = Field(pattern=NAME)
-    nodes: Optional[str] = None
-    switches: Optional[str] = None
+    nodes: str | None = None
+    switches: str | None = None
 
     @model_validator(mode="after")
     def _one(self):
@@ -108,7 +108,7 @@ class Partition(Strict):
     nodes: str
     default: bool = False
     default_time_s: int = Field(3600, alias="default_time")
-    max_time_s: Optional[int] = Field(None, alias="max_time")
+    max_time_s: int | None = Field(None, alias="max_time")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @field_validator("default_time_s", "max_time_s", mode="before")
@@ -190,7 +190,7 @@ class Site(Strict):
                       f"more than one partition is marked default ({self.partitions[defaults[0]].name} already is)")
         for i, p in enumerate(self.partitions):
             _check_times(i, p)
-        self.topology  # builds and cross-checks names; raises _At
+        _ = self.topology  # builds and cross-checks names; raises _At
         return self
 
     @cached_property

@@ -7,7 +7,7 @@ Pure data; built once per site and cached, so planning 10,000 steps asks cheap q
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 
 class TopologyError(ValueError):
@@ -78,7 +78,7 @@ class Topology:
     def multi_node_domains(self) -> bool:
         return any(len(m) > 1 for m in self.domains.values())
 
-    @lru_cache(maxsize=None)
+    @cache
     def eligible(self, partition: str, gpu_type: str | None, gpus_per_node: int) -> tuple[str, ...]:
         """Nodes of the partition that can hold ``gpus_per_node`` GPUs of the type (None: any type)."""
         out = []
@@ -88,7 +88,7 @@ class Topology:
                 out.append(n)
         return tuple(out)
 
-    @lru_cache(maxsize=None)
+    @cache
     def max_per_group(self, partition: str, gpu_type: str | None, gpus_per_node: int, group: str) -> tuple[int, str | None]:
         """Most eligible nodes inside one group ('leaf-switch' or 'nvlink-domain'), and that group."""
         counts: dict[str, int] = {}
@@ -102,11 +102,11 @@ class Topology:
         best = max(counts, key=counts.get)
         return counts[best], best
 
-    @lru_cache(maxsize=None)
+    @cache
     def domain_gpus(self, partition: str, gpu_type: str | None) -> int:
         """GPUs in the largest NVLink domain (of the type) within the partition."""
         best = 0
-        for name, members in self.domains.items():
+        for _name, members in self.domains.items():
             total = sum(
                 self.nodes[n].gpus
                 for n in members
@@ -120,12 +120,12 @@ class Topology:
         elig = set(self.eligible(partition, gpu_type, gpus_per_node))
         return sorted(d for d, m in self.domains.items() if len(m) > 1 and sum(n in elig for n in m) >= nodes)
 
-    @lru_cache(maxsize=None)
+    @cache
     def node_gpus(self, partition: str, gpu_type: str | None) -> int:
         """GPUs on the biggest eligible node of the type."""
         return max((self.nodes[n].gpus for n in self.eligible(partition, gpu_type, 1)), default=0)
 
-    @lru_cache(maxsize=None)
+    @cache
     def gpu_types(self, partition: str) -> tuple[str, ...]:
         # cached: the planner asks once per step, and a partition can have thousands of nodes
         return tuple(sorted({self.nodes[n].gpu_type for n in self.partitions.get(partition, ()) if self.nodes[n].gpu_type}))

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import hostlist
 
@@ -312,7 +312,7 @@ def _parse_nodes(lines: list[Line], warnings: list[str]) -> dict[str, _Node]:
         gres = _parse_gres(merged.get("gres", ""), line, what)
         gpus = sum(n for _, n in gres)
         types = []
-        for t, n in gres:
+        for t, _n in gres:
             if t not in types:
                 types.append(t)
         gpu_type = None

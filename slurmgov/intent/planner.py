@@ -333,7 +333,8 @@ def _resolve(st: Step, site: Site, partition, fitting: _Fitting) -> PlannedStep:
             most, _ = topo.max_per_group(pname, gpu_type, gpn, "leaf-switch")
             if r.nodes > most:
                 raise InfeasibleError(
-                    f"step {st.id!r}: needs {r.nodes} nodes under one leaf switch; at most {most} eligible nodes share a leaf in partition {pname}"
+                    f"step {st.id!r}: needs {r.nodes} nodes under one leaf switch; "
+                    f"at most {most} eligible nodes share a leaf in partition {pname}"
                 )
         if within == "nvlink-domain" and r.nodes > 1 and not topo.domains_with(pname, gpu_type, r.nodes, gpn):
             raise InfeasibleError(f"step {st.id!r}: no NVLink domain in partition {pname} has {r.nodes} nodes with {gpn} {tname} each")

@@ -32,7 +32,6 @@ from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, Slurmgov
 from slurmgov.governance import site as site_mod
 from slurmgov.governance import slurm_cli, snapshot
 from slurmgov.governance.governor import price_params, site_partitions
-from slurmgov.governance.hooks_check import read_hook_conf
 from slurmgov.governance.gpu_request import (
     HookPartition,
     HookPrice,
@@ -42,6 +41,7 @@ from slurmgov.governance.gpu_request import (
     never_placeable,
     parse_sbatch_args,
 )
+from slurmgov.governance.hooks_check import read_hook_conf
 from slurmgov.governance.ledger import Ledger
 from slurmgov.interface.errors import guarded
 

@@ -13,11 +13,21 @@ import click
 
 from slurmgov.governance import authz
 from slurmgov.governance.forecast import forecasts
-from slurmgov.intent import jobspec
 from slurmgov.governance.seed import ensure_budget
+from slurmgov.intent import jobspec
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
-    _busy, _complete_accounts, _json, _ledger, _site, _utc, err, format_option, json_option, out, site_option,
+    _busy,
+    _complete_accounts,
+    _json,
+    _ledger,
+    _site,
+    _utc,
+    err,
+    format_option,
+    json_option,
+    out,
+    site_option,
     wait_option,
 )
 from slurmgov.interface.tables import Table, show, tsv

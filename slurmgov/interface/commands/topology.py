@@ -8,7 +8,16 @@ import hostlist
 from slurmgov.governance import placement
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
-    _json, _placement_log, _site, _utc, conf_dir_option, err, format_option, json_option, out, site_option,
+    _json,
+    _placement_log,
+    _site,
+    _utc,
+    conf_dir_option,
+    err,
+    format_option,
+    json_option,
+    out,
+    site_option,
 )
 from slurmgov.interface.tables import Table, show
 
