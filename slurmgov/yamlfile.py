@@ -29,11 +29,12 @@ _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-class _CachedResolve:
+class _CachedResolve(yaml.resolver.Resolver):
     """The safe loader, with the tag of each plain scalar resolved once per distinct text.
 
     PyYAML matches every plain scalar against its implicit-type regexps in Python; in a big
-    jobspec most scalars repeat (keys, `true`, small numbers)."""
+    jobspec most scalars repeat (keys, `true`, small numbers). A mixin put before a safe
+    loader class; its Resolver base (which both loaders have) leaves their MRO as it was."""
 
     def __init__(self, stream):
         super().__init__(stream)

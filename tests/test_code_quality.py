@@ -1,7 +1,8 @@
-"""The code checks the README test command runs: a linter (ruff, configured in pyproject.toml).
+"""Checks on the code itself that the README test command runs: the linter (ruff) on the whole
+repository and the type checker (mypy) on slurmgov/, both configured in pyproject.toml and run
+from the repository root, as `python -m ruff check .` and `python -m mypy` would be by hand.
 
-They fail the suite like any other test, so CI enforces them; under CI=true a missing tool is a
-failure, not a skip.
+They fail the suite like any other test; under CI=true a missing tool is a failure, not a skip.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _tool(module: str) -> None:
     if importlib.util.find_spec(module) is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{module} is not installed (it is in the test extra: pip install -e '.[test]')")
-        pytest.skip(f"{module} is not installed")
+        pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
 
 
 def test_ruff_is_clean():
@@ -29,3 +30,10 @@ def test_ruff_is_clean():
     p = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
+
+
+def test_mypy_is_clean_on_slurmgov():
+    _tool("mypy")
+    p = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       check=False)
+    assert p.returncode == 0, f"mypy (exit {p.returncode}) on slurmgov/:\n{p.stdout[-5000:]}{p.stderr[-2000:]}"

@@ -61,6 +61,7 @@ SITE = site_text()
     (dict(nodes="  - {names: x1, gpus: 2, gpu_type: a100}"), "nodes[x1]: gpu_type: 'a100' is not in gpu_types"),
     (dict(switches="  - {name: l9, nodes: 'zz[1-2]'}"), "s.yaml:6: switches[l9]: nodes: unknown node zz1"),
     (dict(switches="  - {name: l9, nodes: 'n[1-2'}"), "bad hostlist"),
+    (dict(switches="  - {name: l9, nodes: ''}"), "s.yaml:6: switches[l9]: empty hostlist ''"),  # was a TypeError
     (dict(switches="  - {name: l1, nodes: n1}\n  - {name: l2, nodes: n1}"), "switches[l2]: nodes: node n1 is already under leaf switch l1"),
     (dict(partitions="  - {name: a, nodes: n1, default: true}\n  - {name: b, nodes: n2, default: true}"),
      "partitions[b]: default: more than one partition is marked default"),

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 
 # Shapes of well-known open models (layers, kv heads, head dim, params in billions),
 # so a jobspec may say `model: llama-3-8b` instead of spelling the shape out.
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {  # KVShape's keyword arguments
     "llama-3-8b": dict(layers=32, kv_heads=8, head_dim=128, params_b=8.0),
     "llama-3-70b": dict(layers=80, kv_heads=8, head_dim=128, params_b=70.6),
     "llama-3-405b": dict(layers=126, kv_heads=8, head_dim=128, params_b=405.0),

@@ -64,6 +64,7 @@ def _send(line: str) -> None:
                 _guard = None
                 return
         try:
+            assert _guard.stdin is not None  # started with stdin=PIPE
             _guard.stdin.write(line + "\n")
             _guard.stdin.flush()
         except OSError as e:

@@ -152,18 +152,22 @@ class SlurmBackend:
         if gpus:
             resources["GPU"] = gpus
         opts = list(self._options[alloc.id]) + [f"--output={self.log_dir}/{alloc.id}-%j.out"]
+        scheduler = self.cluster.scheduler
+        assert scheduler is not None  # LocalCluster starts it in __init__
         job = PilotJob(
-            self.cluster.scheduler.address, name=f"{alloc.id}.{attempt}", sbatch_options=opts, per_node=per_node,
+            scheduler.address, name=f"{alloc.id}.{attempt}", sbatch_options=opts, per_node=per_node,
             resources=resources, nthreads=slots, memory_mb=self._memory[alloc.id], alloc=alloc.id,
         )
         try:
             self.cluster.sync(job.start)
         except RuntimeError as exc:  # sbatch's exit status: the hook's or Slurm's one-line reason
             raise AllocationRefused(f"allocation {alloc.id}: {_sbatch_reason(str(exc))}") from None
-        info = SlurmJobInfo(job.job_id, alloc.id, time.time())
+        job_id = job.job_id
+        assert job_id is not None  # start() sets it or raises
+        info = SlurmJobInfo(job_id, alloc.id, time.time())
         self.jobs.setdefault(alloc.id, []).append(info)
-        self._pilots[job.job_id] = job
-        return job.job_id
+        self._pilots[job_id] = job
+        return job_id
 
     def _start_host(self, alloc: AllocSpec) -> str:
         """Steps without GPUs run on the submitting host: an in-process worker, no Slurm job."""
@@ -180,10 +184,12 @@ class SlurmBackend:
             remove_local_worker(self.cluster, alloc_id)
             return
         addrs = self._workers_of(alloc_id)
+        scheduler = self.cluster.scheduler
+        assert scheduler is not None  # LocalCluster starts it in __init__
         for addr in addrs:
             # Not retire_workers: it refuses when results held nowhere else would be lost; the
             # engine has collected every result of a finished allocation already.
-            self.cluster.sync(self.cluster.scheduler.remove_worker, address=addr,
+            self.cluster.sync(scheduler.remove_worker, address=addr,
                               stimulus_id=f"slurmgov-stop-{alloc_id}", expected=True, close=True)
         for info in self.jobs.get(alloc_id, []):
             if not info.released:

@@ -86,9 +86,11 @@ def run_step(spec: StepSpec, inputs: dict, attempt: int, workflow: str, run_id: 
         gpu_ids = gpu_slots.take(spec.alloc, spec.gpus)
         ctx = StepContext(workflow, run_id, spec.id, attempt, spec.alloc, tuple(gpu_ids))
         if spec.run is not None:
-            out = _run_shell(spec, inputs, ctx)
-        else:
-            out = _run_call(spec, inputs, ctx)
+            out = _run_shell(spec, spec.run, inputs, ctx)
+        elif spec.call is not None:
+            out = _run_call(spec, spec.call, inputs, ctx)
+        else:  # the jobspec refuses such a step; only a StepSpec built by hand can be one
+            out = dict(status="failed", error="the step has neither `run` nor `call`")
     except Exception as exc:  # the step's own failure, recorded, never raised into Dask
         out = dict(status="failed", error=_one_line(exc))
     finally:
@@ -109,7 +111,7 @@ def _env(spec: StepSpec, ctx: StepContext, inputs_path: str) -> dict:
     return env
 
 
-def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
+def _run_shell(spec: StepSpec, command: str, inputs: dict, ctx: StepContext) -> dict:
     # Inputs travel as a JSON file named by $SLURMGOV_INPUTS: safe for any content, any size.
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix=f"sg-{spec.id}-", delete=False) as fh:
         json.dump(inputs, fh, default=str)
@@ -117,7 +119,7 @@ def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
     proc = None
     try:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", spec.run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=_env(spec, ctx, path), start_new_session=True,
         )
         with _running_lock:
@@ -141,7 +143,7 @@ def _run_shell(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
         os.unlink(path)
         if proc is not None:
             reaper.forget(proc.pid, path)
-    output = out.strip()
+    output: Any = out.strip()  # the step's JSON, parsed, or its text
     try:
         output = json.loads(output) if output else None
     except ValueError:
@@ -159,8 +161,8 @@ def resolve_callable(target: str):
     return fn
 
 
-def _run_call(spec: StepSpec, inputs: dict, ctx: StepContext) -> dict:
-    fn = resolve_callable(spec.call)
+def _run_call(spec: StepSpec, target: str, inputs: dict, ctx: StepContext) -> dict:
+    fn = resolve_callable(target)
     kwargs = dict(spec.params)
     if "step" in inspect.signature(fn).parameters:
         kwargs["step"] = ctx

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurmgov.errors import InputError, LedgerUnavailable, SlurmgovError
+from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
 from slurmgov.governance import journal, snapshot
 from slurmgov.governance.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
 from slurmgov.governance.ledger import (
@@ -39,7 +39,7 @@ from slurmgov.governance.ledger import (
     shares_ms,
 )
 from slurmgov.governance.site import Site
-from slurmgov.governance.slurm_cli import FINAL, Queued, job_key
+from slurmgov.governance.slurm_cli import FINAL, Job, Queued, job_key
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,14 @@ def _override_reason(event: journal.Modify) -> str:
 # charged. Only a run that had no final line yet (requeued while running) is charged by it.
 
 
-def _settle_charge(site: Site, key: str, run_id: str, event: journal.Settle) -> tuple[dict, int]:
+def _settle_charge(site: Site, key: str, run_id: str | None, event: journal.Settle) -> tuple[dict, int]:
     """The charge (ledger.charge's arguments) for one settle event of the hold ``key`` whose
     run_id is ``run_id``, and how many tasks must finish before that hold closes."""
-    _, gpu_type, tasks = run_id.split(";")
-    gpu_type = None if gpu_type == "-" else gpu_type.split("+")[0]
+    parts = (run_id or "").split(";")
+    if len(parts) != 3:  # the governor's holds all have one; a hold another tool made may not
+        raise LedgerError(f"hold {key} has run_id {run_id!r}, not a Slurm job's token;type;tasks")
+    _, type_field, tasks = parts
+    gpu_type = None if type_field == "-" else type_field.split("+")[0]
     # One charge per run: a requeued job's first run is settled (state PENDING) when it is
     # requeued, and its next run when that ends; the run's start time tells them apart.
     row = dict(charge_key=charge_key(event.job_id, event.start), hold_key=key, step="job", attempt=1,
@@ -347,10 +350,10 @@ def rehold(ledger: Ledger, queued: list[Queued], now: float) -> list[str]:
     return made
 
 
-def _ended(jobs: list, wanted: set[str]) -> dict[str, str]:
+def _ended(jobs: list[Job], wanted: set[str]) -> dict[str, str]:
     """Token -> how its holds close, for the tokens in ``wanted`` whose every job has ended by
     sacct (a requeued job by its latest run)."""
-    runs: dict[str, dict[str, object]] = {}
+    runs: dict[str, dict[str, Job]] = {}
     for job in jobs:
         for key in job.keys:
             if key in wanted:
@@ -569,7 +572,7 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
     """Apply journal lines ((offset, text), in file order) and report them as the one-by-one pass
     did: a bad line or a failed event is a problem ``path@offset`` and is skipped."""
     problems: list[tuple[int, str]] = []
-    events: list[tuple[int, object]] = []
+    events: list[tuple[int, journal.Admit | journal.Modify | journal.Settle]] = []
     for offset, text in lines:
         try:
             event = journal.parse(text)
@@ -804,7 +807,8 @@ def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset:
     snap = snapshot.Snapshot(
         serial=snapshot.next_serial(previous), written=int(time.time()), max_age_s=site.snapshot_max_age_s,
         fail_policy=site.fail_policy, default_time_min=params.default_time_min,
-        max_gpus_per_node=params.max_gpus_per_node, total_gpus=params.total_gpus, journal_offset=journal_offset,
+        max_gpus_per_node=params.max_gpus_per_node or 0,  # price_params always sets it
+        total_gpus=params.total_gpus, journal_offset=journal_offset,
         default_weight=params.default_weight, weights=dict(params.weights),
         available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
         operator_uids=operator_uids(site), partition_gpus=dict(params.partition_gpus),

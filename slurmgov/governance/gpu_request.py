@@ -136,7 +136,7 @@ class HookPrice:
     """The hook's price of a view (``any_gpu`` False: a job that holds no GPUs costs nothing)."""
 
     any_gpu: bool
-    gpus: int = 0  # per array task, unweighted
+    gpus: float = 0  # per array task, unweighted (an int when whole; the hook's counts are Lua numbers)
     weighted: float = 0.0  # weighted GPUs per array task
     per_node: float = 0  # largest GPU count on one node (never-placeable check)
     nodes: int = 1
@@ -228,6 +228,7 @@ def hook_gpu_entries(tres) -> list[tuple[str | None, float]]:
         if not parts or parts[0] != "gpu":
             continue
         gtype: str | None = None
+        cnt: float | None
         if len(parts) == 1:
             cnt = 1.0
         elif len(parts) == 2:
@@ -376,7 +377,7 @@ def _price(view: HookView, params: PriceParams, partitions: list[HookPartition])
 
     best: tuple[float, float] | None = None  # (gpus, weighted)
     typeset: set[str] = set()
-    per_node_max = 0
+    per_node_max: float = 0
     for tres, mult, per_node_mult in forms:
         entries = hook_gpu_entries(tres)
         if not entries:
@@ -415,7 +416,7 @@ def _price(view: HookView, params: PriceParams, partitions: list[HookPartition])
     arr = view.tasks_in_array if view.tasks_in_array is not None else hook_array_count(view.array_inx)
     tl, pin_time, err = hook_time_limit_min(view.time_limit, parts, params.default_time_min)
     if tl is None:
-        raise _Refused("bad_time", err)
+        raise _Refused("bad_time", err or "job has no time limit")
     pin_nodes = max_nodes is None and (view.tres_per_node is not None or view.tres_per_socket is not None or whole)
     gpus = best[0]
     return HookPrice(
@@ -651,7 +652,7 @@ def _gres_tres(value: str) -> str:
     return ("gres:" + value).replace(",", ",gres:").replace("gres:gres:", "gres:")
 
 
-def _shared(opts: dict[str, str]) -> int | None:
+def _shared(opts: Mapping[str, str]) -> int | None:
     """--exclusive[=user|mcs|oversubscribe] / --oversubscribe (-s): the last one given wins."""
     shared = None
     for name, value in opts.items():
@@ -682,7 +683,7 @@ def _extra_node_info(text: str) -> list[int | None]:
 
 def _gpu_records(tres: str | None) -> list[tuple[str | None, int]]:
     """(type, count) of the GPU entries of a TRES string (sbatch has validated the counts)."""
-    out = []
+    out: list[tuple[str | None, int]] = []
     for item in (tres or "").split(","):
         parts = [p for p in item.removeprefix("gres:").split(":") if p]
         if not parts or parts[0] != "gpu":

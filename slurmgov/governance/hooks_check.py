@@ -338,9 +338,10 @@ def set_fields(handed: dict[str, str]) -> dict[str, str]:
     for k, v in handed.items():
         table = _UNSET16 if k in _FIELDS16 else _UNSET32
         if v in table:
-            if table[v] is None:
+            named = table[v]
+            if named is None:
                 continue
-            v = table[v]
+            v = named
         out[k] = v
     return out
 
@@ -348,12 +349,12 @@ def set_fields(handed: dict[str, str]) -> dict[str, str]:
 def _scontrol_fields(text: str) -> dict[str, str]:
     """First record of ``scontrol show job -o`` as key -> value (AdminComment kept whole: it may hold spaces)."""
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    out = {}
+    out: dict[str, str] = {}
     for m in re.finditer(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=(\S*)", line):
         out.setdefault(m.group(1), m.group(2))
-    m = re.search(r"(?:^|\s)AdminComment=(.*?)(?=\s[A-Z][A-Za-z]*=|$)", line)
-    if m:
-        out["AdminComment"] = m.group(1).strip()  # scontrol pads it with a second space
+    admin = re.search(r"(?:^|\s)AdminComment=(.*?)(?=\s[A-Z][A-Za-z]*=|$)", line)
+    if admin:
+        out["AdminComment"] = admin.group(1).strip()  # scontrol pads it with a second space
     return out
 
 
@@ -404,7 +405,8 @@ class Report:
     def fail_policy(self) -> str:
         """What the hook does with GPU jobs when it cannot trust the snapshot: the snapshot's own
         policy while it is readable, else hook.conf's."""
-        return self.snapshot.fail_policy if self.snapshot.readable else self.hook_conf.fail_policy
+        snap = self.snapshot
+        return snap.fail_policy if snap.readable and snap.fail_policy is not None else self.hook_conf.fail_policy
 
     @property
     def ok(self) -> bool:
@@ -578,7 +580,7 @@ def _judge(p: Probe) -> None:
         elif p.token or price or (p.hook_price or {}).get("price"):
             p.outcome = "touched"
             what = (f"set AdminComment {p.admin_comment!r}" if p.token else
-                    f"priced it ({p.hook_price['price']} GPU-s)")
+                    f"priced it ({(p.hook_price or {}).get('price')} GPU-s)")
             p.problem = f"form #{p.form} (CPU only): the hook {what}; it must leave CPU-only jobs alone"
         else:
             p.outcome, p.ok = "untouched", True

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from slurmgov.errors import (
@@ -174,14 +174,14 @@ def _locked(e: sqlite3.Error) -> bool:
     return "locked" in msg or "busy" in msg
 
 
-def _one_line(msg: str) -> str:
+def _one_line(msg: object) -> str:
     return "; ".join(line.strip() for line in str(msg).splitlines() if line.strip()) or "unknown error"
 
 
 class _Driver:
     """What differs between the DB-API modules themselves (the SQL differences are a Dialect)."""
 
-    def __init__(self, error: type, secrets: tuple[str, ...] = ()):
+    def __init__(self, error: type[Exception], secrets: tuple[str, ...] = ()):
         self.error, self._secrets = error, secrets
 
     def retryable(self, e: Exception) -> bool:
@@ -440,7 +440,7 @@ class Ledger:
         if info.get("password"):
             secrets = tuple(sorted({*secrets, str(info["password"])}, key=len, reverse=True))
         drv = _PgDriver(psycopg, secrets)
-        kw = {} if "connect_timeout" in info else {"connect_timeout": _CONNECT_TIMEOUT_S}
+        kw: dict[str, Any] = {} if "connect_timeout" in info else {"connect_timeout": _CONNECT_TIMEOUT_S}
         try:
             # autocommit: the ledger issues BEGIN/COMMIT itself, as it does on SQLite
             conn = psycopg.connect(url, autocommit=True, application_name="slurmgov", **kw)
@@ -546,7 +546,7 @@ class Ledger:
                         holder = holder or self._holder()
                         raise LedgerUnavailable(f"{self._busy(holder)}; gave up after waiting "
                                                 f"{self.wait_s:g} s") from None
-                    if not told and waited >= NOTICE_S:
+                    if not told and waited >= NOTICE_S and self.on_wait is not None:
                         told, holder = True, self._holder()
                         self.on_wait(self._busy(holder))
                     pause = 0.01  # the engine has waited already; this only keeps an instant 'busy' from spinning
@@ -1262,7 +1262,9 @@ class Bulk:
         old_shares = self._shares(old)
         had = {k: (h.account, h.workflow, {st: a for st, (a, _) in old_shares.get(k, {}).items()})
                for k, h in old.items()}
-        holds, shares, new = [], [], {}
+        holds: list[tuple] = []
+        shares: list[tuple[str, str, int, int]] = []
+        new: dict[str, tuple[str, str, dict[str, int]]] = {}
         for key, account, workflow, want, user, run_id, ts in rows:
             prev = had.get(key) or new.get(key)
             if prev is not None:

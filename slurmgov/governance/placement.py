@@ -177,7 +177,7 @@ def placement_report(site, jobs: Iterable[tuple]) -> dict:
     nodes or an empty node list raise ``InputError``.
     """
     topo = site.topology
-    by_request = {w: {"jobs": 0, "satisfied": 0, "share": None} for w in LOCALITY_ORDER}
+    by_request: dict[str, dict] = {w: {"jobs": 0, "satisfied": 0, "share": None} for w in LOCALITY_ORDER}
     got_counts = {w: 0 for w in LOCALITY_ORDER}
     misses = []
     total = ok = 0

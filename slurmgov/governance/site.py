@@ -99,7 +99,8 @@ class Switch(Strict):
     def _one(self):
         if (self.nodes is None) == (self.switches is None):
             raise ValueError("a switch lists exactly one of `nodes` (a leaf) or `switches`")
-        _expand(self.nodes or self.switches)
+        # `nodes: ""` is a leaf with an empty hostlist, not a list of switches
+        _expand(self.nodes if self.nodes is not None else self.switches or "")
         return self
 
 

@@ -185,7 +185,7 @@ def _view(j: dict) -> HookView:
                     tres_per_task=text("tres_per_task"), tres_per_socket=text("tres_per_socket"),
                     min_nodes=count("node_count"), max_nodes=count("max_nodes"), num_tasks=count("tasks"),
                     ntasks_per_node=count("tasks_per_node"), sockets_per_node=count("sockets_per_node"),
-                    shared=_SHARED.get(j.get("shared")), time_limit=time_limit, partition=text("partition"),
+                    shared=_SHARED.get(text("shared") or ""), time_limit=time_limit, partition=text("partition"),
                     tasks_in_array=1)
 
 

@@ -178,14 +178,14 @@ def read_price_params(path: str | Path):
             elif key == "weight":
                 w = _lua_num(f[2] if len(f) > 2 else None)
                 bad = len(f) != 3 or f[1] == "" or w is None or w < 0
-                if not bad:
+                if not bad and w is not None:  # bad when None; said again for the type checker
                     weights[f[1]] = w
             elif key == "operator_uid":
                 bad = len(f) != 2 or _lua_int(f[1]) is None
             elif key == "partition_gpus":
                 n = _lua_int(f[2] if len(f) > 2 else None)
                 bad = len(f) != 4 or f[1] == "" or n is None
-                if not bad:
+                if not bad and n is not None:  # bad when None; said again for the type checker
                     partition_gpus[f[1]] = (n, None if f[3] == "-" else f[3])
             if bad:
                 raise ValueError(f"{path}: bad line {i} ({key})")

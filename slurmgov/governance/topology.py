@@ -99,7 +99,7 @@ class Topology:
                 counts[g] = counts.get(g, 0) + 1
         if not counts:
             return 0, None
-        best = max(counts, key=counts.get)
+        best = max(counts, key=counts.__getitem__)
         return counts[best], best
 
     @cache
@@ -128,7 +128,7 @@ class Topology:
     @cache
     def gpu_types(self, partition: str) -> tuple[str, ...]:
         # cached: the planner asks once per step, and a partition can have thousands of nodes
-        return tuple(sorted({self.nodes[n].gpu_type for n in self.partitions.get(partition, ()) if self.nodes[n].gpu_type}))
+        return tuple(sorted({t for n in self.partitions.get(partition, ()) if (t := self.nodes[n].gpu_type)}))
 
     def locality(self, nodes: list[str]) -> str:
         """The tightest group that holds all of ``nodes``: node, nvlink-domain, leaf-switch or any."""
@@ -157,8 +157,8 @@ def _check_tree(leaves: dict[str, list[str]], uppers: dict[str, list[str]]) -> N
     if cycle:
         order = {name: i for i, name in enumerate(uppers)}
         first = min(range(len(cycle)), key=lambda i: order[cycle[i]])  # report it where the file first says it
-        cycle = cycle[first:] + cycle[:first]
-        raise TopologyError("switches", cycle[0], "switches", "cycle: " + " -> ".join(cycle + [cycle[0]]))
+        rotated = cycle[first:] + cycle[:first]
+        raise TopologyError("switches", rotated[0], "switches", "cycle: " + " -> ".join(rotated + [rotated[0]]))
 
 
 def _find_cycle(uppers: dict[str, list[str]]) -> list[str] | None:

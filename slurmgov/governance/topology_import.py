@@ -143,8 +143,8 @@ def _read_conf(path: Path, conf_dir: Path, depth: int = 0, required: bool = True
             matches = sorted(glob.glob(str(full))) if glob.has_magic(str(full)) else [str(full)]
             if not matches or not Path(matches[0]).exists():
                 raise InputError(f"{path}:{lineno}: Include {target}: no such file ({full})")
-            for m in matches:
-                out.extend(_read_conf(Path(m), conf_dir, depth + 1))
+            for found in matches:
+                out.extend(_read_conf(Path(found), conf_dir, depth + 1))
             continue
         pairs, raw_keys = [], []
         pos = 0
@@ -201,7 +201,9 @@ def _time(value: str | None, line: Line, key: str, what: str) -> int | None:
 
 def _split_top(value: str) -> list[str]:
     """Split on commas outside brackets: ``gpu[01,03],cpu01`` -> ``['gpu[01,03]', 'cpu01']``."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for c in value:
         if c == "[":
             depth += 1
@@ -218,7 +220,7 @@ def _split_top(value: str) -> list[str]:
 
 def _parse_gres(value: str, line: Line, what: str) -> list[tuple[str | None, int]]:
     """``gpu:h100:4,gpu:2(S:0),nvme:1`` -> [('h100', 4), (None, 2)]: GPU entries only."""
-    out = []
+    out: list[tuple[str | None, int]] = []
     for item in _split_top(value):
         item = re.sub(r"\(.*?\)", "", item).strip()  # socket/core affinity
         parts = [p for p in item.split(":") if p.lower() != "no_consume"]
@@ -357,8 +359,9 @@ def _parse_nodesets(lines: list[Line], nodes: dict[str, _Node]) -> dict[str, lis
         if key != "nodeset":
             continue
         members: list[str] = []
-        if line.get("nodes"):
-            members += _resolve_nodes(line.get("nodes"), line, f"NodeSet={value}", nodes, sets)
+        nodes_value = line.get("nodes")
+        if nodes_value:
+            members += _resolve_nodes(nodes_value, line, f"NodeSet={value}", nodes, sets)
         if line.get("feature"):
             want = line.get("feature")
             members += [n for n, nd in nodes.items() if want in nd.features]
@@ -566,7 +569,8 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
 
     gpu_types: dict[str, dict] = {}
     for n in nodes.values():
-        if n.gpus and n.gpu_type not in gpu_types:
+        # every node with GPUs has a type by now (UNTYPED_GPU above)
+        if n.gpus and n.gpu_type is not None and n.gpu_type not in gpu_types:
             mem, warn = gpu_memory(n.gpu_type, gpu_memory_gb)
             if warn:
                 warnings.append(warn)

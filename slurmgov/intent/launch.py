@@ -156,6 +156,7 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     charged = [0.0]
 
     def charge(outcome, rec):
+        assert hold_key is not None  # charged per attempt only without Slurm, where the run holds run:<id>
         weight = site.weight(gpu_type[outcome.step]) if outcome.gpus else 0.0
         ledger.charge(
             f"{run_id}:{outcome.step}:{outcome.attempt}", hold_key, outcome.step, outcome.attempt,
@@ -194,6 +195,7 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
             # One cost story: a simulated allocation's idle time is charged as Slurm bills a
             # pilot's, so the run's charge = its steps' costs + its waste, wherever it is shown.
             allocations, steps = _costs(p, result, site)
+            assert hold_key is not None  # without Slurm the run holds run:<id>
             _charge_idle(ledger, hold_key, run_id, user, wf, p, allocations)
             settled = charged[0] = sum(c["charged_h"] for c in ledger.charges(hold_key))
         if hold_key:

@@ -238,6 +238,7 @@ def _schedule(order: list[Step], steps: dict[str, PlannedStep], waits: dict[str,
 def _allocate(steps: dict[str, PlannedStep], site: Site, partition, fitting: _Fitting) -> list[Allocation]:
     groups: dict[tuple, list[PlannedStep]] = {}
     for ps in steps.values():
+        key: tuple
         if ps.gpus == 0:
             key = (HOST,)
         elif ps.nodes == 1:
@@ -470,9 +471,9 @@ def _size(key: tuple, window: list[PlannedStep], site: Site, partition, fitting:
             constraint = "[" + "|".join(doms) + "]"
         else:
             room = len(topo.eligible(pname, gpu_type, gpn))
-        fit = max(1, room // step_nodes)
-        nodes = min(concurrent, fit) * step_nodes
-        rounds = math.ceil(concurrent / min(concurrent, fit))
+        at_once = max(1, room // step_nodes)  # steps the partition can place side by side
+        nodes = min(concurrent, at_once) * step_nodes
+        rounds = math.ceil(concurrent / min(concurrent, at_once))
     queue_s = (rounds - 1) * longest  # the last round may start only when the ones before it end
     time_s = end - start + queue_s
     if rounds > 1:

@@ -44,8 +44,8 @@ for _command in (plan, run, runs, holds, budget, audit, waste, usage, sync, gove
 
 
 @guarded("slurmgov")
-def main(*args, **kwargs):
-    return cli.main(*args, prog_name="slurmgov", **kwargs)
+def main(args: list[str] | None = None, **kwargs):
+    return cli.main(args, prog_name="slurmgov", **kwargs)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class DashboardState:
                     "kv_gib": ps.kv_bytes / 2**30, "reason": rec.reason if rec else None, "running": running,
                 })
             allocs = []
-            slurm_jobs = getattr(eng.backend, "jobs", {}) if eng else {}  # Slurm: where each pilot landed
+            slurm_jobs: dict = getattr(eng.backend, "jobs", {}) if eng else {}  # Slurm: where each pilot landed
             for a in p.allocations:
                 rec = eng.allocs.get(a.id) if eng else None
                 jobs = slurm_jobs.get(a.id, [])

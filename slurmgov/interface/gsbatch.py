@@ -49,6 +49,7 @@ TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _split_own(argv: list[str]) -> tuple[dict, list[str]]:
+    own: dict[str, str | bool]
     own, rest, i = {}, [], 0
     while i < len(argv):
         a = argv[i]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table as RichTable
 from rich.text import Text
 
@@ -45,7 +45,7 @@ _BOXED, _BARE = _Layout(boxed=True), _Layout(boxed=False)
 @dataclass
 class Column:
     header: str
-    justify: str = "left"
+    justify: JustifyMethod = "left"
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Table:
     columns: list[Column] = field(default_factory=list)
     rows: list[_Row] = field(default_factory=list)
 
-    def add_column(self, header: str, justify: str = "left", **_ignored) -> None:
+    def add_column(self, header: str, justify: JustifyMethod = "left", **_ignored) -> None:
         """`overflow=` and the like are accepted and ignored: `show` decides how cells wrap."""
         self.columns.append(Column(header, justify))
 

@@ -72,7 +72,7 @@ def run(jobspec_path, site_path, as_json, linger):
                         console=err, transient=True, disable=as_json)
     task = progress.add_task(f"{wf.workflow}", total=len(wf.steps))
 
-    page = {}
+    page: dict = {}  # what the callbacks below hand each other: the dashboard's state and link
 
     def admitted(p, hold_key):
         page["state"] = dashboard.DashboardState(p, ledger)

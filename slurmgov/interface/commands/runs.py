@@ -7,7 +7,7 @@ import getpass
 import os
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 import click
 
@@ -27,7 +27,7 @@ from slurmgov.interface.tables import Table, show
 
 
 def _when(ts) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _age(seconds: float) -> str:

@@ -45,7 +45,7 @@ def topology_show(site_path, as_json, fmt, live):
     site = _site(site_path)
     topo = site.topology
     frag = fragmentation(site, placement.sample(site).busy if live else {})
-    doc = {
+    doc: dict = {  # the --json document, and what the table shows
         "site": site.site,
         "nodes": len(topo.nodes), "gpus": sum(n.gpus for n in topo.nodes.values()),
         "leaf_switches": {name: {"nodes": hostlist.collect_hostlist(members),
