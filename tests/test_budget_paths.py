@@ -140,9 +140,13 @@ def test_gpu_time_of_a_job_without_a_hold_is_billed_to_its_account(gov):
     # (a pass while sacct still shows it running bills it on the next one: wait for that one)
     wait_for(lambda: json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]["state"]["current"]
              == "COMPLETED")
-    sync(sg, c)
+    rep = sync(sg, c)
     sacct = json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]
-    (charge,) = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
+    charges = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
+    # (on failure: what this pass said of the job, and the sacct record it billed from)
+    assert len(charges) == 1, ([d for d in rep["drift"] if job in d], rep["problems"], sacct["state"],
+                               sacct["time"], sacct["tres"]["allocated"])
+    (charge,) = charges
     assert charge["account"] == "physics" and charge["gpu_seconds"] == 2 * sacct["time"]["elapsed"]
     assert ledger.hold(f"slurm:job-{job}").state == "done"
     assert not [d for d in sync(sg, c)["drift"] if f"job {job}" in d or f"job-{job}" in d]  # billed once
