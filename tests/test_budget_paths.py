@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from test_slurm_governance import settled, wait_for
+from test_slurm_governance import governor_sees_final, settled, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -137,9 +137,8 @@ def test_gpu_time_of_a_job_without_a_hold_is_billed_to_its_account(gov):
     assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED"
     wait_for(lambda: settle_of(c, job))
     c.settle_path.write_text("")  # and its settle line lost too: sacct alone must bill it
-    # (a pass while sacct still shows it running bills it on the next one: wait for that one)
-    wait_for(lambda: json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]["state"]["current"]
-             == "COMPLETED")
+    # (a pass before sacct's window shows it ended bills it on the next one: wait for that one)
+    wait_for(lambda: governor_sees_final(c, job))
     rep = sync(sg, c)
     sacct = json.loads(c.run("sacct", "--json", "-j", job).stdout)["jobs"][0]
     charges = [ch for ch in ledger.charges() if ch["charge_key"].startswith(f"slurm:job:{job}@")]
