@@ -238,7 +238,13 @@ def test_slurmctld_restart_keeps_holds_and_charges_right(fresh):
     c.restart_slurmctld(down_s=4, timeout=40)
     for j in running + pending + [doomed]:
         assert c.job_state(j) is not None, f"job {j} lost across the slurmctld restart"
-    c.run("scontrol", "release", *pending, check=True)
+    # right after a restart slurmctld may refuse updates while slurmdbd gives it the jobs' DB
+    # indexes ("try again in a bit"): released once it takes them
+    def released() -> bool:  # done, or refused for another reason (a job a try before already released)
+        r = c.run("scontrol", "release", *pending)
+        return r.returncode == 0 or "try again" not in (r.stderr + r.stdout)
+
+    wait_for(released, 60, "slurmctld to accept the release")
     c.run("scancel", doomed, check=True)
     for j in running + pending:
         assert c.wait_job(j, ("COMPLETED",), timeout=60) == "COMPLETED"
