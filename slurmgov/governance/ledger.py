@@ -856,14 +856,16 @@ class Ledger:
 
     def _release_lapsed(self, ts: float, account: str | None = None) -> list[str]:
         released = []
-        lapsed = [r for r in self._x(S.HOLDS_LAPSED, (ts,)).fetchall() if account is None or r[1] == account]
+        # an admission asks only for its own account's: one indexed read beside the balance it sums
+        lapsed = (self._x(S.HOLDS_LAPSED, (ts,)) if account is None
+                  else self._x(S.HOLDS_LAPSED_OF, (ts, account))).fetchall()
         for acct in sorted({r[1] for r in lapsed}):  # one order, as transfer locks
             self._lock_account(acct)
         for key, acct, until in lapsed:
             self._x(S.SHARES_RELEASE, (key,))
             self._x(S.HOLD_CLOSE, ("failed", ts, key))
-            self._audit_release(acct, "slurmgov", f"hold {key}: its run stopped renewing its lease "
-                                f"(lapsed {max(0.0, ts - until):.0f} s ago); what it charged stays charged")
+            self._audit_note(acct, "slurmgov", "release", f"hold {key}: its run stopped renewing its lease "
+                             f"(lapsed {max(0.0, ts - until):.0f} s ago); what it charged stays charged")
             released.append(key)
         return released
 
@@ -887,7 +889,7 @@ class Ledger:
             if h.state == "open":
                 self._x(S.SHARES_RELEASE, (hold_key,))
                 self._x(S.HOLD_CLOSE, ("cancelled", time.time(), hold_key))
-                self._audit_release(h.account, actor, f"hold {hold_key} released "
+                self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
                                     f"({h.remaining_h:.3f} GPU-h): {reason}")
             return self._hold(hold_key)
 
@@ -940,7 +942,7 @@ class Ledger:
             else:
                 return self._hold(hold_key)
             if override:
-                self._audit_override(account, actor, reason)
+                self._audit_note(account, actor, "override", reason)
             return self._hold(hold_key)
 
         return self._write(tx)
@@ -966,20 +968,13 @@ class Ledger:
                 self._x(S.SHARE_SET, (remaining - take, hold_key, share))
                 release -= take
 
-    def _audit_override(self, account: str, actor: str, reason: str) -> None:
-        """An operator passed the budget: on the append-only audit trail, budget unchanged."""
+    def _audit_note(self, account: str, actor: str, action: str, reason: str) -> None:
+        """An ``action`` on the append-only audit trail that leaves the budget as it is: an operator
+        passing the budget ("override"), a hold released other than by its run's end ("release")."""
         _, budget, kind = self._account(account)[:3]
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
-        self._x(S.AUDIT_INSERT, (at, actor, account, "override", budget, budget, kind, kind, reason,
-                                 _terms_text(pct, expires)))
-
-    def _audit_release(self, account: str, actor: str, reason: str) -> None:
-        """A hold released other than by its run's end: on the audit trail, budget unchanged."""
-        _, budget, kind = self._account(account)[:3]
-        pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
-        at = datetime.now(timezone.utc).isoformat()
-        self._x(S.AUDIT_INSERT, (at, actor, account, "release", budget, budget, kind, kind, reason,
+        self._x(S.AUDIT_INSERT, (at, actor, account, action, budget, budget, kind, kind, reason,
                                  _terms_text(pct, expires)))
 
     def settle_step(self, hold_key: str, step: str) -> None:

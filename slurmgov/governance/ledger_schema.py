@@ -303,6 +303,8 @@ HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND s
 HOLD_LEASE = "UPDATE holds SET lease_until = ? WHERE hold_key = ? AND state = 'open'"
 HOLDS_LAPSED = """SELECT hold_key, account, lease_until FROM holds
     WHERE state = 'open' AND lease_until IS NOT NULL AND lease_until < ? ORDER BY hold_key"""
+HOLDS_LAPSED_OF = """SELECT hold_key, account, lease_until FROM holds
+    WHERE state = 'open' AND lease_until IS NOT NULL AND lease_until < ? AND account = ? ORDER BY hold_key"""
 # Open holds for `slurmgov holds`: what each still reserves, its owner, age and lease.
 HOLDS_LIST = """SELECT h.hold_key, h.account, h.workflow, h.user_name, h.run_id, h.amount_ms,
     CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT), h.created_at, h.lease_until

@@ -61,20 +61,30 @@ def read(run_id: str) -> dict:
         raise InputError(f"run {run_id!r}: record {path} is unreadable: {e}") from None
 
 
-def read_all() -> list[dict]:
-    """Every readable run record, newest first (one being written is skipped)."""
-    runs = runs_dir()
+def read_all(directory: Path | None = None, limit: int | None = None) -> list[dict]:
+    """The readable run records of ``directory`` (default: this home's), most recently written
+    first, at most ``limit`` of them (a record being written, or unreadable, is skipped)."""
+    runs = runs_dir() if directory is None else directory
     if not runs.is_dir():
         return []
-    docs = []
-    for f in runs.glob("*.json"):
+    docs: list[dict] = []
+    for f in sorted(runs.glob("*.json"), key=_mtime, reverse=True):
+        if limit is not None and len(docs) >= limit:
+            break
         try:
             doc = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("run_id"):
             docs.append(doc)
-    return sorted(docs, key=lambda d: (d.get("started") or 0, d["run_id"]), reverse=True)
+    return docs
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile: read_text skips it
+        return 0.0
 
 
 def alive(doc: dict) -> bool | None:

@@ -22,6 +22,7 @@ from tornado.netutil import bind_sockets
 from slurmgov.governance import placement
 from slurmgov.governance.forecast import forecasts
 from slurmgov.governance.ledger import period_of
+from slurmgov.intent import run_records
 
 RECENT_RUNS = 30
 
@@ -57,16 +58,9 @@ def burn_down(daily: dict[float, dict[str, float]], account: str, start: float) 
 
 
 def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
-    """The newest run records, summarised (a record being written or unreadable is skipped)."""
-    if not runs_dir.is_dir():
-        return []
-    files = sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+    """The newest run records, summarised (run_records.read_all: one reader of the records)."""
     out = []
-    for f in files:
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
+    for doc in run_records.read_all(runs_dir, limit):
         allocs = [a.get("cost") or {} for a in doc.get("allocations", {}).values()]
         steps = doc.get("steps", {}).values()
         out.append({

@@ -64,7 +64,7 @@ def _summary(doc: dict, ledger) -> dict:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest runs to list.")
 @click.pass_context
 def runs(ctx, site_path, as_json, fmt, limit):
-    """List workflow runs, newest first: state, account, user, hold and charge.
+    """List workflow runs, most recently written first: state, account, user, hold and charge.
 
     A run whose process is gone without ending it (SIGKILL, a host that died) shows as `lost`;
     its hold lapses and is released by the next command that opens the ledger.
@@ -78,7 +78,7 @@ def runs(ctx, site_path, as_json, fmt, limit):
     if ctx.invoked_subcommand is not None:
         return
     ledger = _ledger(_site(site_path))
-    rows = [_summary(d, ledger) for d in run_records.read_all()[:limit]]
+    rows = [_summary(d, ledger) for d in run_records.read_all(limit=limit)]
     if as_json:
         _json(rows)
         return
