@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # slurmgov from this checkout, even without the venv's install
 
 from slurmgov.errors import BudgetRefused, SlurmgovError  # noqa: E402
-from slurmgov.governance.ledger import Ledger  # noqa: E402
+from slurmgov.ledger.store import Ledger  # noqa: E402
 
 ACCOUNT = "bench-acct"
 WORKFLOW = "bench-wf"

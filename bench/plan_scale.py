@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from slurmgov import yamlfile
-from slurmgov.governance import site as site_mod
 from slurmgov.intent import jobspec, planner
+from slurmgov.site import model as site_mod
+from slurmgov.site import yamlfile
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from slurmgov.governance import governor  # noqa: E402
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger  # noqa: E402
-from slurmgov.governance.slurm_cli import Job  # noqa: E402
+from slurmgov.ledger.store import Ledger  # noqa: E402
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import governor  # noqa: E402
+from slurmgov.slurm.commands import Job  # noqa: E402
 
 TARGET_S = 20.0
 NOW = 1_780_000_000  # a fixed "now" (2026-05-28), so every run builds the same jobs

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from slurmgov.governance.ledger import Ledger  # noqa: E402
+from slurmgov.ledger.store import Ledger  # noqa: E402
 
 TARGET_S = 10.0
 START = 1_748_736_000  # 2025-06-01: a year of charges

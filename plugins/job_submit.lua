@@ -14,7 +14,7 @@ live in the same directory (the "hook dir") unless slurmgov_hook.conf says other
 
 The formats, the price of every GPU request form and what the hook pins are specified in
 plugins/SNAPSHOT_FORMAT.md (the one specification; tests/data/hook_prices.yaml holds the
-request forms and prices that this file and slurmgov/governance/gpu_request.py are tested on).
+request forms and prices that this file and slurmgov/slurm/gpu_request.py are tested on).
 
 In short: every job that can hold GPUs is priced at its worst case in weighted GPU-seconds
 (GPUs x array tasks x minutes x 60 x weight; --exclusive takes whole nodes) and admitted only

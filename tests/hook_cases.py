@@ -18,7 +18,7 @@ import pytest
 import yaml
 from slurm_fixtures import _unavailable
 
-from slurmgov.governance.gpu_request import (
+from slurmgov.slurm.gpu_request import (
     INFINITE,
     HookPartition,
     HookPrice,

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # so "import slurm_har
 
 from slurm_harness import HarnessError, can_run, start_cluster  # noqa: E402
 
-from slurmgov.governance import site as site_mod  # noqa: E402
-from slurmgov.governance.ledger import Ledger  # noqa: E402
+from slurmgov.ledger.store import Ledger  # noqa: E402
+from slurmgov.site import model as site_mod  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

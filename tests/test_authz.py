@@ -5,10 +5,10 @@ import pwd
 
 import pytest
 
-from slurmgov import yamlfile
 from slurmgov.errors import PermissionDenied
-from slurmgov.governance import authz
-from slurmgov.governance import site as site_mod
+from slurmgov.policy import authz
+from slurmgov.site import model as site_mod
+from slurmgov.site import yamlfile
 
 NOBODY = pwd.getpwnam("nobody")
 NOBODY_GROUP = grp.getgrgid(NOBODY.pw_gid).gr_name

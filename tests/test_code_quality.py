@@ -37,3 +37,43 @@ def test_mypy_is_clean_on_slurmgov():
     p = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        check=False)
     assert p.returncode == 0, f"mypy (exit {p.returncode}) on slurmgov/:\n{p.stdout[-5000:]}{p.stderr[-2000:]}"
+
+
+# Which packages each package may import (README, "Layout"): imports point down, never up or
+# sideways into a room above. ``errors`` and the version are shared by all.
+ALLOWED = {
+    "site": set(),
+    "policy": set(),
+    "ledger": set(),
+    "context": set(),
+    "slurm": {"site", "ledger"},
+    "execution": {"site", "ledger", "slurm", "context"},
+    "intent": {"site", "policy", "ledger", "slurm", "context", "execution"},
+    "interface": {"site", "policy", "ledger", "slurm", "context", "execution", "intent"},
+}
+
+
+def _slurmgov_imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "slurmgov" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_imports_point_down_the_layers():
+    pkg = ROOT / "slurmgov"
+    packages = {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(ALLOWED), f"a package was added or removed; place it in ALLOWED: {packages ^ set(ALLOWED)}"
+    wrong = []
+    for room, allowed in ALLOWED.items():
+        for f in sorted((pkg / room).rglob("*.py")):
+            for used in _slurmgov_imports(f) & packages - allowed - {room}:
+                wrong.append(f"{f.relative_to(ROOT)} imports slurmgov.{used}")
+    assert not wrong, "imports that point up or sideways:\n" + "\n".join(wrong)

@@ -8,11 +8,11 @@ from pathlib import Path
 import browser
 import pytest
 
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec
 from slurmgov.intent.launch import launch
 from slurmgov.interface import dashboard
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

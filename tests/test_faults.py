@@ -29,9 +29,9 @@ import pytest
 import yaml
 from pg_harness import fresh_url
 
-from slurmgov.governance import governor, snapshot
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import governor, snapshot
 
 pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.governance import site as site_mod
 from slurmgov.intent import jobspec, planner
+from slurmgov.site import model as site_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = site_mod.load(ROOT / "site_configs" / "demo-cluster.yaml")
@@ -84,8 +84,7 @@ def test_yaml_bombs_and_oddities():
                       st.dictionaries(st.sampled_from(NASTY), st.one_of(scalars, maps(["memory_gb", "weight",
                                                                                           "budget_gpu_hours", "period"], scalars)), max_size=3))))
 def test_random_site_files_never_crash(d):
-    from slurmgov import yamlfile
-
+    from slurmgov.site import yamlfile
     try:
         s = site_mod.parse(yamlfile.load_text(yaml.safe_dump(d, allow_unicode=True), "site.yaml"))
     except SlurmgovError as e:

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from slurmgov.governance import governor, snapshot
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import governor, snapshot
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_sync_takes_back_a_careless_chmod_of_the_journals(env, caplog):
 def test_snapshot_lists_the_site_admins_as_operators(env):
     import pwd
 
-    from slurmgov.governance.site import Admins
+    from slurmgov.site.model import Admins
 
     site, conf, state, ledger, sync = env
     site = site.model_copy(update={"admins": Admins(users=("nobody", "no-such-user-here", "root"))})
@@ -327,7 +327,7 @@ class FakeSlurm:
 
 
 def test_a_requeued_job_is_held_again_for_its_next_run(env):
-    from slurmgov.governance.slurm_cli import Job, Queued
+    from slurmgov.slurm.commands import Job, Queued
 
     site, conf, state, ledger, sync = env
     append(conf / governor.ADMITS, admit("rq", cost_h=2.0))
@@ -353,7 +353,7 @@ def test_a_requeued_job_is_held_again_for_its_next_run(env):
 
 
 def test_a_requeued_jobs_rerun_hold_goes_when_sacct_says_it_ended(env):
-    from slurmgov.governance.slurm_cli import Job, Queued
+    from slurmgov.slurm.commands import Job, Queued
 
     site, conf, state, ledger, sync = env
     append(conf / governor.ADMITS, admit("rq", cost_h=2.0))
@@ -374,7 +374,7 @@ def test_a_requeued_jobs_rerun_hold_goes_when_sacct_says_it_ended(env):
 
 
 def test_a_cancelled_pending_array_is_released_without_waiting_for_grace(env):
-    from slurmgov.governance.slurm_cli import Job
+    from slurmgov.slurm.commands import Job
 
     site, conf, state, ledger, sync = env
     append(conf / governor.ADMITS, admit("arr", cost_h=5.0, gpus=1, minutes=1, ts=int(time.time())))
@@ -387,8 +387,7 @@ def test_a_cancelled_pending_array_is_released_without_waiting_for_grace(env):
 def test_tokens_in_a_users_own_comment_are_ignored(env, monkeypatch):
     import json
 
-    from slurmgov.governance import slurm_cli
-
+    from slurmgov.slurm import commands as slurm_cli
     site, conf, state, ledger, sync = env
     ledger.set_budget("bio-ml", 5.0, "quarterly", actor="test")
     append(conf / governor.ADMITS, admit("victim", cost_h=2.0, ts=T0))  # a job Slurm never created
@@ -419,8 +418,7 @@ def test_tokens_in_a_users_own_comment_are_ignored(env, monkeypatch):
 def test_the_admin_comment_carries_the_token(monkeypatch):
     import json
 
-    from slurmgov.governance import slurm_cli
-
+    from slurmgov.slurm import commands as slurm_cli
     sacct = {"jobs": [{"job_id": 7, "account": "physics", "state": {"current": "RUNNING"},
                        "comment": {"administrator": "slurmgov:hold=1-2-ab old note", "job": None},
                        "time": {"start": 5, "end": 0, "elapsed": 9}, "array": {"job_id": 6, "task_id": 1},
@@ -437,8 +435,7 @@ def test_the_admin_comment_carries_the_token(monkeypatch):
 
 
 def test_journal_lines_of_the_new_kinds(env):
-    from slurmgov.governance import journal
-
+    from slurmgov.slurm import journal
     line = modify("1-2-ab", 3.0, 2.0, "m1", account="chem-ai", old_account="physics", job=42, uid=0, override=1,
                   tasks=4).rstrip("\n")
     m = journal.parse(line)
@@ -517,7 +514,7 @@ def test_governor_service_picks_up_new_lines_and_stops_cleanly(env, root, tmp_pa
 
 
 def test_forecast_and_alerts(env):
-    from slurmgov.governance.forecast import forecasts
+    from slurmgov.policy.forecast import forecasts
 
     site, conf, state, ledger, sync = env
     now = time.time()
@@ -540,7 +537,7 @@ def test_forecast_and_alerts(env):
 def test_governor_metrics_and_alerts(env):
     import urllib.request
 
-    from slurmgov.governance.metrics import GovernorMetrics
+    from slurmgov.policy.metrics import GovernorMetrics
 
     site, conf, state, ledger, sync = env
     m = GovernorMetrics(port=0)
@@ -566,8 +563,7 @@ def test_governor_metrics_and_alerts(env):
 def reconcile_one_by_one(ledger, site, jobs, live_tokens, now, grace_s=600):
     """The reconcile pass as it was before it went bulk: one ledger call (transaction) at a time.
     The reference the bulk pass must agree with, job for job."""
-    from slurmgov.governance import journal
-
+    from slurmgov.slurm import journal
     drift, seen, unbilled = [], set(), {}
     budgets = {b.account for b in ledger.balances()}
     for job in jobs:
@@ -615,8 +611,8 @@ def reconcile_one_by_one(ledger, site, jobs, live_tokens, now, grace_s=600):
 
 def mixed_jobs(now):
     """Journal events already applied, then what sacct says: every case reconcile handles."""
-    from slurmgov.governance import journal
-    from slurmgov.governance.slurm_cli import Job
+    from slurmgov.slurm import journal
+    from slurmgov.slurm.commands import Job
 
     t = int(now) - 5000
 
@@ -733,7 +729,7 @@ def test_bulk_reconcile_replay_changes_nothing(env):
 
 def test_bulk_reconcile_error_keeps_the_jobs_before_it(env):
     from slurmgov.errors import InputError
-    from slurmgov.governance.slurm_cli import Job
+    from slurmgov.slurm.commands import Job
 
     site, conf, state, ledger, sync = env
     t = int(time.time()) - 5000
@@ -900,7 +896,7 @@ def test_an_event_that_fails_mid_batch_is_reported_and_the_others_applied(env):
 
 def test_a_batch_that_fails_as_a_whole_is_applied_one_event_at_a_time(env, tmp_path, monkeypatch):
     from slurmgov.errors import LedgerError
-    from slurmgov.governance.ledger import Bulk
+    from slurmgov.ledger.store import Bulk
 
     site, conf, state, ledger, sync = env
     mixed_journal(conf)
@@ -919,7 +915,7 @@ def test_a_batch_that_fails_as_a_whole_is_applied_one_event_at_a_time(env, tmp_p
     fell = [r.getMessage() for r in records if "failed as a whole" in r.getMessage()]
     assert fell and len(fell) == rep.batch_fallbacks
     assert all("LedgerError: ledger: disk I/O error" in m and "(first: " in m for m in fell)
-    from slurmgov.governance.metrics import GovernorMetrics
+    from slurmgov.policy.metrics import GovernorMetrics
 
     m = GovernorMetrics()
     m.update(ledger, rep, None)

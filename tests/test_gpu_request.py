@@ -7,7 +7,7 @@ import pytest
 from hook_cases import expected_result, load_cases, py_price_result, subset
 
 from slurmgov.errors import InputError
-from slurmgov.governance.gpu_request import (
+from slurmgov.slurm.gpu_request import (
     INFINITE,
     GpuRequest,
     HookPartition,

@@ -17,10 +17,10 @@ import pytest
 from hook_cases import Case, load_cases, render_snapshot
 
 from slurmgov.errors import InfeasibleError, InputError
-from slurmgov.governance import slurm_cli
-from slurmgov.governance.gpu_request import HookPartition, PriceParams
 from slurmgov.interface import gsbatch as gsbatch_mod
-from slurmgov.units import format_time
+from slurmgov.site.units import format_time
+from slurmgov.slurm import commands as slurm_cli
+from slurmgov.slurm.gpu_request import HookPartition, PriceParams
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,9 +218,8 @@ def test_hook_conf_moves_the_snapshot(tmp_path):
 
 
 def test_site_partitions_and_prices():
-    from slurmgov.governance import governor
-    from slurmgov.governance import site as site_mod
-
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
     demo = site_mod.load(DEMO)
     assert governor.site_partitions(demo) == CLUSTER
     # the snapshot's parameters for the site: what the governor writes, and gsbatch falls back on

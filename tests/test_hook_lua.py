@@ -1,7 +1,7 @@
 """plugins/job_submit.lua's own functions under Debian's lua5.1, with a stub ``slurm`` table
 (tests/lua/hook_driver.lua): no root, no slurmctld.  Every batch of cases is one lua5.1
 process.  The hook's prices are compared with tests/data/hook_prices.yaml and with their
-Python mirror (slurmgov/governance/gpu_request.py) on generated requests."""
+Python mirror (slurmgov/slurm/gpu_request.py) on generated requests."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from hook_cases import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slurmgov.governance import snapshot as snapshot_mod
-from slurmgov.governance.gpu_request import (
+from slurmgov.slurm import snapshot as snapshot_mod
+from slurmgov.slurm.gpu_request import (
     INFINITE,
     INFINITE16,
     NO_VAL,

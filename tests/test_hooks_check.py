@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN
 
-from slurmgov.governance import hooks_check
+from slurmgov.slurm import hooks_check
 
 pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent

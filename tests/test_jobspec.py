@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
-from slurmgov import yamlfile
 from slurmgov.errors import InputError
 from slurmgov.intent import jobspec
+from slurmgov.site import yamlfile
 
 EXAMPLES = ["research-fanout", "tensor-parallel-eval", "multinode-finetune"]
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slurmgov.errors import BudgetRefused, InputError, LedgerError, LedgerUnavailable
-from slurmgov.governance import ledger_schema
-from slurmgov.governance.ledger import Ledger, period_of
+from slurmgov.ledger import schema as ledger_schema
+from slurmgov.ledger.store import Ledger, period_of
 
 MS = 3_600_000
 NOW = datetime(2026, 5, 15, 12, tzinfo=timezone.utc)
@@ -849,9 +849,8 @@ def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_p
         reconcile_one_by_one,
     )
 
-    from slurmgov.governance import governor
-    from slurmgov.governance import site as site_mod
-
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
     site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
     one, bulk = Ledger.open(fresh(backend, tmp_path / "one")), Ledger.open(fresh(backend, tmp_path / "bulk"))
     now = _time.time()
@@ -876,9 +875,8 @@ def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root
 
     from test_governor import build_mixed, ledger_state, mixed_keys
 
-    from slurmgov.governance import governor
-    from slurmgov.governance import site as site_mod
-
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
     site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
     db_url, ref_url = fresh(backend, tmp_path / "race"), fresh(backend, tmp_path / "ref")
     now = _time.time()
@@ -1056,7 +1054,7 @@ def test_set_budget_keeps_the_period_rollover_and_expiry_it_is_not_given(db):
 
 
 def test_amounts_beyond_64_bit_milliseconds_are_refused_in_one_line(led):
-    from slurmgov.governance.ledger import MAX_GPU_HOURS
+    from slurmgov.ledger.store import MAX_GPU_HOURS
 
     most = (2**63 - 2048) / MS  # the largest float amount whose milliseconds fit a signed 64-bit column
     assert most < MAX_GPU_HOURS < 2.6e12

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from slurmgov.errors import InputError
-from slurmgov.governance import limits, snapshot
-from slurmgov.governance.ledger import Ledger
+from slurmgov.ledger.store import Ledger
+from slurmgov.slurm import limits, snapshot
 
 
 @dataclass(frozen=True)

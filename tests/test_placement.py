@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmgov.governance import placement as pl
-from slurmgov.governance import site as site_mod
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import placement as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,9 @@
 import pytest
 
-from slurmgov import yamlfile
 from slurmgov.errors import InfeasibleError
-from slurmgov.governance import site as site_mod
 from slurmgov.intent import jobspec, planner
+from slurmgov.site import model as site_mod
+from slurmgov.site import yamlfile
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_plan_json_round_trips(root, demo):
 
 
 def test_attribution_split_adds_up_to_the_charge():
-    from slurmgov.governance.attribution import split
+    from slurmgov.policy.attribution import split
 
     parts, idle = split(100.0, {"a": 30.0, "b": 20.0})
     assert parts == {"a": 30.0, "b": 20.0} and idle == 50.0

@@ -5,10 +5,10 @@ import time
 import pytest
 
 from slurmgov.errors import BudgetRefused
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
 from slurmgov.intent import jobspec
 from slurmgov.intent.launch import launch
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
 
 
 @pytest.fixture
@@ -158,8 +158,8 @@ def test_one_cost_story_the_charge_is_steps_plus_waste_everywhere(root, local, l
     import subprocess
     import sys
 
-    from slurmgov.governance.site import slurmgov_home
     from slurmgov.interface.site_dashboard import site_state
+    from slurmgov.site.model import slurmgov_home
 
     spec = tmp_path / "story.yaml"
     # two steps in one allocation, one idle while the other finishes: there is waste to account for

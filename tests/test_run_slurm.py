@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import Ledger
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
 
 pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent

@@ -1,8 +1,8 @@
 import pytest
 
-from slurmgov import yamlfile
 from slurmgov.errors import InputError
-from slurmgov.governance import site as site_mod
+from slurmgov.site import model as site_mod
+from slurmgov.site import yamlfile
 
 SITES = ["local", "demo-cluster", "large-fat-tree"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmgov.governance import site as site_mod
-from slurmgov.governance import snapshot
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import snapshot
 
 pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent

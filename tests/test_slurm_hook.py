@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
 
-from slurmgov.governance.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
+from slurmgov.slurm.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
 
 pytestmark = pytest.mark.slurm
 

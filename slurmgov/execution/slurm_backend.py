@@ -46,7 +46,7 @@ from slurmgov.execution.backend import (  # noqa: E402
     alloc_resource,
     remove_local_worker,
 )
-from slurmgov.governance import slurm_cli  # noqa: E402
+from slurmgov.slurm import commands as slurm_cli  # noqa: E402
 
 POLL_S = 1.0  # how often squeue is asked about the workflow's jobs
 # dask-jobqueue writes its own -n/--cpus-per-task/--mem/-t/-J/-p/-A lines; the planner's win.

@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from slurmgov import yamlfile
 from slurmgov.context.kv_size import DTYPE_BYTES, PRESETS, KVShape
 from slurmgov.errors import InputError
-from slurmgov.units import parse_memory_mb, parse_time_seconds
+from slurmgov.site import yamlfile
+from slurmgov.site.units import parse_memory_mb, parse_time_seconds
 
 # Names end up in Slurm job names, sacctmgr, SQL and the Lua hook's data: keep them plain.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -26,15 +26,16 @@ from slurmgov.errors import BudgetRefused, SlurmgovError, UnknownAccount
 from slurmgov.execution.backend import AllocSpec, LocalBackend
 from slurmgov.execution.engine import TERMINAL, Engine, RunResult
 from slurmgov.execution.step_task import StepSpec
-from slurmgov.governance import attribution, slurm_cli
-from slurmgov.governance.lease import LeaseKeeper, lease_seconds
-from slurmgov.governance.ledger import Ledger
-from slurmgov.governance.placement import LOCALITY_ORDER
-from slurmgov.governance.seed import ensure_budget
-from slurmgov.governance.site import Site, slurmgov_home
 from slurmgov.intent import run_records
 from slurmgov.intent.jobspec import Workflow
 from slurmgov.intent.planner import HOST, Plan, plan
+from slurmgov.ledger.lease import LeaseKeeper, lease_seconds
+from slurmgov.ledger.seed import ensure_budget
+from slurmgov.ledger.store import Ledger
+from slurmgov.policy import attribution
+from slurmgov.site.model import Site, slurmgov_home
+from slurmgov.slurm import commands as slurm_cli
+from slurmgov.slurm.placement import LOCALITY_ORDER
 
 
 @dataclass

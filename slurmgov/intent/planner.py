@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, fields
 
 from slurmgov.context.kv_size import GIB, KVNeed, need
 from slurmgov.errors import InfeasibleError, InputError
-from slurmgov.governance.pricing import gpu_hours, split
-from slurmgov.governance.site import Site
 from slurmgov.intent.jobspec import Step, Workflow, topo_order
-from slurmgov.units import format_time
+from slurmgov.policy.pricing import gpu_hours, split
+from slurmgov.site.model import Site
+from slurmgov.site.units import format_time
 
 SWITCH_WAIT = "00:10:00"  # how long Slurm may hold a leaf-switch allocation for one leaf
 MAX_PASSES = 8  # schedule/allocate rounds until the waits inside allocations settle (two, usually)

@@ -3,7 +3,7 @@
 A run writes its record when it is admitted (status ``running``, with the process and host that
 run it, so `slurmgov runs cancel` can reach it) and again when it ends (everything that
 happened, for reports). A record that still says ``running`` whose process is gone from this
-host is shown as ``lost``: its hold lapses and is released (see governance/lease.py).
+host is shown as ``lost``: its hold lapses and is released (see ledger/lease.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from slurmgov.errors import InputError
-from slurmgov.governance.site import slurmgov_home
+from slurmgov.site.model import slurmgov_home
 
 
 def runs_dir() -> Path:

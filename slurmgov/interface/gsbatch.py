@@ -29,10 +29,13 @@ from pathlib import Path
 import click
 
 from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, SlurmgovError
-from slurmgov.governance import site as site_mod
-from slurmgov.governance import slurm_cli, snapshot
-from slurmgov.governance.governor import price_params, site_partitions
-from slurmgov.governance.gpu_request import (
+from slurmgov.interface.errors import guarded
+from slurmgov.ledger.store import Ledger
+from slurmgov.site import model as site_mod
+from slurmgov.slurm import commands as slurm_cli
+from slurmgov.slurm import snapshot
+from slurmgov.slurm.governor import price_params, site_partitions
+from slurmgov.slurm.gpu_request import (
     HookPartition,
     HookPrice,
     HookRefusal,
@@ -41,9 +44,7 @@ from slurmgov.governance.gpu_request import (
     never_placeable,
     parse_sbatch_args,
 )
-from slurmgov.governance.hooks_check import read_hook_conf
-from slurmgov.governance.ledger import Ledger
-from slurmgov.interface.errors import guarded
+from slurmgov.slurm.hooks_check import read_hook_conf
 
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

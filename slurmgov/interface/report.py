@@ -9,7 +9,7 @@ from rich.console import Console
 
 from slurmgov.errors import InputError
 from slurmgov.interface.tables import Table, show
-from slurmgov.units import format_time
+from slurmgov.site.units import format_time
 
 
 def write_output(path: str, data: str | bytes) -> None:

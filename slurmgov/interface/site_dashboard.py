@@ -19,10 +19,10 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from slurmgov.governance import placement
-from slurmgov.governance.forecast import forecasts
-from slurmgov.governance.ledger import period_of
 from slurmgov.intent import run_records
+from slurmgov.ledger.store import period_of
+from slurmgov.policy.forecast import forecasts
+from slurmgov.slurm import placement
 
 RECENT_RUNS = 30
 

@@ -11,9 +11,6 @@ import time
 
 import click
 
-from slurmgov.governance import authz
-from slurmgov.governance.forecast import forecasts
-from slurmgov.governance.seed import ensure_budget
 from slurmgov.intent import jobspec
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
@@ -31,6 +28,9 @@ from slurmgov.interface.commands.common import (
     wait_option,
 )
 from slurmgov.interface.tables import Table, show, tsv
+from slurmgov.ledger.seed import ensure_budget
+from slurmgov.policy import authz
+from slurmgov.policy.forecast import forecasts
 
 
 @click.group()

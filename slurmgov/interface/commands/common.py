@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from slurmgov.governance import site as site_mod
-from slurmgov.governance.ledger import DEFAULT_WAIT_S, Ledger
 from slurmgov.interface import tables
+from slurmgov.ledger.store import DEFAULT_WAIT_S, Ledger
+from slurmgov.site import model as site_mod
 
 out = Console()
 err = Console(stderr=True)

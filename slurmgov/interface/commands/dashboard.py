@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.governance.seed import ensure_budget
 from slurmgov.interface.commands.common import _ledger, _site, _state_dir, out, site_option, wait_option
+from slurmgov.ledger.seed import ensure_budget
 
 
 @click.command("dashboard")

@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 import click
 
 from slurmgov.errors import InputError, PermissionDenied
-from slurmgov.governance.authz import is_admin, require_admin
 from slurmgov.intent import run_records
 from slurmgov.interface.commands.common import (
     _json,
@@ -24,6 +23,7 @@ from slurmgov.interface.commands.common import (
     site_option,
 )
 from slurmgov.interface.tables import Table, show
+from slurmgov.policy.authz import is_admin, require_admin
 
 
 def _when(ts) -> str:

@@ -11,11 +11,6 @@ import time
 import click
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.governance import governor as governor_mod
-from slurmgov.governance import hooks_check, placement, slurm_cli
-from slurmgov.governance import limits as limits_mod
-from slurmgov.governance.metrics import GovernorMetrics
-from slurmgov.governance.seed import ensure_budget
 from slurmgov.intent import jobspec
 from slurmgov.interface.commands.common import (
     _busy,
@@ -33,6 +28,12 @@ from slurmgov.interface.commands.common import (
     wait_option,
 )
 from slurmgov.interface.tables import Table, show
+from slurmgov.ledger.seed import ensure_budget
+from slurmgov.policy.metrics import GovernorMetrics
+from slurmgov.slurm import commands as slurm_cli
+from slurmgov.slurm import governor as governor_mod
+from slurmgov.slurm import hooks_check, placement
+from slurmgov.slurm import limits as limits_mod
 
 
 @click.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 import hostlist
 
-from slurmgov.governance import placement
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
     _json,
@@ -20,6 +19,7 @@ from slurmgov.interface.commands.common import (
     site_option,
 )
 from slurmgov.interface.tables import Table, show
+from slurmgov.slurm import placement
 
 
 @click.group()
@@ -40,7 +40,7 @@ def topology_show(site_path, as_json, fmt, live):
       slurmgov topology show --site site_configs/demo-cluster.yaml
       slurmgov topology show --live --json
     """
-    from slurmgov.governance.placement import fragmentation
+    from slurmgov.slurm.placement import fragmentation
 
     site = _site(site_path)
     topo = site.topology
@@ -136,7 +136,7 @@ def topology_import(conf_dir, name, output):
     Example:
       slurmgov topology import --slurm-conf-dir /etc/slurm -o site_configs/my-site.yaml
     """
-    from slurmgov.governance.topology_import import import_site, to_yaml
+    from slurmgov.slurm.conf_import import import_site, to_yaml
 
     doc, warnings = import_site(conf_dir, site_name=name)
     text = to_yaml(doc, warnings)

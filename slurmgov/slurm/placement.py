@@ -24,7 +24,7 @@ from pathlib import Path
 import hostlist
 
 from slurmgov.errors import InputError, SlurmgovError
-from slurmgov.governance import slurm_cli
+from slurmgov.slurm import commands as slurm_cli
 
 LOCALITY_ORDER = ("node", "nvlink-domain", "leaf-switch", "any")  # tightest first
 SLOT_SIZES = (1, 2, 4, 8)

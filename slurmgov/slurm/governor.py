@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
-from slurmgov.governance import journal, snapshot
-from slurmgov.governance.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
-from slurmgov.governance.ledger import (
+from slurmgov.ledger.store import (
     HoldRow,
     Ledger,
     charge_conflict,
@@ -38,8 +36,10 @@ from slurmgov.governance.ledger import (
     replay_matches,
     shares_ms,
 )
-from slurmgov.governance.site import Site
-from slurmgov.governance.slurm_cli import FINAL, Job, Queued, job_key
+from slurmgov.site.model import Site
+from slurmgov.slurm import journal, snapshot
+from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
+from slurmgov.slurm.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
 
 log = logging.getLogger(__name__)
 

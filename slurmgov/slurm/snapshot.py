@@ -133,7 +133,7 @@ def read_price_params(path: str | Path):
     """The pricing parameters of the snapshot at ``path`` (a gpu_request.PriceParams), read as
     the submit hook reads them (parse_snapshot in plugins/job_submit.lua): ValueError (or
     OSError) where the hook would find the file unreadable."""
-    from slurmgov.governance.gpu_request import PriceParams
+    from slurmgov.slurm.gpu_request import PriceParams
 
     lines = Path(path).read_text(errors="surrogateescape").split("\n")
     if lines and lines[-1] == "":

@@ -13,14 +13,14 @@ import subprocess
 from dataclasses import dataclass
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.governance.gpu_request import (
+from slurmgov.site.units import slurm_seconds
+from slurmgov.slurm.gpu_request import (
     INFINITE,
     NO_VAL,
     UNLIMITED,
     HookPartition,
     HookView,
 )
-from slurmgov.units import slurm_seconds
 
 TOKEN = re.compile(r"slurmgov:hold=([A-Za-z0-9_.:-]+)")
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",

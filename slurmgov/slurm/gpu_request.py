@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slurmgov.errors import InputError
-from slurmgov.units import slurm_seconds
+from slurmgov.site.units import slurm_seconds
 
 # sbatch long options that take a value (``--opt val`` as well as ``--opt=val``).  Options
 # with an optional value (``--exclusive[=user]``) only take one after ``=`` and are absent here.

@@ -6,7 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from slurmgov.governance.forecast import forecasts
+from slurmgov.policy.forecast import forecasts
 
 
 class GovernorMetrics:

@@ -48,7 +48,7 @@ from slurmgov.errors import (
     LedgerUnavailable,
     UnknownAccount,
 )
-from slurmgov.governance import ledger_schema as S
+from slurmgov.ledger import schema as S
 
 MS_PER_H = 3_600_000
 PERIOD_KINDS = ("monthly", "quarterly", "none")

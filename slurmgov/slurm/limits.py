@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from slurmgov.errors import InputError, SlurmgovError
-from slurmgov.governance import slurm_cli
+from slurmgov.slurm import commands as slurm_cli
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRES = "gres/gpu"

@@ -16,10 +16,10 @@ from typing import Literal
 import hostlist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slurmgov import yamlfile
 from slurmgov.errors import InputError
-from slurmgov.governance.topology import Topology, TopologyError
-from slurmgov.units import format_time, parse_memory_mb, parse_time_seconds
+from slurmgov.site import yamlfile
+from slurmgov.site.topology import Topology, TopologyError
+from slurmgov.site.units import format_time, parse_memory_mb, parse_time_seconds
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
