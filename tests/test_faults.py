@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import wait_for
 from pg_harness import fresh_url
 
 from slurmgov.ledger.store import Ledger
@@ -38,14 +39,6 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SITE = ROOT / "site_configs" / "demo-cluster.yaml"
 STALE_MSG = ("GPU jobs are refused until it is refreshed (fail_policy closed)")
-
-
-def wait_for(pred, timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def lines(path: Path) -> list[list[str]]:

@@ -13,28 +13,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import admin_comment, as_nobody, journal, nobody_sbatch, show_job, write_snapshot
 from slurm_harness import PARTITION, PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
-from test_slurm_hook import admin_comment, journal, write_snapshot
 
 pytestmark = pytest.mark.usefixtures("clean_hook_conf")
 
 pytestmark = pytest.mark.slurm
-
-
-def as_nobody(c, *cmd):
-    """Run a Slurm client command as the unprivileged user ``nobody`` (default account chem-ai)."""
-    return c.run("runuser", "-u", "nobody", "--", *cmd, cwd="/", env=c.unprivileged_env())
-
-
-def nobody_sbatch(c, *args):
-    r = as_nobody(c, "sbatch", "--parsable", "-H", "--chdir=/", "-o", "/dev/null", *args, "--wrap", "true")
-    assert r.returncode == 0, r.stderr
-    return c.job_id(r)
-
-
-def show(c, jobid: str) -> dict[str, str]:
-    out = c.run("scontrol", "show", "job", "-o", jobid).stdout
-    return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
 
 
 def modify_lines(c, jobid: str) -> list[list[str]]:
@@ -50,7 +34,7 @@ def ctld_log(c) -> str:
 def test_user_turning_a_cpu_job_into_a_gpu_job_is_priced_and_held(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9, "bio-ml": 0.0})
-    job = nobody_sbatch(c, "-t", "10")
+    job = nobody_sbatch(c, "-t", "10", held=True)
     assert admin_comment(c, job) == ""  # CPU-only: the hook left it alone
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:4", "NumNodes=2")
     assert r.returncode == 0, r.stderr
@@ -59,16 +43,16 @@ def test_user_turning_a_cpu_job_into_a_gpu_job_is_priced_and_held(slurm_cluster)
     assert m[3] == f"job-{job}" and m[4] == "chem-ai" and m[5] == "65534"
     assert (float(m[6]), m[7], m[8], m[9]) == (8 * 600.0, "8", "10", "h100")
     assert (m[11], float(m[12]), m[13], m[14]) == ("chem-ai", 0.0, "65534", "0")
-    assert show(c, job)["TresPerNode"] == "gres:gpu:h100:4"
+    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:4"
 
 
 def test_user_cannot_grow_a_cpu_job_onto_an_account_without_budget(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9, "bio-ml": 0.0})
-    job = nobody_sbatch(c, "-A", "bio-ml", "-t", "10")
+    job = nobody_sbatch(c, "-A", "bio-ml", "-t", "10", held=True)
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:4", "NumNodes=2")
     assert r.returncode != 0
-    assert "TresPerNode" not in show(c, job) or "gpu" not in show(c, job)["TresPerNode"]
+    assert "TresPerNode" not in show_job(c, job) or "gpu" not in show_job(c, job)["TresPerNode"]
     assert modify_lines(c, job) == []
     assert f"change to job {job} by uid 65534 refused: account bio-ml: 0.0 GPU-h left" in ctld_log(c)
 
@@ -78,14 +62,14 @@ def test_user_cannot_grow_a_cpu_job_onto_an_account_without_budget(slurm_cluster
 def test_admitted_job_grows_within_budget_and_shrinks_back(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 3 * 3600.0})  # 3 GPU-h
-    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "60")  # 1 GPU-h held
+    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "60", held=True)  # 1 GPU-h held
     [adm] = [ln for ln in journal(c) if ln[0] == "admit"][-1:]
     token = adm[3]
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:2")  # +1 GPU-h: fits
     assert r.returncode == 0, r.stderr
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:4")  # +2 more: 0 left... no
     assert r.returncode != 0
-    assert show(c, job)["TresPerNode"] == "gres:gpu:h100:2"
+    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:2"
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:1")  # shrinking: allowed
     assert r.returncode == 0, r.stderr
     grow, shrink = modify_lines(c, job)
@@ -101,7 +85,7 @@ def test_admitted_job_grows_within_budget_and_shrinks_back(slurm_cluster):
 def test_time_and_node_growth_are_priced(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9})
-    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-N", "1", "-n", "2", "-t", "10")
+    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-N", "1", "-n", "2", "-t", "10", held=True)
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "NumNodes=2-2")
     assert r.returncode == 0, r.stderr
     # root (an operator) raises the time: users may not, Slurm says so itself
@@ -114,9 +98,9 @@ def test_time_and_node_growth_are_priced(slurm_cluster):
 def test_moving_a_job_to_another_account_moves_its_price(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9, "bio-ml": 600.0, "physics": 0.0})
-    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "10")  # 600 GPU-s on chem-ai
+    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "10", held=True)  # 600 GPU-s on chem-ai
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "Account=physics")
-    assert r.returncode != 0 and show(c, job)["Account"] == "chem-ai"
+    assert r.returncode != 0 and show_job(c, job)["Account"] == "chem-ai"
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "Account=bio-ml")
     assert r.returncode == 0, r.stderr
     [m] = modify_lines(c, job)
@@ -128,20 +112,20 @@ def test_moving_a_job_to_another_account_moves_its_price(slurm_cluster):
 def test_partition_change_to_one_without_limits_pins_the_time(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9}, default_time_min=45)
-    job = nobody_sbatch(c, "--gres=gpu:h100:1")  # partition gpu: DefaultTime 30
-    assert show(c, job)["TimeLimit"] == "00:30:00"
+    job = nobody_sbatch(c, "--gres=gpu:h100:1", held=True)  # partition gpu: DefaultTime 30
+    assert show_job(c, job)["TimeLimit"] == "00:30:00"
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", f"Partition={UNLIMITED_PARTITION}")
     assert r.returncode == 0, r.stderr
-    assert show(c, job)["Partition"] == UNLIMITED_PARTITION
+    assert show_job(c, job)["Partition"] == UNLIMITED_PARTITION
     [m] = modify_lines(c, job)
     assert m[8] == "30"  # the job keeps the 30 min Slurm gave it; the new partition cannot lift it
-    assert show(c, job)["TimeLimit"] == "00:30:00"
+    assert show_job(c, job)["TimeLimit"] == "00:30:00"
 
 
 def test_root_may_grow_past_the_budget_but_the_override_is_journaled(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 700.0})
-    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "10")
+    job = nobody_sbatch(c, "--gres=gpu:h100:1", "-t", "10", held=True)
     r = c.run("scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:4", "TimeLimit=120")
     assert r.returncode == 0, r.stderr
     [m] = modify_lines(c, job)
@@ -152,7 +136,7 @@ def test_root_may_grow_past_the_budget_but_the_override_is_journaled(slurm_clust
 def test_task_counts_of_an_admitted_gpu_job_are_fixed_for_users(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9})
-    job = nobody_sbatch(c, "--gpus-per-task=1", "-n", "1", "-t", "10")
+    job = nobody_sbatch(c, "--gpus-per-task=1", "-n", "1", "-t", "10", held=True)
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "NumTasks=4")
     assert r.returncode != 0
     assert "fixed at submission; cancel and resubmit" in ctld_log(c)
@@ -161,7 +145,7 @@ def test_task_counts_of_an_admitted_gpu_job_are_fixed_for_users(slurm_cluster):
 def test_a_change_that_prices_nothing_writes_nothing(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1e9})
-    job = nobody_sbatch(c, "--gres=gpu:1", "-t", "10")
+    job = nobody_sbatch(c, "--gres=gpu:1", "-t", "10", held=True)
     assert as_nobody(c, "scontrol", "update", f"jobid={job}", "Comment=hello").returncode == 0
     assert as_nobody(c, "scontrol", "update", f"jobid={job}", "Name=renamed").returncode == 0
     assert modify_lines(c, job) == []
@@ -180,7 +164,7 @@ def test_exclusive_is_priced_as_whole_nodes_even_without_gpus(slurm_cluster):
     assert (b[7], float(b[6])) == ("4", 4 * 60.0)
     for j in (jobid, cpu):
         assert c.wait_job(j, ("COMPLETED",), timeout=60) == "COMPLETED"
-        assert "gres/gpu=4" in show(c, j)["TRES"]  # what Slurm allocated is what was priced
+        assert "gres/gpu=4" in show_job(c, j)["TRES"]  # what Slurm allocated is what was priced
 
 
 def test_tasks_without_nodes_are_bound_to_the_nodes_priced(slurm_cluster):
@@ -189,9 +173,9 @@ def test_tasks_without_nodes_are_bound_to_the_nodes_priced(slurm_cluster):
     job = c.job_id(c.sbatch(["-H", "-n", "8", "--gres=gpu:1", "-t", "5"]))
     [line] = journal(c, serial)
     assert (line[7], float(line[6])) == ("1", 300.0)
-    assert show(c, job)["NumNodes"] in ("1", "1-1")  # max nodes pinned: 8 tasks cannot spread to 8 nodes
+    assert show_job(c, job)["NumNodes"] in ("1", "1-1")  # max nodes pinned: 8 tasks cannot spread to 8 nodes
     spread = c.job_id(c.sbatch(["-H", "-N", "2", "-n", "8", "--gres=gpu:1", "-t", "5"]))
-    assert float(journal(c, serial)[-1][6]) == 600.0 and show(c, spread)["NumNodes"].startswith("2")
+    assert float(journal(c, serial)[-1][6]) == 600.0 and show_job(c, spread)["NumNodes"].startswith("2")
 
 
 @pytest.mark.parametrize("args,minutes,pinned", [
@@ -208,7 +192,7 @@ def test_a_job_cannot_outlast_its_price(slurm_cluster, args, minutes, pinned):
     job = c.job_id(c.sbatch(["-H", "--gres=gpu:1", *args]))
     [line] = journal(c, serial)
     assert line[8] == str(minutes)
-    tl = show(c, job.split("_")[0])["TimeLimit"]
+    tl = show_job(c, job.split("_")[0])["TimeLimit"]
     assert tl == (pinned or tl) and tl != "UNLIMITED"
 
 
@@ -227,7 +211,7 @@ def test_account_names_are_compared_as_slurm_compares_them(slurm_cluster, policy
     stale = time.time() - 10_000 if policy == "open" else None
     serial = write_snapshot(c, {"physics": 1e9}, fail_policy=policy, written=stale)
     job = c.job_id(c.sbatch(["-H", "-A", "PHYSICS", "--gres=gpu:1", "-t", "10"]))
-    assert show(c, job)["Account"] == "physics"
+    assert show_job(c, job)["Account"] == "physics"
     [line] = [ln for ln in journal(c) if ln[0] == "admit"][-1:]
     assert line[4] == "physics" and line[2] == ("0" if policy == "open" else serial)
 
@@ -237,11 +221,11 @@ def test_a_change_slurm_rejects_after_the_hook_never_lowers_the_price(slurm_clus
     it then rejects must not give budget back, however often it is tried."""
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 4 * 600.0 + 300})
-    job = nobody_sbatch(c, "--gres=gpu:h100:4", "-N", "1", "-n", "1", "-t", "10")  # 4 x 600 GPU-s held
+    job = nobody_sbatch(c, "--gres=gpu:h100:4", "-N", "1", "-n", "1", "-t", "10", held=True)  # 4 x 600 GPU-s held
     for _ in range(5):
         r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:1", "NumNodes=2")
         assert r.returncode != 0 and "Node count specification invalid" in r.stderr
-    assert show(c, job)["TresPerNode"] == "gres:gpu:h100:4"
+    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:4"
     assert len(modify_lines(c, job)) == 5  # priced each time; the governor checks each against Slurm
     # 300 GPU-s left, as before the attempts: a 10-minute GPU job still does not fit
     assert c.sbatch(["-H", "--gres=gpu:1", "-t", "10"]).returncode == 1

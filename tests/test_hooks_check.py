@@ -7,7 +7,6 @@ The last tests drive the check with a stand-in runner (no Slurm): Ctrl-C still c
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_snapshot
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN
 
 from slurmgov.slurm import hooks_check
@@ -28,21 +28,6 @@ NOOP_HOOK = ("function slurm_job_submit(j,p,u) return slurm.SUCCESS end\n"
              "return slurm.SUCCESS\n")
 TYPED = "--gres=gpu:h100:2 -t 10"
 CPU = "-t 10"
-
-_serials = itertools.count(int(time.time() * 1000))
-
-
-def write_snapshot(c, accounts: dict[str, float], max_age_s: int = 600) -> str:
-    """A fresh snapshot (budgets in weighted GPU-seconds, h100 weight 1), renamed into place."""
-    serial = str(next(_serials))
-    lines = ["slurmgov-snapshot\t1", f"serial\t{serial}", f"written\t{int(time.time())}", f"max_age_s\t{max_age_s}",
-             "fail_policy\tclosed", "default_time_min\t60", "max_gpus_per_node\t4", "default_weight\t1",
-             "weight\th100\t1"]
-    lines += [f"account\t{a}\t{v}" for a, v in accounts.items()] + ["end"]
-    tmp = c.snapshot_path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(c.snapshot_path)
-    return serial
 
 
 def put_hook(c, text: str) -> None:

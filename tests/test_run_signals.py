@@ -8,25 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from slurmgov.ledger.store import Ledger
 from slurmgov.site import model as site_mod
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(pred, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def gone(pid: int) -> bool:

@@ -9,26 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import governor_sees_final, settled, wait_for
 
 from slurmgov.site import model as site_mod
 from slurmgov.slurm import snapshot
 
 pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent
-
-
-def settled(c) -> list[str]:
-    return c.settle_path.read_text().splitlines() if c.settle_path.exists() else []
-
-
-def wait_for(pred, timeout: float = 15) -> None:
-    deadline = time.time() + timeout
-    while not pred():
-        if time.time() > deadline:
-            pytest.fail("timed out waiting for jobcomp's settle lines")
-        time.sleep(0.2)
-
-
 
 
 def test_admit_run_settle_and_refuse(gov):
@@ -82,14 +69,6 @@ def test_burst_cannot_overspend_across_a_sync(gov):
     b = ledger.balance("physics")
     assert (b.held_h, b.charged_h, b.available_h) == (0, 0, pytest.approx(1.0))
     assert c.sbatch(["-H", "-A", "physics", "--gres=gpu:h100:2", "-t", "10", "--wrap", "true"]).returncode == 0
-
-
-def governor_sees_final(c, job: str) -> bool:
-    """Whether the governor's own sacct query (the last two days' window) shows ``job`` ended:
-    slurmdbd lists a job that just ended under `sacct -j` a few seconds before its time window
-    does, and a pass in between bills it only on the next pass."""
-    rows = json.loads(c.run("sacct", "--json", "-a", "-S", "now-2days", "-E", "now").stdout)["jobs"]
-    return any(str(j["job_id"]) == job and j["state"]["current"] == "COMPLETED" for j in rows)
 
 
 def test_reconcile_settles_lost_lines_and_releases_orphans(gov):

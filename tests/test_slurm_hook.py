@@ -7,60 +7,22 @@ hook runs at submission, so admission is decided without occupying nodes.
 
 from __future__ import annotations
 
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import admin_comment, journal, write_snapshot
 from slurm_harness import PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
 
 from slurmgov.slurm.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
 
 pytestmark = pytest.mark.slurm
 
-_serials = itertools.count(int(time.time() * 1000))
-
-
-def write_snapshot(cluster, accounts: dict[str, float], *, written: float | None = None,
-                   max_age_s: int = 600, fail_policy: str = "closed", weights=None,
-                   default_weight: float = 1.0, default_time_min: int = 60,
-                   max_gpus_per_node: int = 4, extra: tuple[str, ...] = (), end: bool = True) -> str:
-    """Write a snapshot (budgets in weighted GPU-seconds) with a fresh serial; return the serial."""
-    serial = str(next(_serials))
-    weights = {"h100": 1.0} if weights is None else weights
-    lines = ["slurmgov-snapshot\t1", f"serial\t{serial}", f"written\t{int(written or time.time())}",
-             f"max_age_s\t{max_age_s}", f"fail_policy\t{fail_policy}", f"default_time_min\t{default_time_min}",
-             f"max_gpus_per_node\t{max_gpus_per_node}", f"default_weight\t{default_weight}"]
-    lines += [f"weight\t{t}\t{w}" for t, w in weights.items()]
-    lines += [f"account\t{a}\t{v}" for a, v in accounts.items()]
-    lines += list(extra)
-    if end:
-        lines.append("end")
-    tmp = cluster.snapshot_path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(cluster.snapshot_path)  # atomic, as the real writer does
-    return serial
-
-
-def journal(cluster, serial: str | None = None) -> list[list[str]]:
-    if not cluster.journal_path.exists():
-        return []
-    rows = [ln.split("\t") for ln in cluster.journal_path.read_text().splitlines()]
-    return [r for r in rows if serial is None or r[2] == serial]
-
 
 def settles(cluster) -> list[list[str]]:
     if not cluster.settle_path.exists():
         return []
     return [ln.split("\t") for ln in cluster.settle_path.read_text().splitlines()]
-
-
-def admin_comment(cluster, jobid: str) -> str:
-    out = cluster.run("scontrol", "show", "job", "-o", jobid).stdout
-    for tok in out.split():
-        if tok.startswith("AdminComment="):
-            return tok.split("=", 1)[1]
-    return ""
 
 
 def slurmgov_lines(stderr: str) -> list[str]:

@@ -1,0 +1,92 @@
+"""Helpers the test modules share (one copy each): waiting, acting as an unprivileged user, and
+reading or writing the hook files of a test cluster (tests/slurm_harness.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import pytest
+
+
+def wait_for(pred, timeout: float = 30, what: str = "condition"):
+    """Poll ``pred`` until it returns something true (returned); fail after ``timeout`` seconds.
+    Generous by default: a busy machine slows everything it waits for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def as_nobody(c, *cmd):
+    """Run a Slurm client command as the unprivileged user ``nobody`` (default account chem-ai)."""
+    return c.run("runuser", "-u", "nobody", "--", *cmd, cwd="/", env=c.unprivileged_env())
+
+
+def nobody_sbatch(c, *args, held: bool = False, wrap: str = "true") -> str:
+    """``nobody`` submits a job; its id (the submission must succeed)."""
+    r = as_nobody(c, "sbatch", "--parsable", *(["-H"] if held else []), "--chdir=/", "-o", "/dev/null", *args,
+                  "--wrap", wrap)
+    assert r.returncode == 0, r.stderr
+    return c.job_id(r)
+
+
+def show_job(c, jobid: str) -> dict[str, str]:
+    """``scontrol show job -o`` as a dict (values without spaces)."""
+    out = c.run("scontrol", "show", "job", "-o", jobid).stdout
+    return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+
+
+def admin_comment(c, jobid: str) -> str:
+    return show_job(c, jobid).get("AdminComment", "")
+
+
+_serials = itertools.count(int(time.time() * 1000))
+
+
+def write_snapshot(cluster, accounts: dict[str, float], *, written: float | None = None,
+                   max_age_s: int = 600, fail_policy: str = "closed", weights=None,
+                   default_weight: float = 1.0, default_time_min: int = 60,
+                   max_gpus_per_node: int = 4, extra: tuple[str, ...] = (), end: bool = True) -> str:
+    """Write a snapshot (budgets in weighted GPU-seconds) with a fresh serial, renamed into place
+    as the real writer does; return the serial."""
+    serial = str(next(_serials))
+    weights = {"h100": 1.0} if weights is None else weights
+    lines = ["slurmgov-snapshot\t1", f"serial\t{serial}", f"written\t{int(written or time.time())}",
+             f"max_age_s\t{max_age_s}", f"fail_policy\t{fail_policy}", f"default_time_min\t{default_time_min}",
+             f"max_gpus_per_node\t{max_gpus_per_node}", f"default_weight\t{default_weight}"]
+    lines += [f"weight\t{t}\t{w}" for t, w in weights.items()]
+    lines += [f"account\t{a}\t{v}" for a, v in accounts.items()]
+    lines += list(extra)
+    if end:
+        lines.append("end")
+    tmp = cluster.snapshot_path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(cluster.snapshot_path)
+    return serial
+
+
+def journal(cluster, serial: str | None = None) -> list[list[str]]:
+    """The hook journal's lines, split on TAB (those of one snapshot serial if given)."""
+    if not cluster.journal_path.exists():
+        return []
+    rows = [ln.split("\t") for ln in cluster.journal_path.read_text().splitlines()]
+    return [r for r in rows if serial is None or r[2] == serial]
+
+
+def settled(c) -> list[str]:
+    """jobcomp's settle file, a line each."""
+    return c.settle_path.read_text().splitlines() if c.settle_path.exists() else []
+
+
+def governor_sees_final(c, job: str) -> bool:
+    """Whether the governor's own sacct query (the last two days' window) shows ``job`` ended:
+    slurmdbd lists a job that just ended under `sacct -j` a few seconds before its time window
+    does, and a pass in between bills it only on the next pass."""
+    rows = json.loads(c.run("sacct", "--json", "-a", "-S", "now-2days", "-E", "now").stdout)["jobs"]
+    return any(str(j["job_id"]) == job and j["state"]["current"] == "COMPLETED" for j in rows)
