@@ -24,10 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-
-import hostlist
 
 # dask_jobqueue (its runner module) replaces the SIGINT handler with sys.exit() when imported:
 # Ctrl-C would end `slurmgov run` with status 0 and no cancellation. Keep Python's own.
@@ -161,7 +158,7 @@ class SlurmBackend:
         try:
             self.cluster.sync(job.start)
         except RuntimeError as exc:  # sbatch's exit status: the hook's or Slurm's one-line reason
-            raise AllocationRefused(f"allocation {alloc.id}: {_sbatch_reason(str(exc))}") from None
+            raise AllocationRefused(f"allocation {alloc.id}: {slurm_cli.sbatch_error(str(exc))}") from None
         job_id = job.job_id
         assert job_id is not None  # start() sets it or raises
         info = SlurmJobInfo(job_id, alloc.id, time.time())
@@ -228,7 +225,7 @@ class SlurmBackend:
         live = [i for infos in self.jobs.values() for i in infos if i.ended is None]
         if not live:
             return []
-        seen = _squeue(j.job_id for j in live)
+        seen = slurm_cli.job_states(j.job_id for j in live)
         lost = []
         for info in live:
             row = seen.get(info.job_id)
@@ -296,37 +293,4 @@ def _contact_host() -> str:
     except OSError:
         return "127.0.0.1"
 
-
-def _squeue(job_ids) -> dict[str, tuple[str, list[str], float | None]]:
-    """job id -> (state, nodes, start time) for the jobs squeue still knows."""
-    ids = ",".join(job_ids)
-    out = slurm_cli.run(["squeue", "-h", "--states=all", "-j", ids, "-o", "%i|%T|%N|%S"], ok_codes=(0, 1))
-    rows = {}
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) != 4:
-            continue
-        jid, state, nodes, start = parts
-        try:
-            names = hostlist.expand_hostlist(nodes) if nodes and nodes != "(null)" else []
-        except hostlist.BadHostlist:
-            names = []
-        rows[jid] = (state, names, _slurm_time(start))
-    return rows
-
-
-def _slurm_time(text: str) -> float | None:
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
-        return None
-
-
-def _sbatch_reason(text: str) -> str:
-    """The useful line of sbatch's stderr (the hook's message), without dask-jobqueue's wrapping."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "sbatch: error:" in ln:
-            return ln.split("sbatch: error:", 1)[1].strip()
-    return lines[-1] if lines else "sbatch failed"
 

@@ -11,6 +11,9 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
+
+import hostlist
 
 from slurmgov.errors import SlurmgovError
 from slurmgov.site.units import slurm_seconds
@@ -218,3 +221,47 @@ def scontrol_partitions(env=None, timeout: float = 15) -> list:
     """Every partition slurmctld has, hidden ones too (``scontrol -a -o show partition``), as
     the submit hook sees them (parse_partitions); SlurmgovError when Slurm does not answer."""
     return parse_partitions(run(["scontrol", "-a", "-o", "show", "partition"], env=env, timeout=timeout))
+
+
+def job_states(job_ids, env=None) -> dict[str, tuple[str, list[str], float | None]]:
+    """job id -> (state, nodes, start time) for the jobs squeue still knows."""
+    ids = ",".join(job_ids)
+    out = run(["squeue", "-h", "--states=all", "-j", ids, "-o", "%i|%T|%N|%S"], env=env, ok_codes=(0, 1))
+    rows = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4:
+            continue
+        jid, state, nodes, start = parts
+        try:
+            names = hostlist.expand_hostlist(nodes) if nodes and nodes != "(null)" else []
+        except hostlist.BadHostlist:
+            names = []
+        rows[jid] = (state, names, _slurm_time(start))
+    return rows
+
+
+def _slurm_time(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def sbatch_error(text: str) -> str:
+    """The useful line of sbatch's stderr (the hook's message), without dask-jobqueue's wrapping."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "sbatch: error:" in ln:
+            return ln.split("sbatch: error:", 1)[1].strip()
+    return lines[-1] if lines else "sbatch failed"
+
+
+def node_gres_used(env=None) -> str:
+    """sinfo's ``NODE GRES_USED`` per node (placement.busy_gpus parses it)."""
+    return run(["sinfo", "-N", "-h", "-O", "NodeList:64,GresUsed:256"], env=env)
+
+
+def squeue_json(env=None) -> dict:
+    """Every job squeue lists, all partitions, as its JSON document."""
+    return json.loads(run(["squeue", "--json", "-a"], env=env))

@@ -76,8 +76,8 @@ def running_jobs(squeue_doc: dict, known: set[str]) -> list[tuple[str, str, list
 def sample(site, env=None) -> Sample:
     """One look at the live cluster (two Slurm commands)."""
     known = set(site.topology.nodes)
-    sinfo = slurm_cli.run(["sinfo", "-N", "-h", "-O", "NodeList:64,GresUsed:256"], env=env)
-    squeue = json.loads(slurm_cli.run(["squeue", "--json", "-a"], env=env))
+    sinfo = slurm_cli.node_gres_used(env=env)
+    squeue = slurm_cli.squeue_json(env=env)
     busy = busy_gpus(sinfo, known)
     for n, g in list(busy.items()):  # a node Slurm says is fuller than the site file knows
         busy[n] = min(g, site.topology.nodes[n].gpus)
