@@ -121,3 +121,18 @@ def test_a_dashboard_port_in_use_is_exit_7(env):
         port = s.getsockname()[1]
         p = run("slurmgov", "dashboard", "--port", port, env=env)
     one_line_error(p, 7, f"127.0.0.1:{port}")
+
+
+def test_ctrl_c_outside_a_run_says_only_interrupted(env):
+    """Ctrl-C on a command that runs no workflow exits 130 with one line, and does not claim that
+    steps were stopped or a hold released (only `slurmgov run` has those to report)."""
+    import signal
+
+    p = subprocess.Popen([str(BIN / "slurmgov"), "dashboard", "--site", str(DEMO), "--port", "0"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "site dashboard:" in p.stdout.readline()  # serving
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and err.strip() == "slurmgov: interrupted", err

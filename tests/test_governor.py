@@ -495,6 +495,7 @@ def test_governor_service_picks_up_new_lines_and_stops_cleanly(env, root, tmp_pa
                              str(root / "site_configs" / "demo-cluster.yaml"), "--interval", "0.2", "--no-reconcile"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envv)
     try:
+        append(conf / governor.ADMITS, "admit\tnot a number\n")  # a problem the service must log
         append(conf / governor.ADMITS, admit("svc", cost_h=3.0))
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -511,6 +512,41 @@ def test_governor_service_picks_up_new_lines_and_stops_cleanly(env, root, tmp_pa
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130 and "Traceback" not in err
     assert ledger.balance("physics").held_h == pytest.approx(3.0)
+    # its output is a log a site can ship: each line stamped, levelled and named
+    import re
+
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.search(stamp + r"INFO slurmgov\.governor: started: hook dir ", err, re.M), err
+    assert re.search(stamp + r"WARNING slurmgov\.governor: problem: .*slurmgov_journal\.log@0: ", err, re.M), err
+    assert re.search(stamp + r"INFO slurmgov\.governor: stopped by SIGINT$", err, re.M), err
+    assert all(re.match(stamp + r"(INFO|WARNING|ERROR) slurmgov[.\w]*: ", ln) for ln in err.splitlines() if ln), err
+
+
+def test_governor_service_stops_cleanly_on_sigterm(env, tmp_path):
+    """systemd stops a service with SIGTERM: the governor logs it and exits 0 (143 would be a failure)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site, conf, state, ledger, sync = env
+    exe = Path(sys.executable).parent / "slurmgov"
+    envv = {**os.environ, "SLURMGOV_LEDGER": f"sqlite:///{tmp_path}/ledger.sqlite", "SLURMGOV_HOME": str(state)}
+    proc = subprocess.Popen([str(exe), "governor", "--slurm-conf-dir", str(conf), "--interval", "0.2",
+                             "--no-reconcile", "--placement-every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envv)
+    try:
+        deadline = time.time() + 30
+        while not (conf / governor.SNAPSHOT).exists():  # a first pass done
+            assert time.time() < deadline and proc.poll() is None, "the governor never wrote its snapshot"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert err.rstrip().endswith("INFO slurmgov.governor: stopped by SIGTERM"), err
+    assert "Traceback" not in err and "hold released" not in err
 
 
 def test_forecast_and_alerts(env):

@@ -10,7 +10,7 @@ import sys
 import click
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.interface.signals import Stopped, stopped_by
+from slurmgov.interface.signals import Stopped, note_on_stop, stopped_by
 
 EXIT_CODES = """\b
 Exit codes:
@@ -23,8 +23,8 @@ Exit codes:
   6  not allowed (budget changes need an admin)
   7  something slurmgov needs is unavailable (Slurm does not answer, a port in use, a file)
   70 internal error (SLURMGOV_DEBUG=1 shows the traceback)
-  130 interrupted (Ctrl-C); the workflow's hold is released
-  143, 129 stopped by SIGTERM, SIGHUP: as Ctrl-C
+  130 interrupted (Ctrl-C); a run's hold is released
+  143, 129 stopped by SIGTERM, SIGHUP: as Ctrl-C (the governor: 0 on SIGTERM, a service's stop)
 """
 
 
@@ -40,9 +40,9 @@ def guarded(prog: str):
                 # SIGTERM / SIGHUP (signals.Stopped) as Ctrl-C; after SIGHUP the terminal may be gone
                 signum = exc.signum if isinstance(exc, Stopped) else stopped_by()
                 how = f"stopped by {signal.Signals(signum).name}" if signum else "interrupted"
+                note = note_on_stop()
                 try:
-                    click.echo(f"{prog}: {how}; running steps were stopped, the workflow's Slurm jobs "
-                               f"cancelled and its hold released", err=True)
+                    click.echo(f"{prog}: {how}" + (f"; {note}" if note else ""), err=True)
                 except OSError:
                     pass
                 sys.exit(128 + signum if signum else 130)

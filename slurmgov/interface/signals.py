@@ -36,8 +36,17 @@ def stopped_by() -> int | None:
     return received[0] if received else None
 
 
+# What the command had done about its work when it was stopped, for the one line it exits with
+# (a run: its steps stopped and its hold released); set while a stop_on_signals block is running.
+stop_note: list[str] = []
+
+
+def note_on_stop() -> str:
+    return stop_note[-1] if stop_note else ""
+
+
 @contextmanager
-def stop_on_signals():
+def stop_on_signals(note: str = ""):
     def handler(signum, frame):
         if received:
             return  # already stopping: let the clean-up finish
@@ -47,8 +56,13 @@ def stop_on_signals():
     # A signal ignored when the run started stays ignored: `nohup slurmgov run ...` means the
     # user wants the run to outlive the terminal.
     old = {s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
+    stop_note.append(note)
     try:
         yield
+    except BaseException:
+        raise  # the note stays for the exit line
+    else:
+        stop_note.pop()
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -105,7 +105,9 @@ def run(jobspec_path, site_path, as_json, linger):
         progress.update(task, completed=done, description=f"{wf.workflow}: {', '.join(running[:3]) or '...'}")
 
     try:
-        with stop_on_signals():  # SIGTERM, SIGHUP: stopped and settled as on Ctrl-C
+        # SIGTERM, SIGHUP: stopped and settled as on Ctrl-C
+        with stop_on_signals("running steps were stopped, the workflow's Slurm jobs cancelled and its hold "
+                             "released"):
             rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
                          on_finish=finished)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import signal
 import sys
 import time
 
@@ -27,6 +28,7 @@ from slurmgov.interface.commands.common import (
     site_option,
     wait_option,
 )
+from slurmgov.interface.signals import Stopped, stop_on_signals, stopped_by
 from slurmgov.interface.tables import Table, show
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.policy.metrics import GovernorMetrics
@@ -34,6 +36,9 @@ from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm import governor as governor_mod
 from slurmgov.slurm import hooks_check, placement
 from slurmgov.slurm import limits as limits_mod
+
+# The governor service logs as "slurmgov.governor" (its passes) beside slurmgov.slurm.governor.
+service_log = logging.getLogger("slurmgov.governor")
 
 
 @click.command()
@@ -95,38 +100,48 @@ def governor_loop(conf_dir, site_path, interval, reconcile, metrics_port, placem
     Example:
       slurmgov governor --slurm-conf-dir /etc/slurm --interval 5
     """
-    # A service's output is a log a site can ship: timestamps and levels on stderr.
+    # A service's output is a log a site can ship: timestamps, levels and a logger name on stderr.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     site = _site(site_path)
     ledger = _ledger(site)
     metrics = GovernorMetrics(metrics_port)
     if metrics.port is not None:
-        err.print(f"metrics: http://127.0.0.1:{metrics.port}/metrics")
+        service_log.info("metrics: http://127.0.0.1:%d/metrics", metrics.port)
     alerted: dict[str, str] = {}
     log = placement.PlacementLog(_placement_log(site))
     next_sample, said = 0.0, set()
-    while True:
-        try:
-            rep = governor_mod.sync_once(ledger, site, conf_dir, _state_dir(site),
-                                         slurm=slurm_cli if reconcile else None)
-            lines = [f"problem: {p}" for p in rep.problems] + [f"drift: {d}" for d in rep.drift]
-            if placement_every and time.time() >= next_sample:
-                next_sample = time.time() + placement_every
-                problem = placement.sample_into(site, log)
-                if problem and problem not in said:  # once, not every pass
-                    said.add(problem)
-                    lines.append(problem)
-            for alert in metrics.update(ledger, rep, time.time()):
-                account = alert.split()[2]
-                if alerted.get(account) != alert.split("(")[1]:  # say each threshold once, not every pass
-                    alerted[account] = alert.split("(")[1]
-                    lines.append(alert)
-        except SlurmgovError as exc:
-            lines = [f"pass failed, retrying in {interval:g} s: {exc}"]
-        for line in lines:
-            err.print(line)
-        time.sleep(interval)
+    service_log.info("started: hook dir %s, a pass every %g s%s", conf_dir, interval,
+                     "" if reconcile else " (no reconcile)")
+    try:
+        with stop_on_signals():  # SIGTERM (a service's stop), SIGHUP: as Ctrl-C
+            while True:
+                try:
+                    rep = governor_mod.sync_once(ledger, site, conf_dir, _state_dir(site),
+                                                 slurm=slurm_cli if reconcile else None)
+                    for p in rep.problems:
+                        service_log.warning("problem: %s", p)
+                    for d in rep.drift:
+                        service_log.warning("drift: %s", d)
+                    if placement_every and time.time() >= next_sample:
+                        next_sample = time.time() + placement_every
+                        problem = placement.sample_into(site, log)
+                        if problem and problem not in said:  # once, not every pass
+                            said.add(problem)
+                            service_log.warning("%s", problem)
+                    for alert in metrics.update(ledger, rep, time.time()):
+                        account = alert.split()[2]
+                        if alerted.get(account) != alert.split("(")[1]:  # say each threshold once, not every pass
+                            alerted[account] = alert.split("(")[1]
+                            service_log.warning("%s", alert)
+                except SlurmgovError as exc:
+                    service_log.error("pass failed, retrying in %g s: %s", interval, exc)
+                time.sleep(interval)
+    except KeyboardInterrupt as exc:  # between passes or in one: a pass's transaction is rolled back whole
+        signum = exc.signum if isinstance(exc, Stopped) else (stopped_by() or signal.SIGINT)
+        service_log.info("stopped by %s", signal.Signals(signum).name)
+        # a service stopped by its manager (SIGTERM) has done nothing wrong: exit 0
+        sys.exit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
 @click.group()
