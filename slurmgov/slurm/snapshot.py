@@ -117,14 +117,14 @@ _LUA_NUM = re.compile(r"-?[0-9]+\.?[0-9]*|-?[0-9]+\.?[0-9]*[eE][-+]?[0-9]+|-?\.[
 _LUA_INT = re.compile(r"[0-9]+")
 
 
-def _lua_num(s: str | None) -> float | None:
+def lua_num(s: str | None) -> float | None:
     if s is None or not _LUA_NUM.fullmatch(s):
         return None
     n = float(s)
     return n if math.isfinite(n) else None
 
 
-def _lua_int(s: str | None) -> int | None:
+def lua_int(s: str | None) -> int | None:
     return int(s) if s is not None and _LUA_INT.fullmatch(s) else None
 
 
@@ -168,7 +168,7 @@ def parse(text: str) -> Snapshot:
             ended = True
         elif ln.startswith("account\t"):
             f = ln.split("\t")
-            v = _lua_num(f[2]) if len(f) == 3 and f[1] and f[2] else None
+            v = lua_num(f[2]) if len(f) == 3 and f[1] and f[2] else None
             if v is None:
                 raise ValueError(f"bad line {i} (account)")
             accounts.append((f[1], v))
@@ -176,32 +176,32 @@ def parse(text: str) -> Snapshot:
             f = ln.split("\t")
             key, arg = f[0], (f[1] if len(f) > 1 else None)
             if key in _INT_KEYS:
-                s[key] = n = _lua_int(arg)
+                s[key] = n = lua_int(arg)
                 bad = n is None or len(f) != 2
             elif key in ("written", "max_age_s"):
-                s[key] = x = _lua_num(arg)
+                s[key] = x = lua_num(arg)
                 bad = x is None or len(f) != 2
             elif key == "fail_policy":
                 s[key] = arg
                 bad = len(f) != 2 or arg not in FAIL_POLICIES
             elif key == "default_time_min":
-                s[key] = n = _lua_int(arg)
+                s[key] = n = lua_int(arg)
                 bad = n is None or n <= 0 or len(f) != 2
             elif key == "default_weight":
-                s[key] = x = _lua_num(arg)
+                s[key] = x = lua_num(arg)
                 bad = x is None or x < 0 or len(f) != 2
             elif key == "weight":
-                w = _lua_num(f[2] if len(f) > 2 else None)
+                w = lua_num(f[2] if len(f) > 2 else None)
                 bad = len(f) != 3 or f[1] == "" or w is None or w < 0
                 if not bad and w is not None:  # bad when None; said again for the type checker
                     weights[f[1]] = w
             elif key == "operator_uid":
-                u = _lua_int(arg)
+                u = lua_int(arg)
                 bad = len(f) != 2 or u is None
                 if not bad and u is not None:
                     operators.append(u)
             elif key == "partition_gpus":
-                n = _lua_int(f[2] if len(f) > 2 else None)
+                n = lua_int(f[2] if len(f) > 2 else None)
                 bad = len(f) != 4 or f[1] == "" or n is None
                 if not bad and n is not None:
                     partition_gpus[f[1]] = (n, None if f[3] == "-" else f[3])
