@@ -357,6 +357,49 @@ local function close_journal(j)
 	if j then j.f:close() end
 end
 
+-- The journal's field counts (plugins/SNAPSHOT_FORMAT.md, "Versions"): fields are only ever added
+-- at the end; a line with more fields than its kind's newest count is read as that count.
+local function nonneg(s)
+	local n = parse_num(s)
+	if n and n >= 0 then return n end
+	return nil
+end
+
+local function is_key(s) return s ~= nil and string.match(s, "^[%w_.:%-]+$") ~= nil end
+
+-- What one journal line (split_tabs) counts against a budget at once: the account and the
+-- amount, or nil. An admit line counts its cost; a modify line its growth (what a change gives
+-- back does not count: Slurm may still reject the change after this hook priced it, so only the
+-- governor, once Slurm shows the job changed), or all of its new cost on the account a job
+-- moves to. A line the governor refuses (slurmgov/slurm/journal.py: a wrong field count, a
+-- number that is not plain, a bad token) counts nothing here either: what the hook subtracts
+-- is what the governor holds.
+local function journal_charge(t)
+	local kind, n = t[1], #t
+	if kind == "admit" and n >= 10 then
+		if not (nonneg(t[2]) and parse_int(t[3]) and is_key(t[4]) and parse_int(t[8]) and parse_int(t[9])) then
+			return nil
+		end
+		if n >= 11 then -- 11 fields on: the array's task count
+			local k = parse_int(t[11])
+			if not k or k < 1 then return nil end
+		end
+		local cost = nonneg(t[7])
+		if not cost then return nil end
+		return t[5], cost
+	elseif kind == "modify" and n >= 17 then
+		local new, old = nonneg(t[7]), nonneg(t[13])
+		if not (nonneg(t[2]) and parse_int(t[3]) and is_key(t[4]) and new and parse_int(t[8]) and parse_int(t[9])
+		        and string.find(t[11], "%S") and old and (t[15] == "0" or t[15] == "1") and is_key(t[16])
+		        and parse_int(t[17])) then
+			return nil
+		end
+		if t[5] == t[12] then return t[5], math.max(0, new - old) end
+		return t[5], new
+	end
+	return nil
+end
+
 -- Sum of admitted costs per account that the snapshot does not yet include (admit lines, and
 -- what modify lines add: a change's growth, or its whole new cost on the account it moved to),
 -- as table account -> cost, read from journal ``j`` (open_journal). Notes in j.ends_nl whether
@@ -396,19 +439,8 @@ local function charged_since(snap, j)
 			for line in string.gmatch(chunk, "([^\n]*)\n") do
 				local t = split_tabs(line)
 				if (mode == "offset" or t[3] == snap.serial_str) then
-					if t[1] == "admit" and #t >= 7 then
-						local cost = parse_num(t[7])
-						if cost then sums[t[5]] = (sums[t[5]] or 0) + cost end
-					elseif t[1] == "modify" and #t >= 13 then
-						-- Growth counts at once; what a change gives back does not: Slurm may
-						-- still reject the change after this hook priced it, so only the
-						-- governor, once Slurm shows the job changed, releases it.
-						local new, old = parse_num(t[7]), parse_num(t[13])
-						if new and old then
-							local add = (t[5] == t[12]) and math.max(0, new - old) or new
-							sums[t[5]] = (sums[t[5]] or 0) + add
-						end
-					end
+					local acct, add = journal_charge(t)
+					if acct then sums[acct] = (sums[acct] or 0) + add end
 				end
 			end
 			c.offset = c.offset + last_nl
@@ -726,7 +758,7 @@ local function admit(job_desc, v, journal, serial, account, p)
 	local line = table.concat({
 		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
 		field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
-		string.format("%d", p.tl), field(p.types),
+		string.format("%d", p.tl), field(p.types), string.format("%d", p.tasks),
 	}, "\t") .. "\n"
 	local ok, err
 	if type(journal) == "table" then ok, err = append_line(journal, line) else ok, err = append_journal(journal, line) end
@@ -1032,7 +1064,7 @@ end
 slurmgov_hook = {
 	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
-	pack_accounts = pack_accounts, time_limit_min = time_limit_min, parse_stash = parse_stash,
+	pack_accounts = pack_accounts, journal_charge = journal_charge, split_tabs = split_tabs, time_limit_min = time_limit_min, parse_stash = parse_stash,
 }
 
 return slurm.SUCCESS

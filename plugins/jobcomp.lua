@@ -8,22 +8,9 @@ slurmgov_settle.log in the same directory as this script:
 
   settle jobid token account gpus start end state gpu_type array restart_cnt
 
-    jobid    the job's own id (each array task has its own)
-    token    the hold token, or "-" if none
-    account  the job's account
-    gpus     GPUs allocated (gres/gpu=N from the allocated TRES; 0 if never started)
-    start    unix seconds the job started (0 if it never ran)
-    end      unix seconds the job ended
-    state    COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL,
-             DEADLINE, OUT_OF_MEMORY, or the number if unknown
-    gpu_type "-" (the record carries none)
-    array    "-" not an array; "<array_job_id>_<task_id>" one task; "<array_job_id>_*" the
-             array's record of its tasks that never started (cancelled while pending)
-    restart_cnt  how often the job was requeued before this run
-
-Format: plugins/SNAPSHOT_FORMAT.md ("Settlement").
-
-Fields are sanitised of TAB/CR/LF.  Readers must ignore extra trailing fields.
+The fields, and the field counts earlier versions wrote, are specified in
+plugins/SNAPSHOT_FORMAT.md ("Settlement", "Versions"), the one specification; fields are
+only ever added at the end.  Fields are sanitised of TAB/CR/LF.
 No network, no sleeps, no process spawning; data never becomes a Lua pattern.
 --]]
 

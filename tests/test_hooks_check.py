@@ -83,7 +83,7 @@ def test_probes_are_priced_shown_and_cancelled(check):
     typed = by[TYPED]
     assert typed["outcome"] == "admitted" and typed["job_id"]
     price = typed["admit"]
-    assert (price["gpus"], price["minutes"], price["weighted_gpu_s"]) == ("2", "10", 1200.0)
+    assert (price["gpus"], price["minutes"], price["weighted_gpu_s"], price["tasks"]) == ("2", "10", 1200.0, "1")
     assert price["account"] == "chem-ai" and price["gpu_type"] == "h100" and price["serial"] == serial
     assert "gpu:h100:2" in typed["handed"]["tres_per_node"] and typed["handed"]["time_limit"] == "10"
     assert typed["admin_comment"].startswith(f"slurmgov:hold={price['token']}")
@@ -95,6 +95,7 @@ def test_probes_are_priced_shown_and_cancelled(check):
         if pr["gpu"]:  # every GPU form: a probe line, an admit line, and the two agree on the price
             assert pr["ok"] and pr["handed"] is not None and pr["admit"] is not None, pr
             assert float(pr["hook_price"]["price"]) == pytest.approx(pr["admit"]["weighted_gpu_s"]), pr
+            assert pr["admit"]["tasks"] == pr["hook_price"]["tasks"], pr  # the admit line's own count
 
     cpu = by[CPU]
     assert cpu["outcome"] == "untouched" and cpu["ok"] and cpu["job_id"]

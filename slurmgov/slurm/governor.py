@@ -107,7 +107,12 @@ def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: fl
 
 
 def _tasks(event: journal.Admit, site: Site) -> int:
-    """Array tasks of an admitted job, from its cost (the hook's journal line says how)."""
+    """Array tasks of an admitted job: its admit line's own count. A line written before the
+    hook wrote it (10 fields) has only its cost, divided here by GPUs x minutes x the dearest
+    weight of its types: right for one type, wrong where a job asks for types of different
+    weights (the hook adds their weights) or the site's weights changed since."""
+    if event.tasks is not None:
+        return event.tasks
     types = event.gpu_type.split("+") if event.gpu_type else [None]
     weight = max(site.weight(t) if t else site.weight(None) for t in types)
     unit = event.gpus * event.time_limit_min * 60 * weight

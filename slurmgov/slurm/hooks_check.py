@@ -547,7 +547,8 @@ def _admit_dict(ln: list[str]) -> dict:
     cost = num(ln[6])
     return {"serial": ln[2], "token": ln[3], "account": ln[4], "user_id": ln[5], "weighted_gpu_s": cost,
             "gpu_h": None if cost is None else fmt_gpuh(cost), "gpus": ln[7], "minutes": ln[8],
-            "gpu_type": None if ln[9] in ("", "-") else ln[9]}
+            "gpu_type": None if ln[9] in ("", "-") else ln[9],
+            "tasks": ln[10] if len(ln) > 10 else None}  # array tasks: admit lines of 11 fields on
 
 
 def cancel_probes(probes: list[Probe], runner: Runner, sleep, clock, wait_s: float = CANCEL_WAIT_S) -> list[str]:

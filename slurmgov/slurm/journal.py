@@ -1,7 +1,11 @@
 """Reading the hook journals exactly once.
 
 slurmctld's hooks append one tab-separated line per event (job_submit.lua: ``admit``,
-``modify``, ``probe``; jobcomp.lua: ``settle``; format: plugins/SNAPSHOT_FORMAT.md). The
+``modify``, ``probe``, ``refuse``; jobcomp.lua: ``settle``; format, versions and field counts:
+plugins/SNAPSHOT_FORMAT.md). ``parse`` refuses what the hook's own reader of the journal
+(``journal_charge`` in plugins/job_submit.lua) refuses, so that what the hook counts against a
+budget is what the governor holds; tests/data/hook_files/ holds the golden lines both are
+tested on. The
 governor reads each file from a saved offset; a last line without its newline is torn (a
 crash mid-write, or a write in progress) and is left for the next pass. The offset is only
 an optimisation: every event is applied under its own key in the ledger, so reading a line
@@ -11,11 +15,12 @@ twice changes nothing.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from slurmgov.slurm.snapshot import lua_int, lua_num
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Admit:
     gpus: int
     time_limit_min: int
     gpu_type: str | None
+    tasks: int | None = None  # array tasks; None on a line written before the hook wrote them (10 fields)
 
 
 @dataclass(frozen=True)
@@ -97,25 +103,28 @@ class Refuse:
 
 
 def _num(text: str, what: str) -> float:
-    """A finite number >= 0: ``nan``, ``inf`` or a negative cost would poison every later pass."""
-    x = float(text)
-    if not math.isfinite(x) or x < 0:
+    """A plain decimal >= 0 as the hook reads one (parse_num): no ``nan``, ``inf``, hex or sign
+    but a minus; a negative cost would poison every later pass."""
+    x = lua_num(text)
+    if x is None or x < 0:
         raise ValueError(f"{what} {text!r} is not a finite number >= 0")
     return x
 
 
 def _count(text: str, what: str) -> int:
-    n = int(text or 0)
-    if n < 0:
-        raise ValueError(f"{what} {text!r} is negative")
+    """Digits only (parse_int)."""
+    n = lua_int(text)
+    if n is None:
+        raise ValueError(f"{what} {text!r} is not a count")
     return n
 
 
-_KEY = re.compile(r"^[A-Za-z0-9_.:-]+$")  # a hold token or job-<id>, as the hooks write them (never '@')
+_KEY = re.compile(r"[A-Za-z0-9_.:-]+")  # a hold token or job-<id>, as the hooks write them (never '@')
+_NOT_SPACE = re.compile(r"[^ \t\n\r\f\v]")  # Lua's %S
 
 
 def _key(text: str, what: str) -> str:
-    if not _KEY.match(text):
+    if not _KEY.fullmatch(text):
         raise ValueError(f"{what} {text!r} is not a token")
     return text
 
@@ -130,19 +139,29 @@ def _flag(text: str, what: str) -> bool:
     return text == "1"
 
 
+def _admit(f: list[str]) -> Admit:
+    tasks = None
+    if len(f) >= 11:  # the array's task count, explicit since the 11-field line
+        tasks = _count(f[10], "tasks")
+        if tasks < 1:
+            raise ValueError(f"tasks {f[10]!r} is not a count >= 1")
+    return Admit(_num(f[1], "time"), _count(f[2], "serial"), _key(f[3], "token"), f[4], f[5], _num(f[6], "cost"),
+                 _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), tasks)
+
+
 def _modify(f: list[str]) -> Modify:
-    if not f[10].strip():
+    if not _NOT_SPACE.search(f[10]):
         raise ValueError("modify line without a job id")
-    return Modify(_num(f[1], "time"), int(f[2]), _key(f[3], "key"), f[4], f[5], _num(f[6], "new cost"),
+    return Modify(_num(f[1], "time"), _count(f[2], "serial"), _key(f[3], "key"), f[4], f[5], _num(f[6], "new cost"),
                   _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), f[10], f[11],
                   _num(f[12], "old cost"), f[13], _flag(f[14], "override"), _key(f[15], "mod_id"),
                   max(1, _count(f[16], "tasks")))
 
 
 def _settle(f: list[str]) -> Settle:
-    if not f[7].strip():
+    if not _NOT_SPACE.search(f[7]):
         raise ValueError("settle line without a job state")
-    extra = f[8:] + ["-"] * (11 - len(f))  # gpu_type, array, restart_cnt: absent from older lines
+    extra = f[8:11] if len(f) >= 11 else ["-", "-", "-"]  # gpu_type, array, restart_cnt: not in 8-field lines
     return Settle(f[1], _opt(f[2]), f[3], _count(f[4], "GPUs"), _opt(extra[0]), _count(f[5], "start"),
                   _count(f[6], "end"), f[7], _opt(extra[1]), _count("0" if extra[2] == "-" else extra[2], "restarts"))
 
@@ -152,22 +171,33 @@ def _probe(f: list[str]) -> Probe:
     return Probe(_num(f[1], "time"), f[2], {k: v for k, sep, v in pairs if sep})
 
 
+# The field counts each kind of line has had (plugins/SNAPSHOT_FORMAT.md, "Versions"): fields are
+# only ever added at the end, so a line with more fields than its kind's newest count is read as
+# that count (the extra fields are a later version's); a count between two versions (a settle
+# line of 9 or 10 fields) was never written and is refused.
+FIELD_COUNTS = {"admit": (10, 11), "modify": (17,), "settle": (8, 11), "probe": (4,), "refuse": (5,)}
+
+
+def known_count(kind: str, n: int) -> bool:
+    counts = FIELD_COUNTS.get(kind)
+    return counts is not None and (n in counts or n > counts[-1])
+
+
 def parse(line: str):
     """One journal line -> Admit | Modify | Settle | Probe | Refuse; ValueError with the reason
     for anything else."""
     f = line.split("\t")
-    if f[0] == "admit" and len(f) == 10:
-        return Admit(_num(f[1], "time"), int(f[2]), f[3], f[4], f[5], _num(f[6], "cost"), _count(f[7], "GPUs"),
-                     _count(f[8], "time limit"), _opt(f[9]))
-    if f[0] == "modify" and len(f) == 17:
+    if not known_count(f[0], len(f)):
+        raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")
+    if f[0] == "admit":
+        return _admit(f)
+    if f[0] == "modify":
         return _modify(f)
-    if f[0] == "settle" and 8 <= len(f) <= 11:
+    if f[0] == "settle":
         return _settle(f)
-    if f[0] == "probe" and len(f) == 4:
+    if f[0] == "probe":
         return _probe(f)
-    if f[0] == "refuse" and len(f) == 5:
-        return Refuse(float(f[1]), f[2], f[3], f[4])
-    raise ValueError(f"unrecognised journal line ({len(f)} fields): {line[:120]!r}")
+    return Refuse(_num(f[1], "time"), f[2], f[3], f[4])
 
 
 class Cursors:

@@ -3,10 +3,16 @@
 Line-oriented and tab-separated so the Lua hook parses it with fixed patterns and never
 executes it. Written atomically (temp file, fsync, rename), so the hook sees the old file or
 the new one, never half of one.
+
+There is one reader, ``parse``, exactly as strict as the hook's ``parse_snapshot``
+(plugins/job_submit.lua): a file one refuses the other refuses with the same reason, and a
+file both read gives both the same values. tests/data/hook_files/ holds the golden files both
+are tested on (tests/test_hook_files.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -17,35 +23,57 @@ from pathlib import Path
 MAGIC = "slurmgov-snapshot"
 VERSION = 1
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FAIL_POLICIES = ("open", "closed")
 
 
 @dataclass
 class Snapshot:
     serial: int
-    written: int
-    max_age_s: int
-    fail_policy: str
-    default_time_min: int
-    max_gpus_per_node: int
-    default_weight: float
+    written: float  # unix seconds (the writer writes an integer; the hook reads any plain decimal)
+    max_age_s: float
+    fail_policy: str = "closed"
+    default_time_min: int = 60
+    max_gpus_per_node: int | None = None  # None: no such line (no check)
+    default_weight: float = 1.0
     journal_offset: int | None = None  # admit-journal bytes already in the ledger's holds
     total_gpus: int | None = None
     weights: dict[str, float] = field(default_factory=dict)
     available_gpu_s: dict[str, float] = field(default_factory=dict)  # weighted GPU-seconds per account
     operator_uids: list[int] = field(default_factory=list)  # may change a job past the budget (besides root)
     partition_gpus: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # GPUs per node, type
+    sockets_per_node: int | None = None  # None: no such line (the hook takes 1)
 
     def render(self) -> str:
+        """The file's text. Names the hook could misread (TAB, CR, LF, anything outside
+        ``_SAFE``) are left out; a number the hook would refuse (nan, inf, a negative weight or
+        count) raises ValueError: the hook would find the whole file unreadable."""
+        for what, x in [("written", self.written), ("max_age_s", self.max_age_s),
+                        ("default_weight", self.default_weight), *self.weights.items(),
+                        *self.available_gpu_s.items()]:
+            if not math.isfinite(x):
+                raise ValueError(f"snapshot: {what} is {x!r}, not a finite number")
+        ints = [self.serial, self.default_time_min, self.max_gpus_per_node, self.total_gpus, self.journal_offset,
+                self.sockets_per_node, *(n for n, _ in self.partition_gpus.values())]
+        if any(n is not None and (not isinstance(n, int) or n < 0) for n in ints) or self.default_time_min <= 0:
+            raise ValueError("snapshot: a count, serial or default_time_min is negative or not an integer")
+        if self.default_weight < 0 or any(w < 0 for w in self.weights.values()):
+            raise ValueError("snapshot: a weight is negative")
+        if self.fail_policy not in FAIL_POLICIES:
+            raise ValueError(f"snapshot: fail_policy {self.fail_policy!r} is not open or closed")
         lines = [
-            f"{MAGIC}\t{VERSION}", f"serial\t{self.serial}", f"written\t{self.written}",
-            f"max_age_s\t{self.max_age_s}", f"fail_policy\t{self.fail_policy}",
-            f"default_time_min\t{self.default_time_min}", f"max_gpus_per_node\t{self.max_gpus_per_node}",
-            f"default_weight\t{self.default_weight:g}",
+            f"{MAGIC}\t{VERSION}", f"serial\t{self.serial}", f"written\t{_num(self.written)}",
+            f"max_age_s\t{_num(self.max_age_s)}", f"fail_policy\t{self.fail_policy}",
+            f"default_time_min\t{self.default_time_min}",
         ]
+        if self.max_gpus_per_node is not None:
+            lines.append(f"max_gpus_per_node\t{self.max_gpus_per_node}")
+        lines.append(f"default_weight\t{self.default_weight:g}")
         if self.journal_offset is not None:
             lines.append(f"journal_offset\t{self.journal_offset}")
         if self.total_gpus is not None:
             lines.append(f"total_gpus\t{self.total_gpus}")
+        if self.sockets_per_node is not None:
+            lines.append(f"sockets_per_node\t{self.sockets_per_node}")
         lines += [f"weight\t{t}\t{w:g}" for t, w in sorted(self.weights.items()) if _SAFE.match(t)]
         lines += [f"operator_uid\t{uid}" for uid in sorted(set(self.operator_uids)) if uid >= 0]
         lines += [f"partition_gpus\t{p}\t{n}\t{t if t and _SAFE.match(t) else '-'}"
@@ -55,12 +83,19 @@ class Snapshot:
         return "\n".join(lines) + "\nend\n"
 
 
+def _num(x: float) -> str:
+    """A number as the hook reads it back exactly: integers in full (``:g`` would round
+    1700000000 to 1.7e+09), others by repr (a plain decimal, perhaps with an exponent)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 def write(path: str | Path, snap: Snapshot, mode: int = 0o644) -> None:
     path = Path(path)
+    text = snap.render()  # before the temp file: a snapshot the hook would refuse is never written
     fd, tmp = tempfile.mkstemp(prefix=".snapshot.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(snap.render())
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
@@ -71,133 +106,146 @@ def write(path: str | Path, snap: Snapshot, mode: int = 0o644) -> None:
         raise
 
 
-def read(path: str | Path) -> Snapshot:
-    """Parse a snapshot; a file without its final ``end`` line is torn and refused."""
-    text = Path(path).read_text()
-    lines = text.split("\n")
-    if not lines or lines[0] != f"{MAGIC}\t{VERSION}":
-        raise ValueError(f"{path}: not a slurmgov snapshot (version {VERSION})")
-    if "end" not in lines:
-        raise ValueError(f"{path}: snapshot is incomplete (no end line)")
-    kv: dict[str, str] = {}
-    weights, avail, operators, part_gpus = {}, {}, [], {}
-    for ln in lines[1:]:
-        if ln == "end":
-            break
-        if not ln or ln.startswith("#"):
-            continue
-        parts = ln.split("\t")
-        if parts[0] == "weight" and len(parts) == 3:
-            weights[parts[1]] = float(parts[2])
-        elif parts[0] == "account" and len(parts) == 3:
-            avail[parts[1]] = float(parts[2])
-        elif parts[0] == "operator_uid" and len(parts) == 2:
-            operators.append(int(parts[1]))
-        elif parts[0] == "partition_gpus" and len(parts) == 4:
-            part_gpus[parts[1]] = (int(parts[2]), None if parts[3] == "-" else parts[3])
-        elif len(parts) == 2:
-            kv[parts[0]] = parts[1]
-        else:
-            raise ValueError(f"{path}: malformed line {ln!r}")
-    return Snapshot(
-        serial=int(kv["serial"]), written=int(kv["written"]), max_age_s=int(kv["max_age_s"]),
-        fail_policy=kv["fail_policy"], default_time_min=int(kv["default_time_min"]),
-        max_gpus_per_node=int(kv["max_gpus_per_node"]), default_weight=float(kv["default_weight"]),
-        journal_offset=int(kv["journal_offset"]) if "journal_offset" in kv else None,
-        total_gpus=int(kv["total_gpus"]) if "total_gpus" in kv else None,
-        weights=weights, available_gpu_s=avail, operator_uids=operators, partition_gpus=part_gpus,
-    )
-
-
 def next_serial(previous: int | None) -> int:
     """Serials only grow, even if the clock steps back."""
     return max(int(time.time() * 1000), (previous or 0) + 1)
 
 
+# parse_num and parse_int of plugins/job_submit.lua: plain decimals (an optional minus, no plus,
+# no hex, no nan/inf, nothing beyond a double); integers are digits only.
 _LUA_NUM = re.compile(r"-?[0-9]+\.?[0-9]*|-?[0-9]+\.?[0-9]*[eE][-+]?[0-9]+|-?\.[0-9]+")
 _LUA_INT = re.compile(r"[0-9]+")
 
 
-def _lua_num(s: str | None) -> float | None:
+def lua_num(s: str | None) -> float | None:
     if s is None or not _LUA_NUM.fullmatch(s):
         return None
     n = float(s)
-    return n if float("-inf") < n < float("inf") else None  # not nan, not inf
+    return n if math.isfinite(n) else None
 
 
-def _lua_int(s: str | None) -> int | None:
+def lua_int(s: str | None) -> int | None:
     return int(s) if s is not None and _LUA_INT.fullmatch(s) else None
 
 
-def read_price_params(path: str | Path):
-    """The pricing parameters of the snapshot at ``path`` (a gpu_request.PriceParams), read as
-    the submit hook reads them (parse_snapshot in plugins/job_submit.lua): ValueError (or
-    OSError) where the hook would find the file unreadable."""
-    from slurmgov.slurm.gpu_request import PriceParams
+def _printable(s: str) -> str:
+    """The hook's printable(): control characters become '?'."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", s)
 
-    lines = Path(path).read_text(errors="surrogateescape").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    snap: dict = {"default_time_min": 60, "sockets_per_node": 1, "default_weight": 1.0}
+
+def _whole(x: float) -> float:
+    return int(x) if x.is_integer() else x
+
+
+_INT_KEYS = ("serial", "max_gpus_per_node", "total_gpus", "sockets_per_node", "journal_offset")
+
+
+def parse(text: str) -> Snapshot:
+    """A snapshot's text, read as parse_snapshot in plugins/job_submit.lua reads it: the same
+    files refused, with the same reason (ValueError), and the same values where read.
+
+    One record per line (a trailing CR is dropped); line 1 is the magic; the last non-empty
+    line is ``end``; blank and ``#`` lines are skipped; unknown keys are ignored; a known key
+    with a wrong field count or value, or a duplicate account, makes the whole file unreadable."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line starts no line
+    s: dict = {}
     weights: dict[str, float] = {}
     partition_gpus: dict[str, tuple[int, str | None]] = {}
-    accounts: list[str] = []
+    operators: list[int] = []
+    accounts: list[tuple[str, float]] = []
     ended = False
     for i, ln in enumerate(lines, 1):
         ln = ln.removesuffix("\r")
         if ended:
             if ln != "":
-                raise ValueError(f"{path}: no end line (incomplete write?)")
+                raise ValueError("no end line (incomplete write?)")
         elif i == 1:
             if ln != f"{MAGIC}\t{VERSION}":
-                raise ValueError(f"{path}: not a version {VERSION} slurmgov snapshot")
+                raise ValueError(f"not a version {VERSION} slurmgov snapshot")
         elif ln == "end":
             ended = True
         elif ln.startswith("account\t"):
             f = ln.split("\t")
-            if len(f) != 3 or not f[1] or not f[2] or _lua_num(f[2]) is None:
-                raise ValueError(f"{path}: bad line {i} (account)")
-            accounts.append(f[1])
+            v = lua_num(f[2]) if len(f) == 3 and f[1] and f[2] else None
+            if v is None:
+                raise ValueError(f"bad line {i} (account)")
+            accounts.append((f[1], v))
         elif ln and not ln.startswith("#"):
             f = ln.split("\t")
-            key, bad = f[0], False
-            if key in ("serial", "max_gpus_per_node", "total_gpus", "sockets_per_node", "journal_offset"):
-                snap[key] = _lua_int(f[1] if len(f) > 1 else None)
-                bad = snap[key] is None or len(f) != 2
+            key, arg = f[0], (f[1] if len(f) > 1 else None)
+            if key in _INT_KEYS:
+                s[key] = n = lua_int(arg)
+                bad = n is None or len(f) != 2
             elif key in ("written", "max_age_s"):
-                snap[key] = _lua_num(f[1] if len(f) > 1 else None)
-                bad = snap[key] is None or len(f) != 2
+                s[key] = x = lua_num(arg)
+                bad = x is None or len(f) != 2
             elif key == "fail_policy":
-                bad = len(f) != 2 or f[1] not in ("open", "closed")
+                s[key] = arg
+                bad = len(f) != 2 or arg not in FAIL_POLICIES
             elif key == "default_time_min":
-                snap[key] = _lua_int(f[1] if len(f) > 1 else None)
-                bad = snap[key] is None or snap[key] <= 0 or len(f) != 2
+                s[key] = n = lua_int(arg)
+                bad = n is None or n <= 0 or len(f) != 2
             elif key == "default_weight":
-                snap[key] = _lua_num(f[1] if len(f) > 1 else None)
-                bad = snap[key] is None or snap[key] < 0 or len(f) != 2
+                s[key] = x = lua_num(arg)
+                bad = x is None or x < 0 or len(f) != 2
             elif key == "weight":
-                w = _lua_num(f[2] if len(f) > 2 else None)
+                w = lua_num(f[2] if len(f) > 2 else None)
                 bad = len(f) != 3 or f[1] == "" or w is None or w < 0
                 if not bad and w is not None:  # bad when None; said again for the type checker
                     weights[f[1]] = w
             elif key == "operator_uid":
-                bad = len(f) != 2 or _lua_int(f[1]) is None
+                u = lua_int(arg)
+                bad = len(f) != 2 or u is None
+                if not bad and u is not None:
+                    operators.append(u)
             elif key == "partition_gpus":
-                n = _lua_int(f[2] if len(f) > 2 else None)
+                n = lua_int(f[2] if len(f) > 2 else None)
                 bad = len(f) != 4 or f[1] == "" or n is None
-                if not bad and n is not None:  # bad when None; said again for the type checker
+                if not bad and n is not None:
                     partition_gpus[f[1]] = (n, None if f[3] == "-" else f[3])
+            else:
+                bad = False  # an unknown key: a later version's, ignored
             if bad:
-                raise ValueError(f"{path}: bad line {i} ({key})")
+                raise ValueError(f"bad line {i} ({_printable(key)})")
     if not ended:
-        raise ValueError(f"{path}: no end line (incomplete write?)")
-    if any(snap.get(k) is None for k in ("serial", "written", "max_age_s")):
-        raise ValueError(f"{path}: missing serial, written or max_age_s")
-    dups = sorted({a for a in accounts if accounts.count(a) > 1}) if len(set(accounts)) < len(accounts) else []
-    if dups:
-        raise ValueError(f"{path}: duplicate account {dups[0]}")
+        raise ValueError("no end line (incomplete write?)")
+    if any(s.get(k) is None for k in ("serial", "written", "max_age_s")):
+        raise ValueError("missing serial, written or max_age_s")
+    names = sorted(a.encode("utf-8", "surrogateescape") for a, _ in accounts)
+    dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
+    if dup is not None:
+        raise ValueError(f"duplicate account {_printable(dup.decode('utf-8', 'surrogateescape'))}")
+    return Snapshot(
+        serial=s["serial"], written=_whole(s["written"]), max_age_s=_whole(s["max_age_s"]),
+        fail_policy=s.get("fail_policy", "closed"), default_time_min=s.get("default_time_min", 60),
+        max_gpus_per_node=s.get("max_gpus_per_node"), default_weight=s.get("default_weight", 1.0),
+        journal_offset=s.get("journal_offset"), total_gpus=s.get("total_gpus"), weights=weights,
+        available_gpu_s=dict(accounts), operator_uids=operators, partition_gpus=partition_gpus,
+        sockets_per_node=s.get("sockets_per_node"),
+    )
+
+
+def read(path: str | Path) -> Snapshot:
+    """The snapshot at ``path`` (``parse``); ValueError '<path>: <reason>' where the hook would
+    find it unreadable, OSError where it cannot be read at all."""
+    text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def read_price_params(path: str | Path):
+    """The pricing parameters of the snapshot at ``path`` (a gpu_request.PriceParams), as the
+    submit hook prices with them: ValueError (or OSError) where the hook would find the file
+    unreadable."""
+    from slurmgov.slurm.gpu_request import PriceParams
+
+    snap = read(path)
     return PriceParams(
-        weights=weights, default_weight=snap["default_weight"], default_time_min=snap["default_time_min"],
-        max_gpus_per_node=snap.get("max_gpus_per_node"), total_gpus=snap.get("total_gpus"),
-        sockets_per_node=max(1, snap["sockets_per_node"]), partition_gpus=partition_gpus,
+        weights=snap.weights, default_weight=snap.default_weight, default_time_min=snap.default_time_min,
+        max_gpus_per_node=snap.max_gpus_per_node, total_gpus=snap.total_gpus,
+        sockets_per_node=max(1, snap.sockets_per_node or 1), partition_gpus=snap.partition_gpus,
     )

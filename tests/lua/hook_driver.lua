@@ -28,6 +28,9 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
   cmd=pack  acct=name|value ... lookup=name ...           pack_accounts of a snapshot text with
                                   these account lines (in this order), then lookup_account
   cmd=parse_snapshot data=<text> lookup=name ...          parse_snapshot, then lookup_account
+  cmd=snapshot_file file=<path>   parse_snapshot of a file: every value read (golden files)
+  cmd=journal_file file=<path>    journal_charge of each line of a file (golden files)
+  cmd=submit d.<field>=... part=... uid=   slurm_job_submit (its files: the hook's own dir)
   budget=<n>                      VM instructions before the case is stopped (default 2e8)
 
 Output line: id TAB status TAB fields.  status is ok, no (the function's own refusal or
@@ -233,6 +236,54 @@ function CMDS.parse_snapshot(c)
 		"max_gpus_per_node=" .. num(snap.max_gpus_per_node), "fail_policy=" .. clean(snap.fail_policy),
 		"weights=" .. table.concat(w, ","), "partition_gpus=" .. table.concat(g, ","),
 		"lookups=" .. string.gsub(lookups(c, snap.accounts), "\t", ",") }, "\t")
+end
+
+local function slurp(path)
+	local f = assert(io.open(path, "rb"))
+	local data = f:read("*a")
+	f:close()
+	return data
+end
+
+-- cmd=snapshot_file file=<path>: parse_snapshot of a golden file, every value it read
+-- (tests/test_hook_files.py compares them with slurmgov/slurm/snapshot.py's parse).
+function CMDS.snapshot_file(c)
+	local snap, err = H.parse_snapshot(slurp(c.single.file))
+	if not snap then return "no\t" .. clean(err) end
+	local w, g, o, a = {}, {}, {}, {}
+	for t, x in pairs(snap.weights) do w[#w + 1] = clean(t) .. SEP .. num(x) end
+	for n, x in pairs(snap.partition_gpus) do g[#g + 1] = clean(n) .. SEP .. num(x.n) .. SEP .. clean(x.type or "-") end
+	for u in pairs(snap.operators) do o[#o + 1] = num(u) end
+	for name, val in string.gmatch(snap.accounts, "\naccount\t([^\t]*)\t([^\n]*)") do
+		a[#a + 1] = clean(name) .. SEP .. num(H.lookup_account(snap.accounts, name))
+	end
+	table.sort(w); table.sort(g); table.sort(o); table.sort(a)
+	return table.concat({ "ok", "serial=" .. clean(snap.serial_str), "written=" .. num(snap.written),
+		"max_age_s=" .. num(snap.max_age_s), "fail_policy=" .. clean(snap.fail_policy),
+		"default_time_min=" .. num(snap.default_time_min), "default_weight=" .. num(snap.default_weight),
+		"sockets_per_node=" .. num(snap.sockets_per_node), "max_gpus_per_node=" .. num(snap.max_gpus_per_node),
+		"total_gpus=" .. num(snap.total_gpus), "journal_offset=" .. num(snap.journal_offset),
+		"weights=" .. table.concat(w, ","), "partition_gpus=" .. table.concat(g, ","),
+		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ",") }, "\t")
+end
+
+-- cmd=journal_file file=<path>: per whole line of the file (as charged_since splits them), what
+-- journal_charge counts: "account<0x1f>amount", or "-" for nothing.
+function CMDS.journal_file(c)
+	local out = { "ok" }
+	for line in string.gmatch(slurp(c.single.file), "([^\n]*)\n") do
+		local acct, add = H.journal_charge(H.split_tabs(line))
+		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add)) or "-"
+	end
+	return table.concat(out, "\t")
+end
+
+-- cmd=submit d.<field>=... part=... uid=<n>: slurm_job_submit itself, with the files of the
+-- directory the hook was loaded from (run the driver on a copy of the hook in a scratch dir).
+function CMDS.submit(c)
+	local parts = part_list(c)
+	local rc = slurm_job_submit(c.d, parts, tonumber(c.single.uid or "0"))
+	return "ok\t" .. num(rc) .. "\t" .. clean(c.d.admin_comment or "-")
 end
 
 local function budget_exceeded() error("instruction budget exceeded", 2) end
