@@ -6,6 +6,10 @@ GPU-milliseconds, rounded half up once at entry, so every sum is exact. For an a
     available = budget - charged in the current period - still held by open holds
 
 A charge belongs to the period of its end time; open holds count against the current period.
+What open holds still hold is kept per account as a running total (``accounts.held_ms``, schema
+5), moved in the same transaction by every write to an open hold's shares (``Ledger._held``,
+``Bulk._add_held``), so an admission costs the same however many holds are open;
+``check_held`` compares it with the sum over the open holds.
 Periods are UTC: monthly 'YYYY-MM', quarterly 'YYYY-Qn', or 'none' (one period, 'all').
 
 Every mutating method is one transaction and idempotent by its key, so a caller that crashed
@@ -502,6 +506,12 @@ class Ledger:
                 for table, column, stmt in S.lease_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 5:
+                for table, column, stmt in S.held_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
+                self._x(S.HELD_FILL)  # from the open holds, under the write lock: exact from here on
+                self._x(S.LEASE_INDEX)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -755,7 +765,7 @@ class Ledger:
         budget, kind, pct, expires = row
         key, start, end = period_of(kind, ts)
         charged = self._one(S.CHARGED_IN, (account, start, end))[0]
-        held = self._one(S.HELD_OPEN, (account,))[0]
+        held = self._one(S.HELD_GET, (account,))[0]  # the running total: one row, however many holds
         carried = 0
         if expires is not None and ts >= expires:
             budget = 0
@@ -862,8 +872,7 @@ class Ledger:
         for acct in sorted({r[1] for r in lapsed}):  # one order, as transfer locks
             self._lock_account(acct)
         for key, acct, until in lapsed:
-            self._x(S.SHARES_RELEASE, (key,))
-            self._x(S.HOLD_CLOSE, ("failed", ts, key))
+            self._release_hold(key, acct, "failed", ts)
             self._audit_note(acct, "slurmgov", "release", f"hold {key}: its run stopped renewing its lease "
                              f"(lapsed {max(0.0, ts - until):.0f} s ago); what it charged stays charged")
             released.append(key)
@@ -887,8 +896,7 @@ class Ledger:
             self._lock_hold(hold_key)
             h = self._hold(hold_key)
             if h.state == "open":
-                self._x(S.SHARES_RELEASE, (hold_key,))
-                self._x(S.HOLD_CLOSE, ("cancelled", time.time(), hold_key))
+                self._release_hold(hold_key, h.account, "cancelled", time.time())
                 self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
                                     f"({h.remaining_h:.3f} GPU-h): {reason}")
             return self._hold(hold_key)
@@ -908,6 +916,26 @@ class Ledger:
         self._x(S.HOLD_INSERT, (hold_key, account, workflow, user, run_id, sum(want.values()), ts))
         for step, ms in want.items():
             self._x(S.SHARE_INSERT, (hold_key, step, ms, ms))
+        self._held(account, sum(want.values()))
+
+    def _held(self, account: str, delta: int) -> None:
+        """Move ``account``'s running total of what its open holds hold (schema version 5) by
+        ``delta`` ms, in the transaction that changed the holds: every write to an open hold's
+        shares calls this (Bulk too); ``check_held`` finds one that did not."""
+        if delta:
+            self._x(S.HELD_ADD, (delta, account))
+
+    def _release_hold(self, hold_key: str, account: str, state: str, ts: float) -> None:
+        """Close the open hold ``hold_key`` of ``account``: every share released, the total too."""
+        self._held(account, -self._one(S.HOLD_REMAINING, (hold_key,))[0])
+        self._x(S.SHARES_RELEASE, (hold_key,))
+        self._x(S.HOLD_CLOSE, (state, ts, hold_key))
+
+    def check_held(self) -> list[tuple[str, float, float]]:
+        """(account, running total, sum over its open holds) in GPU-h for each account whose
+        running held total disagrees with its open holds; empty when the ledger is consistent."""
+        rows = self._read(lambda: self._x(S.HELD_CHECK).fetchall())
+        return [(a, _h(t), _h(s)) for a, t, s in rows]
 
     def reprice(self, hold_key: str, mod_id: str, account: str, delta_h: float, actor: str = "slurmgov",
                 override: bool = False, reason: str = "", run_id: str | None = None,
@@ -956,6 +984,7 @@ class Ledger:
             self._x(S.HOLD_MOVE, (account, hold_key))
         if run_id is not None:
             self._x(S.HOLD_SET_RUN_ID, (run_id, hold_key))
+        before = self._one(S.HOLD_REMAINING, (hold_key,))[0]
         added = max(0, delta)
         self._x(S.SHARE_INSERT, (hold_key, step, added, added))
         self._x(S.HOLD_SET_AMOUNT, (max(0, old[5] + delta), hold_key))
@@ -967,6 +996,9 @@ class Ledger:
             if take:
                 self._x(S.SHARE_SET, (remaining - take, hold_key, share))
                 release -= take
+        # what the hold held leaves its old account; what it holds now counts on the new one
+        self._held(old[1], -before)
+        self._held(account, self._one(S.HOLD_REMAINING, (hold_key,))[0])
 
     def _audit_note(self, account: str, actor: str, action: str, reason: str) -> None:
         """An ``action`` on the append-only audit trail that leaves the budget as it is: an operator
@@ -981,12 +1013,14 @@ class Ledger:
         """Release what is left of ``step``'s share (its work is over)."""
         def tx():
             self._lock_hold(hold_key)
-            self._hold(hold_key)
+            h = self._hold(hold_key)
             row = self._one(S.SHARE_GET, (hold_key, step))
             if row is None:
                 raise LedgerError(f"hold {hold_key} has no share for step {step}")
             if row[1]:
                 self._x(S.SHARE_SET, (0, hold_key, step))
+                if h.state == "open":
+                    self._held(h.account, -row[1])
 
         self._write(tx)
 
@@ -997,9 +1031,9 @@ class Ledger:
 
         def tx() -> Hold:
             self._lock_hold(hold_key)
-            if self._hold(hold_key).state == "open":
-                self._x(S.SHARES_RELEASE, (hold_key,))
-                self._x(S.HOLD_CLOSE, (state, time.time(), hold_key))
+            h = self._hold(hold_key)
+            if h.state == "open":
+                self._release_hold(hold_key, h.account, state, time.time())
             return self._hold(hold_key)
 
         return self._write(tx)
@@ -1031,6 +1065,7 @@ class Ledger:
             # Usage beyond the share is charged in full; the share just stops at zero.
             if h.state == "open" and share is not None and share[1]:
                 self._x(S.SHARE_SET, (max(0, share[1] - ms), hold_key, step))
+                self._held(h.account, -min(share[1], ms))
             return _charge_dict(row)
 
         return self._write(tx)
@@ -1272,7 +1307,15 @@ class Bulk:
             new[key] = (account, workflow, want)
         self._insert(S.HOLD_ROWS, holds)
         self._insert(S.SHARE_ROWS, shares)
+        held: dict[str, int] = {}
+        for account, _, want in new.values():
+            held[account] = held.get(account, 0) + sum(want.values())
+        self._add_held(held)
         return list(new)
+
+    def _add_held(self, deltas: dict[str, int]) -> None:
+        """Move each account's running held total (Ledger._held) by its delta, in this transaction."""
+        self._many(S.HELD_ADD, [(d, a) for a, d in sorted(deltas.items()) if d])
 
     def charge_many(self, rows) -> list[str]:
         """Record charges as charge() does; rows are dicts of charge()'s arguments (charge_key,
@@ -1284,6 +1327,7 @@ class Bulk:
                for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
         shares = self._shares(holds)
         now, out, changed = time.time(), [], set()
+        held: dict[str, int] = {}
         for r, ms in prepared:
             key, hk, step = r["charge_key"], r["hold_key"], r["step"]
             sig = (hk, step, r["attempt"], ms)
@@ -1302,9 +1346,11 @@ class Bulk:
             share = shares.get(hk, {}).get(step)
             # as charge(): a closed hold keeps its shares; a share stops at zero
             if h.state == "open" and share is not None and share[1]:
+                held[h.account] = held.get(h.account, 0) - min(share[1], ms)
                 share[1] = max(0, share[1] - ms)
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
+        self._add_held(held)
         self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
         return [row[0] for row in out]
 
@@ -1323,6 +1369,10 @@ class Bulk:
             if h.state == "open" and key not in closing:
                 closing[key] = state
         now = time.time()
+        released: dict[str, int] = {}
+        for account, ms in self._select(S.HELD_OF_BULK, "s.hold_key", closing):  # one row per account and key set
+            released[account] = released.get(account, 0) - ms
+        self._add_held(released)
         self._update(S.SHARES_RELEASE_BULK, "hold_key", closing)
         for state in CLOSED_STATES:
             self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))
