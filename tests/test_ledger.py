@@ -1214,3 +1214,33 @@ def test_check_held_finds_a_total_that_a_write_forgot(db):
             conn.commit()
     assert led.check_held() == [("chem", 1 / MS, 2.0)]
     led.disconnect()
+
+
+# ---- SQLite: slurmgov's writers queue on a flock before SQLite's own lock ------------------
+
+def test_a_sqlite_writer_waits_for_the_writers_lock_says_who_holds_it_then_gives_up(tmp_path):
+    import fcntl
+
+    db = url(tmp_path / "ledger.sqlite")
+    led = Ledger.open(db)
+    led.ensure_account("chem", 10.0)
+    fd = os.open(str(tmp_path / "ledger.sqlite-writers"), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another slurmgov writer in its transaction holds it
+    notices: list[str] = []
+    mine = Ledger.open(db, wait_s=1.5, on_wait=notices.append)
+    try:
+        t = time.monotonic()
+        with pytest.raises(LedgerUnavailable) as e:
+            mine.grant("chem", 1.0, actor="t")
+        assert 1.4 < time.monotonic() - t < 5
+        assert len(notices) == 1 and notices[0].startswith(f"ledger {mine._where} is busy: held by pid {os.getpid()} (")
+        assert str(e.value).endswith("; gave up after waiting 1.5 s")
+        threading.Timer(0.3, os.close, (fd,)).start()  # the holder lets go while we wait (in the kernel by then)
+        fd = -1
+        mine.grant("chem", 1.0, actor="t")
+        assert led.balance("chem").budget_h == 11.0
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        mine.disconnect()
+        led.disconnect()
