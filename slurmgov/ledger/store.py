@@ -1,7 +1,8 @@
 """The GPU-budget ledger: budgets, holds placed at admission, charges for what ran, an audit trail.
 
-Money rules. Amounts enter as weighted GPU-hours (floats) and are stored as integer weighted
-GPU-milliseconds, rounded half up once at entry, so every sum is exact. For an account:
+Money rules (each written once, in ``rules``, and called from here, from ``Bulk`` and from the
+governor's batches). Amounts enter as weighted GPU-hours (floats) and are stored as integer
+weighted GPU-milliseconds, rounded half up once at entry, so every sum is exact. For an account:
 
     available = budget - charged in the current period - still held by open holds
 
@@ -18,8 +19,8 @@ balance, so concurrent admissions (threads or processes, each with its own Ledge
 hold more than the budget.
 
 Bulk work (reconcile of a million sacct jobs, imports) goes through ``Ledger.bulk``: the same
-rules, row by row, but read with a few key-set queries and written with executemany (COPY on
-PostgreSQL), in transactions of many rows (``Bulk``).
+rules (the same ``rules`` functions), row by row, but read with a few key-set queries and
+written with executemany (COPY on PostgreSQL), in transactions of many rows (``Bulk``).
 
 Backends: ``sqlite:///ABSOLUTE/PATH`` (the standard library), and ``postgresql://`` or
 ``postgres://`` URLs (psycopg 3, the ``postgres`` extra) for sites whose login nodes and
@@ -47,19 +48,28 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from slurmgov.errors import (
-    BudgetRefused,
     InputError,
     LedgerError,
     LedgerUnavailable,
-    UnknownAccount,
 )
+from slurmgov.ledger import rules as R
 from slurmgov.ledger import schema as S
+from slurmgov.ledger.rules import (  # the rules, written once (rules.py); re-exported where callers use them
+    CLOSED_STATES,
+    MAX_GPU_HOURS,
+    MS_PER_H,
+    PERIOD_KINDS,
+    period_of,
+)
+from slurmgov.ledger.rules import FOREVER as _FOREVER
+from slurmgov.ledger.rules import amount_ms as _ms
+from slurmgov.ledger.rules import epoch as _epoch
+from slurmgov.ledger.rules import hours as _h
 
-MS_PER_H = 3_600_000
-PERIOD_KINDS = ("monthly", "quarterly", "none")
-CLOSED_STATES = ("done", "failed", "cancelled")
+__all__ = ["BULK_ROWS", "CLOSED_STATES", "DEFAULT_WAIT_S", "MAX_GPU_HOURS", "MS_PER_H", "PERIOD_KINDS", "Balance",
+           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "period_of"]
+
 USAGE_BY = tuple(S.USAGE_COLUMNS)
-_FOREVER = 1e18  # epoch-seconds bound for the open-ended period and unbounded usage queries
 DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
 NOTICE_S = 1.0  # after this long waiting, on_wait hears that (and who) the ledger is busy
 _RETRIES = 8  # transactions a server aborted (serialization, deadlock, key race): retried this many times
@@ -94,84 +104,6 @@ class Hold:
     shares: dict[str, float]  # step -> weighted GPU-h still held for it
     user: str | None = None
     run_id: str | None = None
-
-
-def _h(ms: int) -> float:
-    return ms / MS_PER_H
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)
-
-
-MAX_GPU_HOURS = S.MAX_MS / MS_PER_H  # about 2.56e12: the most one amount column can store
-
-
-def _too_much(what: str, ms: float, verb: str = ":") -> InputError:
-    h = ms / MS_PER_H
-    said = f"{h:,.0f}" if h < 1e15 else f"{h:.3g}"  # whole hours, so that it differs visibly from the limit
-    return InputError(f"{what}{verb} {said} GPU-h, more than the ledger can store (at most {MAX_GPU_HOURS:,.0f} GPU-h)")
-
-
-def _storable_ms(x: float, what: str) -> int:
-    """``x`` milliseconds rounded half up, or InputError when that is more than a 64-bit column holds."""
-    if x >= 2**63 or x + 0.5 >= 2**63:  # exact comparisons (float against int); inf included
-        raise _too_much(what, x)
-    return _round_half_up(x)
-
-
-def _ms(hours, what: str) -> int:
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
-        raise InputError(f"{what} must be a number of GPU-hours >= 0, got {hours!r}")
-    return _storable_ms(hours * MS_PER_H, what)
-
-
-def _epoch(t, what: str = "time") -> float:
-    """None is now; a naive datetime is taken as UTC; numbers are epoch seconds."""
-    if t is None:
-        return time.time()
-    if isinstance(t, datetime):
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-        return float(t)
-    raise InputError(f"{what} must be a datetime or epoch seconds, got {t!r}")
-
-
-def period_of(kind: str, ts: float) -> tuple[str, float, float]:
-    """The period holding epoch time ``ts``: (key, start, end) with start <= ts < end."""
-    if kind == "none":
-        return "all", -_FOREVER, _FOREVER
-    d = datetime.fromtimestamp(ts, timezone.utc)
-    if kind == "monthly":
-        first, months, key = d.month, 1, f"{d.year:04d}-{d.month:02d}"
-    elif kind == "quarterly":
-        q = (d.month - 1) // 3
-        first, months, key = 3 * q + 1, 3, f"{d.year:04d}-Q{q + 1}"
-    else:
-        raise InputError(f"period {kind!r} is not one of {', '.join(PERIOD_KINDS)}")
-    nxt = first - 1 + months
-    start = datetime(d.year, first, 1, tzinfo=timezone.utc)
-    end = datetime(d.year + nxt // 12, nxt % 12 + 1, 1, tzinfo=timezone.utc)
-    return key, start.timestamp(), end.timestamp()
-
-
-def _check_terms(account: str, rollover_pct, expires) -> tuple[int, float | None]:
-    if isinstance(rollover_pct, bool) or not isinstance(rollover_pct, int) or not 0 <= rollover_pct <= 100:
-        raise InputError(f"budget of {account}: rollover must be a whole percentage 0..100, got {rollover_pct!r}")
-    return rollover_pct, None if expires is None else _epoch(expires, "expires")
-
-
-def _terms_text(pct: int, expires: float | None) -> str:
-    parts = [f"rollover {pct}%"] if pct else []
-    if expires is not None:
-        parts.append(f"expires {datetime.fromtimestamp(expires, timezone.utc).isoformat()}")
-    return "; ".join(parts)
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in PERIOD_KINDS:
-        raise InputError(f"period {kind!r} is not one of {', '.join(PERIOD_KINDS)}")
-    return kind
 
 
 def _locked(e: sqlite3.Error) -> bool:
@@ -411,63 +343,6 @@ def _process(pid: int) -> str:
     cmd = cmd if len(cmd) <= 80 else cmd[:79] + "…"
     about = ": ".join(x for x in (user, cmd) if x)
     return f"pid {pid}" + (f" ({about})" if about else "")
-
-
-def _no_budget(account: str) -> UnknownAccount:
-    return UnknownAccount(account, f"account {account} has no budget in the ledger; set one with "
-                                   f"`slurmgov budget set {account} GPU_HOURS`")
-
-
-def missing_hold(hold_key: str) -> LedgerError:
-    return LedgerError(f"hold {hold_key} is not in the ledger")
-
-
-def hold_conflict(hold_key: str) -> LedgerError:
-    """What a hold key replayed with a different account, workflow or shares raises."""
-    return LedgerError(f"hold {hold_key} already exists for a different account, workflow "
-                       f"or shares; a replay must repeat the original request")
-
-
-MOD_PREFIX = "mod:"  # the share a re-pricing (reprice) adds; its key makes the change idempotent
-
-
-def mod_step(mod_id: str) -> str:
-    """The share that records re-pricing ``mod_id`` (its amount: what it added, 0 for a shrink)."""
-    return f"{MOD_PREFIX}{mod_id}"
-
-
-def replay_matches(had_account: str, had_workflow: str, had_shares: dict[str, int], account: str, workflow: str,
-                   want: dict[str, int]) -> bool:
-    """Whether an admission (account, workflow, shares in ms) repeats the hold that is there. A
-    re-priced hold is compared on the shares it was admitted with: its account may have moved."""
-    base = {k: v for k, v in had_shares.items() if not k.startswith(MOD_PREFIX)}
-    asked = {k: v for k, v in want.items() if not k.startswith(MOD_PREFIX)}
-    moved = len(base) != len(had_shares)
-    return had_workflow == workflow and base == asked and (moved or had_account == account)
-
-
-def shares_ms(shares: dict) -> dict[str, int]:
-    """An admission's shares (step -> weighted GPU-h) as admit holds them: integer milliseconds,
-    validated as admit validates them."""
-    return {str(step): _ms(h, f"share of step {step}") for step, h in shares.items()}
-
-
-def epoch(t, what: str = "time") -> float:
-    """A time as the ledger takes it (None: now; datetime; epoch seconds), or InputError."""
-    return _epoch(t, what)
-
-
-def charge_conflict(charge_key: str) -> LedgerError:
-    """What a charge key replayed with a different hold, step, attempt or amount raises."""
-    return LedgerError(f"charge {charge_key} already exists with a different hold, step, attempt or amount")
-
-
-def charge_ms(charge_key: str, gpu_seconds, weight) -> int:
-    """A charge's amount in weighted GPU-milliseconds, validated as charge() validates it."""
-    for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
-    return _storable_ms(gpu_seconds * weight * 1000, f"charge {charge_key}")  # straight from seconds: one rounding
 
 
 def _charge_dict(r) -> dict:
@@ -749,13 +624,13 @@ class Ledger:
     def _account(self, account: str):
         row = self._one(S.ACCOUNT_GET, (account,))
         if row is None:
-            raise _no_budget(account)
+            raise R.no_budget(account)
         return row
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
         """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
         if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
-            raise _too_much(f"budget of {account}", ms, " would be")
+            raise R.too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
@@ -770,13 +645,13 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.fromtimestamp(now, timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason,
-                                 _terms_text(pct, expires)))
+                                 R.terms_text(pct, expires)))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
                        actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
         """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
-        ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        terms = _check_terms(account, rollover_pct, expires)
+        ms, kind = _ms(gpu_hours, f"budget of {account}"), R.check_kind(period_kind)
+        terms = R.check_terms(account, rollover_pct, expires)
         if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
             return  # seeded before: no need to queue for the write lock (the write checks again)
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
@@ -792,9 +667,9 @@ class Ledger:
         if not actor:
             raise InputError(f"set_budget of {account}: say who is changing it (actor)")
         ms = _ms(gpu_hours, f"budget of {account}")
-        kind = None if period_kind is None else _check_kind(period_kind)
+        kind = None if period_kind is None else R.check_kind(period_kind)
         if rollover_pct is not None:
-            _check_terms(account, rollover_pct, None)
+            R.check_terms(account, rollover_pct, None)
         when = None if expires is None else _epoch(expires, "expires")
 
         def tx():
@@ -805,7 +680,7 @@ class Ledger:
                 raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
             pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
             exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
-            self._put_budget(account, ms, k, actor, reason or "", "set", True, _check_terms(account, pct, exp))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp))
 
         self._write(tx)
 
@@ -835,8 +710,8 @@ class Ledger:
             for account in sorted((source, dest)):  # one lock order: two opposite transfers never deadlock
                 self._lock_account(account)
             _, budget, charged, held = self._balance_ms(source, ts)
-            if budget - charged - held < amount:
-                raise InputError(f"account {source}: {_h(budget - charged - held):.1f} GPU-h available, "
+            if (avail := R.available(budget, charged, held)) < amount:
+                raise InputError(f"account {source}: {_h(avail):.1f} GPU-h available, "
                                  f"cannot transfer {_h(amount):.1f}")
             _, src_budget, src_kind = self._account(source)
             _, dst_budget, dst_kind = self._account(dest)
@@ -871,18 +746,16 @@ class Ledger:
         own carry never rolls over again)."""
         row = self._one(S.ACCOUNT_BALANCE, (account,))
         if row is None:
-            raise _no_budget(account)
+            raise R.no_budget(account)
         budget, kind, pct, expires = row
         key, start, end = period_of(kind, ts)
         charged = self._one(S.CHARGED_IN, (account, start, end))[0]
         held = self._one(S.HELD_GET, (account,))[0]  # the running total: one row, however many holds
         carried = 0
-        if expires is not None and ts >= expires:
+        if R.expired(expires, ts):
             budget = 0
-        elif pct and kind != "none" and self._existed_before(account, start):
-            _, p_start, p_end = period_of(kind, start - 1)
-            unused = budget - self._one(S.CHARGED_IN, (account, p_start, p_end))[0]
-            carried = max(0, min(unused, budget * pct // 100))
+        elif (window := R.rollover_window(kind, pct, start)) is not None and self._existed_before(account, start):
+            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *window))[0])
             budget += carried
         return key, budget, charged, held, carried, expires
 
@@ -894,7 +767,8 @@ class Ledger:
     def _balance(self, account: str, ts: float) -> Balance:
         key, budget, charged, held, carried, expires = self._balance_full(account, ts)
         exp = None if expires is None else datetime.fromtimestamp(expires, timezone.utc).date().isoformat()
-        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(budget - charged - held), _h(carried), exp)
+        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(R.available(budget, charged, held)),
+                       _h(carried), exp)
 
     def balance(self, account: str, now=None) -> Balance:
         ts = _epoch(now, "now")
@@ -909,7 +783,7 @@ class Ledger:
     def _hold(self, hold_key: str) -> Hold:
         row = self._one(S.HOLD_GET, (hold_key,))
         if row is None:
-            raise missing_hold(hold_key)
+            raise R.missing_hold(hold_key)
         key, account, workflow, user, run_id, amount, state, _, _ = row
         shares = {step: rem for step, _, rem in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
         return Hold(key, account, workflow, _h(amount), _h(sum(shares.values())), state,
@@ -935,25 +809,21 @@ class Ledger:
         ``lease_s``: the hold is a lease its holder renews (``renew``) within that many seconds,
         or the next command that opens the ledger releases it (``release_lapsed``). Lapsed
         leases of ``account`` are released first: a dead run's money never refuses new work."""
-        want = shares_ms(shares)
+        want = R.shares_ms(shares)
         need, ts = sum(want.values()), _epoch(now, "now")
-        if lease_s is not None and not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
-            raise InputError(f"hold {hold_key}: the lease must be a positive number of seconds, got {lease_s!r}")
+        R.check_lease(hold_key, lease_s)
 
         def tx() -> Hold:
             self._lock_account(account)  # before reading the balance
             self._release_lapsed(ts, account)
             old = self._one(S.HOLD_GET, (hold_key,))
-            if old is not None:
-                had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
-                if not replay_matches(old[1], old[2], had, account, workflow, want):
-                    raise hold_conflict(hold_key)
+            had = None if old is None else (old[1], old[2], {
+                step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()})
+            if R.admit_replay(hold_key, had, account, workflow, want):
                 return self._hold(hold_key)
-            _, budget, charged, held = self._balance_ms(account, ts)
-            avail = budget - charged - held
-            if enforce and avail < need:
-                raise BudgetRefused(f"account {account}: {_h(avail):.1f} GPU-h left, "
-                                    f"workflow needs up to {_h(need):.1f} GPU-h")
+            avail = R.available(*self._balance_ms(account, ts)[1:])  # also: no budget, no hold (enforced or not)
+            if enforce:
+                R.check_admit(account, avail, need)
             self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
             if lease_s is not None:
                 self._x(S.HOLD_LEASE, (ts + lease_s, hold_key))
@@ -1005,7 +875,7 @@ class Ledger:
         def tx() -> Hold:
             self._lock_hold(hold_key)
             h = self._hold(hold_key)
-            if h.state == "open":
+            if R.closes(h.state):
                 self._release_hold(hold_key, h.account, "cancelled", time.time())
                 self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
                                     f"({h.remaining_h:.3f} GPU-h): {reason}")
@@ -1059,13 +929,11 @@ class Ledger:
         A missing hold is admitted (enforce=False) with ``create`` (admit's workflow, shares, user,
         run_id, now) at ``account``, instead of being re-priced; without ``create`` it is an error.
         ``override``: an operator passed the budget; the audit trail says who (``actor``) and why."""
-        if isinstance(delta_h, bool) or not isinstance(delta_h, (int, float)) or not math.isfinite(delta_h):
-            raise InputError(f"re-pricing of {hold_key}: the change must be a number of GPU-hours, got {delta_h!r}")
-        delta = _ms(abs(delta_h), f"re-pricing of {hold_key}") * (1 if delta_h >= 0 else -1)
-        step = mod_step(mod_id)
+        delta = R.reprice_ms(hold_key, delta_h)
+        step = R.mod_step(mod_id)
         born = None
         if create is not None:
-            born = (create.get("workflow", "sbatch"), {**shares_ms(create["shares"]), step: 0}, create.get("user"),
+            born = (create.get("workflow", "sbatch"), {**R.shares_ms(create["shares"]), step: 0}, create.get("user"),
                     create.get("run_id"), _epoch(create.get("now"), "now"))
 
         def tx() -> Hold:
@@ -1073,7 +941,7 @@ class Ledger:
             self._account(account)  # a budget to move to
             if self._one(S.HOLD_ACCOUNT, (hold_key,)) is None:
                 if born is None:
-                    raise missing_hold(hold_key)
+                    raise R.missing_hold(hold_key)
                 self._insert_hold(hold_key, account, born[0], born[1], born[2], born[3], born[4])
             elif self._one(S.SHARE_GET, (hold_key, step)) is None:  # else: a replay
                 self._reprice(hold_key, step, account, delta, run_id)
@@ -1087,7 +955,7 @@ class Ledger:
 
     def _reprice(self, hold_key: str, step: str, account: str, delta: int, run_id: str | None) -> None:
         old = self._one(S.HOLD_GET, (hold_key,))
-        if old[6] != "open":  # it released everything when it closed: nothing to re-price
+        if not R.closes(old[6]):  # closed: it released everything, nothing to re-price
             self._x(S.SHARE_INSERT, (hold_key, step, 0, 0))
             return
         if old[1] != account:
@@ -1117,7 +985,7 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, budget, budget, kind, kind, reason,
-                                 _terms_text(pct, expires)))
+                                 R.terms_text(pct, expires)))
 
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
@@ -1129,20 +997,19 @@ class Ledger:
                 raise LedgerError(f"hold {hold_key} has no share for step {step}")
             if row[1]:
                 self._x(S.SHARE_SET, (0, hold_key, step))
-                if h.state == "open":
+                if R.closes(h.state):  # only open holds count in the running total
                     self._held(h.account, -row[1])
 
         self._write(tx)
 
     def close(self, hold_key: str, state: str) -> Hold:
         """Release every remaining share and close the hold; closing again keeps the first state."""
-        if state not in CLOSED_STATES:
-            raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
+        R.check_close_state(state)
 
         def tx() -> Hold:
             self._lock_hold(hold_key)
             h = self._hold(hold_key)
-            if h.state == "open":
+            if R.closes(h.state):
                 self._release_hold(hold_key, h.account, state, time.time())
             return self._hold(hold_key)
 
@@ -1155,27 +1022,24 @@ class Ledger:
                workflow: str | None = None) -> dict:
         """Charge gpu_seconds x weight / 3600 weighted GPU-h for one attempt of ``step`` and draw
         the same amount from its share of the hold. Replaying ``charge_key`` changes nothing."""
-        ms = charge_ms(charge_key, gpu_seconds, weight)
+        ms = R.charge_ms(charge_key, gpu_seconds, weight)
         t0 = None if started is None else _epoch(started, "started")
         t1 = _epoch(ended, "ended")
 
         def tx() -> dict:
             self._lock_hold(hold_key)  # before the share is read, so no two charges lose an update
             old = self._one(S.CHARGE_GET, (charge_key,))
-            if old is not None:
-                if (old[1], old[4], old[5], old[10]) != (hold_key, step, attempt, ms):
-                    raise charge_conflict(charge_key)
+            if R.charge_replay(charge_key, old and R.charge_sig(old[1], old[4], old[5], old[10]),
+                               R.charge_sig(hold_key, step, attempt, ms)):
                 return _charge_dict(old)
             h = self._hold(hold_key)
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
                    gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time())
             self._x(S.CHARGE_INSERT, row)
             share = self._one(S.SHARE_GET, (hold_key, step))
-            # A closed hold has released everything: a late charge is recorded but holds stay put.
-            # Usage beyond the share is charged in full; the share just stops at zero.
-            if h.state == "open" and share is not None and share[1]:
-                self._x(S.SHARE_SET, (max(0, share[1] - ms), hold_key, step))
-                self._held(h.account, -min(share[1], ms))
+            if share is not None and (take := R.share_draw(h.state, share[1], ms)):
+                self._x(S.SHARE_SET, (share[1] - take, hold_key, step))
+                self._held(h.account, -take)
             return _charge_dict(row)
 
         return self._write(tx)
@@ -1260,7 +1124,7 @@ class Ledger:
         return self._in_batches(rows, batch, "charge_many")
 
     def close_holds(self, pairs, batch: int = BULK_ROWS) -> int:
-        """Close many holds ((hold_key, state) pairs) as close() does. Returns how many were open."""
+        """Close many holds ((hold_key, state) pairs), the rules of close(). Returns how many were open."""
         return self._in_batches(pairs, batch, "close_many")
 
 
@@ -1288,9 +1152,10 @@ class ChargeRow(NamedTuple):
 class Bulk:
     """Many holds and charges, read and written inside ONE write transaction (``Ledger.bulk``).
 
-    The rules are admit(enforce=False), charge and close, applied row by row in the order given
-    (idempotent by key, one rounding, shares drawn down and released); only the I/O differs: a few
-    key-set queries to read, executemany (PostgreSQL: COPY and array updates) to write."""
+    Each row goes through the same ``rules`` calls as admit(enforce=False), charge and close, in
+    the order given (idempotent by key, one rounding, shares drawn down and released, the running
+    held total moved); only the I/O differs: a few key-set queries to read, executemany
+    (PostgreSQL: COPY and array updates) to write."""
 
     def __init__(self, ledger: Ledger):
         self._l = ledger
@@ -1351,7 +1216,7 @@ class Bulk:
         if self._accounts is None:
             self._accounts = {a for (a,) in self._l._x(S.ACCOUNT_NAMES).fetchall()}
         if account not in self._accounts:
-            raise _no_budget(account)
+            raise R.no_budget(account)
 
     def holds(self, keys) -> dict[str, HoldRow]:
         return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
@@ -1392,10 +1257,10 @@ class Bulk:
         return {hk: {st: a for st, (a, _) in steps.items()} for hk, steps in self._shares(hold_keys).items()}
 
     def admit_many(self, rows) -> list[str]:
-        """Record holds as admit(..., enforce=False) does; rows are (hold_key, account, workflow,
+        """Record holds by admit(..., enforce=False)'s rules; rows are (hold_key, account, workflow,
         shares {step: GPU-h}, user, run_id, created_at). A replayed key adds nothing (and must
         repeat the original request). Returns the new hold keys."""
-        rows = [(key, account, workflow, shares_ms(shares), user, run_id, _epoch(ts, "now"))
+        rows = [(key, account, workflow, R.shares_ms(shares), user, run_id, _epoch(ts, "now"))
                 for key, account, workflow, shares, user, run_id, ts in rows]
         self.lock({r[1] for r in rows})
         old = self.holds(r[0] for r in rows)
@@ -1406,10 +1271,7 @@ class Bulk:
         shares: list[tuple[str, str, int, int]] = []
         new: dict[str, tuple[str, str, dict[str, int]]] = {}
         for key, account, workflow, want, user, run_id, ts in rows:
-            prev = had.get(key) or new.get(key)
-            if prev is not None:
-                if not replay_matches(*prev, account, workflow, want):
-                    raise hold_conflict(key)
+            if R.admit_replay(key, had.get(key) or new.get(key), account, workflow, want):
                 continue
             self.require_account(account)
             holds.append((key, account, workflow, user, run_id, sum(want.values()), "open", ts))
@@ -1428,10 +1290,10 @@ class Bulk:
         self._many(S.HELD_ADD, [(d, a) for a, d in sorted(deltas.items()) if d])
 
     def charge_many(self, rows) -> list[str]:
-        """Record charges as charge() does; rows are dicts of charge()'s arguments (charge_key,
+        """Record charges by charge()'s rules; rows are dicts of charge()'s arguments (charge_key,
         hold_key, step, attempt, gpu_seconds, weight, gpu_type, started, ended, status, and
         optionally user, workflow). Returns the new charge keys."""
-        prepared = [(r, charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
+        prepared = [(r, R.charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
         holds = self._locked_holds(r["hold_key"] for r, _ in prepared)
         old = {k: (c.hold_key, c.step, c.attempt, c.amount_ms)
                for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
@@ -1440,24 +1302,21 @@ class Bulk:
         held: dict[str, int] = {}
         for r, ms in prepared:
             key, hk, step = r["charge_key"], r["hold_key"], r["step"]
-            sig = (hk, step, r["attempt"], ms)
-            if key in old:
-                if old[key] != sig:
-                    raise charge_conflict(key)
-                continue  # a replay
+            sig = R.charge_sig(hk, step, r["attempt"], ms)
+            if R.charge_replay(key, old.get(key), sig):
+                continue
             h = holds.get(hk)
             if h is None:
-                raise missing_hold(hk)
+                raise R.missing_hold(hk)
             t0 = None if r["started"] is None else _epoch(r["started"], "started")
             out.append((key, hk, h.account, r.get("workflow") or h.workflow, step, r["attempt"],
                         r.get("user") or h.user, r["gpu_type"], float(r["gpu_seconds"]), float(r["weight"]), ms, t0,
                         _epoch(r["ended"], "ended"), r["status"], now))
             old[key] = sig
             share = shares.get(hk, {}).get(step)
-            # as charge(): a closed hold keeps its shares; a share stops at zero
-            if h.state == "open" and share is not None and share[1]:
-                held[h.account] = held.get(h.account, 0) - min(share[1], ms)
-                share[1] = max(0, share[1] - ms)
+            if share is not None and (take := R.share_draw(h.state, share[1], ms)):
+                held[h.account] = held.get(h.account, 0) - take
+                share[1] -= take
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
         self._add_held(held)
@@ -1465,18 +1324,17 @@ class Bulk:
         return [row[0] for row in out]
 
     def close_many(self, pairs) -> list[str]:
-        """Close holds as close() does: (hold_key, state) pairs; the first close of a hold wins.
+        """Close holds by close()'s rules: (hold_key, state) pairs; the first close of a hold wins.
         Returns the keys that were open."""
         pairs = list(pairs)
         for _, state in pairs:
-            if state not in CLOSED_STATES:
-                raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
+            R.check_close_state(state)
         holds, closing = self._locked_holds(k for k, _ in pairs), {}
         for key, state in pairs:
             h = holds.get(key)
             if h is None:
-                raise missing_hold(key)
-            if h.state == "open" and key not in closing:
+                raise R.missing_hold(key)
+            if R.closes(h.state) and key not in closing:
                 closing[key] = state
         now = time.time()
         released: dict[str, int] = {}
