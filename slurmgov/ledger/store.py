@@ -568,7 +568,11 @@ class Ledger:
         writers = self._writers if begin == self._d.begin_write else None
 
         def once():
+            t0 = time.monotonic()
             fd = None if writers is None else writers.acquire(self._wait_now)
+            if fd is not None and (took := time.monotonic() - t0) > 0.01:
+                # a long wait for the writers' lock counts against this try's wait for SQLite's
+                self._engine_wait(max(0.001, self._wait_now - took))
             try:
                 return in_tx()
             finally:
