@@ -1,7 +1,8 @@
 """Ledger admissions per second from 1 and 16 processes, on SQLite and PostgreSQL; zero overspend.
 
     python bench/ledger_load.py [--attempts 200] [--backends sqlite,postgres] [--procs 1,16]
-                                [--no-control] [--json]
+                                [--no-control] [--open-holds 100,100000] [--held-attempts 4000]
+                                [--json]
 
 For each backend and each process count P, a fresh ledger gets one account whose budget allows
 exactly K holds of HOLD_H GPU-h each, K = P * attempts // 2, so half of all attempts must be
@@ -11,9 +12,15 @@ Timed from the first worker's first attempt to the last worker's last one. After
 ledger itself is read back: exactly K open holds, held == K * HOLD_H <= budget, no charges.
 
 Control run (``--no-control`` skips it): one process making as many attempts as all processes
-of the largest run. Each admission sums the account's open holds, so its cost grows with them,
-and the P-process run ends with P times the holds of the 1-process run; the control separates
-what contention costs from what the bigger ledger costs.
+of the largest run, so with as many open holds at the end; it separates what contention costs
+from what a bigger ledger costs.
+
+Open holds (``--open-holds 100,100000``; an empty list skips it): for each count N, a fresh
+ledger whose account (the SAME account the admissions go to, the harder case: an admission
+that summed the account's holds would read all N) already has N open holds, imported in bulk
+before the clock starts, and a budget of N + K holds; then 1 process makes ``--held-attempts``
+admissions (half fit). The rate at the largest N over the rate at the smallest is printed: an
+admission reads the account's running held total (schema 5), so it should be about 1.
 
 SQLite: a file in a fresh temp dir (the ledger's own settings: WAL, synchronous=FULL).
 PostgreSQL: a throw-away server from tests/pg_harness.py (fsync off), one fresh schema per run.
@@ -107,13 +114,19 @@ def _pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
 
-def run_one(backend: str, url: str, procs: int, attempts: int, ctx, control: bool = False) -> dict:
+def run_one(backend: str, url: str, procs: int, attempts: int, ctx, control: bool = False,
+            preheld: int = 0, round_: int = 0) -> dict:
+    """One timed run. ``preheld``: open holds put on the account first (in round 0; a later round
+    goes on with the same ledger, its budget raised by K for each round)."""
     total = procs * attempts
     k = total // 2
-    tag = f"{backend}-p{procs}-n{attempts}"
+    tag = f"{backend}-p{procs}-n{attempts}-h{preheld}-r{round_}"
     with Ledger.open(url) as setup:  # creates the schema, so workers only open it
-        setup.set_budget(ACCOUNT, k * HOLD_H, period_kind="none", actor="bench",
+        setup.set_budget(ACCOUNT, (k * (round_ + 1) + preheld) * HOLD_H, period_kind="none", actor="bench",
                          reason="ledger_load benchmark")
+        if preheld and not round_:  # open holds already there, on the same account, whole holds of HOLD_H
+            setup.import_holds((f"pre-{i:07d}", ACCOUNT, WORKFLOW, SHARES, "bench", None, None)
+                               for i in range(preheld))
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     workers = [ctx.Process(target=_worker, args=(url, w, attempts, tag, barrier, out), daemon=True)
@@ -150,6 +163,7 @@ def run_one(backend: str, url: str, procs: int, attempts: int, ctx, control: boo
         bal = check.balance(ACCOUNT)
         holds = check.open_holds(prefix=f"{tag}-")
         charges = check.charges()
+        drift = check.check_held()  # the running total against the sum over the open holds
     budget_ms, held_ms = round(bal.budget_h * 3_600_000), round(bal.held_h * 3_600_000)
     overspend = len(holds) > k or held_ms > budget_ms or bal.available_h < 0
     problems = []
@@ -162,10 +176,13 @@ def run_one(backend: str, url: str, procs: int, attempts: int, ctx, control: boo
         problems.append(f"only {len(holds)} of {k} affordable holds admitted")
     if charges:
         problems.append(f"{len(charges)} unexpected charges")
+    if drift:
+        problems.append(f"running held total disagrees with the open holds: {drift}")
     if errors:
         problems.append(f"{errors} attempts failed: {errs[0] if errs else '?'}")
     return {
-        "backend": backend, "procs": procs, "control": control, "attempts_per_proc": attempts, "attempts": total,
+        "backend": backend, "procs": procs, "control": control, "preheld": preheld, "round": round_,
+        "attempts_per_proc": attempts, "attempts": total,
         "budget_holds": k, "admitted": admitted, "refused": refused, "errors": errors,
         "wall_s": wall, "attempts_per_s": (admitted + refused) / wall if wall > 0 else float("nan"),
         "admitted_per_s": admitted / wall if wall > 0 else float("nan"),
@@ -236,13 +253,13 @@ class _Postgres:
 # ---- output -------------------------------------------------------------------------------
 
 def _table(rows: list[dict]) -> str:
-    head = ("backend", "procs", "attempts", "budget", "admitted", "refused", "errors", "wall s",
+    head = ("backend", "procs", "open before", "attempts", "budget", "admitted", "refused", "errors", "wall s",
             "attempts/s", "admitted/s", "p50 ms", "p99 ms", "max ms", f">{SLOW_S:g}s", "held/budget GPU-h", "check")
     lines = [head]
     for r in rows:
         lat = r["lat_ms"]
         procs = f"{r['procs']}{'*' if r['control'] else ''}"
-        lines.append((r["backend"], procs, str(r["attempts"]), str(r["budget_holds"]), str(r["admitted"]),
+        lines.append((r["backend"], procs, f"{r['preheld']:,}", str(r["attempts"]), str(r["budget_holds"]), str(r["admitted"]),
                       str(r["refused"]), str(r["errors"]), f"{r['wall_s']:.2f}",
                       f"{r['attempts_per_s']:.0f}", f"{r['admitted_per_s']:.0f}", f"{lat['p50']:.2f}",
                       f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["slow_attempts"]),
@@ -262,12 +279,13 @@ def _ratios(rows: list[dict]) -> list[dict]:
     cost grows with the open holds of the account, so only the control has the same ledger size."""
     out = []
     for r in rows:
-        if r["procs"] == 1 or r["control"]:
+        if r["procs"] == 1 or r["control"] or r["preheld"]:
             continue
         same = lambda q: q["backend"] == r["backend"] and q["procs"] == 1
-        base = next((q for q in rows if same(q) and not q["control"]
+        base = next((q for q in rows if same(q) and not q["control"] and not q["preheld"]
                      and q["attempts_per_proc"] == r["attempts_per_proc"]), None)
-        ctrl = next((q for q in rows if same(q) and q["control"] and q["attempts"] == r["attempts"]), None)
+        ctrl = next((q for q in rows if same(q) and q["control"] and q["attempts"] == r["attempts"]
+                     and not q["preheld"]), None)
         div = lambda a, b: a / b if b and b > 0 else float("nan")
         out.append({"backend": r["backend"], "procs": r["procs"],
                     "vs_1proc_attempts_per_s": div(r["attempts_per_s"], base["attempts_per_s"]) if base else None,
@@ -277,6 +295,23 @@ def _ratios(rows: list[dict]) -> list[dict]:
 
 
 # ---- main ---------------------------------------------------------------------------------
+
+def _held_ratios(rows: list[dict]) -> list[dict]:
+    """Per backend: the median admission rate (over the rounds) with the most open holds over
+    the median with the fewest."""
+    out = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        counts = sorted({r["preheld"] for r in rows if r["backend"] == backend and r["preheld"]})
+        if len(counts) < 2:
+            continue
+        med = {n: statistics.median(r["attempts_per_s"] for r in rows
+                                    if r["backend"] == backend and r["preheld"] == n) for n in counts}
+        lo, hi = counts[0], counts[-1]
+        if med[lo] > 0:
+            out.append({"backend": backend, "few": lo, "many": hi, "median_few": med[lo], "median_many": med[hi],
+                        "ratio_attempts_per_s": med[hi] / med[lo]})
+    return out
+
 
 def _no_nan(x):
     if isinstance(x, float) and not math.isfinite(x):
@@ -297,6 +332,14 @@ def _parse(argv) -> argparse.Namespace:
     ap.add_argument("--procs", default="1,16", help="comma-separated process counts (default 1,16)")
     ap.add_argument("--no-control", action="store_true",
                     help="skip the 1-process control run that makes as many attempts as the largest --procs")
+    ap.add_argument("--open-holds", default="100,100000",
+                    help="comma-separated counts of open holds already on the account, each a 1-process run "
+                         "(default 100,100000; empty: none)")
+    ap.add_argument("--held-attempts", type=int, default=4000,
+                    help="admission attempts of each --open-holds run (default 4000)")
+    ap.add_argument("--held-rounds", type=int, default=3,
+                    help="rounds of the --open-holds runs, taken in turn on the same ledgers; the ratio is of "
+                         "the medians (default 3)")
     ap.add_argument("--json", action="store_true", help="print machine-readable results only")
     a = ap.parse_args(argv)
     a.backends = [b.strip().lower() for b in a.backends.split(",") if b.strip()]
@@ -311,6 +354,12 @@ def _parse(argv) -> argparse.Namespace:
         ap.error("--procs: process counts must be >= 1")
     if a.attempts < 2:
         ap.error("--attempts must be >= 2, so that some admissions are refused")
+    try:
+        a.open_holds = [int(n) for n in a.open_holds.split(",") if n.strip()]
+    except ValueError:
+        ap.error(f"--open-holds: {a.open_holds!r} is not a comma-separated list of integers")
+    if any(n < 1 for n in a.open_holds) or a.held_attempts < 2 or a.held_rounds < 1:
+        ap.error("--open-holds counts must be >= 1, --held-attempts >= 2 and --held-rounds >= 1")
     return a
 
 
@@ -319,9 +368,10 @@ def main(argv=None) -> int:
     say = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
     # spawn: each worker starts clean, with no inherited connection or lock from this process
     ctx = mp.get_context("spawn")
-    specs = [(n, a.attempts, False) for n in a.procs]
+    specs = [(n, a.attempts, False, 0, 0) for n in a.procs]
     if a.procs[-1] > 1 and not a.no_control:
-        specs.append((1, a.procs[-1] * a.attempts, True))
+        specs.append((1, a.procs[-1] * a.attempts, True, 0, 0))
+    specs += [(1, a.held_attempts, False, n, r) for r in range(a.held_rounds) for n in a.open_holds]
     rows, skipped, env = [], {}, {"cpus": os.cpu_count(), "python": platform.python_version(),
                                   "sqlite": sqlite3.sqlite_version}
     for backend in a.backends:
@@ -329,10 +379,11 @@ def main(argv=None) -> int:
             tmp = tempfile.mkdtemp(prefix="slurmgov-ledger-bench-")
             env["sqlite_fs"] = _fs_type(tmp)
             try:
-                for i, (n, att, ctl) in enumerate(specs):
-                    url = f"sqlite:///{tmp}/ledger-{i}.db"
-                    say(f"sqlite: {n} process(es) x {att} attempts{' (control)' if ctl else ''} ...")
-                    rows.append(run_one("sqlite", url, n, att, ctx, ctl))
+                for i, (n, att, ctl, pre, rnd) in enumerate(specs):
+                    url = f"sqlite:///{tmp}/ledger-{f'held{pre}' if pre else i}.db"  # rounds share a ledger
+                    say(f"sqlite: {n} process(es) x {att} attempts{' (control)' if ctl else ''}"
+                        f"{f', {pre:,} open holds before (round {rnd + 1})' if pre else ''} ...")
+                    rows.append(run_one("sqlite", url, n, att, ctx, ctl, pre, rnd))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -344,15 +395,18 @@ def main(argv=None) -> int:
                 continue
             env["postgres"] = pg.version
             try:
-                for n, att, ctl in specs:
-                    say(f"postgres: {n} process(es) x {att} attempts{' (control)' if ctl else ''} ...")
-                    rows.append(run_one("postgres", pg.fresh_url(), n, att, ctx, ctl))
+                held_urls: dict[int, str] = {}
+                for n, att, ctl, pre, rnd in specs:
+                    say(f"postgres: {n} process(es) x {att} attempts{' (control)' if ctl else ''}"
+                        f"{f', {pre:,} open holds before (round {rnd + 1})' if pre else ''} ...")
+                    url = held_urls.setdefault(pre, pg.fresh_url()) if pre else pg.fresh_url()
+                    rows.append(run_one("postgres", url, n, att, ctx, ctl, pre, rnd))
             finally:
                 pg.stop()
 
-    ratios = _ratios(rows)
+    ratios, held = _ratios(rows), _held_ratios(rows)
     if a.json:
-        doc = {"env": env, "runs": rows, "ratios": ratios, "skipped": skipped}
+        doc = {"env": env, "runs": rows, "ratios": ratios, "open_hold_ratios": held, "skipped": skipped}
         print(json.dumps(_no_nan(doc), indent=2))  # strict JSON: no NaN
     elif rows:
         print()
@@ -362,12 +416,16 @@ def main(argv=None) -> int:
         print(_table(rows))
         if any(r["control"] for r in rows):
             print("* control: 1 process making as many attempts as all the processes of the largest run, so the")
-            print("  same number of open holds (admission sums them, so its cost grows with them)")
+            print("  same number of open holds at the end")
         fx = lambda v: "n/a" if v is None else f"x{v:.2f}"
         for q in ratios:
             print(f"{q['backend']}: {q['procs']}-proc vs 1-proc throughput: attempts/s "
                   f"{fx(q['vs_1proc_attempts_per_s'])}, admitted/s {fx(q['vs_1proc_admitted_per_s'])}; "
                   f"vs the 1-proc control with as many attempts: {fx(q['vs_control_attempts_per_s'])}")
+        for q in held:
+            print(f"{q['backend']}: admission rate with {q['many']:,} open holds on the account vs {q['few']:,} "
+                  f"(medians of the rounds, {q['median_many']:,.0f} vs {q['median_few']:,.0f} attempts/s): "
+                  f"x{q['ratio_attempts_per_s']:.2f}")
         for r in rows:
             for p in r["problems"]:
                 print(f"{r['backend']} {r['procs']}-proc: {p}")

@@ -1022,6 +1022,7 @@ def test_a_version_3_ledger_gains_leases_on_open(db):
     led = Ledger.open(db)
     led.disconnect()
     with raw(db) as (conn, _):
+        conn.execute("DROP INDEX holds_lease")  # version 5's index of open leases: not in a version-3 ledger
         conn.execute("ALTER TABLE holds DROP COLUMN lease_until")
         conn.execute("UPDATE schema_version SET version = 3")
         if db.startswith("sqlite"):
@@ -1030,6 +1031,32 @@ def test_a_version_3_ledger_gains_leases_on_open(db):
     led.set_budget("chem", 1.0, "none", actor="t")
     led.admit("run:x", "chem", "wf", {"s": 0.5}, lease_s=30)
     assert led.holds_open()[0]["lease_until"] > time.time()
+
+
+def test_a_version_4_ledger_gains_running_held_totals_from_its_open_holds(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.set_budget("bio", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0, "t": 1.0})
+    led.admit("b", "chem", "wf", {"s": 1.5})
+    led.admit("c", "bio", "wf", {"s": 4.0})
+    led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "done")  # draws 0.5 from a's share s
+    led.close("c", "done")
+    led.disconnect()
+    with raw(db) as (conn, _):
+        conn.execute("DROP INDEX holds_lease")
+        conn.execute("ALTER TABLE accounts DROP COLUMN held_ms")
+        conn.execute("UPDATE schema_version SET version = 4")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates: the totals are summed from the open holds, once
+    assert led.check_held() == []
+    assert led.balance("chem").held_h == 4.0 and led.balance("bio").held_h == 0.0
+    led.admit("d", "bio", "wf", {"s": 1.0})
+    assert led.balance("bio").held_h == 1.0 and led.check_held() == []
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
 
 
 # ---- budget changes change only what they are told -----------------------------------------
@@ -1122,3 +1149,98 @@ def test_a_waiting_writer_goes_on_once_the_holder_commits(led, db):
     assert len(notices) == 1 and "is busy" in notices[0]
     assert led.balance("chem").budget_h == 12.0
     mine.disconnect()
+
+
+# ---- the running held total (schema 5) stays exact whatever writes the holds ---------------
+
+def test_the_running_held_total_equals_the_open_holds_after_a_random_mix_of_writes(db):
+    import random
+
+    rnd = random.Random(13)
+    led = Ledger.open(db)
+    accounts = ["chem", "bio", "phys"]
+    for a in accounts:
+        led.set_budget(a, 1_000.0, "none", actor="t")
+    keys: list[str] = []
+    t = time.time()
+    for i in range(160):
+        op = rnd.choice(("admit", "admit", "lease", "charge", "settle", "close", "release", "reprice",
+                         "bulk_admit", "bulk_charge", "bulk_close", "lapse"))
+        key = rnd.choice(keys) if keys else None
+        if op in ("admit", "lease") or key is None:
+            keys.append(f"h{i}")
+            led.admit(f"h{i}", rnd.choice(accounts), "wf", {"a": rnd.uniform(0, 3), "b": rnd.uniform(0, 2)},
+                      enforce=rnd.random() < 0.5, lease_s=rnd.choice((1, 1000)) if op == "lease" else None)
+        elif op == "charge":
+            led.charge(f"c{i}", key, rnd.choice("ab"), 1, rnd.uniform(0, 9000), rnd.uniform(0.5, 2), None, None, t,
+                       "done")
+        elif op == "settle":
+            led.settle_step(key, rnd.choice("ab"))
+        elif op == "close":
+            led.close(key, rnd.choice(("done", "failed")))
+        elif op == "release":
+            led.release(key, "admin", "test")
+        elif op == "reprice":
+            led.reprice(key, f"m{i}", rnd.choice(accounts), rnd.uniform(-3, 3))
+        elif op == "bulk_admit":
+            rows = [(f"h{i}.{j}", rnd.choice(accounts), "wf", {"a": rnd.uniform(0, 2), "b": 0.5}, None, None, t)
+                    for j in range(5)]
+            led.import_holds(rows + rows[:1])  # a replay inside the batch too
+            keys += [r[0] for r in rows]
+        elif op == "bulk_charge":
+            led.import_charges([dict(charge_key=f"c{i}.{j}", hold_key=rnd.choice(keys), step=rnd.choice("ab"),
+                                     attempt=1, gpu_seconds=rnd.uniform(0, 5000), weight=1.0, gpu_type=None,
+                                     started=None, ended=t, status="done") for j in range(6)])
+        elif op == "bulk_close":
+            led.close_holds([(rnd.choice(keys), "done") for _ in range(4)])
+        elif op == "lapse":
+            led.release_lapsed(now=time.time() + 5)  # the 1 s leases have lapsed; the 1000 s ones not
+        assert led.check_held() == [], (i, op)
+    open_ = {a: 0.0 for a in accounts}
+    for h in led.holds_open():
+        open_[h["account"]] += h["held_h"]
+    for a in accounts:
+        assert abs(led.balance(a).held_h - open_[a]) < 1e-9
+    led.disconnect()
+
+
+def test_check_held_finds_a_total_that_a_write_forgot(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0})
+    with raw(db) as (conn, _):
+        conn.execute("UPDATE accounts SET held_ms = 1 WHERE account = 'chem'")
+        if db.startswith("sqlite"):
+            conn.commit()
+    assert led.check_held() == [("chem", 1 / MS, 2.0)]
+    led.disconnect()
+
+
+# ---- SQLite: slurmgov's writers queue on a flock before SQLite's own lock ------------------
+
+def test_a_sqlite_writer_waits_for_the_writers_lock_says_who_holds_it_then_gives_up(tmp_path):
+    import fcntl
+
+    db = url(tmp_path / "ledger.sqlite")
+    led = Ledger.open(db)
+    led.ensure_account("chem", 10.0)
+    fd = os.open(str(tmp_path / "ledger.sqlite-writers"), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as another slurmgov writer in its transaction holds it
+    notices: list[str] = []
+    mine = Ledger.open(db, wait_s=1.5, on_wait=notices.append)
+    try:
+        t = time.monotonic()
+        with pytest.raises(LedgerUnavailable) as e:
+            mine.grant("chem", 1.0, actor="t")
+        assert 1.4 < time.monotonic() - t < 5
+        assert len(notices) == 1 and notices[0].startswith(f"ledger {mine._where} is busy: held by pid {os.getpid()} (")
+        assert str(e.value).endswith("; gave up after waiting 1.5 s")
+        threading.Timer(0.3, os.close, (fd,)).start()  # the holder lets go while we wait (in the kernel by then)
+        fd = -1
+        mine.grant("chem", 1.0, actor="t")
+        assert led.balance("chem").budget_h == 11.0
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        mine.disconnect()
+        led.disconnect()

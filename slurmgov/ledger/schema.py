@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds
+SCHEMA_VERSION = 5  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+# 5: each account's running total of what its open holds still hold (accounts.held_ms)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
@@ -135,7 +136,8 @@ def ddl(d: Dialect) -> list[str]:
             period_kind {T} NOT NULL CHECK (period_kind IN ('monthly', 'quarterly', 'none')),
             updated_at DOUBLE PRECISION NOT NULL,
             rollover_pct INTEGER NOT NULL DEFAULT 0 CHECK (rollover_pct >= 0 AND rollover_pct <= 100),
-            expires_at DOUBLE PRECISION)""",
+            expires_at DOUBLE PRECISION,
+            held_ms BIGINT NOT NULL DEFAULT 0 CHECK (held_ms >= 0))""",
         f"""CREATE TABLE IF NOT EXISTS audit (
             seq {d.identity},
             at {T} NOT NULL,
@@ -185,6 +187,7 @@ def ddl(d: Dialect) -> list[str]:
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
+        LEASE_INDEX,
         *d.extra_ddl,
     ]
 
@@ -230,6 +233,21 @@ def lease_ddl(d: Dialect) -> list[tuple[str, str, str]]:
     by the next command that opens the ledger. (table, column, statement) as terms_ddl."""
     return [("holds", "lease_until", "ALTER TABLE holds ADD COLUMN lease_until DOUBLE PRECISION")]
 
+
+def held_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 5: ``accounts.held_ms``, what the account's open holds still hold (the sum of their
+    shares' remaining_ms), kept exact by every write that opens, re-prices, draws down, settles,
+    closes, releases or lapses a hold, in the same transaction; so an admission reads one row
+    instead of summing every open hold. (table, column, statement) as terms_ddl; the migration
+    then fills the column from the open holds (HELD_FILL) and adds LEASE_INDEX."""
+    return [("accounts", "held_ms", "ALTER TABLE accounts ADD COLUMN held_ms BIGINT NOT NULL DEFAULT 0 "
+                                    "CHECK (held_ms >= 0)")]
+
+
+# The open holds with a lease, by account and lease end: an admission's look for its account's
+# lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
+LEASE_INDEX = ("CREATE INDEX IF NOT EXISTS holds_lease ON holds (account, lease_until) "
+               "WHERE state = 'open' AND lease_until IS NOT NULL")
 
 ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
     amount_ms, ended, recorded_at"""
@@ -291,8 +309,21 @@ AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budge
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
 CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
     WHERE account = ? AND ended >= ? AND ended < ?"""
-HELD_OPEN = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM hold_shares s
-    JOIN holds h ON h.hold_key = s.hold_key WHERE h.account = ? AND h.state = 'open'"""
+# What its open holds still reserve: a running total per account (version 5), read by every
+# balance, moved by every write to an open hold's shares in the same transaction (HELD_ADD), so an
+# admission reads one row instead of summing the account's open holds. HELD_CHECK: each account
+# whose total differs from the sum over its open holds (none, unless a write forgot it).
+HELD_GET = "SELECT held_ms FROM accounts WHERE account = ?"
+HELD_ADD = "UPDATE accounts SET held_ms = held_ms + ? WHERE account = ?"
+HELD_FILL = """UPDATE accounts SET held_ms = (SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT)
+    FROM hold_shares s JOIN holds h ON h.hold_key = s.hold_key
+    WHERE h.account = accounts.account AND h.state = 'open')"""
+HELD_CHECK = """SELECT a.account, a.held_ms, CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM accounts a
+    LEFT JOIN holds h ON h.account = a.account AND h.state = 'open'
+    LEFT JOIN hold_shares s ON s.hold_key = h.hold_key
+    GROUP BY a.account, a.held_ms HAVING a.held_ms <> CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT)
+    ORDER BY a.account"""
+HOLD_REMAINING = "SELECT CAST(COALESCE(SUM(remaining_ms), 0) AS BIGINT) FROM hold_shares WHERE hold_key = ?"
 
 HOLD_GET = """SELECT hold_key, account, workflow, user_name, run_id, amount_ms, state, created_at, closed_at
     FROM holds WHERE hold_key = ?"""
@@ -301,6 +332,7 @@ HOLD_INSERT = """INSERT INTO holds (hold_key, account, workflow, user_name, run_
 HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\' ORDER BY hold_key"""
 HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND state = 'open'"
 HOLD_LEASE = "UPDATE holds SET lease_until = ? WHERE hold_key = ? AND state = 'open'"
+# (HOLDS_LAPSED_OF, an admission's, reads LEASE_INDEX: only its account's open leases that lapsed)
 HOLDS_LAPSED = """SELECT hold_key, account, lease_until FROM holds
     WHERE state = 'open' AND lease_until IS NOT NULL AND lease_until < ? ORDER BY hold_key"""
 HOLDS_LAPSED_OF = """SELECT hold_key, account, lease_until FROM holds
@@ -343,6 +375,9 @@ HOLD_ROWS = ("holds", ("hold_key", "account", "workflow", "user_name", "run_id",
 SHARE_ROWS = ("hold_shares", ("hold_key", "step", "amount_ms", "remaining_ms"))
 CHARGE_ROWS = ("charges", tuple(c.strip() for c in CHARGE_COLUMNS.split(",")))
 SHARES_RELEASE_BULK = "UPDATE hold_shares SET remaining_ms = 0 WHERE {keys}"
+# what closing these holds releases, by account (only open holds hold anything)
+HELD_OF_BULK = """SELECT h.account, CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM hold_shares s
+    JOIN holds h ON h.hold_key = s.hold_key WHERE h.state = 'open' AND {keys} GROUP BY h.account"""
 HOLDS_CLOSE_BULK = "UPDATE holds SET state = ?, closed_at = ? WHERE state = 'open' AND {keys}"
 CHARGE_SECONDS_BULK = "SELECT charge_key, hold_key, gpu_seconds FROM charges WHERE {keys}"
 CHARGE_STATUS_BULK = "SELECT hold_key, charge_key, status FROM charges WHERE {keys}"

@@ -1,11 +1,16 @@
 """The GPU-budget ledger: budgets, holds placed at admission, charges for what ran, an audit trail.
 
-Money rules. Amounts enter as weighted GPU-hours (floats) and are stored as integer weighted
-GPU-milliseconds, rounded half up once at entry, so every sum is exact. For an account:
+Money rules (each written once, in ``rules``, and called from here, from ``Bulk`` and from the
+governor's batches). Amounts enter as weighted GPU-hours (floats) and are stored as integer
+weighted GPU-milliseconds, rounded half up once at entry, so every sum is exact. For an account:
 
     available = budget - charged in the current period - still held by open holds
 
 A charge belongs to the period of its end time; open holds count against the current period.
+What open holds still hold is kept per account as a running total (``accounts.held_ms``, schema
+5), moved in the same transaction by every write to an open hold's shares (``Ledger._held``,
+``Bulk._add_held``), so an admission costs the same however many holds are open;
+``check_held`` compares it with the sum over the open holds.
 Periods are UTC: monthly 'YYYY-MM', quarterly 'YYYY-Qn', or 'none' (one period, 'all').
 
 Every mutating method is one transaction and idempotent by its key, so a caller that crashed
@@ -14,8 +19,8 @@ balance, so concurrent admissions (threads or processes, each with its own Ledge
 hold more than the budget.
 
 Bulk work (reconcile of a million sacct jobs, imports) goes through ``Ledger.bulk``: the same
-rules, row by row, but read with a few key-set queries and written with executemany (COPY on
-PostgreSQL), in transactions of many rows (``Bulk``).
+rules (the same ``rules`` functions), row by row, but read with a few key-set queries and
+written with executemany (COPY on PostgreSQL), in transactions of many rows (``Bulk``).
 
 Backends: ``sqlite:///ABSOLUTE/PATH`` (the standard library), and ``postgresql://`` or
 ``postgres://`` URLs (psycopg 3, the ``postgres`` extra) for sites whose login nodes and
@@ -25,6 +30,7 @@ engines (how a writer locks, see ledger_schema) is in ledger_schema.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import math
@@ -42,19 +48,28 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from slurmgov.errors import (
-    BudgetRefused,
     InputError,
     LedgerError,
     LedgerUnavailable,
-    UnknownAccount,
 )
+from slurmgov.ledger import rules as R
 from slurmgov.ledger import schema as S
+from slurmgov.ledger.rules import (  # the rules, written once (rules.py); re-exported where callers use them
+    CLOSED_STATES,
+    MAX_GPU_HOURS,
+    MS_PER_H,
+    PERIOD_KINDS,
+    period_of,
+)
+from slurmgov.ledger.rules import FOREVER as _FOREVER
+from slurmgov.ledger.rules import amount_ms as _ms
+from slurmgov.ledger.rules import epoch as _epoch
+from slurmgov.ledger.rules import hours as _h
 
-MS_PER_H = 3_600_000
-PERIOD_KINDS = ("monthly", "quarterly", "none")
-CLOSED_STATES = ("done", "failed", "cancelled")
+__all__ = ["BULK_ROWS", "CLOSED_STATES", "DEFAULT_WAIT_S", "MAX_GPU_HOURS", "MS_PER_H", "PERIOD_KINDS", "Balance",
+           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "period_of"]
+
 USAGE_BY = tuple(S.USAGE_COLUMNS)
-_FOREVER = 1e18  # epoch-seconds bound for the open-ended period and unbounded usage queries
 DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
 NOTICE_S = 1.0  # after this long waiting, on_wait hears that (and who) the ledger is busy
 _RETRIES = 8  # transactions a server aborted (serialization, deadlock, key race): retried this many times
@@ -89,84 +104,6 @@ class Hold:
     shares: dict[str, float]  # step -> weighted GPU-h still held for it
     user: str | None = None
     run_id: str | None = None
-
-
-def _h(ms: int) -> float:
-    return ms / MS_PER_H
-
-
-def _round_half_up(x: float) -> int:
-    return math.floor(x + 0.5)
-
-
-MAX_GPU_HOURS = S.MAX_MS / MS_PER_H  # about 2.56e12: the most one amount column can store
-
-
-def _too_much(what: str, ms: float, verb: str = ":") -> InputError:
-    h = ms / MS_PER_H
-    said = f"{h:,.0f}" if h < 1e15 else f"{h:.3g}"  # whole hours, so that it differs visibly from the limit
-    return InputError(f"{what}{verb} {said} GPU-h, more than the ledger can store (at most {MAX_GPU_HOURS:,.0f} GPU-h)")
-
-
-def _storable_ms(x: float, what: str) -> int:
-    """``x`` milliseconds rounded half up, or InputError when that is more than a 64-bit column holds."""
-    if x >= 2**63 or x + 0.5 >= 2**63:  # exact comparisons (float against int); inf included
-        raise _too_much(what, x)
-    return _round_half_up(x)
-
-
-def _ms(hours, what: str) -> int:
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours) or hours < 0:
-        raise InputError(f"{what} must be a number of GPU-hours >= 0, got {hours!r}")
-    return _storable_ms(hours * MS_PER_H, what)
-
-
-def _epoch(t, what: str = "time") -> float:
-    """None is now; a naive datetime is taken as UTC; numbers are epoch seconds."""
-    if t is None:
-        return time.time()
-    if isinstance(t, datetime):
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-        return float(t)
-    raise InputError(f"{what} must be a datetime or epoch seconds, got {t!r}")
-
-
-def period_of(kind: str, ts: float) -> tuple[str, float, float]:
-    """The period holding epoch time ``ts``: (key, start, end) with start <= ts < end."""
-    if kind == "none":
-        return "all", -_FOREVER, _FOREVER
-    d = datetime.fromtimestamp(ts, timezone.utc)
-    if kind == "monthly":
-        first, months, key = d.month, 1, f"{d.year:04d}-{d.month:02d}"
-    elif kind == "quarterly":
-        q = (d.month - 1) // 3
-        first, months, key = 3 * q + 1, 3, f"{d.year:04d}-Q{q + 1}"
-    else:
-        raise InputError(f"period {kind!r} is not one of {', '.join(PERIOD_KINDS)}")
-    nxt = first - 1 + months
-    start = datetime(d.year, first, 1, tzinfo=timezone.utc)
-    end = datetime(d.year + nxt // 12, nxt % 12 + 1, 1, tzinfo=timezone.utc)
-    return key, start.timestamp(), end.timestamp()
-
-
-def _check_terms(account: str, rollover_pct, expires) -> tuple[int, float | None]:
-    if isinstance(rollover_pct, bool) or not isinstance(rollover_pct, int) or not 0 <= rollover_pct <= 100:
-        raise InputError(f"budget of {account}: rollover must be a whole percentage 0..100, got {rollover_pct!r}")
-    return rollover_pct, None if expires is None else _epoch(expires, "expires")
-
-
-def _terms_text(pct: int, expires: float | None) -> str:
-    parts = [f"rollover {pct}%"] if pct else []
-    if expires is not None:
-        parts.append(f"expires {datetime.fromtimestamp(expires, timezone.utc).isoformat()}")
-    return "; ".join(parts)
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in PERIOD_KINDS:
-        raise InputError(f"period {kind!r} is not one of {', '.join(PERIOD_KINDS)}")
-    return kind
 
 
 def _locked(e: sqlite3.Error) -> bool:
@@ -282,17 +219,110 @@ def _pg_holders(rows) -> str | None:
 _SHM_WRITE_LOCK = "120"  # SQLite's unix VFS locks byte 120 of the -shm file while a WAL writer writes
 
 
+def _inode(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+
+
 def _sqlite_holder(path: str) -> str | None:
-    """Which process holds the write lock of the WAL database at ``path``, from Linux's
-    /proc/locks (a process on another host, through a network file system, is not there)."""
-    shm = os.stat(path + "-shm")
-    inode = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    """Which process holds the write lock of the WAL database at ``path``, or the writers' lock
+    file next to it (_WriterLock), from Linux's /proc/locks (a process on another host, through
+    a network file system, is not there)."""
+    shm, side = _inode(path + "-shm"), _inode(path + WRITER_LOCK_SUFFIX)
     with open("/proc/locks") as f:
         for line in f:  # "1: POSIX  ADVISORY  WRITE 4242 fe:00:2146356 120 120" ("->" marks waiters)
             p = line.split()
-            if len(p) >= 8 and p[1] == "POSIX" and p[3] == "WRITE" and p[5] == inode and p[6] == _SHM_WRITE_LOCK:
+            if len(p) < 8 or p[3] != "WRITE":
+                continue
+            if (p[1] == "POSIX" and p[5] == shm and p[6] == _SHM_WRITE_LOCK) or (p[1] == "FLOCK" and p[5] == side):
                 return f"held by {_process(int(p[4]))}"
     return None
+
+
+WRITER_LOCK_SUFFIX = "-writers"  # SQLite: the file next to the database whose flock writers queue on
+_FLOCK_STEP_S = 0.001  # a writer waiting for the writers' lock tries again this often ...
+_FLOCK_POLL_S = 0.05  # ... for this long, then waits in the kernel (a helper thread) for the rest
+
+
+class _WriterLock:
+    """SQLite: writers queue on an exclusive flock of a file next to the database before BEGIN
+    IMMEDIATE. A writer that finds SQLite's own lock taken polls for it (its busy handler sleeps
+    1, 2, 5 ... up to 100 ms between tries), so under many processes the lock is mostly won by
+    whoever just let it go and one unlucky writer can wait seconds (bench/ledger_load.py, 16
+    processes: max 0.9-1.3 s, some attempts over 1 s). Here a waiter tries every millisecond,
+    so no writer sleeps long past the lock's release (same bench: max 55-90 ms, at about a
+    quarter less throughput than the unfair handler: the lock changes hands every transaction;
+    see bench/RESULTS.md). SQLite's lock stays the one that guards the data (a writer that does
+    not take this file, such as the sqlite3 shell, is still waited for as before); the flock
+    only orders slurmgov's own writers, and goes with its holder's file or process.
+
+    A wait longer than _FLOCK_POLL_S (a bulk import, a stopped process) blocks in the kernel in
+    a helper thread, which closes the file if the wait was given up (``wait_s``, or the notice
+    due after NOTICE_S) by the time it gets the lock. Where the file cannot be opened (a
+    read-only directory) or locked, writers go straight to SQLite's lock."""
+
+    def __init__(self, path: str):
+        self.path = path + WRITER_LOCK_SUFFIX
+        self.usable = True
+
+    def acquire(self, timeout: float) -> int | None:
+        """An fd holding the lock (close it to release), None where there is no usable lock file;
+        sqlite3.OperationalError('database is locked') after ``timeout`` seconds, as SQLite's own
+        busy wait ends, so that the ledger's wait loop treats both alike."""
+        if not self.usable:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            self.usable = False
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        except OSError:  # a file system without flock
+            os.close(fd)
+            self.usable = False
+            return None
+        # A short wait (the usual one: another writer's transaction) polls every millisecond;
+        # a long one (a bulk import, a stopped process) waits in the kernel, in a helper thread.
+        start = time.monotonic()
+        while (waited := time.monotonic() - start) < min(timeout, _FLOCK_POLL_S):
+            time.sleep(_FLOCK_STEP_S)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                pass
+        timeout -= waited
+        state: list[bool | None] = [None]  # None: waiting; True: got it; False: given up on
+        mutex, done = threading.Lock(), threading.Event()
+
+        def wait() -> None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                got = True
+            except OSError:
+                got = False
+            with mutex:
+                if state[0] is None and got:
+                    state[0] = True
+                else:
+                    state[0] = False
+                    os.close(fd)
+            done.set()
+
+        threading.Thread(target=wait, name="slurmgov ledger writer lock", daemon=True).start()
+        done.wait(timeout)
+        with mutex:
+            if state[0]:
+                return fd
+            state[0] = False  # the thread closes the file once its flock returns
+        raise sqlite3.OperationalError("database is locked (another slurmgov writer holds the writers' lock)")
 
 
 def _process(pid: int) -> str:
@@ -313,63 +343,6 @@ def _process(pid: int) -> str:
     cmd = cmd if len(cmd) <= 80 else cmd[:79] + "…"
     about = ": ".join(x for x in (user, cmd) if x)
     return f"pid {pid}" + (f" ({about})" if about else "")
-
-
-def _no_budget(account: str) -> UnknownAccount:
-    return UnknownAccount(account, f"account {account} has no budget in the ledger; set one with "
-                                   f"`slurmgov budget set {account} GPU_HOURS`")
-
-
-def missing_hold(hold_key: str) -> LedgerError:
-    return LedgerError(f"hold {hold_key} is not in the ledger")
-
-
-def hold_conflict(hold_key: str) -> LedgerError:
-    """What a hold key replayed with a different account, workflow or shares raises."""
-    return LedgerError(f"hold {hold_key} already exists for a different account, workflow "
-                       f"or shares; a replay must repeat the original request")
-
-
-MOD_PREFIX = "mod:"  # the share a re-pricing (reprice) adds; its key makes the change idempotent
-
-
-def mod_step(mod_id: str) -> str:
-    """The share that records re-pricing ``mod_id`` (its amount: what it added, 0 for a shrink)."""
-    return f"{MOD_PREFIX}{mod_id}"
-
-
-def replay_matches(had_account: str, had_workflow: str, had_shares: dict[str, int], account: str, workflow: str,
-                   want: dict[str, int]) -> bool:
-    """Whether an admission (account, workflow, shares in ms) repeats the hold that is there. A
-    re-priced hold is compared on the shares it was admitted with: its account may have moved."""
-    base = {k: v for k, v in had_shares.items() if not k.startswith(MOD_PREFIX)}
-    asked = {k: v for k, v in want.items() if not k.startswith(MOD_PREFIX)}
-    moved = len(base) != len(had_shares)
-    return had_workflow == workflow and base == asked and (moved or had_account == account)
-
-
-def shares_ms(shares: dict) -> dict[str, int]:
-    """An admission's shares (step -> weighted GPU-h) as admit holds them: integer milliseconds,
-    validated as admit validates them."""
-    return {str(step): _ms(h, f"share of step {step}") for step, h in shares.items()}
-
-
-def epoch(t, what: str = "time") -> float:
-    """A time as the ledger takes it (None: now; datetime; epoch seconds), or InputError."""
-    return _epoch(t, what)
-
-
-def charge_conflict(charge_key: str) -> LedgerError:
-    """What a charge key replayed with a different hold, step, attempt or amount raises."""
-    return LedgerError(f"charge {charge_key} already exists with a different hold, step, attempt or amount")
-
-
-def charge_ms(charge_key: str, gpu_seconds, weight) -> int:
-    """A charge's amount in weighted GPU-milliseconds, validated as charge() validates it."""
-    for v, what in ((gpu_seconds, "gpu_seconds"), (weight, "weight")):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise InputError(f"charge {charge_key}: {what} must be a number >= 0, got {v!r}")
-    return _storable_ms(gpu_seconds * weight * 1000, f"charge {charge_key}")  # straight from seconds: one rounding
 
 
 def _charge_dict(r) -> dict:
@@ -397,6 +370,8 @@ class Ledger:
             raise InputError(f"ledger wait must be a number of seconds >= 0, got {wait_s!r}")
         self.wait_s, self.on_wait = float(wait_s), on_wait
         self._engine_wait_ms: int | None = None  # the lock wait the connection has now (None: not set yet)
+        self._wait_now = 0.0  # seconds the current try may wait for a lock (_engine_wait)
+        self._writers: _WriterLock | None = None  # SQLite: set by open()
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -424,7 +399,8 @@ class Ledger:
             conn = sqlite3.connect(str(path), timeout=0, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise LedgerUnavailable(f"ledger {path}: cannot open: {e}") from None
-        return cls._started(conn, str(path), S.SQLITE, None, waiting)
+        ledger = cls._started(conn, str(path), S.SQLITE, None, waiting, _WriterLock(str(path)))
+        return ledger
 
     @classmethod
     def _open_postgres(cls, url: str, waiting: dict) -> Ledger:
@@ -449,11 +425,13 @@ class Ledger:
         return cls._started(conn, where, S.POSTGRES, drv, waiting)
 
     @classmethod
-    def _started(cls, conn, where: str, dialect: S.Dialect, driver: _Driver | None, waiting: dict) -> Ledger:
+    def _started(cls, conn, where: str, dialect: S.Dialect, driver: _Driver | None, waiting: dict,
+                 writers: _WriterLock | None = None) -> Ledger:
         """A Ledger on ``conn`` with its session set up and schema checked; the connection is
         closed if that fails, so a bad ledger never leaks one."""
         try:
             ledger = cls(conn, where, dialect, driver, **waiting)
+            ledger._writers = writers
             ledger._setup()
         except BaseException:
             conn.close()
@@ -502,6 +480,12 @@ class Ledger:
                 for table, column, stmt in S.lease_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 5:
+                for table, column, stmt in S.held_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
+                self._x(S.HELD_FILL)  # from the open holds, under the write lock: exact from here on
+                self._x(S.LEASE_INDEX)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -562,6 +546,7 @@ class Ledger:
         """Make the engine wait up to ``seconds`` (at least 1 ms: 0 means forever on PostgreSQL)
         for a lock, before it reports the database busy; a statement only when that changes."""
         ms = max(1, math.ceil(min(seconds, _ENGINE_WAIT_MAX_S) * 1000))
+        self._wait_now = ms / 1000
         if ms != self._engine_wait_ms:
             self._x(self._d.lock_wait.format(ms=ms))
             self._engine_wait_ms = ms
@@ -580,7 +565,21 @@ class Ledger:
             return None
 
     def _tx(self, fn, begin: str):
+        writers = self._writers if begin == self._d.begin_write else None
+
         def once():
+            t0 = time.monotonic()
+            fd = None if writers is None else writers.acquire(self._wait_now)
+            if fd is not None and (took := time.monotonic() - t0) > 0.01:
+                # a long wait for the writers' lock counts against this try's wait for SQLite's
+                self._engine_wait(max(0.001, self._wait_now - took))
+            try:
+                return in_tx()
+            finally:
+                if fd is not None:
+                    os.close(fd)  # after COMMIT or ROLLBACK: the next writer may begin
+
+        def in_tx():
             self._x(begin)
             try:
                 out = fn()
@@ -629,13 +628,13 @@ class Ledger:
     def _account(self, account: str):
         row = self._one(S.ACCOUNT_GET, (account,))
         if row is None:
-            raise _no_budget(account)
+            raise R.no_budget(account)
         return row
 
     def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
         """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
         if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
-            raise _too_much(f"budget of {account}", ms, " would be")
+            raise R.too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
         now = time.time()
         old = self._one(S.ACCOUNT_GET, (account,))
@@ -650,13 +649,13 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.fromtimestamp(now, timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason,
-                                 _terms_text(pct, expires)))
+                                 R.terms_text(pct, expires)))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
                        actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
         """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
-        ms, kind = _ms(gpu_hours, f"budget of {account}"), _check_kind(period_kind)
-        terms = _check_terms(account, rollover_pct, expires)
+        ms, kind = _ms(gpu_hours, f"budget of {account}"), R.check_kind(period_kind)
+        terms = R.check_terms(account, rollover_pct, expires)
         if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
             return  # seeded before: no need to queue for the write lock (the write checks again)
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
@@ -672,9 +671,9 @@ class Ledger:
         if not actor:
             raise InputError(f"set_budget of {account}: say who is changing it (actor)")
         ms = _ms(gpu_hours, f"budget of {account}")
-        kind = None if period_kind is None else _check_kind(period_kind)
+        kind = None if period_kind is None else R.check_kind(period_kind)
         if rollover_pct is not None:
-            _check_terms(account, rollover_pct, None)
+            R.check_terms(account, rollover_pct, None)
         when = None if expires is None else _epoch(expires, "expires")
 
         def tx():
@@ -685,7 +684,7 @@ class Ledger:
                 raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
             pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
             exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
-            self._put_budget(account, ms, k, actor, reason or "", "set", True, _check_terms(account, pct, exp))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp))
 
         self._write(tx)
 
@@ -715,8 +714,8 @@ class Ledger:
             for account in sorted((source, dest)):  # one lock order: two opposite transfers never deadlock
                 self._lock_account(account)
             _, budget, charged, held = self._balance_ms(source, ts)
-            if budget - charged - held < amount:
-                raise InputError(f"account {source}: {_h(budget - charged - held):.1f} GPU-h available, "
+            if (avail := R.available(budget, charged, held)) < amount:
+                raise InputError(f"account {source}: {_h(avail):.1f} GPU-h available, "
                                  f"cannot transfer {_h(amount):.1f}")
             _, src_budget, src_kind = self._account(source)
             _, dst_budget, dst_kind = self._account(dest)
@@ -751,18 +750,16 @@ class Ledger:
         own carry never rolls over again)."""
         row = self._one(S.ACCOUNT_BALANCE, (account,))
         if row is None:
-            raise _no_budget(account)
+            raise R.no_budget(account)
         budget, kind, pct, expires = row
         key, start, end = period_of(kind, ts)
         charged = self._one(S.CHARGED_IN, (account, start, end))[0]
-        held = self._one(S.HELD_OPEN, (account,))[0]
+        held = self._one(S.HELD_GET, (account,))[0]  # the running total: one row, however many holds
         carried = 0
-        if expires is not None and ts >= expires:
+        if R.expired(expires, ts):
             budget = 0
-        elif pct and kind != "none" and self._existed_before(account, start):
-            _, p_start, p_end = period_of(kind, start - 1)
-            unused = budget - self._one(S.CHARGED_IN, (account, p_start, p_end))[0]
-            carried = max(0, min(unused, budget * pct // 100))
+        elif (window := R.rollover_window(kind, pct, start)) is not None and self._existed_before(account, start):
+            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *window))[0])
             budget += carried
         return key, budget, charged, held, carried, expires
 
@@ -774,7 +771,8 @@ class Ledger:
     def _balance(self, account: str, ts: float) -> Balance:
         key, budget, charged, held, carried, expires = self._balance_full(account, ts)
         exp = None if expires is None else datetime.fromtimestamp(expires, timezone.utc).date().isoformat()
-        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(budget - charged - held), _h(carried), exp)
+        return Balance(account, key, _h(budget), _h(charged), _h(held), _h(R.available(budget, charged, held)),
+                       _h(carried), exp)
 
     def balance(self, account: str, now=None) -> Balance:
         ts = _epoch(now, "now")
@@ -789,7 +787,7 @@ class Ledger:
     def _hold(self, hold_key: str) -> Hold:
         row = self._one(S.HOLD_GET, (hold_key,))
         if row is None:
-            raise missing_hold(hold_key)
+            raise R.missing_hold(hold_key)
         key, account, workflow, user, run_id, amount, state, _, _ = row
         shares = {step: rem for step, _, rem in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
         return Hold(key, account, workflow, _h(amount), _h(sum(shares.values())), state,
@@ -815,25 +813,21 @@ class Ledger:
         ``lease_s``: the hold is a lease its holder renews (``renew``) within that many seconds,
         or the next command that opens the ledger releases it (``release_lapsed``). Lapsed
         leases of ``account`` are released first: a dead run's money never refuses new work."""
-        want = shares_ms(shares)
+        want = R.shares_ms(shares)
         need, ts = sum(want.values()), _epoch(now, "now")
-        if lease_s is not None and not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
-            raise InputError(f"hold {hold_key}: the lease must be a positive number of seconds, got {lease_s!r}")
+        R.check_lease(hold_key, lease_s)
 
         def tx() -> Hold:
             self._lock_account(account)  # before reading the balance
             self._release_lapsed(ts, account)
             old = self._one(S.HOLD_GET, (hold_key,))
-            if old is not None:
-                had = {step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()}
-                if not replay_matches(old[1], old[2], had, account, workflow, want):
-                    raise hold_conflict(hold_key)
+            had = None if old is None else (old[1], old[2], {
+                step: amount for step, amount, _ in self._x(S.SHARES_GET, (hold_key,)).fetchall()})
+            if R.admit_replay(hold_key, had, account, workflow, want):
                 return self._hold(hold_key)
-            _, budget, charged, held = self._balance_ms(account, ts)
-            avail = budget - charged - held
-            if enforce and avail < need:
-                raise BudgetRefused(f"account {account}: {_h(avail):.1f} GPU-h left, "
-                                    f"workflow needs up to {_h(need):.1f} GPU-h")
+            avail = R.available(*self._balance_ms(account, ts)[1:])  # also: no budget, no hold (enforced or not)
+            if enforce:
+                R.check_admit(account, avail, need)
             self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
             if lease_s is not None:
                 self._x(S.HOLD_LEASE, (ts + lease_s, hold_key))
@@ -862,8 +856,7 @@ class Ledger:
         for acct in sorted({r[1] for r in lapsed}):  # one order, as transfer locks
             self._lock_account(acct)
         for key, acct, until in lapsed:
-            self._x(S.SHARES_RELEASE, (key,))
-            self._x(S.HOLD_CLOSE, ("failed", ts, key))
+            self._release_hold(key, acct, "failed", ts)
             self._audit_note(acct, "slurmgov", "release", f"hold {key}: its run stopped renewing its lease "
                              f"(lapsed {max(0.0, ts - until):.0f} s ago); what it charged stays charged")
             released.append(key)
@@ -886,9 +879,8 @@ class Ledger:
         def tx() -> Hold:
             self._lock_hold(hold_key)
             h = self._hold(hold_key)
-            if h.state == "open":
-                self._x(S.SHARES_RELEASE, (hold_key,))
-                self._x(S.HOLD_CLOSE, ("cancelled", time.time(), hold_key))
+            if R.closes(h.state):
+                self._release_hold(hold_key, h.account, "cancelled", time.time())
                 self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
                                     f"({h.remaining_h:.3f} GPU-h): {reason}")
             return self._hold(hold_key)
@@ -908,6 +900,26 @@ class Ledger:
         self._x(S.HOLD_INSERT, (hold_key, account, workflow, user, run_id, sum(want.values()), ts))
         for step, ms in want.items():
             self._x(S.SHARE_INSERT, (hold_key, step, ms, ms))
+        self._held(account, sum(want.values()))
+
+    def _held(self, account: str, delta: int) -> None:
+        """Move ``account``'s running total of what its open holds hold (schema version 5) by
+        ``delta`` ms, in the transaction that changed the holds: every write to an open hold's
+        shares calls this (Bulk too); ``check_held`` finds one that did not."""
+        if delta:
+            self._x(S.HELD_ADD, (delta, account))
+
+    def _release_hold(self, hold_key: str, account: str, state: str, ts: float) -> None:
+        """Close the open hold ``hold_key`` of ``account``: every share released, the total too."""
+        self._held(account, -self._one(S.HOLD_REMAINING, (hold_key,))[0])
+        self._x(S.SHARES_RELEASE, (hold_key,))
+        self._x(S.HOLD_CLOSE, (state, ts, hold_key))
+
+    def check_held(self) -> list[tuple[str, float, float]]:
+        """(account, running total, sum over its open holds) in GPU-h for each account whose
+        running held total disagrees with its open holds; empty when the ledger is consistent."""
+        rows = self._read(lambda: self._x(S.HELD_CHECK).fetchall())
+        return [(a, _h(t), _h(s)) for a, t, s in rows]
 
     def reprice(self, hold_key: str, mod_id: str, account: str, delta_h: float, actor: str = "slurmgov",
                 override: bool = False, reason: str = "", run_id: str | None = None,
@@ -921,13 +933,11 @@ class Ledger:
         A missing hold is admitted (enforce=False) with ``create`` (admit's workflow, shares, user,
         run_id, now) at ``account``, instead of being re-priced; without ``create`` it is an error.
         ``override``: an operator passed the budget; the audit trail says who (``actor``) and why."""
-        if isinstance(delta_h, bool) or not isinstance(delta_h, (int, float)) or not math.isfinite(delta_h):
-            raise InputError(f"re-pricing of {hold_key}: the change must be a number of GPU-hours, got {delta_h!r}")
-        delta = _ms(abs(delta_h), f"re-pricing of {hold_key}") * (1 if delta_h >= 0 else -1)
-        step = mod_step(mod_id)
+        delta = R.reprice_ms(hold_key, delta_h)
+        step = R.mod_step(mod_id)
         born = None
         if create is not None:
-            born = (create.get("workflow", "sbatch"), {**shares_ms(create["shares"]), step: 0}, create.get("user"),
+            born = (create.get("workflow", "sbatch"), {**R.shares_ms(create["shares"]), step: 0}, create.get("user"),
                     create.get("run_id"), _epoch(create.get("now"), "now"))
 
         def tx() -> Hold:
@@ -935,7 +945,7 @@ class Ledger:
             self._account(account)  # a budget to move to
             if self._one(S.HOLD_ACCOUNT, (hold_key,)) is None:
                 if born is None:
-                    raise missing_hold(hold_key)
+                    raise R.missing_hold(hold_key)
                 self._insert_hold(hold_key, account, born[0], born[1], born[2], born[3], born[4])
             elif self._one(S.SHARE_GET, (hold_key, step)) is None:  # else: a replay
                 self._reprice(hold_key, step, account, delta, run_id)
@@ -949,13 +959,14 @@ class Ledger:
 
     def _reprice(self, hold_key: str, step: str, account: str, delta: int, run_id: str | None) -> None:
         old = self._one(S.HOLD_GET, (hold_key,))
-        if old[6] != "open":  # it released everything when it closed: nothing to re-price
+        if not R.closes(old[6]):  # closed: it released everything, nothing to re-price
             self._x(S.SHARE_INSERT, (hold_key, step, 0, 0))
             return
         if old[1] != account:
             self._x(S.HOLD_MOVE, (account, hold_key))
         if run_id is not None:
             self._x(S.HOLD_SET_RUN_ID, (run_id, hold_key))
+        before = self._one(S.HOLD_REMAINING, (hold_key,))[0]
         added = max(0, delta)
         self._x(S.SHARE_INSERT, (hold_key, step, added, added))
         self._x(S.HOLD_SET_AMOUNT, (max(0, old[5] + delta), hold_key))
@@ -967,6 +978,9 @@ class Ledger:
             if take:
                 self._x(S.SHARE_SET, (remaining - take, hold_key, share))
                 release -= take
+        # what the hold held leaves its old account; what it holds now counts on the new one
+        self._held(old[1], -before)
+        self._held(account, self._one(S.HOLD_REMAINING, (hold_key,))[0])
 
     def _audit_note(self, account: str, actor: str, action: str, reason: str) -> None:
         """An ``action`` on the append-only audit trail that leaves the budget as it is: an operator
@@ -975,31 +989,32 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, budget, budget, kind, kind, reason,
-                                 _terms_text(pct, expires)))
+                                 R.terms_text(pct, expires)))
 
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
         def tx():
             self._lock_hold(hold_key)
-            self._hold(hold_key)
+            h = self._hold(hold_key)
             row = self._one(S.SHARE_GET, (hold_key, step))
             if row is None:
                 raise LedgerError(f"hold {hold_key} has no share for step {step}")
             if row[1]:
                 self._x(S.SHARE_SET, (0, hold_key, step))
+                if R.closes(h.state):  # only open holds count in the running total
+                    self._held(h.account, -row[1])
 
         self._write(tx)
 
     def close(self, hold_key: str, state: str) -> Hold:
         """Release every remaining share and close the hold; closing again keeps the first state."""
-        if state not in CLOSED_STATES:
-            raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
+        R.check_close_state(state)
 
         def tx() -> Hold:
             self._lock_hold(hold_key)
-            if self._hold(hold_key).state == "open":
-                self._x(S.SHARES_RELEASE, (hold_key,))
-                self._x(S.HOLD_CLOSE, (state, time.time(), hold_key))
+            h = self._hold(hold_key)
+            if R.closes(h.state):
+                self._release_hold(hold_key, h.account, state, time.time())
             return self._hold(hold_key)
 
         return self._write(tx)
@@ -1011,26 +1026,24 @@ class Ledger:
                workflow: str | None = None) -> dict:
         """Charge gpu_seconds x weight / 3600 weighted GPU-h for one attempt of ``step`` and draw
         the same amount from its share of the hold. Replaying ``charge_key`` changes nothing."""
-        ms = charge_ms(charge_key, gpu_seconds, weight)
+        ms = R.charge_ms(charge_key, gpu_seconds, weight)
         t0 = None if started is None else _epoch(started, "started")
         t1 = _epoch(ended, "ended")
 
         def tx() -> dict:
             self._lock_hold(hold_key)  # before the share is read, so no two charges lose an update
             old = self._one(S.CHARGE_GET, (charge_key,))
-            if old is not None:
-                if (old[1], old[4], old[5], old[10]) != (hold_key, step, attempt, ms):
-                    raise charge_conflict(charge_key)
+            if R.charge_replay(charge_key, old and R.charge_sig(old[1], old[4], old[5], old[10]),
+                               R.charge_sig(hold_key, step, attempt, ms)):
                 return _charge_dict(old)
             h = self._hold(hold_key)
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
                    gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time())
             self._x(S.CHARGE_INSERT, row)
             share = self._one(S.SHARE_GET, (hold_key, step))
-            # A closed hold has released everything: a late charge is recorded but holds stay put.
-            # Usage beyond the share is charged in full; the share just stops at zero.
-            if h.state == "open" and share is not None and share[1]:
-                self._x(S.SHARE_SET, (max(0, share[1] - ms), hold_key, step))
+            if share is not None and (take := R.share_draw(h.state, share[1], ms)):
+                self._x(S.SHARE_SET, (share[1] - take, hold_key, step))
+                self._held(h.account, -take)
             return _charge_dict(row)
 
         return self._write(tx)
@@ -1115,7 +1128,7 @@ class Ledger:
         return self._in_batches(rows, batch, "charge_many")
 
     def close_holds(self, pairs, batch: int = BULK_ROWS) -> int:
-        """Close many holds ((hold_key, state) pairs) as close() does. Returns how many were open."""
+        """Close many holds ((hold_key, state) pairs), the rules of close(). Returns how many were open."""
         return self._in_batches(pairs, batch, "close_many")
 
 
@@ -1143,9 +1156,10 @@ class ChargeRow(NamedTuple):
 class Bulk:
     """Many holds and charges, read and written inside ONE write transaction (``Ledger.bulk``).
 
-    The rules are admit(enforce=False), charge and close, applied row by row in the order given
-    (idempotent by key, one rounding, shares drawn down and released); only the I/O differs: a few
-    key-set queries to read, executemany (PostgreSQL: COPY and array updates) to write."""
+    Each row goes through the same ``rules`` calls as admit(enforce=False), charge and close, in
+    the order given (idempotent by key, one rounding, shares drawn down and released, the running
+    held total moved); only the I/O differs: a few key-set queries to read, executemany
+    (PostgreSQL: COPY and array updates) to write."""
 
     def __init__(self, ledger: Ledger):
         self._l = ledger
@@ -1206,7 +1220,7 @@ class Bulk:
         if self._accounts is None:
             self._accounts = {a for (a,) in self._l._x(S.ACCOUNT_NAMES).fetchall()}
         if account not in self._accounts:
-            raise _no_budget(account)
+            raise R.no_budget(account)
 
     def holds(self, keys) -> dict[str, HoldRow]:
         return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
@@ -1247,10 +1261,10 @@ class Bulk:
         return {hk: {st: a for st, (a, _) in steps.items()} for hk, steps in self._shares(hold_keys).items()}
 
     def admit_many(self, rows) -> list[str]:
-        """Record holds as admit(..., enforce=False) does; rows are (hold_key, account, workflow,
+        """Record holds by admit(..., enforce=False)'s rules; rows are (hold_key, account, workflow,
         shares {step: GPU-h}, user, run_id, created_at). A replayed key adds nothing (and must
         repeat the original request). Returns the new hold keys."""
-        rows = [(key, account, workflow, shares_ms(shares), user, run_id, _epoch(ts, "now"))
+        rows = [(key, account, workflow, R.shares_ms(shares), user, run_id, _epoch(ts, "now"))
                 for key, account, workflow, shares, user, run_id, ts in rows]
         self.lock({r[1] for r in rows})
         old = self.holds(r[0] for r in rows)
@@ -1261,10 +1275,7 @@ class Bulk:
         shares: list[tuple[str, str, int, int]] = []
         new: dict[str, tuple[str, str, dict[str, int]]] = {}
         for key, account, workflow, want, user, run_id, ts in rows:
-            prev = had.get(key) or new.get(key)
-            if prev is not None:
-                if not replay_matches(*prev, account, workflow, want):
-                    raise hold_conflict(key)
+            if R.admit_replay(key, had.get(key) or new.get(key), account, workflow, want):
                 continue
             self.require_account(account)
             holds.append((key, account, workflow, user, run_id, sum(want.values()), "open", ts))
@@ -1272,57 +1283,68 @@ class Bulk:
             new[key] = (account, workflow, want)
         self._insert(S.HOLD_ROWS, holds)
         self._insert(S.SHARE_ROWS, shares)
+        held: dict[str, int] = {}
+        for account, _, want in new.values():
+            held[account] = held.get(account, 0) + sum(want.values())
+        self._add_held(held)
         return list(new)
 
+    def _add_held(self, deltas: dict[str, int]) -> None:
+        """Move each account's running held total (Ledger._held) by its delta, in this transaction."""
+        self._many(S.HELD_ADD, [(d, a) for a, d in sorted(deltas.items()) if d])
+
     def charge_many(self, rows) -> list[str]:
-        """Record charges as charge() does; rows are dicts of charge()'s arguments (charge_key,
+        """Record charges by charge()'s rules; rows are dicts of charge()'s arguments (charge_key,
         hold_key, step, attempt, gpu_seconds, weight, gpu_type, started, ended, status, and
         optionally user, workflow). Returns the new charge keys."""
-        prepared = [(r, charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
+        prepared = [(r, R.charge_ms(r["charge_key"], r["gpu_seconds"], r["weight"])) for r in rows]
         holds = self._locked_holds(r["hold_key"] for r, _ in prepared)
         old = {k: (c.hold_key, c.step, c.attempt, c.amount_ms)
                for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
         shares = self._shares(holds)
         now, out, changed = time.time(), [], set()
+        held: dict[str, int] = {}
         for r, ms in prepared:
             key, hk, step = r["charge_key"], r["hold_key"], r["step"]
-            sig = (hk, step, r["attempt"], ms)
-            if key in old:
-                if old[key] != sig:
-                    raise charge_conflict(key)
-                continue  # a replay
+            sig = R.charge_sig(hk, step, r["attempt"], ms)
+            if R.charge_replay(key, old.get(key), sig):
+                continue
             h = holds.get(hk)
             if h is None:
-                raise missing_hold(hk)
+                raise R.missing_hold(hk)
             t0 = None if r["started"] is None else _epoch(r["started"], "started")
             out.append((key, hk, h.account, r.get("workflow") or h.workflow, step, r["attempt"],
                         r.get("user") or h.user, r["gpu_type"], float(r["gpu_seconds"]), float(r["weight"]), ms, t0,
                         _epoch(r["ended"], "ended"), r["status"], now))
             old[key] = sig
             share = shares.get(hk, {}).get(step)
-            # as charge(): a closed hold keeps its shares; a share stops at zero
-            if h.state == "open" and share is not None and share[1]:
-                share[1] = max(0, share[1] - ms)
+            if share is not None and (take := R.share_draw(h.state, share[1], ms)):
+                held[h.account] = held.get(h.account, 0) - take
+                share[1] -= take
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
+        self._add_held(held)
         self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
         return [row[0] for row in out]
 
     def close_many(self, pairs) -> list[str]:
-        """Close holds as close() does: (hold_key, state) pairs; the first close of a hold wins.
+        """Close holds by close()'s rules: (hold_key, state) pairs; the first close of a hold wins.
         Returns the keys that were open."""
         pairs = list(pairs)
         for _, state in pairs:
-            if state not in CLOSED_STATES:
-                raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")
+            R.check_close_state(state)
         holds, closing = self._locked_holds(k for k, _ in pairs), {}
         for key, state in pairs:
             h = holds.get(key)
             if h is None:
-                raise missing_hold(key)
-            if h.state == "open" and key not in closing:
+                raise R.missing_hold(key)
+            if R.closes(h.state) and key not in closing:
                 closing[key] = state
         now = time.time()
+        released: dict[str, int] = {}
+        for account, ms in self._select(S.HELD_OF_BULK, "s.hold_key", closing):  # one row per account and key set
+            released[account] = released.get(account, 0) - ms
+        self._add_held(released)
         self._update(S.SHARES_RELEASE_BULK, "hold_key", closing)
         for state in CLOSED_STATES:
             self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))

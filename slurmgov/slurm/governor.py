@@ -25,17 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
-from slurmgov.ledger.store import (
-    HoldRow,
-    Ledger,
-    charge_conflict,
-    charge_ms,
-    epoch,
-    hold_conflict,
-    missing_hold,
-    replay_matches,
-    shares_ms,
-)
+from slurmgov.ledger import rules
+from slurmgov.ledger.store import HoldRow, Ledger
 from slurmgov.site.model import Site
 from slurmgov.slurm import journal, snapshot
 from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
@@ -140,7 +131,7 @@ def _apply_settle(ledger: Ledger, site: Site, event: journal.Settle) -> None:
     h = ledger.find_hold(key)
     if h is None:
         if event.token:
-            raise missing_hold(key)
+            raise rules.missing_hold(key)
         if not event.gpus:
             return  # never held, never ran on a GPU: nothing to bill
         key, account, workflow, shares, user, run_id, ts = _usage_hold(site, token, event.account, event.gpu_seconds,
@@ -472,7 +463,7 @@ class _Chunk:
         gpu_s = job.gpus * job.elapsed
         had = self.charges.get(ck)
         if had is not None and had[0] != key:
-            raise charge_conflict(ck)  # what ledger.charge says when the key is another hold's
+            raise rules.charge_conflict(ck)  # what ledger.charge says when the key is another hold's
         if had is None:
             event = sacct_settle(job)
             row, tasks = _settle_charge(self.site, key, self.holds[key].run_id, event)
@@ -510,7 +501,7 @@ class _Chunk:
             for ck, status, closing, tasks in new:
                 if is_final(status):
                     finished.add(ck.split("@")[0])
-                if state == "open" and len(finished) >= tasks:
+                if rules.closes(state) and len(finished) >= tasks:
                     out.append((key, closing))
                     state = closing
         return out
@@ -737,16 +728,16 @@ class _Batch:
         self.statuses = self.b.charge_statuses(rows)  # hold -> [(charge key, status)], what apply re-reads
 
     def _admit(self, event: journal.Admit) -> None:
-        """ledger.admit(..., enforce=False) as apply calls it."""
+        """ledger.admit(..., enforce=False) as apply calls it: the ledger's rules (rules.py) on
+        what this batch knows, so that a bad event fails alone instead of the whole batch."""
         run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, self.site)}"
         shares = {"job": event.cost_gpu_s / 3600}
-        want, key = shares_ms(shares), hold_key(event.token)
-        epoch(event.ts, "now")
+        want, key = rules.shares_ms(shares), hold_key(event.token)
+        rules.epoch(event.ts, "now")
         old = self.holds.get(key)
-        if old is not None:
-            if not replay_matches(old.account, old.workflow, old.shares, event.account, "sbatch", want):
-                raise hold_conflict(key)
-            return  # a replay
+        had = None if old is None else (old.account, old.workflow, old.shares)
+        if rules.admit_replay(key, had, event.account, "sbatch", want):
+            return
         self.b.require_account(event.account)
         self.new_holds.append((key, event.account, "sbatch", shares, event.user, run_id, event.ts))
         self.holds[key] = _Held(event.account, "sbatch", want, run_id, "open")
@@ -759,24 +750,22 @@ class _Batch:
         h = self.holds.get(key)
         if h is None:
             if event.token:
-                raise missing_hold(key)
+                raise rules.missing_hold(key)
             if not event.gpus:
                 return
             h = self._usage_hold(token, event)
         row, tasks = _settle_charge(self.site, key, h.run_id, event)
         ck = row["charge_key"]
-        sig = (key, row["step"], row["attempt"], charge_ms(ck, row["gpu_seconds"], row["weight"]))
-        epoch(row["started"], "started")
-        epoch(row["ended"], "ended")
+        sig = rules.charge_sig(key, row["step"], row["attempt"], rules.charge_ms(ck, row["gpu_seconds"], row["weight"]))
+        rules.epoch(row["started"], "started")
+        rules.epoch(row["ended"], "ended")
         old = self.charged.get(ck)
         if old is not None and not is_final(event.state):
             return  # requeue_echo: Slurm reports the requeue of a run it already settled
-        if old is None:
+        if not rules.charge_replay(ck, old, sig):
             self.new_charges.append(row)
             self.charged[ck] = sig
             self.statuses.setdefault(key, []).append((ck, row["status"]))
-        elif old != sig:
-            raise charge_conflict(ck)
         finished = {c.split("@")[0] for c, status in self.statuses.get(key, ()) if is_final(status)}
         if len(finished) >= tasks or event.array_rest:  # an array's hold closes with its last task
             self._close(key, h, close_state(event.state))
@@ -787,15 +776,15 @@ class _Batch:
                     self._close(rkey, r, close_state(event.state))
 
     def _close(self, key: str, h: _Held, state: str) -> None:
-        if h.state == "open":  # closing again keeps the first state
+        if rules.closes(h.state):
             self.closes.append((key, state))
             h.state = state
 
     def _usage_hold(self, token: str, event: journal.Settle) -> _Held:
         """ledger.admit of a job's usage, as apply calls it for a job the hook never held."""
         row = _usage_hold(self.site, token, event.account, event.gpu_seconds, event.start or event.end or time.time())
-        want = shares_ms(row[3])
-        epoch(row[6], "now")
+        want = rules.shares_ms(row[3])
+        rules.epoch(row[6], "now")
         self.b.require_account(row[1])
         self.new_holds.append(row)
         self.holds[row[0]] = h = _Held(row[1], "sbatch", want, row[5], "open")
