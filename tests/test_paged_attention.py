@@ -153,6 +153,22 @@ def test_paged_attention_mixed_batch(case):
         torch.testing.assert_close(ref.float().cpu(), want, **TOL[dtype])
 
 
+def test_split_kv_126_partitions_repeated_blocks_and_an_idle_sequence():
+    # vLLM's widest split: 126 partitions of 16 tokens over a 2016-token decode, beside a
+    # sequence with no new tokens this step (q_len 0: nothing to compute, nothing written) and
+    # a chunk whose table names one physical block twice (a repeated block).
+    q_lens, seq_lens = [1, 0, 5], [2016, 9, 40]
+    q, kc, vc, bt, sl, qsl = make_batch(q_lens, seq_lens, 4, 1, 32, 16, F32, seed=11)
+    bt[2, 1] = bt[2, 0]
+    out, lse = tk.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True, partition_size=16,
+                                  max_seq_len=2016)
+    ref, ref_lse = tk.reference_paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True)
+    torch.testing.assert_close(out, ref, **TOL[F32])
+    torch.testing.assert_close(lse, ref_lse, **LSE_TOL)
+    single = tk.paged_attention(q, kc, vc, bt, sl, qsl)
+    torch.testing.assert_close(out, single, **TOL[F32])
+
+
 def test_reference_lse_and_masks_from_first_principles():
     # One sequence, 3 new tokens at positions 3..5, window 2, cap 1, ALiBi 0.5.
     q, kc, vc, bt, sl, qsl = make_batch([3], [6], 1, 1, 4, 4, F32, seed=9)

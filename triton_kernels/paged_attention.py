@@ -29,8 +29,10 @@ LN2 = 0.6931471805599453
 @triton.jit
 def _find_seq(q_start_ptr, stride_qsl, prog, num_seqs, BLOCK_Q: tl.constexpr):
     # Largest seq with q_start[seq] // BLOCK_Q + seq <= prog (that sum is where its tiles begin).
-    lo = 0
-    hi = num_seqs
+    # Both bounds start as int32 tensors: an int literal (or num_seqs, which Triton makes a
+    # constexpr when it is 1) would change type inside the loop, which a GPU compile refuses.
+    lo = prog * 0
+    hi = lo + num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
         first = tl.load(q_start_ptr + mid * stride_qsl) // BLOCK_Q + mid
