@@ -362,3 +362,25 @@ def test_every_entry_point_refuses_bad_arguments_clearly():
         tk.copy_blocks([kc], [vc.half()], torch.zeros(1, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="lse must have 3 dimensions"):
         tk.merge_attention_partitions(torch.zeros(2, 3, 4, 8), torch.zeros(2, 3))
+
+
+def test_validate_checks_the_metadata_values():
+    q, kc, vc, bt, sl, qsl = make_batch([1, 2], [3, 20], 4, 2, 16, 4, F32, seed=12)
+    args = dict(query=q, key_cache=kc, value_cache=vc, block_tables=bt, seq_lens=sl,
+                query_start_loc=qsl)
+    good = tk.paged_attention(**args, validate=True)
+    torch.testing.assert_close(good, tk.reference_paged_attention(q, kc, vc, bt, sl, qsl))
+    bad_bt = bt.clone()
+    bad_bt[1, 4] = kc.shape[0]  # the last block seq 1 uses (positions 16..19)
+    cases = [
+        (dict(block_tables=bad_bt), rf"block_tables\[1, 4\] = {kc.shape[0]} is not a block"),
+        (dict(seq_lens=sl + 100), "needs more than the block table's"),
+        (dict(seq_lens=torch.tensor([0, 20], dtype=torch.int32)), "sequence 0 has 1 new tokens"),
+        (dict(query_start_loc=torch.tensor([0, 1, 2], dtype=torch.int32)), "ends at 2"),
+        (dict(query_start_loc=torch.tensor([1, 1, 3], dtype=torch.int32)), "start at 0"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tk.paged_attention(**{**args, **change}, validate=True)
+    with pytest.raises(ValueError, match="is not a block"):
+        tk.paged_decode_attention(q[:2], kc, vc, bad_bt, sl, validate=True)

@@ -66,3 +66,37 @@ def check_kv_scale(name: str, scale: object, kv_heads: int, device: torch.device
 def scale_stride(scale: torch.Tensor) -> int:
     """Stride between KV heads in a scale tensor: 0 broadcasts a per-tensor scale."""
     return 0 if scale.numel() == 1 else scale.stride(0)
+
+
+def check_metadata_values(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_blocks: int,
+                          block_size: int, query_start_loc: torch.Tensor | None = None,
+                          num_tokens: int | None = None) -> None:
+    """The values the kernels trust, checked on the host (a device sync, so only on request):
+    ``seq_lens`` within the block table, the blocks a sequence uses inside the cache, and
+    ``query_start_loc`` starting at 0, never decreasing, ending at ``num_tokens``, with no
+    sequence having more new tokens than tokens."""
+    sl = seq_lens.to("cpu", torch.int64)
+    check(bool((sl >= 0).all()), "seq_lens has a negative length")
+    width = block_tables.shape[1]
+    most = int(sl.max()) if sl.numel() else 0
+    check(most <= width * block_size,
+          f"a seq_len of {most} needs more than the block table's {width} blocks of {block_size}")
+    bt = block_tables.to("cpu", torch.int64)
+    used = torch.arange(width)[None, :] * block_size < sl[:, None]
+    bad = used & ((bt < 0) | (bt >= num_blocks))
+    if bool(bad.any()):
+        seq, col = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"block_tables[{seq}, {col}] = {int(bt[seq, col])} is not a block of "
+                         f"the cache (0..{num_blocks - 1})")
+    if query_start_loc is None:
+        return
+    qsl = query_start_loc.to("cpu", torch.int64)
+    q_lens = qsl[1:] - qsl[:-1]
+    check(int(qsl[0]) == 0 and bool((q_lens >= 0).all()),
+          "query_start_loc must start at 0 and never decrease")
+    check(int(qsl[-1]) == num_tokens,
+          f"query_start_loc ends at {int(qsl[-1])}, the query has {num_tokens} tokens")
+    over = (q_lens > sl).nonzero()
+    if over.numel():
+        i = int(over[0])
+        raise ValueError(f"sequence {i} has {int(q_lens[i])} new tokens but seq_len {int(sl[i])}")

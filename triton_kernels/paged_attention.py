@@ -19,7 +19,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import FLOAT_DTYPES, FP8_DTYPE, check, check_caches, check_kv_scale, check_tensor, scale_stride
+from ._checks import (
+    FLOAT_DTYPES,
+    FP8_DTYPE,
+    check,
+    check_caches,
+    check_kv_scale,
+    check_metadata_values,
+    check_tensor,
+    scale_stride,
+)
 from .merge_attention import LOG2E, _merge
 from .reference import reference_paged_attention  # noqa: F401  (the spec, beside the kernel)
 
@@ -181,6 +190,7 @@ def paged_attention(
     num_warps: int = 4,
     num_stages: int = 2,
     out: torch.Tensor | None = None,
+    validate: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of a mixed batch's new tokens over their paged K/V.
 
@@ -210,7 +220,10 @@ def paged_attention(
         block_q: query tokens per program (default: as many as fill 16 rows with the group).
         tile_n: KV tokens per inner iteration, a power of two >= 16.
 
-    Metadata (block tables, seq_lens, query_start_loc) may be non-contiguous views.
+    Metadata (block tables, seq_lens, query_start_loc) may be non-contiguous views. Its
+    values are trusted (checking them needs a device sync); ``validate=True`` checks them
+    first (``seq_lens`` within the table, used blocks inside the cache, ``query_start_loc``
+    from 0 to ``num_tokens``, no ``q_len`` above its ``seq_len``) and raises ``ValueError``.
     Returns ``[num_tokens, q_heads, head_dim]`` in the query dtype (or ``out``), and the LSE
     with ``return_lse``.
     """
@@ -246,6 +259,9 @@ def paged_attention(
     check(sliding_window is None or sliding_window >= 0, "sliding_window must be >= 0")
     check(softcap is None or softcap >= 0, "softcap must be >= 0")
     check(partition_size >= 0, "partition_size must be >= 0")
+    if validate:
+        check_metadata_values(block_tables, seq_lens, num_blocks, block_size, query_start_loc,
+                              num_tokens)
     if out is None:
         out = torch.empty_like(query)
     out = check_tensor("out", out, dtypes=(query.dtype,), shape=query.shape, device=device)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import FLOAT_DTYPES, check, check_caches, check_tensor
+from ._checks import FLOAT_DTYPES, check, check_caches, check_metadata_values, check_tensor
 from .merge_attention import LOG2E, _merge
 from .paged_attention import paged_attention
 from .reference import reference_paged_decode  # noqa: F401
@@ -134,6 +134,7 @@ def paged_decode_attention(
     alibi_slopes: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    validate: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode attention: one new query token per sequence against its paged K/V.
 
@@ -176,7 +177,7 @@ def paged_decode_attention(
             sliding_window=sliding_window, softcap=softcap, alibi_slopes=alibi_slopes,
             k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, max_seq_len=max_seq_len,
             partition_size=partition_size, block_q=1, tile_n=tile_n, num_warps=num_warps,
-            num_stages=num_stages, out=out)
+            num_stages=num_stages, out=out, validate=validate)
     check(q_heads % kv_heads == 0 and q_heads > 0,
           f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
     block_tables = check_tensor("block_tables", block_tables, dtypes=(torch.int32,),
@@ -185,6 +186,8 @@ def paged_decode_attention(
                             device=device)
     check(tile_n is None or (tile_n >= 16 and tile_n & (tile_n - 1) == 0),
           "tile_n must be a power of two >= 16")
+    if validate:  # as paged_attention's validate
+        check_metadata_values(block_tables, seq_lens, key_cache.shape[0], block_size)
     group = q_heads // kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
     if out is None:
