@@ -32,7 +32,9 @@ from ._checks import (
 from .merge_attention import LOG2E, _merge
 from .reference import reference_paged_attention  # noqa: F401  (the spec, beside the kernel)
 
-LN2 = 0.6931471805599453
+# A jitted function may read only constexpr globals (a GPU compile refuses plain floats).
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -97,7 +99,7 @@ def _paged_attention_kernel(
     # Keys this tile can see: up to its last token (causal), from its first token's window.
     first_pos = ctx_len + q_tile * BLOCK_Q
     kv_end = tl.minimum(seq_len, ctx_len + tl.minimum(q_len, q_tile * BLOCK_Q + BLOCK_Q))
-    kv_start = 0
+    kv_start = part * 0
     if USE_WINDOW:
         kv_start = tl.maximum(first_pos - window + 1, 0)
     kv_start = tl.maximum(kv_start, part * partition_size)
@@ -143,7 +145,7 @@ def _paged_attention_kernel(
         allowed = n_mask[None, :] & (pos[None, :] <= q_pos[:, None]) & m_mask[:, None]
         if USE_WINDOW:
             allowed = allowed & (pos[None, :] > q_pos[:, None] - window)
-        s = tl.where(allowed, s * LOG2E, float("-inf"))
+        s = tl.where(allowed, s * _LOG2E, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with nothing allowed yet keeps m = -inf; shift by 0 then, not by -inf
         # (-inf - -inf = NaN). Its p and alpha are exp2(-inf) = 0.
@@ -163,7 +165,7 @@ def _paged_attention_kernel(
              + part * stride_op + offs_d[None, :] * stride_od,
              o.to(out_ptr.dtype.element_ty), mask=o_mask)
     if STORE_LSE:
-        lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))  # natural log
+        lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * _LN2, float("-inf"))  # natural log
         tl.store(lse_ptr + q_rows * stride_lt + q_heads * stride_lh + part * stride_lp, lse,
                  mask=m_mask)
 
