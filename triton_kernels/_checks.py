@@ -100,3 +100,12 @@ def check_metadata_values(block_tables: torch.Tensor, seq_lens: torch.Tensor, nu
     if over.numel():
         i = int(over[0])
         raise ValueError(f"sequence {i} has {int(q_lens[i])} new tokens but seq_len {int(sl[i])}")
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """Triton converts e4m3 on NVIDIA GPUs of compute capability 8.9 or later only."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        check((major, minor) >= (8, 9),
+              f"an fp8 (e4m3) cache needs a GPU of compute capability >= 8.9 (Ada, Hopper); "
+              f"{device} is {major}.{minor}")

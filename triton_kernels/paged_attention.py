@@ -24,6 +24,7 @@ from ._checks import (
     FP8_DTYPE,
     check,
     check_caches,
+    check_fp8_device,
     check_kv_scale,
     check_metadata_values,
     check_tensor,
@@ -251,6 +252,7 @@ def paged_attention(
         check(k_scale is not None and v_scale is not None,
               "an fp8 cache needs k_scale and v_scale")
         assert k_scale is not None and v_scale is not None
+        check_fp8_device(device)
         k_scale = check_kv_scale("k_scale", k_scale, kv_heads, device)
         v_scale = check_kv_scale("v_scale", v_scale, kv_heads, device)
     else:

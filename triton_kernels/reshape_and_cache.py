@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import FLOAT_DTYPES, FP8_DTYPE, check, check_caches, check_kv_scale, check_tensor, scale_stride
+from ._checks import FLOAT_DTYPES, FP8_DTYPE, check, check_caches, check_fp8_device, check_kv_scale, check_tensor, scale_stride
 from .fp8 import round_to_e4m3
 from .reference import reference_reshape_and_cache  # noqa: F401  (the spec, beside the kernel)
 
@@ -75,6 +75,7 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
         check(k_scale is not None and v_scale is not None,
               "an fp8 cache needs k_scale and v_scale")
         assert k_scale is not None and v_scale is not None
+        check_fp8_device(kc_device)
         k_scale = check_kv_scale("k_scale", k_scale, kv_heads, kc_device)
         v_scale = check_kv_scale("v_scale", v_scale, kv_heads, kc_device)
     else:
