@@ -295,17 +295,23 @@ def mixed_bench(args, copy_bps) -> int:
         flops = 4 * d * hq * (decodes * ctx + chunks * chunk_keys)
         out = torch.empty_like(q)
         max_len = int(sl.max())
+        # The default packs 16 // group query tokens per program (decode-friendly); a prefill
+        # chunk may prefer 64 rows (block_q = 64 // group): both are timed.
         runs = [("paged_attention", lambda: tk.paged_attention(
                     q, kc, vc, bt, sl, qsl, k_scale=ks, v_scale=vs, max_seq_len=max_len,
-                    out=out))]
+                    out=out)),
+                ("paged_attention M=64", lambda: tk.paged_attention(
+                    q, kc, vc, bt, sl, qsl, k_scale=ks, v_scale=vs, max_seq_len=max_len,
+                    out=out, block_q=64 // (hq // hkv)))]
         dq, dbt, dsl = q[:decodes], bt[:decodes], sl[:decodes]
         dec_bytes = decodes * ctx * hkv * d * 2 * elem
         runs.append(("decode part: fast path", lambda: tk.paged_decode_attention(
             dq, kc, vc, dbt, dsl, max_seq_len=ctx, k_scale=ks, v_scale=vs)))
         for name, fn in runs:
             ms = bench_ms(fn)
-            nbytes = kv_bytes if name == "paged_attention" else dec_bytes
-            nflops = flops if name == "paged_attention" else 4 * d * hq * decodes * ctx
+            whole = name.startswith("paged_attention")
+            nbytes = kv_bytes if whole else dec_bytes
+            nflops = flops if whole else 4 * d * hq * decodes * ctx
             bps = nbytes / (ms * 1e-3)
             print(f"{'fp8' if fp8 else 'bf16':>5} {name:>22} {ms * 1e3:>9.1f} "
                   f"{nbytes / 1e6:>7.0f} {bps / 1e9:>7.0f} {100 * bps / copy_bps:>5.0f}% "

@@ -255,6 +255,9 @@ def test_non_contiguous_metadata_gives_the_same_numbers():
     assert not bt_view.is_contiguous() and sl_view.stride(0) == 2 == qsl_view.stride(0)
     got, got_lse = tk.paged_attention(q, kc, vc, bt_view, sl_view, qsl_view, return_lse=True)
     assert torch.equal(got, want) and torch.equal(got_lse, want_lse)
+    # 64 rows a program (block_q 32 with 2 query heads a KV head), as a prefill might use.
+    wide = tk.paged_attention(q, kc, vc, bt_view, sl_view, qsl_view, block_q=32, tile_n=32)
+    torch.testing.assert_close(wide, tk.reference_paged_attention(q, kc, vc, bt, sl, qsl))
     dec_q = q[qsl[1:] - 1]  # each sequence's last token, as a decode batch
     dec = tk.paged_decode_attention(dec_q, kc, vc, bt, sl, partition_size=0)
     assert torch.equal(tk.paged_decode_attention(dec_q, kc, vc, bt_view, sl_view,
