@@ -77,6 +77,7 @@ def test_a_context_that_fits_only_in_fp8_is_planned_with_it_when_allowed(demo):
     assert gen.kv_dtype == "fp8" and gen.kv_fp8_saves_gpus == 3
     assert gen.kv_bytes == 8 * 8192 * 2 * 80 * 8 * 128 * 1 + 2 * 80 * 8 * 4  # 1 B/element + scales
     assert "step 'gen': KV cache planned in fp8 (e4m3); at the model's dtype it needs 3 GPUs, it asked for 2" in p.notes
+    assert p.to_dict()["steps"][0]["kv_dtype"] == "fp8"  # plan --json carries it
     with pytest.raises(InfeasibleError, match=r"ask for at least 3 GPUs; an fp8 KV cache would fit \(context: "):
         planner.plan(wf(step % (ctx % "")), demo)  # not allowed: refused, with the hint
     with pytest.raises(InfeasibleError, match=r"context needs 141.5 GiB with an fp8 KV cache .*ask for at least 2 GPUs"):
