@@ -165,6 +165,12 @@ def paged_decode_attention(
     query = check_tensor("query", query, dtypes=FLOAT_DTYPES, shape=(None, None, head_dim),
                          device=device)
     num_seqs, q_heads, _ = query.shape
+    check(q_heads % kv_heads == 0 and q_heads > 0,
+          f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
+    block_tables = check_tensor("block_tables", block_tables, dtypes=(torch.int32,),
+                                shape=(num_seqs, None), device=device)
+    seq_lens = check_tensor("seq_lens", seq_lens, dtypes=(torch.int32,), shape=(num_seqs,),
+                            device=device)
     if (return_lse or sliding_window or softcap or alibi_slopes is not None
             or k_scale is not None or v_scale is not None or key_cache.dtype != query.dtype):
         qsl = torch.arange(num_seqs + 1, dtype=torch.int32, device=device)
@@ -178,12 +184,6 @@ def paged_decode_attention(
             k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, max_seq_len=max_seq_len,
             partition_size=partition_size, block_q=1, tile_n=tile_n, num_warps=num_warps,
             num_stages=num_stages, out=out, validate=validate)
-    check(q_heads % kv_heads == 0 and q_heads > 0,
-          f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
-    block_tables = check_tensor("block_tables", block_tables, dtypes=(torch.int32,),
-                                shape=(num_seqs, None), device=device)
-    seq_lens = check_tensor("seq_lens", seq_lens, dtypes=(torch.int32,), shape=(num_seqs,),
-                            device=device)
     check(tile_n is None or (tile_n >= 16 and tile_n & (tile_n - 1) == 0),
           "tile_n must be a power of two >= 16")
     if validate:  # as paged_attention's validate
