@@ -55,7 +55,8 @@ def compile_kernel(fn, ptrs: dict, consts: dict, arch: int, ints: dict | None = 
 def attention_variants():
     fn = mod("paged_attention")._paged_attention_kernel
     base = dict(BLOCK_SIZE=16, BLOCK_M=16, BLOCK_Q=4, BLOCK_D=128, TILE_N=32, USE_WINDOW=True,
-                USE_SOFTCAP=True, USE_ALIBI=True, FP8=False, STORE_LSE=True, DOT_PREC="tf32")
+                USE_SOFTCAP=True, USE_ALIBI=True, FP8=False, STORE_LSE=True, DOT_PREC="tf32",
+                CAUSAL=True)
 
     def ptrs(q, cache, out=None):
         return {"q_ptr": q, "k_cache_ptr": cache, "v_cache_ptr": cache, "bt_ptr": "*i32",
@@ -68,7 +69,7 @@ def attention_variants():
     yield ("paged_attention fp32, none, one sequence, MQA group 1 (specialized)", fn,
            ptrs("*fp32", "*fp32"), {**base, "USE_WINDOW": False, "USE_SOFTCAP": False,
                                     "USE_ALIBI": False, "STORE_LSE": False, "DOT_PREC": "ieee",
-                                    "num_seqs": 1, "group": 1, "BLOCK_Q": 16}, 80)
+                                    "num_seqs": 1, "group": 1, "BLOCK_Q": 16, "CAUSAL": False}, 80)
     yield ("paged_attention bf16 query, fp8 cache, split-KV", fn,
            ptrs("*bf16", "*fp8e4nv", "*fp32"), {**base, "FP8": True}, 90)
     yield ("paged_attention fp16, fp8 cache, head 256, block 1, decode", fn,

@@ -242,6 +242,33 @@ def test_cascade_shared_prefix_merge():
     torch.testing.assert_close(again, merged)
 
 
+def test_cascade_with_prefill_chunks_uses_a_non_causal_prefix_pass():
+    # Two sequences share a 24-token prefix (3 blocks of 8) and bring chunks of 5 and 1 new
+    # tokens after their own suffixes. Prefix pass: causal=False (all new tokens come after
+    # the prefix); suffix pass: causal, the new tokens the last of the suffix. Merged by LSE,
+    # that is attention over the whole sequence.
+    bs, prefix = 8, 24
+    q_lens, suffix = [5, 1], [13, 9]
+    q, kc, vc, bt, sl, qsl = make_batch(q_lens, [prefix + n for n in suffix], 8, 2, 32, bs,
+                                        F32, seed=13)
+    bt[1, :3] = bt[0, :3]
+    full, full_lse = tk.reference_paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True)
+    pre_sl = torch.full((2,), prefix, dtype=torch.int32, device=DEVICE)
+    o_pre, l_pre = tk.paged_attention(q, kc, vc, bt[:, :3], pre_sl, qsl, return_lse=True,
+                                      causal=False, validate=True)
+    ref_pre, ref_l_pre = tk.reference_paged_attention(q, kc, vc, bt[:, :3], pre_sl, qsl,
+                                                      return_lse=True, causal=False)
+    torch.testing.assert_close(o_pre, ref_pre, **TOL[F32])
+    torch.testing.assert_close(l_pre, ref_l_pre, **LSE_TOL)
+    suf_sl = torch.tensor(suffix, dtype=torch.int32, device=DEVICE)
+    o_suf, l_suf = tk.paged_attention(q, kc, vc, bt[:, 3:], suf_sl, qsl, return_lse=True)
+    merged, lse = tk.merge_attention_states(o_pre, l_pre, o_suf, l_suf, return_lse=True)
+    torch.testing.assert_close(merged, full, **TOL[F32])
+    torch.testing.assert_close(lse, full_lse, **LSE_TOL)
+    with pytest.raises(ValueError, match="causal=False takes no sliding_window"):
+        tk.paged_attention(q, kc, vc, bt, sl, qsl, causal=False, sliding_window=4)
+
+
 def test_non_contiguous_metadata_gives_the_same_numbers():
     q_lens, seq_lens = [1, 5, 9], [37, 20, 9]
     q, kc, vc, bt, sl, qsl = make_batch(q_lens, seq_lens, 4, 2, 32, 8, F32, seed=6)

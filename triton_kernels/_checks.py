@@ -70,7 +70,7 @@ def scale_stride(scale: torch.Tensor) -> int:
 
 def check_metadata_values(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_blocks: int,
                           block_size: int, query_start_loc: torch.Tensor | None = None,
-                          num_tokens: int | None = None) -> None:
+                          num_tokens: int | None = None, causal: bool = True) -> None:
     """The values the kernels trust, checked on the host (a device sync, so only on request):
     ``seq_lens`` within the block table, the blocks a sequence uses inside the cache, and
     ``query_start_loc`` starting at 0, never decreasing, ending at ``num_tokens``, with no
@@ -97,7 +97,7 @@ def check_metadata_values(block_tables: torch.Tensor, seq_lens: torch.Tensor, nu
     check(int(qsl[-1]) == num_tokens,
           f"query_start_loc ends at {int(qsl[-1])}, the query has {num_tokens} tokens")
     over = (q_lens > sl).nonzero()
-    if over.numel():
+    if causal and over.numel():
         i = int(over[0])
         raise ValueError(f"sequence {i} has {int(q_lens[i])} new tokens but seq_len {int(sl[i])}")
 

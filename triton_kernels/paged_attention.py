@@ -70,7 +70,7 @@ def _paged_attention_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr, TILE_N: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr,
-    FP8: tl.constexpr, STORE_LSE: tl.constexpr, DOT_PREC: tl.constexpr,
+    FP8: tl.constexpr, STORE_LSE: tl.constexpr, DOT_PREC: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     prog = tl.program_id(0)
     kvh = tl.program_id(1).to(tl.int64)
@@ -99,7 +99,10 @@ def _paged_attention_kernel(
 
     # Keys this tile can see: up to its last token (causal), from its first token's window.
     first_pos = ctx_len + q_tile * BLOCK_Q
-    kv_end = tl.minimum(seq_len, ctx_len + tl.minimum(q_len, q_tile * BLOCK_Q + BLOCK_Q))
+    if CAUSAL:
+        kv_end = tl.minimum(seq_len, ctx_len + tl.minimum(q_len, q_tile * BLOCK_Q + BLOCK_Q))
+    else:  # every new token sees every cached one (a shared prefix's pass in a cascade)
+        kv_end = seq_len
     kv_start = part * 0
     if USE_WINDOW:
         kv_start = tl.maximum(first_pos - window + 1, 0)
@@ -143,7 +146,9 @@ def _paged_attention_kernel(
             s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
         if USE_ALIBI:
             s += slope[:, None] * (pos[None, :] - q_pos[:, None]).to(tl.float32)
-        allowed = n_mask[None, :] & (pos[None, :] <= q_pos[:, None]) & m_mask[:, None]
+        allowed = n_mask[None, :] & m_mask[:, None]
+        if CAUSAL:
+            allowed = allowed & (pos[None, :] <= q_pos[:, None])
         if USE_WINDOW:
             allowed = allowed & (pos[None, :] > q_pos[:, None] - window)
         s = tl.where(allowed, s * _LOG2E, float("-inf"))
@@ -194,6 +199,7 @@ def paged_attention(
     num_stages: int = 2,
     out: torch.Tensor | None = None,
     validate: bool = False,
+    causal: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of a mixed batch's new tokens over their paged K/V.
 
@@ -214,6 +220,10 @@ def paged_attention(
             included); ``None`` or 0: unlimited.
         softcap: scores ``s`` become ``softcap * tanh(s / softcap)`` (Gemma 2); ``None``/0: off.
         alibi_slopes: fp32 ``[q_heads]``: adds ``slope * (key_pos - query_pos)`` after the cap.
+        causal: ``False`` lets every new token see all ``seq_lens[i]`` cached tokens (no
+            window or ALiBi then): the shared-prefix pass of cascade attention, whose queries
+            come after the prefix; ``query_start_loc`` may then give more new tokens than
+            ``seq_lens``.
         return_lse: also return the natural-log log-sum-exp of each row's scores, fp32
             ``[num_tokens, q_heads]`` (``-inf`` where no key is visible), for
             ``merge_attention_states``.
@@ -261,11 +271,13 @@ def paged_attention(
         alibi_slopes = check_tensor("alibi_slopes", alibi_slopes, dtypes=(torch.float32,),
                                     shape=(q_heads,), device=device)
     check(sliding_window is None or sliding_window >= 0, "sliding_window must be >= 0")
+    check(causal or (not sliding_window and alibi_slopes is None),
+          "causal=False takes no sliding_window or alibi_slopes (no query positions)")
     check(softcap is None or softcap >= 0, "softcap must be >= 0")
     check(partition_size >= 0, "partition_size must be >= 0")
     if validate:
         check_metadata_values(block_tables, seq_lens, num_blocks, block_size, query_start_loc,
-                              num_tokens)
+                              num_tokens, causal)
     if out is None:
         out = torch.empty_like(query)
     out = check_tensor("out", out, dtypes=(query.dtype,), shape=query.shape, device=device)
@@ -299,7 +311,7 @@ def paged_attention(
     consts = dict(
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_D=block_d,
         TILE_N=tile_n, USE_WINDOW=bool(sliding_window), USE_SOFTCAP=bool(softcap),
-        USE_ALIBI=alibi_slopes is not None, FP8=fp8, DOT_PREC=dot_prec,
+        USE_ALIBI=alibi_slopes is not None, FP8=fp8, DOT_PREC=dot_prec, CAUSAL=causal,
         num_warps=num_warps, num_stages=num_stages,
     )
     args = (

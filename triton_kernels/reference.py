@@ -104,7 +104,8 @@ def reference_paged_decode(query, key_cache, value_cache, block_tables, seq_lens
 
 def reference_paged_attention(query, key_cache, value_cache, block_tables, seq_lens,
                               query_start_loc, scale=None, *, sliding_window=None, softcap=None,
-                              alibi_slopes=None, k_scale=None, v_scale=None, return_lse=False):
+                              alibi_slopes=None, k_scale=None, v_scale=None, return_lse=False,
+                              causal=True):
     """Attention for a mixed batch of prefill, chunked-prefill and decode sequences, in fp32.
 
     ``query`` ``[num_tokens, q_heads, head_dim]`` packs each sequence's new tokens:
@@ -115,6 +116,7 @@ def reference_paged_attention(query, key_cache, value_cache, block_tables, seq_l
     ``p > pos - w`` (the last ``w`` positions, itself included). ``softcap`` ``c`` maps a
     score ``s`` (already scaled) to ``c * tanh(s / c)``; ALiBi then adds
     ``slopes[h] * (p - pos)``. An fp8 cache is dequantized with ``k_scale``/``v_scale``.
+    ``causal=False``: every new token sees all ``seq_lens[i]`` positions (no window, no ALiBi).
 
     Returns the output in the query's dtype and, with ``return_lse``, the natural-log
     log-sum-exp of the scores per (token, head), fp32 ``[num_tokens, q_heads]`` (``-inf``
@@ -147,7 +149,7 @@ def reference_paged_attention(query, key_cache, value_cache, block_tables, seq_l
         kpos = torch.arange(n, device=query.device)[None, :]
         if alibi_slopes is not None:
             s = s + alibi_slopes.float()[None, :, None] * (kpos - qpos)[:, None, :]
-        allowed = kpos <= qpos
+        allowed = kpos <= qpos if causal else torch.ones_like(kpos <= qpos)
         if sliding_window:
             allowed &= kpos > qpos - sliding_window
         s = s.masked_fill(~allowed[:, None, :], float("-inf"))
