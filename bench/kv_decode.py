@@ -7,6 +7,11 @@ achieved bytes/s as a share of the 3.35 TB/s H100 SXM peak and of a large device
 copy measured in the same run. It first checks bf16 (and fp16) results against the fp32
 reference. ``--tune`` also times a few tile/warp/stage choices on one shape.
 
+Then the mixed batch (``paged_attention``): decode sequences and prefill chunks in one launch
+(``--mixed`` sets decodes x context + chunks x chunk length), checked against the reference
+and timed, in bf16 and with an fp8 (e4m3) cache, beside the decode-only fast path on the
+same decode sequences.
+
 Without a GPU it says so and runs a small correctness sweep in Triton's interpreter
 (fp32/fp16; the interpreter's bf16 arithmetic is wrong), exiting 0 when it passes.
 
@@ -106,12 +111,78 @@ def correctness(device, dtypes, configs, split_sizes=(0, 16), tile_ns=(None,)):
     return failures
 
 
+def make_mixed(decodes, context, chunks, chunk_len, kv_heads, q_heads, head_dim, block_size,
+               dtype, device, seed=0, fp8=False):
+    """A mixed batch: ``decodes`` sequences of ``context`` tokens with 1 new token each, then
+    ``chunks`` prefill chunks of ``chunk_len`` new tokens after ``context // 2`` cached ones.
+    Unused cache slots hold NaN. Returns ``(q, kc, vc, bt, sl, qsl, scales)``, ``scales``
+    ``(k_scale, v_scale)`` for an fp8 cache (else ``(None, None)``)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q_lens = [1] * decodes + [chunk_len] * chunks
+    seq_lens = [context] * decodes + [context // 2 + chunk_len] * chunks
+    max_blocks = math.ceil(max(seq_lens) / block_size)
+    num_blocks = len(seq_lens) * max_blocks
+    table = torch.randperm(num_blocks, generator=g).view(len(seq_lens), max_blocks)
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    cache_dtype = torch.float8_e4m3fn if fp8 else dtype
+    kc = torch.full(shape, float("nan"), device=device).to(cache_dtype)
+    vc = torch.full(shape, float("nan"), device=device).to(cache_dtype)
+    slots = torch.cat([table[i, torch.arange(n) // block_size] * block_size
+                       + torch.arange(n) % block_size for i, n in enumerate(seq_lens)])
+    k = torch.randn(len(slots), kv_heads, head_dim, generator=g).to(device, dtype)
+    v = torch.randn(len(slots), kv_heads, head_dim, generator=g).to(device, dtype)
+    scales = (None, None)
+    if fp8:  # per-head scales from the data, as a calibration pass would set them
+        scales = tuple((x.float().abs().amax(dim=(0, 2)) / 448.0).contiguous() for x in (k, v))
+    tk.reshape_and_cache(k, v, kc, vc, slots.to(device), *scales)
+    q = torch.randn(sum(q_lens), q_heads, head_dim, generator=g).to(device, dtype)
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    sl = torch.tensor(seq_lens, dtype=torch.int32)
+    return (q, kc, vc, table.to(torch.int32).to(device), sl.to(device), qsl.to(device),
+            scales)
+
+
+def mixed_correctness(device, dtypes, configs, split_sizes=(0, 64)):
+    """paged_attention on mixed batches vs the fp32 reference (output and LSE), with a
+    window and a soft cap on every other config and an fp8 cache on each. Returns failures."""
+    failures = 0
+    print(f"{'dtype':>9} {'cache':>5} {'dec x ctx':>9} {'chunks':>9} {'Hq/Hkv':>7} {'D':>4} "
+          f"{'bs':>3} {'extra':>10} {'split':>5} {'max|err|':>10} {'lse err':>9}  ok")
+    for dtype in dtypes:
+        atol, rtol = TOL[dtype]
+        for n, (dec, ctx, chunks, clen, hq, hkv, d, bs) in enumerate(configs):
+            extra = dict(sliding_window=ctx // 3, softcap=30.0) if n % 2 else {}
+            for fp8 in (False, True):
+                q, kc, vc, bt, sl, qsl, (ks, vs) = make_mixed(
+                    dec, ctx, chunks, clen, hkv, hq, d, bs, dtype, device, seed=n, fp8=fp8)
+                ref, ref_lse = tk.reference_paged_attention(q, kc, vc, bt, sl, qsl, k_scale=ks,
+                                                            v_scale=vs, return_lse=True, **extra)
+                for part in split_sizes:
+                    out, lse = tk.paged_attention(q, kc, vc, bt, sl, qsl, k_scale=ks,
+                                                  v_scale=vs, return_lse=True,
+                                                  partition_size=part, **extra)
+                    err = (out.float() - ref.float()).abs().max().item()
+                    lerr = (lse - ref_lse).abs().max().item()
+                    ok = bool(torch.allclose(out.float(), ref.float(), atol=atol, rtol=rtol)
+                              and lerr < 1e-2)
+                    failures += not ok
+                    print(f"{str(dtype)[6:]:>9} {'fp8' if fp8 else 'same':>5} "
+                          f"{f'{dec}x{ctx}':>9} {f'{chunks}x{clen}':>9} {f'{hq}/{hkv}':>7} "
+                          f"{d:>4} {bs:>3} {'win+cap' if extra else '-':>10} {part:>5} "
+                          f"{err:>10.2e} {lerr:>9.2e}  {'ok' if ok else 'FAIL'}")
+    return failures
+
+
 def cpu_sweep() -> int:
     print("No CUDA GPU present: no bandwidth numbers. Running a small correctness sweep in "
           "Triton's interpreter (fp32, fp16; bf16 arithmetic is wrong in the interpreter).")
     configs = [(3, 40, 4, 4, 16, 16), (3, 33, 8, 2, 32, 16), (2, 48, 5, 1, 16, 8),
                (2, 64, 8, 1, 64, 32)]
     failures = correctness("cpu", [torch.float32, torch.float16], configs)
+    print("\n== mixed batch (paged_attention): decodes + prefill chunks, same and fp8 cache ==")
+    failures += mixed_correctness("cpu", [torch.float32, torch.float16],
+                                  [(3, 40, 1, 5, 8, 2, 32, 16), (2, 33, 1, 20, 5, 1, 64, 8)],
+                                  split_sizes=(0, 32))
     print("correctness:", "PASS" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 
@@ -193,9 +264,61 @@ def gpu_bench(args) -> int:
         mean = sum(r[2] for r in sel) / len(sel)
         print(f"\nmean over {len(sel)} shapes with KV >= 256 MB: {mean / 1e9:.0f} GB/s = "
               f"{100 * mean / PEAK_BPS:.0f}% of peak, {100 * mean / copy_bps:.0f}% of copy")
+    failures += mixed_bench(args, copy_bps)
     if args.tune:
         tune(hkv, hq, d, bs, dtype)
     return 1 if failures else 0
+
+
+def mixed_bench(args, copy_bps) -> int:
+    """The mixed batch on a GPU: correctness first, then time and bandwidth."""
+    print("\n== mixed batch correctness (paged_attention; bf16, fp16, and an fp8 cache) ==")
+    configs = [(6, 1000, 2, 129, 32, 8, 128, 16), (4, 517, 1, 300, 40, 8, 128, 16),
+               (3, 77, 2, 5, 5, 1, 80, 32), (2, 2049, 1, 64, 32, 4, 256, 16)]
+    failures = mixed_correctness("cuda", [torch.bfloat16, torch.float16], configs,
+                                 split_sizes=(0, 256))
+    print("mixed correctness:", "PASS" if not failures else f"{failures} FAILED")
+    hkv, hq, d, bs, dtype = 8, 32, 128, 16, torch.bfloat16
+    decodes, ctx = args.mixed[0], args.mixed[1]
+    chunks, clen = args.mixed[2], args.mixed[3]
+    print(f"\n== mixed batch timing: {decodes} decodes x {ctx} tokens + {chunks} chunks x {clen} "
+          f"new tokens (after {ctx // 2} cached); H_q={hq}, H_kv={hkv}, D={d}, block {bs} ==")
+    print(f"{'cache':>5} {'kernel':>22} {'us':>9} {'KV MB':>7} {'GB/s':>7} {'%copy':>6} "
+          f"{'TFLOP/s':>8}")
+    for fp8 in (False, True):
+        q, kc, vc, bt, sl, qsl, (ks, vs) = make_mixed(decodes, ctx, chunks, clen, hkv, hq, d,
+                                                      bs, dtype, "cuda", seed=3, fp8=fp8)
+        elem = 1 if fp8 else 2
+        kv_bytes = int(sl.sum()) * hkv * d * 2 * elem  # each cached token read at least once
+        # QK^T and PV: 4 * head_dim FLOPs per (query head, visible key); causal for chunks.
+        chunk_keys = sum(ctx // 2 + j + 1 for j in range(clen))
+        flops = 4 * d * hq * (decodes * ctx + chunks * chunk_keys)
+        out = torch.empty_like(q)
+        max_len = int(sl.max())
+        # The default packs 16 // group query tokens per program (decode-friendly); a prefill
+        # chunk may prefer 64 rows (block_q = 64 // group): both are timed.
+        runs = [("paged_attention", lambda: tk.paged_attention(
+                    q, kc, vc, bt, sl, qsl, k_scale=ks, v_scale=vs, max_seq_len=max_len,
+                    out=out)),
+                ("paged_attention M=64", lambda: tk.paged_attention(
+                    q, kc, vc, bt, sl, qsl, k_scale=ks, v_scale=vs, max_seq_len=max_len,
+                    out=out, block_q=64 // (hq // hkv)))]
+        dq, dbt, dsl = q[:decodes], bt[:decodes], sl[:decodes]
+        dec_bytes = decodes * ctx * hkv * d * 2 * elem
+        runs.append(("decode part: fast path", lambda: tk.paged_decode_attention(
+            dq, kc, vc, dbt, dsl, max_seq_len=ctx, k_scale=ks, v_scale=vs)))
+        for name, fn in runs:
+            ms = bench_ms(fn)
+            whole = name.startswith("paged_attention")
+            nbytes = kv_bytes if whole else dec_bytes
+            nflops = flops if whole else 4 * d * hq * decodes * ctx
+            bps = nbytes / (ms * 1e-3)
+            print(f"{'fp8' if fp8 else 'bf16':>5} {name:>22} {ms * 1e3:>9.1f} "
+                  f"{nbytes / 1e6:>7.0f} {bps / 1e9:>7.0f} {100 * bps / copy_bps:>5.0f}% "
+                  f"{nflops / (ms * 1e-3) / 1e12:>8.1f}")
+        del q, kc, vc, bt, sl, qsl, out
+        torch.cuda.empty_cache()
+    return failures
 
 
 def tune(hkv, hq, d, bs, dtype):
@@ -227,6 +350,9 @@ def main(argv=None) -> int:
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--skip-reference", action="store_true",
                     help="time only the Triton kernel (the gather baseline needs 3x the KV)")
+    ap.add_argument("--mixed", default="60,4096,2,512",
+                    type=lambda s: [int(x) for x in s.split(",")],
+                    help="mixed batch: decodes,context,chunks,chunk_len (default 60,4096,2,512)")
     ap.add_argument("--tune", action="store_true")
     args = ap.parse_args(argv)
     if not HAS_GPU:

@@ -156,9 +156,14 @@ def test_merge_attention_partitions_lse():
     lse[0, 0, 1:] = float("-inf")  # empty partitions carry no weight
     w = torch.softmax(lse * math.log(2), -1)  # lse is base 2
     want = (w[..., None] * parts).sum(2)
-    got = tk.merge_attention_partitions(parts.to(DEVICE), lse.to(DEVICE))
+    got = tk.merge_attention_partitions(parts.to(DEVICE), lse.to(DEVICE), lse_base2=True)
     torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[0, 0].cpu(), parts[0, 0, 0])
+    # The default is natural-log LSE, as paged_attention returns it.
+    got_e, lse_e = tk.merge_attention_partitions(parts.to(DEVICE), (lse * math.log(2)).to(DEVICE),
+                                                 return_lse=True)
+    torch.testing.assert_close(got_e.cpu(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse_e.cpu(), torch.logsumexp(lse * math.log(2), -1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

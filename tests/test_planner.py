@@ -67,6 +67,28 @@ def test_tensor_parallel_stays_in_one_node(root, demo):
     assert p.steps["generate-tp4"].kv_bytes == 32 * 8192 * 2 * 80 * 8 * 128 * 2
 
 
+def test_a_context_that_fits_only_in_fp8_is_planned_with_it_when_allowed(demo):
+    # llama-3-70b, 8 x 8192 tokens on 2 h100s (2 x 72 GiB usable): weights 131.5 GiB + a bf16
+    # KV of 20 GiB do not fit; an fp8 KV of 10 GiB does.
+    ctx = "context: {model: llama-3-70b, tokens: 8192, sequences: 8%s}"
+    step = "  - {id: gen, run: x, resources: {gpus: 2}, %s}\n"
+    p = planner.plan(wf(step % (ctx % ", kv_fp8: if-needed")), demo)
+    gen = p.steps["gen"]
+    assert gen.kv_dtype == "fp8" and gen.kv_fp8_saves_gpus == 3
+    assert gen.kv_bytes == 8 * 8192 * 2 * 80 * 8 * 128 * 1 + 2 * 80 * 8 * 4  # 1 B/element + scales
+    assert "step 'gen': KV cache planned in fp8 (e4m3); at the model's dtype it needs 3 GPUs, it asked for 2" in p.notes
+    assert p.to_dict()["steps"][0]["kv_dtype"] == "fp8"  # plan --json carries it
+    with pytest.raises(InfeasibleError, match=r"ask for at least 3 GPUs; an fp8 KV cache would fit \(context: "):
+        planner.plan(wf(step % (ctx % "")), demo)  # not allowed: refused, with the hint
+    with pytest.raises(InfeasibleError, match=r"context needs 141.5 GiB with an fp8 KV cache .*ask for at least 2 GPUs"):
+        planner.plan(wf(step.replace("gpus: 2", "gpus: 1") % (ctx % ", kv_fp8: if-needed")), demo)
+    # Allowed but not needed: the model's dtype stays, with no note.
+    p = planner.plan(wf(step.replace("gpus: 2", "gpus: 3") % (ctx % ", kv_fp8: if-needed")), demo)
+    assert p.steps["gen"].kv_dtype == "bf16" and not any("fp8" in n for n in p.notes)
+    p = planner.plan(wf(step.replace("gpus: 2", "gpus: 3") % (ctx % ", kv_fp8: always")), demo)
+    assert p.steps["gen"].kv_dtype == "fp8" and p.steps["gen"].kv_fp8_saves_gpus == 0
+
+
 def test_shares_add_up_to_the_price(root, demo):
     for name in ("research-fanout", "tensor-parallel-eval", "multinode-finetune"):
         p = planner.plan(jobspec.load(root / "jobspecs" / f"{name}.yaml"), demo)

@@ -29,9 +29,10 @@ from slurmgov.context.shared_prefix_demo import run  # noqa: E402
 pytestmark = pytest.mark.kernels
 
 
-def check_accounting(res, branches=4, prefix=72, decode=8, block=16, kv_heads=2, head_dim=16):
+def check_accounting(res, branches=4, prefix=72, decode=8, block=16, kv_heads=2, head_dim=16,
+                     elem=4, prefix_tol=1e-4):
     assert res["branches"] == branches and res["tokens_decoded"] == branches * decode
-    assert res["bytes_per_block"] == 2 * 1 * kv_heads * head_dim * block * 4  # 1 layer, fp32
+    assert res["bytes_per_block"] == 2 * 1 * kv_heads * head_dim * block * elem  # 1 layer
     assert res["blocks_saved"] > 0
     assert res["bytes_saved"] == res["blocks_saved"] * res["bytes_per_block"]
     assert res["blocks_saved"] == res["blocks_without_sharing"] - res["blocks_used"]
@@ -47,7 +48,7 @@ def check_accounting(res, branches=4, prefix=72, decode=8, block=16, kv_heads=2,
     assert res["leaked_blocks"] == 0
     assert res["kv_block_seconds"] > 0
     # The late joiner's cached-prefix result equals the original prefill.
-    assert res["prefix_check_max_err"] < 1e-4
+    assert res["prefix_check_max_err"] < prefix_tol
 
 
 def test_demo_kernels_path():
@@ -55,6 +56,16 @@ def test_demo_kernels_path():
     want = "triton-gpu" if torch.cuda.is_available() else "triton-interpreter"
     assert res["path"] == want, res.get("reason")
     check_accounting(res)
+    assert res["kernel_vs_reference_max_err"] < 1e-4
+
+
+@pytest.mark.parametrize("path", ["auto", "torch-reference"])
+def test_demo_fp8_cache_meters_blocks_at_their_real_size(path):
+    # An fp8 cache: 1 byte an element, so a quarter of the fp32 bytes per block, saved and
+    # metered; the same blocks; the late joiner's logits within fp8's rounding of the prefill.
+    res = run({}, path=path, branches=3, decode_tokens=4, kv_cache="fp8")
+    assert res["kv_cache_dtype"] == "float8_e4m3fn"
+    check_accounting(res, branches=3, decode=4, elem=1, prefix_tol=0.1)
     assert res["kernel_vs_reference_max_err"] < 1e-4
 
 

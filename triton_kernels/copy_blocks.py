@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check, check_tensor
 from .reference import reference_copy_blocks  # noqa: F401
 
 
@@ -42,17 +43,22 @@ def copy_blocks(key_caches: Sequence[torch.Tensor], value_caches: Sequence[torch
     call (the manager guarantees this: a fresh block is never a source).
     """
     caches = list(key_caches) + list(value_caches)
+    check(len(key_caches) == len(value_caches), "one key cache and one value cache per layer")
     if not caches or block_mapping.numel() == 0:
         return
-    ref = caches[0]
-    for c in caches:
-        assert c.shape == ref.shape and c.dtype == ref.dtype and c.stride() == ref.stride()
-        assert c.device == ref.device
+    ref = check_tensor("key_caches[0]", caches[0], ndim=4)
+    for i, c in enumerate(caches):
+        name = f"caches[{i}]"
+        check_tensor(name, c, dtypes=(ref.dtype,), shape=ref.shape, device=ref.device)
+        check(c.stride() == ref.stride(), f"{name} has strides {c.stride()}, "
+              f"the first cache {ref.stride()}")
     numel = ref[0].numel()
     # Blocks must be contiguous runs of memory, so a copy is one flat range per block.
-    assert ref[0].is_contiguous(), "each cache block must be contiguous"
+    check(ref[0].is_contiguous(), "each cache block must be contiguous")
+    check_tensor("block_mapping", block_mapping, dtypes=(torch.int32, torch.int64),
+                 shape=(None, 2))
+    # A strided or int32 mapping is copied into the layout the kernel indexes (tiny).
     mapping = block_mapping.to(device=ref.device, dtype=torch.int64).contiguous()
-    assert mapping.dim() == 2 and mapping.shape[1] == 2
     ptrs = torch.tensor([c.data_ptr() for c in caches], dtype=torch.int64, device=ref.device)
     block = min(4096, triton.next_power_of_2(numel))
     grid = (len(caches), mapping.shape[0], triton.cdiv(numel, block))

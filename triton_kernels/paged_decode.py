@@ -13,9 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import FLOAT_DTYPES, check, check_caches, check_metadata_values, check_tensor
+from .merge_attention import LOG2E, _merge
+from .paged_attention import paged_attention
 from .reference import reference_paged_decode  # noqa: F401
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -25,7 +26,7 @@ def _paged_decode_kernel(
     stride_qs, stride_qh, stride_qd,
     stride_kcb, stride_kcs, stride_kch, stride_kcd,
     stride_vcb, stride_vcs, stride_vch, stride_vcd,
-    stride_bt,
+    stride_bts, stride_btb, stride_sl,
     stride_os, stride_oh, stride_op, stride_od,
     stride_ls, stride_lh, stride_lp,
     group, head_dim, partition_size,
@@ -35,7 +36,7 @@ def _paged_decode_kernel(
     seq = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
     part = tl.program_id(2)
-    seq_len = tl.load(seq_lens_ptr + seq)
+    seq_len = tl.load(seq_lens_ptr + seq * stride_sl)
     start = part * partition_size
     end = tl.minimum(seq_len, start + partition_size)
 
@@ -60,7 +61,8 @@ def _paged_decode_kernel(
         n_mask = pos < end
         # Mask the LOADS past seq_len (not just the scores): unused slots may hold NaN and
         # 0 * NaN would poison the P @ V product.
-        phys = tl.load(bt_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
+        phys = tl.load(bt_ptr + seq * stride_bts + (pos // BLOCK_SIZE) * stride_btb, mask=n_mask,
+                       other=0)
         phys = phys.to(tl.int64)
         slot = pos % BLOCK_SIZE  # constexpr block size: shifts, not divisions, when a power of 2
         kv_mask = n_mask[:, None] & d_mask[None, :]
@@ -89,36 +91,6 @@ def _paged_decode_kernel(
         lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))  # log2 domain
         tl.store(lse_ptr + seq * stride_ls + q_heads * stride_lh + part * stride_lp, lse,
                  mask=m_mask)
-
-
-@triton.jit
-def _merge_splits_kernel(
-    part_out_ptr, lse_ptr, out_ptr,
-    stride_ps, stride_ph, stride_pp, stride_pd,
-    stride_ls, stride_lh, stride_lp,
-    stride_os, stride_oh, stride_od,
-    num_parts, head_dim,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # Log-sum-exp merge: out = sum_p 2^(lse_p - max) * o_p / sum_p 2^(lse_p - max).
-    seq = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    offs_p = tl.arange(0, BLOCK_P)
-    offs_d = tl.arange(0, BLOCK_D)
-    p_mask = offs_p < num_parts
-    d_mask = offs_d < head_dim
-    lse = tl.load(lse_ptr + seq * stride_ls + head * stride_lh + offs_p * stride_lp,
-                  mask=p_mask, other=float("-inf"))
-    m = tl.max(lse, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)  # all partitions empty: weights all 0
-    w = tl.exp2(lse - m)
-    o = tl.load(part_out_ptr + seq * stride_ps + head * stride_ph + offs_p[:, None] * stride_pp
-                + offs_d[None, :] * stride_pd, mask=p_mask[:, None] & d_mask[None, :], other=0.0)
-    total = tl.sum(w, axis=0)
-    total = tl.where(total > 0, total, 1.0)
-    res = tl.sum(o * w[:, None], axis=0) / total
-    tl.store(out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od,
-             res.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -156,8 +128,19 @@ def paged_decode_attention(
     num_warps: int = 4,
     num_stages: int = 2,
     out: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    validate: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode attention: one new query token per sequence against its paged K/V.
+
+    The fast path for a decode-only batch. With ``return_lse``, a window, soft cap, ALiBi
+    or an fp8 cache it is a call of ``paged_attention`` (one query token per sequence,
+    at position ``seq_lens[i] - 1``), whose arguments these are.
 
     Args:
         query: ``[num_seqs, q_heads, head_dim]``; query head ``h`` uses KV head
@@ -174,18 +157,42 @@ def paged_decode_attention(
         tile_n: KV tokens per inner iteration (power of two >= 16), default 32 on GPU and
             16 in the interpreter.
 
-    Returns ``[num_seqs, q_heads, head_dim]`` in the query dtype (or ``out``).
+    Returns ``[num_seqs, q_heads, head_dim]`` in the query dtype (or ``out``), and with
+    ``return_lse`` the natural-log LSE, fp32 ``[num_seqs, q_heads]``.
     """
-    num_seqs, q_heads, head_dim = query.shape
-    _, block_size, kv_heads, d2 = key_cache.shape
-    assert d2 == head_dim and value_cache.shape == key_cache.shape
-    assert q_heads % kv_heads == 0, "q_heads must be a multiple of kv_heads"
-    assert block_tables.dtype == torch.int32 and seq_lens.dtype == torch.int32
-    assert query.dtype == key_cache.dtype == value_cache.dtype, "query and cache dtypes differ"
+    device = check_caches(key_cache, value_cache)
+    _, block_size, kv_heads, head_dim = key_cache.shape
+    query = check_tensor("query", query, dtypes=FLOAT_DTYPES, shape=(None, None, head_dim),
+                         device=device)
+    num_seqs, q_heads, _ = query.shape
+    check(q_heads % kv_heads == 0 and q_heads > 0,
+          f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
+    block_tables = check_tensor("block_tables", block_tables, dtypes=(torch.int32,),
+                                shape=(num_seqs, None), device=device)
+    seq_lens = check_tensor("seq_lens", seq_lens, dtypes=(torch.int32,), shape=(num_seqs,),
+                            device=device)
+    if (return_lse or sliding_window or softcap or alibi_slopes is not None
+            or k_scale is not None or v_scale is not None or key_cache.dtype != query.dtype):
+        qsl = torch.arange(num_seqs + 1, dtype=torch.int32, device=device)
+        if max_seq_len is None and partition_size is None:
+            max_seq_len = int(seq_lens.max()) if num_seqs else 0
+        if partition_size is None:
+            partition_size = auto_partition_size(num_seqs, kv_heads, max_seq_len or 0, device)
+        return paged_attention(
+            query, key_cache, value_cache, block_tables, seq_lens, qsl, scale,
+            sliding_window=sliding_window, softcap=softcap, alibi_slopes=alibi_slopes,
+            k_scale=k_scale, v_scale=v_scale, return_lse=return_lse, max_seq_len=max_seq_len,
+            partition_size=partition_size, block_q=1, tile_n=tile_n, num_warps=num_warps,
+            num_stages=num_stages, out=out, validate=validate)
+    check(tile_n is None or (tile_n >= 16 and tile_n & (tile_n - 1) == 0),
+          "tile_n must be a power of two >= 16")
+    if validate:  # as paged_attention's validate
+        check_metadata_values(block_tables, seq_lens, key_cache.shape[0], block_size)
     group = q_heads // kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
     if out is None:
         out = torch.empty_like(query)
+    out = check_tensor("out", out, dtypes=(query.dtype,), shape=query.shape, device=device)
     if num_seqs == 0:
         return out
     if max_seq_len is None:
@@ -206,7 +213,8 @@ def paged_decode_attention(
 
     common = dict(BLOCK_M=block_m, BLOCK_D=block_d, TILE_N=tile_n, DOT_PREC=dot_prec,
                   num_warps=num_warps, num_stages=num_stages)
-    strides = (*query.stride(), *key_cache.stride(), *value_cache.stride(), block_tables.stride(0))
+    strides = (*query.stride(), *key_cache.stride(), *value_cache.stride(),
+               *block_tables.stride(), seq_lens.stride(0))
     if num_parts == 1:
         _paged_decode_kernel[(num_seqs, kv_heads, 1)](
             query, key_cache, value_cache, block_tables, seq_lens, out, out,
@@ -226,27 +234,8 @@ def paged_decode_attention(
         group, head_dim, partition_size,
         BLOCK_SIZE=block_size, IS_SPLIT=True, **common,
     )
-    _merge_splits_kernel[(num_seqs, q_heads)](
-        part_out, lse, out, *part_out.stride(), *lse.stride(), *out.stride(),
-        num_parts, head_dim,
-        BLOCK_P=triton.next_power_of_2(num_parts), BLOCK_D=triton.next_power_of_2(head_dim),
-    )
+    _merge(part_out, lse, out, None, 1.0)  # this kernel's partition LSEs are base 2
     return out
 
 
-def merge_attention_partitions(part_out: torch.Tensor, lse_log2: torch.Tensor,
-                               out: torch.Tensor | None = None) -> torch.Tensor:
-    """Merge split-KV partial outputs ``[S, H, P, D]`` (fp32) with their base-2 log-sum-exps
-    ``[S, H, P]`` into ``[S, H, D]``; a partition with ``lse = -inf`` gets no weight."""
-    s, h, p, d = part_out.shape
-    if out is None:
-        out = part_out.new_empty((s, h, d))
-    _merge_splits_kernel[(s, h)](
-        part_out, lse_log2, out, *part_out.stride(), *lse_log2.stride(), *out.stride(),
-        p, d, BLOCK_P=triton.next_power_of_2(p), BLOCK_D=triton.next_power_of_2(d),
-    )
-    return out
-
-
-__all__ = ["auto_partition_size", "paged_decode_attention", "merge_attention_partitions",
-           "reference_paged_decode"]
+__all__ = ["auto_partition_size", "paged_decode_attention", "reference_paged_decode"]

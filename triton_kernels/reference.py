@@ -11,14 +11,40 @@ from __future__ import annotations
 
 import torch
 
+FP8_MAX = 448.0  # largest finite torch.float8_e4m3fn
 
-def reference_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
-    """Write ``key``/``value`` ``[num_tokens, kv_heads, head_dim]`` into the caches in place."""
+
+def _head_scale(scale, kv_heads):
+    """An fp8 scale (per tensor or per KV head) as fp32 ``[kv_heads, 1]`` for broadcasting."""
+    return scale.float().reshape(-1).expand(kv_heads).reshape(kv_heads, 1)
+
+
+def reference_quantize_fp8(x, scale):
+    """``x`` ``[..., kv_heads, head_dim]`` -> e4m3fn ``round(x / scale)``, saturated at 448."""
+    q = x.float() / _head_scale(scale, x.shape[-2])
+    return q.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def reference_dequantize_fp8(cache, scale):
+    """An fp8 cache ``[..., kv_heads, head_dim]`` back to fp32 values."""
+    return cache.float() * _head_scale(scale, cache.shape[-2])
+
+
+def reference_reshape_and_cache(key, value, key_cache, value_cache, slot_mapping,
+                                k_scale=None, v_scale=None) -> None:
+    """Write ``key``/``value`` ``[num_tokens, kv_heads, head_dim]`` into the caches in place.
+
+    An fp8 cache stores ``x / scale`` (``k_scale``/``v_scale``: per tensor or per KV head).
+    """
     block_size = key_cache.shape[1]
     slots = slot_mapping.to(torch.int64)
     keep = slots >= 0
     slots = slots[keep]
     blocks, offsets = slots // block_size, slots % block_size
+    if key_cache.dtype == torch.float8_e4m3fn:
+        key_cache[blocks, offsets] = reference_quantize_fp8(key[keep], k_scale)
+        value_cache[blocks, offsets] = reference_quantize_fp8(value[keep], v_scale)
+        return
     key_cache[blocks, offsets] = key[keep].to(key_cache.dtype)
     value_cache[blocks, offsets] = value[keep].to(value_cache.dtype)
 
@@ -74,3 +100,73 @@ def reference_paged_decode(query, key_cache, value_cache, block_tables, seq_lens
         scores = torch.einsum("hd,nhd->hn", query[i].float(), k) * scale
         out[i] = torch.einsum("hn,nhd->hd", torch.softmax(scores, dim=-1), v)
     return out.to(query.dtype)
+
+
+def reference_paged_attention(query, key_cache, value_cache, block_tables, seq_lens,
+                              query_start_loc, scale=None, *, sliding_window=None, softcap=None,
+                              alibi_slopes=None, k_scale=None, v_scale=None, return_lse=False,
+                              causal=True):
+    """Attention for a mixed batch of prefill, chunked-prefill and decode sequences, in fp32.
+
+    ``query`` ``[num_tokens, q_heads, head_dim]`` packs each sequence's new tokens:
+    sequence ``i`` owns rows ``query_start_loc[i]:query_start_loc[i + 1]``. ``seq_lens[i]``
+    counts all its tokens, the new ones included (they are already in the cache), so new
+    token ``j`` of ``q_len`` sits at position ``seq_lens[i] - q_len + j`` and attends to the
+    positions ``p <= `` its own (causal); with ``sliding_window`` ``w`` only to
+    ``p > pos - w`` (the last ``w`` positions, itself included). ``softcap`` ``c`` maps a
+    score ``s`` (already scaled) to ``c * tanh(s / c)``; ALiBi then adds
+    ``slopes[h] * (p - pos)``. An fp8 cache is dequantized with ``k_scale``/``v_scale``.
+    ``causal=False``: every new token sees all ``seq_lens[i]`` positions (no window, no ALiBi).
+
+    Returns the output in the query's dtype and, with ``return_lse``, the natural-log
+    log-sum-exp of the scores per (token, head), fp32 ``[num_tokens, q_heads]`` (``-inf``
+    for a token that sees no position).
+    """
+    num_tokens, q_heads, head_dim = query.shape
+    kv_heads = key_cache.shape[2]
+    group = q_heads // kv_heads
+    scale = head_dim ** -0.5 if scale is None else scale
+    keys, values, cu = reference_gather_kv(key_cache, value_cache, block_tables, seq_lens)
+    if key_cache.dtype == torch.float8_e4m3fn:
+        keys, values = reference_dequantize_fp8(keys, k_scale), reference_dequantize_fp8(
+            values, v_scale)
+    out = torch.zeros(num_tokens, q_heads, head_dim, dtype=torch.float32, device=query.device)
+    lse = torch.full((num_tokens, q_heads), float("-inf"), dtype=torch.float32,
+                     device=query.device)
+    qsl = query_start_loc.tolist()
+    for i in range(len(qsl) - 1):
+        q0, q1 = qsl[i], qsl[i + 1]
+        lo, hi = int(cu[i]), int(cu[i + 1])
+        if q1 == q0 or hi == lo:
+            continue
+        n = hi - lo
+        k = keys[lo:hi].float().repeat_interleave(group, dim=1)  # [n, q_heads, d]
+        v = values[lo:hi].float().repeat_interleave(group, dim=1)
+        s = torch.einsum("thd,nhd->thn", query[q0:q1].float(), k) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        qpos = torch.arange(n - (q1 - q0), n, device=query.device)[:, None]  # [t, 1]
+        kpos = torch.arange(n, device=query.device)[None, :]
+        if alibi_slopes is not None:
+            s = s + alibi_slopes.float()[None, :, None] * (kpos - qpos)[:, None, :]
+        allowed = kpos <= qpos if causal else torch.ones_like(kpos <= qpos)
+        if sliding_window:
+            allowed &= kpos > qpos - sliding_window
+        s = s.masked_fill(~allowed[:, None, :], float("-inf"))
+        lse[q0:q1] = torch.logsumexp(s, dim=-1)
+        p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a row with no position: all -inf
+        out[q0:q1] = torch.einsum("thn,nhd->thd", p, v)
+    out = out.to(query.dtype)
+    return (out, lse) if return_lse else out
+
+
+def reference_merge_attention_states(outputs, lses):
+    """Merge attention over disjoint key sets (split-KV, cascade / shared prefix).
+
+    ``outputs`` ``[P, ..., head_dim]`` and their natural-log ``lses`` ``[P, ...]``: the
+    result is what attention over the union of the key sets gives, with its LSE. An input
+    with ``lse = -inf`` (no keys) gets no weight; if all are ``-inf`` the output is 0.
+    """
+    lse = torch.logsumexp(lses.float(), dim=0)
+    w = torch.exp(lses.float() - lse.nan_to_num(neginf=0.0)).nan_to_num(0.0)
+    return (w[..., None] * outputs.float()).sum(0), lse

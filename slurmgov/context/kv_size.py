@@ -6,7 +6,7 @@ Pure arithmetic (no torch), so the planner can size context before anything runs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
@@ -48,6 +48,18 @@ class KVShape:
     def block_bytes(self, block_size: int) -> int:
         return self.bytes_per_token * block_size
 
+    @property
+    def scale_bytes(self) -> int:
+        """An fp8 cache's dequantization scales: fp32 K and V scales per KV head and layer,
+        one set for the whole cache (triton_kernels' per-head ``k_scale``/``v_scale``)."""
+        return 2 * self.layers * self.kv_heads * 4 if self.dtype == "fp8" else 0
+
+    def with_dtype(self, dtype: str) -> KVShape:
+        """The same model with its KV cache stored in ``dtype`` (weights unchanged)."""
+        if dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown KV dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
+        return replace(self, dtype=dtype)
+
 
 @dataclass(frozen=True)
 class KVNeed:
@@ -69,9 +81,20 @@ class KVNeed:
 
 
 def size_context(shape: KVShape, tokens: int, sequences: int, block_size: int = 16) -> int:
-    """KV bytes for ``sequences`` sequences of ``tokens`` tokens, rounded up to whole blocks."""
+    """KV bytes for ``sequences`` sequences of ``tokens`` tokens, rounded up to whole blocks
+    (at the cache dtype's real size: 1 byte an element for fp8, plus its scales)."""
     blocks_per_seq = math.ceil(tokens / block_size)
-    return sequences * blocks_per_seq * shape.block_bytes(block_size)
+    return sequences * blocks_per_seq * shape.block_bytes(block_size) + shape.scale_bytes
+
+
+def need_fp8_if_needed(shape: KVShape, tokens: int, sequences: int, gpus_asked: int,
+                       gpu_memory_gb: float) -> tuple[KVNeed, KVNeed | None]:
+    """``need`` for the model's KV dtype and, when that does not fit the GPUs asked and the
+    dtype is wider than a byte, for an fp8 cache too: ``(need, fp8 need or None)``."""
+    first = need(shape, tokens, sequences, gpus_asked, gpu_memory_gb)
+    if first.fits or DTYPE_BYTES[shape.dtype] <= 1:
+        return first, None
+    return first, need(shape.with_dtype("fp8"), tokens, sequences, gpus_asked, gpu_memory_gb)
 
 
 def need(shape: KVShape, tokens: int, sequences: int, gpus_asked: int, gpu_memory_gb: float) -> KVNeed:

@@ -8,6 +8,10 @@ cache, computing only the tail; its result is checked against the original prefi
 block manager's accounting says how many blocks (and bytes) sharing saved, and a
 ``BlockMeter`` integrates blocks in use into KV block-seconds.
 
+``kv_cache='fp8'`` stores K and V in an fp8 (e4m3) cache with per-head scales set from the
+prefix: blocks are metered at their real size (bytes per block from the cache tensor itself,
+a quarter of fp32's), and the results then differ from the fp32 prefill by fp8's rounding.
+
 Kernel path: Triton on a GPU; Triton's interpreter on CPU (``TRITON_INTERPRET=1`` is set
 before the kernels are imported); the PyTorch references when triton is missing. The result
 says which ran. torch is imported inside ``run`` so importing this module needs no torch.
@@ -69,30 +73,54 @@ class _Kernels:
         if reference:
             self.reshape_and_cache = mod.reference_reshape_and_cache
             self.copy_blocks = mod.reference_copy_blocks
-            self.decode = mod.reference_paged_decode
+            self.decode = _reference_decode(mod)
         else:
             self.reshape_and_cache = mod.reshape_and_cache
             self.copy_blocks = mod.copy_blocks
             self.decode = mod.paged_decode_attention
 
 
+def _reference_decode(ref):
+    """The reference with paged_decode_attention's signature (fp8 scales included)."""
+
+    def decode(q, kc, vc, bt, sl, scale, k_scale=None, v_scale=None):
+        import torch
+
+        if k_scale is None:
+            return ref.reference_paged_decode(q, kc, vc, bt, sl, scale)
+        qsl = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
+        return ref.reference_paged_attention(q, kc, vc, bt, sl, qsl, scale, k_scale=k_scale,
+                                             v_scale=v_scale)
+
+    return decode
+
+
 def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens: int = 8,
         block_size: int = 16, kv_heads: int = 2, q_heads: int = 4, head_dim: int = 16,
         vocab: int = 97, num_blocks: int = 64, seed: int = 0, path: str = "auto",
-        **_ignored) -> dict:
+        kv_cache: str = "same", **_ignored) -> dict:
     """Run the shared-prefix demo; return JSON-able accounting (see module docstring).
 
     ``prefix_tokens`` not a multiple of ``block_size`` exercises copy-on-write of the shared
-    partial block; ``path='torch-reference'`` forces the PyTorch references.
+    partial block; ``path='torch-reference'`` forces the PyTorch references; ``kv_cache``
+    is ``'same'`` (the compute dtype, fp32) or ``'fp8'``.
     """
     import torch
+
+    if kv_cache not in ("same", "fp8"):
+        raise ValueError(f"kv_cache must be 'same' or 'fp8', not {kv_cache!r}")
 
     t0 = time.perf_counter()
     path_name, k, device, reason = _pick_kernels(path)
     dtype = torch.float32  # exact enough to check the kernels against the references
-    elem = torch.finfo(dtype).bits // 8
+    cache_dtype = torch.float8_e4m3fn if kv_cache == "fp8" else dtype
     layers = 1
-    bytes_per_block = 2 * layers * kv_heads * head_dim * block_size * elem
+    # NaN in every unused slot: a kernel that reads past a sequence's length shows up as NaN.
+    kc = torch.full((num_blocks, block_size, kv_heads, head_dim), float("nan"),
+                    dtype=dtype, device=device).to(cache_dtype)
+    vc = kc.clone()
+    # Metered at the cache's real size: one block of K and V, every layer, as stored.
+    bytes_per_block = 2 * layers * kc[0].numel() * kc.element_size()
     meter = BlockMeter()
     mgr = BlockManager(num_blocks, block_size, bytes_per_block=bytes_per_block, meter=meter)
 
@@ -105,11 +133,8 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
     emb, wq, wk, wv, wo, lm = (w(vocab, d_model), w(d_model, q_heads * head_dim),
                                w(d_model, kv_heads * head_dim), w(d_model, kv_heads * head_dim),
                                w(q_heads * head_dim, d_model), w(d_model, vocab))
-    # NaN in every unused slot: a kernel that reads past a sequence's length shows up as NaN.
-    kc = torch.full((num_blocks, block_size, kv_heads, head_dim), float("nan"),
-                    dtype=dtype, device=device)
-    vc = kc.clone()
     scale = head_dim ** -0.5
+    scales: dict = {}  # fp8: per-head k_scale/v_scale, set from the prefix below
 
     def project(tokens):
         x = emb[tokens]
@@ -124,7 +149,8 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
 
     def write(seq_ids, positions, kk, vv):
         slots = [mgr.slots(s, p, p + 1)[0] for s, p in zip(seq_ids, positions)]
-        k.reshape_and_cache(kk, vv, kc, vc, torch.tensor(slots, dtype=torch.int64, device=device))
+        k.reshape_and_cache(kk, vv, kc, vc, torch.tensor(slots, dtype=torch.int64, device=device),
+                            *scales.values())
 
     max_ref_err = 0.0
 
@@ -132,10 +158,10 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
         nonlocal max_ref_err
         bt = torch.tensor(mgr.block_tables(seq_ids), dtype=torch.int32, device=device)
         sl = torch.tensor([mgr.seq_len(s) for s in seq_ids], dtype=torch.int32, device=device)
-        out = k.decode(q, kc, vc, bt, sl, scale)
+        out = k.decode(q, kc, vc, bt, sl, scale, **scales)
         if path_name != "torch-reference":
-            ref = _import_triton_kernels().reference
-            want = ref.reference_paged_decode(q, kc, vc, bt, sl, scale)
+            want = _reference_decode(_import_triton_kernels().reference)(q, kc, vc, bt, sl,
+                                                                         scale, **scales)
             max_ref_err = max(max_ref_err, float((out - want).abs().max()))
         return out
 
@@ -144,8 +170,12 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
     hits = mgr.allocate("prefix", prefix)
     assert hits == 0
     x, q, kk, vv = project(torch.tensor(prefix, device=device))
+    if kv_cache == "fp8":  # calibration: each head's largest |K|, |V| in the prefix, x2 headroom
+        scales = {"k_scale": (kk.abs().amax(dim=(0, 2)) * 2 / 448).float().contiguous(),
+                  "v_scale": (vv.abs().amax(dim=(0, 2)) * 2 / 448).float().contiguous()}
     k.reshape_and_cache(kk, vv, kc, vc,
-                        torch.tensor(mgr.slots("prefix", 0), dtype=torch.int64, device=device))
+                        torch.tensor(mgr.slots("prefix", 0), dtype=torch.int64, device=device),
+                        *scales.values())
     group = q_heads // kv_heads
     attn = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(0, 1), kk.repeat_interleave(group, 1).transpose(0, 1),
@@ -186,7 +216,7 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
         write(["late"], [p], kk, vv)
         bt = torch.tensor(mgr.block_tables(["late"]), dtype=torch.int32, device=device)
         sl = torch.tensor([p + 1], dtype=torch.int32, device=device)
-        late_logits = logits_of(x, k.decode(q, kc, vc, bt, sl, scale))[0]
+        late_logits = logits_of(x, k.decode(q, kc, vc, bt, sl, scale, **scales))[0]
     prefix_check = (float((late_logits - prefix_logits).abs().max())
                     if late_logits is not None else 0.0)
 
@@ -201,6 +231,7 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
         "reason": reason,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
+        "kv_cache_dtype": str(cache_dtype).replace("torch.", ""),
         "branches": branches,
         "prefix_tokens": prefix_tokens,
         "block_size": block_size,

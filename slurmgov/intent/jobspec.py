@@ -80,6 +80,9 @@ class Context(Strict):
     tokens: int = Field(ge=1, le=100_000_000, description="context tokens per sequence")
     sequences: int = Field(1, ge=1, le=1_000_000)
     share: str | None = Field(None, pattern=NAME, description="steps with the same key reuse one KV prefix")
+    kv_fp8: Literal["never", "if-needed", "always"] = Field(
+        "never", description="KV cache in fp8 (e4m3, 1 byte): 'if-needed' when the model's dtype does not fit the GPUs asked"
+    )
 
     @field_validator("model")
     @classmethod
@@ -91,9 +94,11 @@ class Context(Strict):
     @property
     def shape(self) -> KVShape:
         if isinstance(self.model, str):
-            return KVShape(**PRESETS[self.model])
-        m = self.model
-        return KVShape(m.layers, m.kv_heads, m.head_dim, m.dtype, m.params_b)
+            shape = KVShape(**PRESETS[self.model])
+        else:
+            m = self.model
+            shape = KVShape(m.layers, m.kv_heads, m.head_dim, m.dtype, m.params_b)
+        return shape.with_dtype("fp8") if self.kv_fp8 == "always" else shape
 
 
 class Step(Strict):

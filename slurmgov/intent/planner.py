@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from slurmgov.context.kv_size import GIB, KVNeed, need
+from slurmgov.context.kv_size import GIB, KVNeed, need_fp8_if_needed
 from slurmgov.errors import InfeasibleError, InputError
 from slurmgov.intent.jobspec import Step, Workflow, topo_order
 from slurmgov.policy.pricing import gpu_hours, split
@@ -48,6 +48,8 @@ class PlannedStep:
     share_h: float = 0.0  # this step's part of its allocation's worst case (the hold share)
     kv_bytes: int = 0
     weight_bytes: int = 0
+    kv_dtype: str | None = None  # the KV cache's dtype as planned (None: no context)
+    kv_fp8_saves_gpus: int = 0  # planned in fp8 because the model's dtype needs this many GPUs
     context_share: str | None = None
     queue_s: int = 0  # worst-case wait for room inside its allocation
 
@@ -284,6 +286,7 @@ def _resolve(st: Step, site: Site, partition, fitting: _Fitting) -> PlannedStep:
     gpu_type = r.gpu_type
     within = st.placement
     kv = None
+    kv_dtype, fp8_saves = (st.context.shape.dtype if st.context else None), 0
     if r.gpus:
         types = topo.gpu_types(pname)
         if gpu_type is None and len(types) == 1:
@@ -341,9 +344,15 @@ def _resolve(st: Step, site: Site, partition, fitting: _Fitting) -> PlannedStep:
             raise InfeasibleError(f"step {st.id!r}: no NVLink domain in partition {pname} has {r.nodes} nodes with {gpn} {tname} each")
         if st.context is not None:
             mem = site.gpu_types[gpu_type].memory_gb if gpu_type else min(t.memory_gb for t in site.gpu_types.values())
-            kv = need(st.context.shape, st.context.tokens, st.context.sequences, r.gpus, mem)
-            if not kv.fits:
-                raise InfeasibleError(_kv_refusal(st.id, kv, tname, mem))
+            ctx = st.context
+            kv, kv8 = need_fp8_if_needed(ctx.shape, ctx.tokens, ctx.sequences, r.gpus, mem)
+            if kv8 is not None and ctx.kv_fp8 == "if-needed":
+                if not kv8.fits:
+                    raise InfeasibleError(_kv_refusal(st.id, kv8, tname, mem, " with an fp8 KV cache"))
+                kv, kv_dtype, fp8_saves = kv8, "fp8", kv.gpus_needed
+            elif not kv.fits:
+                hint = "" if kv8 is None or not kv8.fits else "; an fp8 KV cache would fit (context: {kv_fp8: if-needed})"
+                raise InfeasibleError(_kv_refusal(st.id, kv, tname, mem) + hint)
     elif r.nodes > 1:
         raise InfeasibleError(f"step {st.id!r}: a step without GPUs runs on the submitting host; it cannot span {r.nodes} nodes")
     elif st.context is not None:
@@ -354,13 +363,14 @@ def _resolve(st: Step, site: Site, partition, fitting: _Fitting) -> PlannedStep:
         cpus=r.cpus, memory_mb=r.memory_mb, time_s=time_s, retries=st.retries, within=within,
         after=st.after, start_s=0, end_s=0,
         kv_bytes=kv.kv_bytes if kv else 0, weight_bytes=kv.weight_bytes if kv else 0,
+        kv_dtype=kv_dtype, kv_fp8_saves_gpus=fp8_saves,
         context_share=st.context.share if st.context else None,
     )
 
 
-def _kv_refusal(step_id: str, kv: KVNeed, tname: str, mem_gb: float) -> str:
+def _kv_refusal(step_id: str, kv: KVNeed, tname: str, mem_gb: float, how: str = "") -> str:
     return (
-        f"step {step_id!r}: context needs {kv.total_bytes / GIB:.1f} GiB (KV {kv.kv_bytes / GIB:.1f} + weights "
+        f"step {step_id!r}: context needs {kv.total_bytes / GIB:.1f} GiB{how} (KV {kv.kv_bytes / GIB:.1f} + weights "
         f"{kv.weight_bytes / GIB:.1f}); {kv.gpus_asked} x {tname} ({mem_gb:g} GiB) is too little; ask for at least {kv.gpus_needed} GPUs"
     )
 
@@ -507,7 +517,11 @@ def _context_notes(steps: dict[str, PlannedStep], allocs_by_id: dict[str, Alloca
     for ps in steps.values():
         if ps.context_share:
             shared.setdefault(ps.context_share, []).append(ps)
-    notes = []
+    notes = [
+        f"step {ps.id!r}: KV cache planned in fp8 (e4m3); at the model's dtype it needs {ps.kv_fp8_saves_gpus} GPUs, "
+        f"it asked for {ps.gpus}"
+        for ps in steps.values() if ps.kv_fp8_saves_gpus
+    ]
     for key, members in shared.items():
         if len(members) < 2:
             continue

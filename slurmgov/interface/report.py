@@ -66,7 +66,7 @@ def plan_tables(p, console: Console, every_row: bool = False) -> None:
     for ps in p.steps.values():
         s.add_row(ps.id, ps.alloc, str(ps.gpus), ps.within if ps.gpus else "-", format_time(ps.time_s), str(ps.retries),
                   f"{format_time(ps.start_s) if ps.start_s else '0'} .. {format_time(ps.end_s)}", _h(ps.share_h),
-                  f"{ps.kv_bytes / 2**30:.1f}" if ps.kv_bytes else "-")
+                  (f"{ps.kv_bytes / 2**30:.1f}" + (" fp8" if ps.kv_dtype == "fp8" else "")) if ps.kv_bytes else "-")
     show(s, console)
     for n in p.notes:
         console.print(f"note: {n}")
