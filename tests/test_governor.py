@@ -1062,3 +1062,34 @@ def test_the_database_going_away_mid_pass_loses_no_line(env, monkeypatch, batch)
     rep = governor.sync_once(ledger, site, conf, state, batch=batch)  # the database is back
     assert rep.problems == []
     assert {ledger.hold("slurm:a1").state, ledger.hold("slurm:a2").state} == {"open"}
+
+
+def test_a_job_of_two_gpu_types_is_charged_at_the_weight_it_was_priced(root, tmp_path):
+    """A job asking for one a100 (weight 1) and one h100 (weight 2) per node is priced at 3
+    weighted GPUs; its settle line says only "2 GPUs". It is charged 1.5 per GPU-second, not the
+    a100's 1 (that would let anyone pay the cheap rate by adding a cheap GPU to a dear request).
+    A hold made before the weight was kept (a 3-part run_id) is charged at the dearest type."""
+    text = (root / "site_configs" / "demo-cluster.yaml").read_text()
+    two = text.replace("  h100: {memory_gb: 80, weight: 1.0}\n",
+                       "  a100: {memory_gb: 80, weight: 1.0}\n  h100: {memory_gb: 80, weight: 2.0}\n")
+    assert two != text
+    (tmp_path / "site.yaml").write_text(two)
+    site = site_mod.load(tmp_path / "site.yaml")
+    conf, state = tmp_path / "etc", tmp_path / "state"
+    conf.mkdir()
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    ledger.set_budget("physics", 10.0, "quarterly", actor="test")
+    # 2 GPUs (a100 + h100) for 60 minutes, 1 task: the hook's cost is 3 weighted GPUs x 3600 s
+    append(conf / governor.ADMITS, admit("mix", cost_h=3.0, gpus=2, minutes=60, gpu_type="a100+h100").rstrip("\n")
+           + "\t1\n")
+    append(conf / governor.SETTLES, settle(77, "mix", gpus=2, start=T0 + 100, end=T0 + 1900))  # 30 minutes
+    governor.sync_once(ledger, site, conf, state)
+    (ch,) = ledger.charges("slurm:mix")
+    assert ch["weight"] == pytest.approx(1.5) and ch["charged_h"] == pytest.approx(2 * 0.5 * 1.5)
+    assert ledger.hold("slurm:mix").state == "done"
+    # an older hold of the same shape, whose run_id has no weight: the dearest type's
+    ledger.admit("slurm:old", "physics", "sbatch", {"job": 3.0}, run_id="old;a100+h100;1", enforce=False)
+    append(conf / governor.SETTLES, settle(78, "old", gpus=2, start=T0 + 100, end=T0 + 1900))
+    governor.sync_once(ledger, site, conf, state)
+    (old,) = ledger.charges("slurm:old")
+    assert old["weight"] == pytest.approx(2.0) and old["charged_h"] == pytest.approx(2 * 0.5 * 2.0)

@@ -90,6 +90,25 @@ def run_tasks(run_id: str | None) -> int:
         return 1
 
 
+def hold_memo(key: str, gpu_type: str | None, tasks: int, weight: float | None = None) -> str:
+    """A Slurm job's hold remembers what its settle lines lack in ``run_id``:
+    ``token;type;tasks`` and, for a job asking for GPU types of different weights, ``;weight``:
+    its price per GPU-second as the hook priced it (weighted GPUs / GPUs). Charging such a job
+    at one of its types' weights would under-charge it whenever that type is the cheaper one."""
+    memo = f"{key};{gpu_type or '-'};{tasks}"
+    return memo if weight is None else f"{memo};{weight!r}"
+
+
+def mixed_weight(gpu_type: str | None, cost_gpu_s: float, gpus: float, minutes: float, tasks: int) -> float | None:
+    """The priced weight per GPU of a job asking for several GPU types (``a100+h100``): its
+    weighted cost over its GPU-seconds; None for one type (the site's weight of that type is
+    exact) or where the line gives nothing to divide by."""
+    unit = gpus * minutes * 60 * tasks
+    if not gpu_type or "+" not in gpu_type or unit <= 0:
+        return None
+    return cost_gpu_s / unit
+
+
 def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float) -> tuple:
     """A hold (Bulk.admit_many's row) of what a job without one used: priced at the dearest
     weight, as the charge of an untyped job is."""
@@ -110,13 +129,19 @@ def _tasks(event: journal.Admit, site: Site) -> int:
     return max(1, round(event.cost_gpu_s / unit)) if unit > 0 else 1
 
 
+def _admit_memo(event: journal.Admit, site: Site) -> str:
+    tasks = _tasks(event, site)
+    return hold_memo(event.token, event.gpu_type, tasks,
+                     mixed_weight(event.gpu_type, event.cost_gpu_s, event.gpus, event.time_limit_min, tasks))
+
+
 def apply(ledger: Ledger, site: Site, event) -> None:
     """Apply one journal event to the ledger (idempotent).
 
     A job's hold remembers its GPU type and array size in ``run_id`` (``token;type;tasks``):
     the settle line from jobcomp has neither, and an array's hold closes with its last task."""
     if isinstance(event, journal.Admit):
-        run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, site)}"
+        run_id = _admit_memo(event, site)
         ledger.admit(hold_key(event.token), event.account, "sbatch", {"job": event.cost_gpu_s / 3600},
                      user=event.user, run_id=run_id, now=event.ts, enforce=False)
     elif isinstance(event, journal.Modify):
@@ -159,7 +184,10 @@ def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
     key = hold_key(event.key)
     h = ledger.find_hold(key)
     # the settle line has neither type nor array size: the hold keeps the latest type and the most tasks
-    run_id = f"{event.key};{event.gpu_type or '-'};{max(event.tasks, run_tasks(h.run_id) if h else 1)}"
+    tasks = max(event.tasks, run_tasks(h.run_id) if h else 1)
+    run_id = hold_memo(event.key, event.gpu_type, tasks,
+                       mixed_weight(event.gpu_type, event.new_cost_gpu_s, event.gpus, event.time_limit_min,
+                                    event.tasks))
     create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": event.user,
               "run_id": run_id, "now": event.ts}
     ledger.reprice(key, event.mod_id, event.account, (event.new_cost_gpu_s - event.old_cost_gpu_s) / 3600,
@@ -182,14 +210,18 @@ def _settle_charge(site: Site, key: str, run_id: str | None, event: journal.Sett
     """The charge (ledger.charge's arguments) for one settle event of the hold ``key`` whose
     run_id is ``run_id``, and how many tasks must finish before that hold closes."""
     parts = (run_id or "").split(";")
-    if len(parts) != 3:  # the governor's holds all have one; a hold another tool made may not
+    if len(parts) not in (3, 4):  # the governor's holds all have one; a hold another tool made may not
         raise LedgerError(f"hold {key} has run_id {run_id!r}, not a Slurm job's token;type;tasks")
-    _, type_field, tasks = parts
-    gpu_type = None if type_field == "-" else type_field.split("+")[0]
+    type_field, tasks = parts[1], parts[2]
+    gpu_type = None if type_field == "-" else type_field
+    if len(parts) == 4:  # several types: the weight per GPU the hook priced
+        weight = float(parts[3])
+    else:  # one type; or several, held before their weight was kept: the dearest, never less than used
+        weight = max(site.weight(t) for t in (gpu_type.split("+") if gpu_type else [None]))
     # One charge per run: a requeued job's first run is settled (state PENDING) when it is
     # requeued, and its next run when that ends; the run's start time tells them apart.
     row = dict(charge_key=charge_key(event.job_id, event.start), hold_key=key, step="job", attempt=1,
-               gpu_seconds=event.gpu_seconds, weight=site.weight(gpu_type), gpu_type=gpu_type,
+               gpu_seconds=event.gpu_seconds, weight=weight, gpu_type=gpu_type,
                started=event.start or event.end, ended=event.end or time.time(), status=event.state.lower(),
                workflow="sbatch")
     return row, int(tasks)
@@ -281,8 +313,9 @@ def reprice_live(ledger: Ledger, params: PriceParams, partitions, queued: list[Q
             if h is None:
                 if q.token or want_h <= 0:
                     continue  # its admit line comes with the next pass; or nothing to hold
-                ledger.admit(key, q.account, "sbatch", {"job": want_h}, run_id=f"{q.key};{p.types};1", now=now,
-                             enforce=False)
+                weight = p.weighted / p.gpus if "+" in p.types and p.gpus else None
+                ledger.admit(key, q.account, "sbatch", {"job": want_h}, run_id=hold_memo(q.key, p.types, 1, weight),
+                             now=now, enforce=False)
                 drift.append(f"job {q.job_id}: a GPU job without a hold; held {want_h:.2f} GPU-h on {q.account}")
             elif h.state == "open" and (abs(h.remaining_h - want_h) > 1e-6 or h.account != q.account):
                 ledger.reprice(key, f"live-{q.job_id}-{int(now * 1000)}", q.account, want_h - h.remaining_h,
@@ -335,9 +368,11 @@ def rehold(ledger: Ledger, queued: list[Queued], now: float) -> list[str]:
         tasks = run_tasks(base.run_id)
         key = rerun_key(q.key, q.job_id, q.restart_cnt, tasks > 1)
         if ledger.find_hold(key) is None:
-            gpu_type = (base.run_id or "").split(";")[1:2] or ["-"]
+            memo = (base.run_id or "").split(";")  # the rerun's type (and weight) are the job's
+            gpu_type = memo[1] if len(memo) > 1 else "-"
             ledger.admit(key, base.account, "sbatch", {"job": base.amount_h / tasks}, user=base.user,
-                         run_id=f"{q.key};{gpu_type[0]};1", now=now, enforce=False)
+                         run_id=hold_memo(q.key, gpu_type, 1, float(memo[3]) if len(memo) == 4 else None),
+                         now=now, enforce=False)
             made.append(key)
         for m in range(max(1, q.restart_cnt - RERUN_LOOKBACK + 1), q.restart_cnt):
             older = ledger.find_hold(rerun_key(q.key, q.job_id, m, tasks > 1))
@@ -730,7 +765,7 @@ class _Batch:
     def _admit(self, event: journal.Admit) -> None:
         """ledger.admit(..., enforce=False) as apply calls it: the ledger's rules (rules.py) on
         what this batch knows, so that a bad event fails alone instead of the whole batch."""
-        run_id = f"{event.token};{event.gpu_type or '-'};{_tasks(event, self.site)}"
+        run_id = _admit_memo(event, self.site)
         shares = {"job": event.cost_gpu_s / 3600}
         want, key = rules.shares_ms(shares), hold_key(event.token)
         rules.epoch(event.ts, "now")
