@@ -216,8 +216,10 @@ def _settle_charge(site: Site, key: str, run_id: str | None, event: journal.Sett
     gpu_type = None if type_field == "-" else type_field
     if len(parts) == 4:  # several types: the weight per GPU the hook priced
         weight = float(parts[3])
-    else:  # one type; or several, held before their weight was kept: the dearest, never less than used
-        weight = max(site.weight(t) for t in (gpu_type.split("+") if gpu_type else [None]))
+    elif gpu_type and "+" in gpu_type:  # several, held before their weight was kept: the dearest, never less than used
+        weight = max(site.weight(t) for t in gpu_type.split("+"))
+    else:
+        weight = site.weight(gpu_type)
     # One charge per run: a requeued job's first run is settled (state PENDING) when it is
     # requeued, and its next run when that ends; the run's start time tells them apart.
     row = dict(charge_key=charge_key(event.job_id, event.start), hold_key=key, step="job", attempt=1,
