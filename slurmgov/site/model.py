@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slurmgov.errors import InputError
 from slurmgov.site import yamlfile
+from slurmgov.site.shared import shared_path
 from slurmgov.site.topology import Topology, TopologyError
 from slurmgov.site.units import format_time, parse_memory_mb, parse_time_seconds
 
@@ -286,7 +287,8 @@ def load(path: str | Path) -> Site:
 
 
 def default_site_path() -> Path:
-    """site_configs/local.yaml next to the package (source checkout) or $SLURMGOV_SITE."""
+    """$SLURMGOV_SITE, else the embedded default site_configs/local.yaml (the source tree's, or
+    the one a wheel installed under <prefix>/share/slurmgov)."""
     if os.environ.get("SLURMGOV_SITE"):
         return Path(os.environ["SLURMGOV_SITE"])
-    return Path(__file__).resolve().parents[2] / "site_configs" / "local.yaml"
+    return shared_path("site_configs", "local.yaml")

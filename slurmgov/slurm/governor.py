@@ -28,6 +28,7 @@ from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, Slurmgov
 from slurmgov.ledger import rules
 from slurmgov.ledger.store import HoldRow, Ledger
 from slurmgov.site.model import Site
+from slurmgov.site.shared import shared_path
 from slurmgov.slurm import journal, snapshot
 from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
 from slurmgov.slurm.gpu_request import HookPartition, HookPrice, PriceParams, hook_price
@@ -866,7 +867,7 @@ def operator_uids(site: Site) -> list[int]:
     return sorted(uids)
 
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+PLUGINS = shared_path("plugins", "job_submit.lua").parent  # the Lua hooks: the source tree's, or where a wheel put them
 
 
 def slurm_user(conf_dir: str | Path) -> str:
@@ -920,7 +921,7 @@ def install_hooks(conf_dir: str | Path) -> list[str]:
     for name in ("job_submit.lua", "jobcomp.lua"):
         src = PLUGINS / name
         if not src.exists():
-            raise SlurmgovError(f"{src}: missing; install slurmgov from its source tree (pip install -e .)")
+            raise SlurmgovError(f"{src}: missing; reinstall slurmgov (its wheel ships the hooks in <prefix>/share/slurmgov/plugins)")
         tmp = conf_dir / f".{name}.tmp"
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)
