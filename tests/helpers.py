@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 
 import pytest
@@ -90,3 +91,23 @@ def governor_sees_final(c, job: str) -> bool:
     does, and a pass in between bills it only on the next pass."""
     rows = json.loads(c.run("sacct", "--json", "-a", "-S", "now-2days", "-E", "now").stdout)["jobs"]
     return any(str(j["job_id"]) == job and j["state"]["current"] == "COMPLETED" for j in rows)
+
+
+def import_kernels(what: str):
+    """(torch, triton_kernels) for a module of kernel tests, imported at its top: without a GPU,
+    Triton's interpreter is switched on before the kernels are decorated. Without torch or
+    triton the module is skipped, and under CI=true (where the kernels extra is installed) fails."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        import triton  # noqa: F401
+    except ImportError as e:  # torch or triton absent
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise ImportError(f"{what} need torch and triton (the kernels extra): {e}") from None
+        pytest.skip(f"{what} need torch and triton (pip install .[kernels]): {e}", allow_module_level=True)
+    import triton_kernels  # our own package: an import error here must fail
+
+    assert triton_kernels.HAVE_TRITON, "triton imports but triton_kernels could not import its kernels"
+    return torch, triton_kernels

@@ -6,33 +6,12 @@ The interpreter gets bf16 arithmetic wrong, so CPU runs use fp32 and fp16 only.
 """
 
 import math
-import os
 
 import pytest
+from helpers import import_kernels
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+torch, tk = import_kernels("kernel tests")
 
-try:
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import triton  # noqa: F401
-
-    MISSING = None
-except ImportError as e:  # torch or triton absent
-    MISSING = str(e)
-
-if MISSING:
-    if CI:  # in CI the kernels extra is installed; its absence is a failure, not a skip
-        raise ImportError(f"kernel tests need torch and triton (the kernels extra): {MISSING}")
-    pytest.skip(f"kernel tests need torch and triton (pip install .[kernels]): {MISSING}",
-                allow_module_level=True)
-
-# triton_kernels is installed with slurmgov (setup.cfg packages).
-import triton_kernels as tk  # noqa: E402  (our own package: an import error here must fail)
-
-assert tk.HAVE_TRITON, "triton imports but triton_kernels could not import its kernels"
 
 pytestmark = pytest.mark.kernels
 

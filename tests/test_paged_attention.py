@@ -13,29 +13,10 @@ import os
 import re
 
 import pytest
+from helpers import import_kernels
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+torch, tk = import_kernels("kernel tests")
 
-try:
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated
-    import triton  # noqa: F401
-
-    MISSING = None
-except ImportError as e:  # torch or triton absent
-    MISSING = str(e)
-
-if MISSING:
-    if CI:
-        raise ImportError(f"kernel tests need torch and triton (the kernels extra): {MISSING}")
-    pytest.skip(f"kernel tests need torch and triton (pip install .[kernels]): {MISSING}",
-                allow_module_level=True)
-
-import triton_kernels as tk  # noqa: E402
-
-assert tk.HAVE_TRITON, "triton imports but triton_kernels could not import its kernels"
 
 pytestmark = pytest.mark.kernels
 

@@ -1,27 +1,10 @@
 """The shared-prefix demo step: sharing saves blocks, and the kernels agree with the reference."""
 
-import os
 
 import pytest
+from helpers import import_kernels
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-try:
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import triton  # noqa: F401
-
-    MISSING = None
-except ImportError as e:
-    MISSING = str(e)
-
-if MISSING:
-    if CI:
-        raise ImportError(f"the demo test needs torch and triton (the kernels extra): {MISSING}")
-    pytest.skip(f"the demo test needs torch and triton (pip install .[kernels]): {MISSING}",
-                allow_module_level=True)
+torch, _ = import_kernels("the demo tests")
 
 
 from slurmgov.context.shared_prefix_demo import run  # noqa: E402

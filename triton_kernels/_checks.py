@@ -63,6 +63,19 @@ def check_kv_scale(name: str, scale: object, kv_heads: int, device: torch.device
     return s
 
 
+def check_kv_scales(fp8: bool, k_scale: object, v_scale: object, kv_heads: int,
+                    device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The scales of a cache: both (checked, see check_kv_scale) for an fp8 cache on a device
+    that can convert it, neither for any other cache."""
+    if not fp8:
+        check(k_scale is None and v_scale is None, "k_scale/v_scale apply to an fp8 cache only")
+        return None, None
+    check(k_scale is not None and v_scale is not None, "an fp8 cache needs k_scale and v_scale")
+    check_fp8_device(device)
+    return (check_kv_scale("k_scale", k_scale, kv_heads, device),
+            check_kv_scale("v_scale", v_scale, kv_heads, device))
+
+
 def scale_stride(scale: torch.Tensor) -> int:
     """Stride between KV heads in a scale tensor: 0 broadcasts a per-tensor scale."""
     return 0 if scale.numel() == 1 else scale.stride(0)

@@ -24,8 +24,7 @@ from ._checks import (
     FP8_DTYPE,
     check,
     check_caches,
-    check_fp8_device,
-    check_kv_scale,
+    check_kv_scales,
     check_metadata_values,
     check_tensor,
     scale_stride,
@@ -258,15 +257,7 @@ def paged_attention(
                             device=device)
     query_start_loc = check_tensor("query_start_loc", query_start_loc, dtypes=(torch.int32,),
                                    shape=(num_seqs + 1,), device=device)
-    if fp8:
-        check(k_scale is not None and v_scale is not None,
-              "an fp8 cache needs k_scale and v_scale")
-        assert k_scale is not None and v_scale is not None
-        check_fp8_device(device)
-        k_scale = check_kv_scale("k_scale", k_scale, kv_heads, device)
-        v_scale = check_kv_scale("v_scale", v_scale, kv_heads, device)
-    else:
-        check(k_scale is None and v_scale is None, "k_scale/v_scale apply to an fp8 cache only")
+    k_scale, v_scale = check_kv_scales(fp8, k_scale, v_scale, kv_heads, device)
     if alibi_slopes is not None:
         alibi_slopes = check_tensor("alibi_slopes", alibi_slopes, dtypes=(torch.float32,),
                                     shape=(q_heads,), device=device)

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import FLOAT_DTYPES, FP8_DTYPE, check, check_caches, check_fp8_device, check_kv_scale, check_tensor, scale_stride
+from ._checks import FLOAT_DTYPES, FP8_DTYPE, check_caches, check_kv_scales, check_tensor, scale_stride
 from .fp8 import round_to_e4m3
 from .reference import reference_reshape_and_cache  # noqa: F401  (the spec, beside the kernel)
 
@@ -71,15 +71,7 @@ def reshape_and_cache(key: torch.Tensor, value: torch.Tensor, key_cache: torch.T
     slot_mapping = check_tensor("slot_mapping", slot_mapping, dtypes=(torch.int64,),
                                 shape=(num_tokens,), device=kc_device)
     fp8 = key_cache.dtype == FP8_DTYPE
-    if fp8:
-        check(k_scale is not None and v_scale is not None,
-              "an fp8 cache needs k_scale and v_scale")
-        assert k_scale is not None and v_scale is not None
-        check_fp8_device(kc_device)
-        k_scale = check_kv_scale("k_scale", k_scale, kv_heads, kc_device)
-        v_scale = check_kv_scale("v_scale", v_scale, kv_heads, kc_device)
-    else:
-        check(k_scale is None and v_scale is None, "k_scale/v_scale apply to an fp8 cache only")
+    k_scale, v_scale = check_kv_scales(fp8, k_scale, v_scale, kv_heads, kc_device)
     if num_tokens == 0:
         return
     ks = k_scale if k_scale is not None else slot_mapping  # unused pointer when not fp8
