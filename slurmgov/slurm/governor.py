@@ -579,6 +579,13 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     admit_offset = None
     for name in (ADMITS, SETTLES, REFUSALS):
         path = conf_dir / name
+        rotated = cursors.read_rotated(path)
+        if rotated is not None:  # renamed by logrotate: finish the old file first, then the new from its start
+            old_path, old_lines = rotated
+            step = batch if batch > 0 else max(1, len(old_lines))
+            for i in range(0, len(old_lines), step):
+                _ingest(ledger, site, old_path, old_lines[i:i + step], rep, one_by_one=batch <= 0)
+            cursors.commit(path, {"offset": 0})
         lines, cursor = cursors.read_new(path)
         step = batch if batch > 0 else max(1, len(lines))
         for i in range(0, len(lines), step):
