@@ -205,6 +205,7 @@ def chroot(deb, tmp_path_factory, timings):
         (root / "var/lib/slurmgov").mkdir(parents=True)
         _old_ledger(root / "var/lib/slurmgov/ledger.sqlite")
         shutil.copy2(deb, root / "tmp" / deb.name)
+        (root / "tmp" / "slurmgov.deb").symlink_to(deb.name)
         with _mounted(root):
             in_chroot(root, *APT, "install", "--no-install-recommends", f"/tmp/{deb.name}")
             timings["install"] = time.monotonic() - t
@@ -284,3 +285,16 @@ def test_an_older_ledger_is_migrated_in_place(chroot):
     finally:
         conn.close()
     assert ledger.stat().st_ino == inode  # in place
+
+
+def test_an_upgrade_keeps_the_sites_settings_and_its_ledger(chroot):
+    """Installing the package over itself runs its upgrade scripts: a changed /etc/default/slurmgov
+    (a conffile) is kept, the ledger is left as it was."""
+    settings = chroot / "etc/default/slurmgov"
+    settings.write_text(settings.read_text() + "SLURMGOV_GOVERNOR_ARGS=--interval 5\n")
+    ledger = chroot / "var/lib/slurmgov/ledger.sqlite"
+    before = ledger.read_bytes()
+    in_chroot(chroot, "dpkg", "-i", "/tmp/slurmgov.deb")
+    assert settings.read_text().endswith("SLURMGOV_GOVERNOR_ARGS=--interval 5\n")
+    assert ledger.read_bytes() == before
+    assert in_chroot(chroot, "slurmgov", "--version").stdout.strip() == f"slurmgov, version {build_deb.version()}"
