@@ -253,7 +253,7 @@ class Cursors:
         except FileNotFoundError:
             return None
         lines, pos = [], offset
-        for raw in chunk.split(b"\n")[:-1]:  # a torn last line was never finished: the hook moved on
+        for raw in chunk.split(b"\n")[:-1]:  # a torn last line (a crash mid-write) the hook never finished
             lines.append((pos, raw.decode("utf-8", "replace")))
             pos += len(raw) + 1
         return old, lines
