@@ -124,6 +124,31 @@ def test_sync_and_limits_sync_run_from_a_timer(tmp_path):
                                          if k != "SLURMGOV_GOVERNOR_ARGS"}.items()
 
 
+def test_systemd_reads_the_units_without_a_complaint(tmp_path):
+    """systemd-analyze verify: no unknown key, bad value or missing unit (the units' command
+    stands in for /usr/bin/slurmgov, which only the package installs)."""
+    analyze = need_tool("systemd-analyze", "systemd")
+    names = ["slurmgov-governor.service", "slurmgov-sync.service", "slurmgov-sync.timer"]
+    for name in names:
+        text = (PACKAGING / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/usr/bin/slurmgov", "/bin/true"))
+    p = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / n) for n in names)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+    (tmp_path / names[0]).write_text((tmp_path / names[0]).read_text().replace("Restart=", "Restrt="))
+    p = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / names[0])], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert "Unknown key 'Restrt'" in p.stderr  # what a typo looks like, so the check above means something
+
+
+def test_build_deb_says_what_is_wrong_in_one_line(tmp_path):
+    p = subprocess.run([sys.executable, str(PACKAGING / "build_deb.py"), str(tmp_path / "out"), "--wheelhouse",
+                        str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("build_deb: "), p.stderr
+    assert "nowhere: no such wheelhouse" in lines[0] or "not found: apt-get install" in lines[0]
+
+
 def test_the_default_file_names_only_settings_the_units_read():
     names = {ln.lstrip("#").split("=", 1)[0] for ln in (PACKAGING / "default").read_text().splitlines()
              if "=" in ln and ln.lstrip("#")[:1].isupper()}
