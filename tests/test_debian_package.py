@@ -111,7 +111,9 @@ def _base_chroot() -> Path:
             return BASE
         ARCHIVES.mkdir(parents=True, exist_ok=True)
         tmp = CACHE / f"{BASE.name}.tmp"
-        if tmp.exists():
+        if tmp.exists():  # a session killed while making it: its mounts first, then the rest
+            for where in ("var/cache/apt/archives", "dev", "proc"):
+                subprocess.run(["umount", "-l", str(tmp / where)], capture_output=True, check=False)
             shutil.rmtree(tmp)
         _run(["debootstrap", "--variant=minbase", f"--cache-dir={ARCHIVES}", SUITE, str(tmp), MIRROR], timeout=1200)
         shutil.copy2("/etc/resolv.conf", tmp / "etc/resolv.conf")
