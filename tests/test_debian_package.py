@@ -209,7 +209,10 @@ def chroot(deb, tmp_path_factory, timings):
         shutil.copy2(deb, root / "tmp" / deb.name)
         (root / "tmp" / "slurmgov.deb").symlink_to(deb.name)
         with _mounted(root):
-            in_chroot(root, *APT, "install", "--no-install-recommends", f"/tmp/{deb.name}")
+            install = (*APT, "install", "--no-install-recommends", f"/tmp/{deb.name}")
+            if in_chroot(root, *install, check=False).returncode != 0:  # the cached lists went stale
+                in_chroot(root, *APT, "update")
+                in_chroot(root, *install)
             timings["install"] = time.monotonic() - t
             yield root
     finally:
