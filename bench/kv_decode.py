@@ -36,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-import triton_kernels as tk  # noqa: E402
-import triton_kernels.paged_decode as pd  # noqa: E402
+from slurmgov.context.kernels import import_kernels  # noqa: E402
+
+tk = import_kernels()  # slurmgov_kernels: the triton_kernels/ folder
+pd = tk.paged_decode
 
 PEAK_BPS = 3.35e12  # H100 SXM5 HBM3
 TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.5e-2, 1e-2)}

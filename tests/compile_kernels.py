@@ -24,13 +24,15 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import triton_kernels  # noqa: E402,F401  (the package: the submodules by name below)
+from slurmgov.context.kernels import import_kernels  # noqa: E402
+
+import_kernels()  # the package slurmgov_kernels (triton_kernels/): its submodules by name below
 
 FLOAT_ARGS = {"scale", "softcap", "scale_log2", "to_log2"}
 
 
 def mod(name):
-    return sys.modules[f"triton_kernels.{name}"]
+    return sys.modules[f"slurmgov_kernels.{name}"]
 
 
 def compile_kernel(fn, ptrs: dict, consts: dict, arch: int, ints: dict | None = None):

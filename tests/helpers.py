@@ -94,7 +94,7 @@ def governor_sees_final(c, job: str) -> bool:
 
 
 def import_kernels(what: str):
-    """(torch, triton_kernels) for a module of kernel tests, imported at its top: without a GPU,
+    """(torch, slurmgov_kernels: the triton_kernels/ folder) for a module of kernel tests, imported at its top: without a GPU,
     Triton's interpreter is switched on before the kernels are decorated. Without torch or
     triton the module is skipped, and under CI=true (where the kernels extra is installed) fails."""
     try:
@@ -107,7 +107,8 @@ def import_kernels(what: str):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             raise ImportError(f"{what} need torch and triton (the kernels extra): {e}") from None
         pytest.skip(f"{what} need torch and triton (pip install .[kernels]): {e}", allow_module_level=True)
-    import triton_kernels  # our own package: an import error here must fail
+    from slurmgov.context.kernels import import_kernels
 
-    assert triton_kernels.HAVE_TRITON, "triton imports but triton_kernels could not import its kernels"
-    return torch, triton_kernels
+    tk = import_kernels()  # our own package: an import error here must fail
+    assert tk.HAVE_TRITON, "triton imports but slurmgov_kernels could not import its kernels"
+    return torch, tk

@@ -1093,3 +1093,44 @@ def test_a_job_of_two_gpu_types_is_charged_at_the_weight_it_was_priced(root, tmp
     governor.sync_once(ledger, site, conf, state)
     (old,) = ledger.charges("slurm:old")
     assert old["weight"] == pytest.approx(2.0) and old["charged_h"] == pytest.approx(2 * 0.5 * 2.0)
+
+
+def test_passes_sharing_a_state_directory_run_one_at_a_time(env, monkeypatch, tmp_path):
+    """The governor and a timer's `slurmgov sync` share the cursors and write the snapshot: while
+    one pass runs, another waits for it (here: does not wait, and says so)."""
+    from slurmgov.errors import LedgerError
+
+    site, conf, state, ledger, sync = env
+    impatient = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite", wait_s=0)  # the env's ledger
+    seen = []
+    real = governor.write_snapshot
+
+    def during_a_pass(*args, **kwargs):
+        with pytest.raises(LedgerError, match=r"governor.lock: another governor pass is still running after 0 s"):
+            governor.sync_once(impatient, site, conf, state)
+        seen.append("refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(governor, "write_snapshot", during_a_pass)
+    append(conf / governor.ADMITS, admit("t1"))
+    assert sync().admitted == 1 and seen == ["refused"]
+    monkeypatch.setattr(governor, "write_snapshot", real)
+    assert governor.sync_once(impatient, site, conf, state).admitted == 0  # the pass is over: free again
+
+
+def test_sync_while_a_pass_runs_says_so_in_one_line(env, root, tmp_path):
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    site, conf, state, ledger, sync = env
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / governor.PASS_LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        p = subprocess.run([sys.executable, "-m", "slurmgov.interface.cli", "sync", "--slurm-conf-dir", str(conf),
+                            "--site", str(root / "site_configs" / "demo-cluster.yaml"), "--no-reconcile", "--wait", "0"],
+                           capture_output=True, text=True, env={**os.environ, "SLURMGOV_HOME": str(state)}, timeout=120,
+                           check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 5 and len(lines) == 1 and "another governor pass is still running" in lines[0], p.stderr

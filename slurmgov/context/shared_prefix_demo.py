@@ -24,12 +24,7 @@ import sys
 import time
 
 from slurmgov.context.blocks import BlockManager, BlockMeter
-
-
-def _import_triton_kernels():
-    import triton_kernels  # installed with slurmgov (setup.cfg packages)
-
-    return triton_kernels
+from slurmgov.context.kernels import import_kernels
 
 
 def _pick_kernels(path: str):
@@ -44,9 +39,9 @@ def _pick_kernels(path: str):
             # Must precede the first import of the kernels: @triton.jit reads it then.
             os.environ.setdefault("TRITON_INTERPRET", "1")
         try:
-            tk = _import_triton_kernels()
+            tk = import_kernels()
         except ImportError as e:  # pragma: no cover - package not importable
-            tk, reason = None, f"triton_kernels not importable: {e}"
+            tk, reason = None, f"slurmgov_kernels not importable: {e}"
         else:
             reason = "" if tk.HAVE_TRITON else "triton is not installed"
         if tk is not None and tk.HAVE_TRITON:
@@ -56,11 +51,11 @@ def _pick_kernels(path: str):
                 return "triton-gpu", _Kernels(tk, reference=False), torch.device("cuda"), ""
             if interpreted:
                 return "triton-interpreter", _Kernels(tk, reference=False), torch.device("cpu"), ""
-            reason = ("triton_kernels was imported before TRITON_INTERPRET=1 was set and "
+            reason = ("slurmgov_kernels was imported before TRITON_INTERPRET=1 was set and "
                       "there is no GPU")
     else:
         reason = "asked for the torch reference"
-    ref = _import_triton_kernels().reference
+    ref = import_kernels().reference
 
     dev = torch.device("cuda" if cuda else "cpu")
     return "torch-reference", _Kernels(ref, reference=True), dev, reason
@@ -160,7 +155,7 @@ def run(inputs: dict, branches: int = 4, prefix_tokens: int = 72, decode_tokens:
         sl = torch.tensor([mgr.seq_len(s) for s in seq_ids], dtype=torch.int32, device=device)
         out = k.decode(q, kc, vc, bt, sl, scale, **scales)
         if path_name != "torch-reference":
-            want = _reference_decode(_import_triton_kernels().reference)(q, kc, vc, bt, sl,
+            want = _reference_decode(import_kernels().reference)(q, kc, vc, bt, sl,
                                                                          scale, **scales)
             max_ref_err = max(max_ref_err, float((out - want).abs().max()))
         return out

@@ -14,6 +14,8 @@ own, between the batches before and after it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -563,12 +565,48 @@ def journal_batch() -> int:
     return n
 
 
+PASS_LOCK = "governor.lock"  # in the state directory: one pass at a time (the governor, a timer's sync)
+_PASS_LOCK_STEP_S = 0.05
+
+
+@contextlib.contextmanager
+def one_pass_at_a_time(state_dir: str | Path, wait_s: float):
+    """An exclusive flock of <state_dir>/governor.lock for one pass. Two passes at once (the
+    governor's and `slurmgov sync` from a timer) would each save the cursors they read, and one
+    could write a snapshot whose journal offset is behind what its budgets already hold, so that
+    the hook counted those admissions twice. Waits ``wait_s`` for a pass in progress, then
+    LedgerError (exit 5)."""
+    path = Path(state_dir) / PASS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LedgerError(f"{path}: another governor pass is still running after {wait_s:g} s") from None
+                time.sleep(_PASS_LOCK_STEP_S)
+        yield
+    finally:
+        os.close(fd)
+
+
 def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path,
               slurm=None, grace_s: float = 600, batch: int | None = None) -> SyncReport:
     """One pass. ``slurm`` (the ``slurm_cli`` module, or a stand-in) adds reconciliation with sacct.
+    Passes sharing a state directory run one at a time (``one_pass_at_a_time``).
 
     ``batch``: journal lines per write transaction (default: ``journal_batch()``); 0 applies each
     event in its own transactions with ``apply``, the reference path."""
+    with one_pass_at_a_time(state_dir, ledger.wait_s):
+        return _sync_once(ledger, site, conf_dir, state_dir, slurm, grace_s, batch)
+
+
+def _sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str | Path,
+               slurm, grace_s: float, batch: int | None) -> SyncReport:
     conf_dir = Path(conf_dir)
     batch = journal_batch() if batch is None else batch
     rep = SyncReport()
@@ -579,6 +617,13 @@ def sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str |
     admit_offset = None
     for name in (ADMITS, SETTLES, REFUSALS):
         path = conf_dir / name
+        rotated = cursors.read_rotated(path)
+        if rotated is not None:  # renamed by logrotate: finish the old file first, then the new from its start
+            old_path, old_lines = rotated
+            step = batch if batch > 0 else max(1, len(old_lines))
+            for i in range(0, len(old_lines), step):
+                _ingest(ledger, site, old_path, old_lines[i:i + step], rep, one_by_one=batch <= 0)
+            cursors.commit(path, {"offset": 0})
         lines, cursor = cursors.read_new(path)
         step = batch if batch > 0 else max(1, len(lines))
         for i in range(0, len(lines), step):

@@ -228,6 +228,36 @@ class Cursors:
             pos += len(raw) + 1
         return lines, {"inode": st.st_ino, "offset": pos}
 
+    def read_rotated(self, journal: str | Path) -> tuple[Path, list[tuple[int, str]]] | None:
+        """The rest of a journal renamed away since the last pass (logrotate: ``<journal>.1``,
+        packaging/logrotate/slurmgov): its complete lines after the saved offset, read before
+        the new file so that none written before the rename is lost. None when the journal was
+        not rotated, or its old file is gone (compressed or removed: too late)."""
+        journal = Path(journal)
+        cur = self.data.get(str(journal), {})
+        if "inode" not in cur:
+            return None
+        try:
+            if journal.stat().st_ino == cur["inode"]:
+                return None
+        except FileNotFoundError:
+            pass
+        old = journal.with_name(journal.name + ".1")
+        try:
+            with open(old, "rb") as fh:
+                if os.fstat(fh.fileno()).st_ino != cur["inode"]:
+                    return None
+                offset = cur.get("offset", 0)
+                fh.seek(offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return None
+        lines, pos = [], offset
+        for raw in chunk.split(b"\n")[:-1]:  # a torn last line (a crash mid-write) the hook never finished
+            lines.append((pos, raw.decode("utf-8", "replace")))
+            pos += len(raw) + 1
+        return old, lines
+
     def commit(self, journal: str | Path, cursor: dict) -> None:
         self.data[str(Path(journal))] = cursor
         tmp = self.path.with_suffix(".tmp")
