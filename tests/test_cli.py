@@ -111,7 +111,8 @@ def test_usage_formats(root, tmp_path):
 
     sg("run", root / "jobspecs/tensor-parallel-eval.yaml", check=0)
     csv = sg("usage", "--by", "step", "--format", "csv", check=0).stdout
-    assert csv.splitlines()[0] == "step,charges,gpu_seconds,charged_h" and "generate-tp4" in csv
+    assert csv.splitlines()[0] == ("step,charges,gpu_seconds,charged_h,prompt_tokens,completion_tokens,tokens,"
+                                   "gpu_s_per_1k_tokens") and "generate-tp4" in csv
     out = tmp_path / "u.parquet"
     sg("usage", "--by", "step", "--format", "parquet", "-o", out, check=0)
     frame = pd.read_parquet(out)

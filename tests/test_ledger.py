@@ -1059,6 +1059,43 @@ def test_a_version_4_ledger_gains_running_held_totals_from_its_open_holds(db):
     led.disconnect()
 
 
+def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0})
+    led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "ok")
+    led.disconnect()
+    with raw(db) as (conn, _):
+        conn.execute("ALTER TABLE charges DROP COLUMN prompt_tokens")
+        conn.execute("ALTER TABLE charges DROP COLUMN completion_tokens")
+        conn.execute("UPDATE schema_version SET version = 5")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates in place: the old charge is kept, with no tokens reported
+    (old,) = led.charges("a")
+    assert (old["charged_h"], old["prompt_tokens"], old["completion_tokens"]) == (0.5, None, None)
+    led.charge("a2", "a", "s", 2, 1800, 1.0, None, None, NOW, "ok", prompt_tokens=1200, completion_tokens=300)
+    assert led.balance("chem").charged_h == 1.0 and led.check_held() == []
+    (row,) = led.usage(by="step")
+    # tokens summed over the charges that reported them; GPU-s per 1,000 tokens from those charges only
+    assert (row["charges"], row["prompt_tokens"], row["completion_tokens"], row["tokens"]) == (2, 1200, 300, 1500)
+    assert row["gpu_s_per_1k_tokens"] == pytest.approx(1800 / 1.5)
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, 1.5, "12", True])
+def test_a_token_count_the_ledger_cannot_store_is_refused_in_one_line_and_charges_nothing(db, bad):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0})
+    with pytest.raises(InputError, match=r"^prompt_tokens: .* is not a whole number of tokens") as e:
+        led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "ok", prompt_tokens=bad)
+    assert "\n" not in str(e.value) and led.charges("a") == [] and led.balance("chem").charged_h == 0
+    led.disconnect()
+
+
 # ---- budget changes change only what they are told -----------------------------------------
 
 def test_set_budget_keeps_the_period_rollover_and_expiry_it_is_not_given(db):

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
-# 5: each account's running total of what its open holds still hold (accounts.held_ms)
+SCHEMA_VERSION = 6  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+# 5: each account's running total of what its open holds still hold (accounts.held_ms);
+# 6: the tokens a step reported per charge (charges.prompt_tokens, charges.completion_tokens)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
@@ -182,7 +183,9 @@ def ddl(d: Dialect) -> list[str]:
             started DOUBLE PRECISION,
             ended DOUBLE PRECISION NOT NULL,
             status {T} NOT NULL,
-            recorded_at DOUBLE PRECISION NOT NULL)""",
+            recorded_at DOUBLE PRECISION NOT NULL,
+            prompt_tokens BIGINT CHECK (prompt_tokens >= 0),
+            completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
@@ -242,6 +245,14 @@ def held_ddl(d: Dialect) -> list[tuple[str, str, str]]:
     then fills the column from the open holds (HELD_FILL) and adds LEASE_INDEX."""
     return [("accounts", "held_ms", "ALTER TABLE accounts ADD COLUMN held_ms BIGINT NOT NULL DEFAULT 0 "
                                     "CHECK (held_ms >= 0)")]
+
+
+def tokens_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 6: the tokens a step reported for one attempt (``usage: {prompt_tokens,
+    completion_tokens}`` in its output); NULL where it reported none (every charge before version 6,
+    Slurm jobs, steps that are not model calls). (table, column, statement) as terms_ddl."""
+    return [("charges", col, f"ALTER TABLE charges ADD COLUMN {col} BIGINT CHECK ({col} >= 0)")
+            for col in ("prompt_tokens", "completion_tokens")]
 
 
 # The open holds with a lease, by account and lease end: an admission's look for its account's
@@ -355,10 +366,12 @@ SHARES_RELEASE = "UPDATE hold_shares SET remaining_ms = 0 WHERE hold_key = ?"
 
 CHARGE_COLUMNS = """charge_key, hold_key, account, workflow, step, attempt, user_name, gpu_type,
     gpu_seconds, weight, amount_ms, started, ended, status, recorded_at"""
-CHARGE_GET = f"SELECT {CHARGE_COLUMNS} FROM charges WHERE charge_key = ?"
-CHARGE_INSERT = f"INSERT INTO charges ({CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-CHARGES_ALL = f"SELECT {CHARGE_COLUMNS} FROM charges ORDER BY ended, charge_key"
-CHARGES_OF_HOLD = f"SELECT {CHARGE_COLUMNS} FROM charges WHERE hold_key = ? ORDER BY ended, charge_key"
+# Reads add the tokens (version 6) after the columns bulk imports write (CHARGE_ROWS: no tokens).
+CHARGE_READ = f"{CHARGE_COLUMNS}, prompt_tokens, completion_tokens"
+CHARGE_GET = f"SELECT {CHARGE_READ} FROM charges WHERE charge_key = ?"
+CHARGE_INSERT = f"INSERT INTO charges ({CHARGE_READ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+CHARGES_ALL = f"SELECT {CHARGE_READ} FROM charges ORDER BY ended, charge_key"
+CHARGES_OF_HOLD = f"SELECT {CHARGE_READ} FROM charges WHERE hold_key = ? ORDER BY ended, charge_key"
 
 # ``by`` picks the grouping column from this fixed map, never from user text.
 USAGE_COLUMNS = {"account": "account", "workflow": "workflow", "step": "step", "user": "user_name",
@@ -393,5 +406,8 @@ def copy_sql(table: str, cols: tuple[str, ...]) -> str:
 
 def usage_sql(by: str) -> str:
     col = USAGE_COLUMNS[by]
-    return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*) FROM charges
-        WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+    # tokens: summed over the charges that reported them (SUM ignores NULL), with how many did
+    return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*),
+        CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
+        SUM(CASE WHEN prompt_tokens IS NULL AND completion_tokens IS NULL THEN 0 ELSE gpu_seconds END)
+        FROM charges WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
