@@ -138,6 +138,12 @@ def _gpu_type(data: dict, base: Plan, site: Site) -> Iterator[tuple[str, dict]]:
             continue
         changed = copy.deepcopy(data)
         moved = []
+        part = _partition_with(site, name, data.get("partition"))
+        if part is None:
+            continue
+        if part != site.partition(data.get("partition")).name:
+            changed["partition"] = part
+            moved.append(f"partition {part}")
         for s in _steps(changed):
             ps = base.steps.get(str(s.get("id")))
             if ps and ps.gpus and site.weight(ps.gpu_type) > t.weight:
@@ -145,6 +151,14 @@ def _gpu_type(data: dict, base: Plan, site: Site) -> Iterator[tuple[str, dict]]:
                 moved.append(f"{ps.id} ({ps.gpu_type or 'any'}, weight {site.weight(ps.gpu_type):g})")
         yield (f"GPU type {name} (weight {t.weight:g}, {t.memory_gb:g} GB) instead of: {', '.join(moved)}; "
                f"slower GPUs may need more time"), changed
+
+
+def _partition_with(site: Site, gpu_type: str, current) -> str | None:
+    """The workflow's partition if it has ``gpu_type``, else the first that has (the default first)."""
+    names = [p.name for p in sorted(site.partitions, key=lambda p: not p.default)]
+    if isinstance(current, str) and current in names:
+        names.insert(0, current)
+    return next((n for n in names if gpu_type in site.topology.gpu_types(n)), None)
 
 
 def _shorter_time(data: dict, base: Plan, site: Site) -> Iterator[tuple[str, dict]]:

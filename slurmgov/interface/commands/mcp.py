@@ -37,7 +37,12 @@ def mcp_cmd(site_path, http, host, port):
     """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from slurmgov.interface import mcp_server
+    try:
+        from slurmgov.interface import mcp_server
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "mcp":
+            raise
+        raise SlurmgovError("mcp: needs the MCP SDK: pip install 'slurmgov[mcp]'") from None
     from slurmgov.interface.mcp_tools import Desk
 
     site = _site(site_path)
