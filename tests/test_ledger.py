@@ -303,15 +303,16 @@ def test_usage_groups_charges(led):
     charge(led, "c2", "h2", "a", 3600)
     charge(led, "c3", "h2", "b", 1800, ended=LAST_MONTH)
     by_acct = led.usage("account")
-    assert by_acct == [{"key": "chem", "gpu_seconds": 3600.0, "charged_h": 2.0, "charges": 1},
-                       {"key": "phys", "gpu_seconds": 5400.0, "charged_h": 1.5, "charges": 2}]
+    no_tokens = {"prompt_tokens": None, "completion_tokens": None, "tokens": None, "gpu_s_per_1k_tokens": None}
+    assert by_acct == [{"key": "chem", "gpu_seconds": 3600.0, "charged_h": 2.0, "charges": 1, **no_tokens},
+                       {"key": "phys", "gpu_seconds": 5400.0, "charged_h": 1.5, "charges": 2, **no_tokens}]
     assert [(r["key"], r["charges"]) for r in led.usage("step")] == [("a", 2), ("b", 1)]
     assert [r["key"] for r in led.usage("user")] == ["alice", "bob"]
     assert led.usage("gpu_type")[0]["charged_h"] == 3.5
     assert [r["key"] for r in led.usage("workflow", since=THIS_MONTH)] == ["wf1", "wf2"]
     assert led.usage("account", since=THIS_MONTH)[1]["charged_h"] == 1.0
     assert led.usage("account", until=THIS_MONTH) == [
-        {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1}]
+        {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1, **no_tokens}]
 
 
 # ---- periods -------------------------------------------------------------------------------
