@@ -29,7 +29,9 @@ if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     import mcp  # in the test extra: under CI its absence is a failure
 else:
     mcp = pytest.importorskip("mcp", reason="the MCP SDK (pip install -e '.[test]')")
+import httpx2  # noqa: E402  (the SDK's HTTP client)
 from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = "physics"
@@ -230,23 +232,42 @@ def http_server():
             m = re.search(r"serving MCP at (http://127\.0\.0\.1:\d+/mcp)", line)
             url = m.group(1) if m else None
         assert url, f"the server did not start (exit {proc.poll()})"
-        yield url
+        token_file = site_mod.slurmgov_home() / "mcp-http-token"
+        assert token_file.stat().st_mode & 0o077 == 0  # readable by this user only
+        yield url, token_file.read_text().strip()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         proc.stderr.close()
 
 
+def _http(server) -> Client:
+    """A client of the HTTP server that sends its bearer token, as a host configured with it would."""
+    url, token = server
+    headers = {"Authorization": f"Bearer {token}"}
+    return Client(streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=60)))
+
+
 def test_an_agent_over_streamable_http_does_the_same(site, ledger, http_server):
     async def main():
-        async with Client(http_server) as client:
+        async with _http(http_server) as client:
             return await _conversation(client, site, ledger)
 
     anyio.run(main)
 
 
+def test_a_client_without_the_token_is_turned_away_and_changes_nothing(http_server, ledger):
+    url, token = http_server
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "budget_status", "arguments": {"account": ACCOUNT}}}
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": token}):
+        r = httpx2.post(url, json=body, headers={"Accept": "application/json, text/event-stream", **headers})
+        assert r.status_code == 401 and "unauthorized" in r.text
+    assert ledger.balances() == [] and ledger.audit() == []  # it did not even seed an account
+
+
 def test_a_port_in_use_is_one_line_exit_7(http_server):
-    port = http_server.rsplit(":", 1)[1].split("/")[0]
+    port = http_server[0].rsplit(":", 1)[1].split("/")[0]
     p = subprocess.run([*SERVER, "--http", "--port", port], env=_env(), cwd=str(ROOT), capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 7 and p.stderr.strip().splitlines()[-1].startswith(f"slurmgov: mcp: cannot listen on 127.0.0.1:{port}")
@@ -276,7 +297,7 @@ def test_hostile_input_is_one_line_and_changes_nothing(site, ledger, http_server
     audit, accounts = ledger.audit(), {b.account: b for b in ledger.balances()}
 
     async def main():
-        async with Client(http_server) as client:
+        async with _http(http_server) as client:
             async def refused(tool, args, fragment):
                 r = await client.call_tool(tool, args)
                 text = r.content[0].text
@@ -313,7 +334,7 @@ def test_cancel_run_stops_a_running_workflow_and_settles_its_hold(site, ledger, 
         {"id": "train", "run": "sleep 600", "resources": {"gpus": 2, "time": "00:10:00"}}]}
 
     async def main():
-        async with Client(http_server) as client:
+        async with _http(http_server) as client:
             r = await client.call_tool("submit_workflow", {"jobspec": spec})
             assert not r.is_error, r.content[0].text
             run_id = r.structured_content["run_id"]

@@ -13,8 +13,13 @@ This is the only module that imports the MCP SDK (tests/test_code_quality.py che
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
+import os
+import secrets
+import socket
+from pathlib import Path
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
@@ -169,3 +174,54 @@ def build(desk: Desk) -> MCPServer:
         return desk.recent_runs(account)
 
     return app
+
+
+class BearerOnly:
+    """ASGI wrapper: an HTTP request without ``Authorization: Bearer <token>`` is answered 401.
+    The port is reachable by every user of the host (127.0.0.1 too), and the server acts as the
+    user who started it: the token, in a file only that user can read, is what says a client is them."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") == "http":
+            got = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                body = b'{"error": "unauthorized: send Authorization: Bearer <the token in the server\'s token file>"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def write_token(path: Path) -> str:
+    """A new random token in ``path``, readable by this user only (replacing any earlier one)."""
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def serve_http(app: MCPServer, host: str, port: int, token_file: Path) -> None:
+    """Streamable HTTP at http://HOST:PORT/mcp for clients that send the token in ``token_file``.
+    A port that cannot be bound is one SlurmgovError line (exit 7)."""
+    import anyio
+    import uvicorn
+
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise SlurmgovError(f"mcp: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    token = write_token(token_file)
+    web = BearerOnly(app.streamable_http_app(host=host), token)
+    server = uvicorn.Server(uvicorn.Config(web, log_level="warning", lifespan="on"))
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving MCP at http://%s:%d/mcp (clients send Authorization: Bearer <the token in %s>)", shown,
+             sock.getsockname()[1], token_file)
+    anyio.run(lambda: server.serve(sockets=[sock]))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sys
+from pathlib import Path
 
 import click
 
@@ -22,8 +22,11 @@ log = logging.getLogger("slurmgov.mcp")
               help="With --http: the address to listen on (another than 127.0.0.1 lets other hosts in).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8790, show_default=True,
               help="With --http: the port (0: any free port; the log says which).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --http: where to write the bearer token clients must send, readable by you only "
+                   "(default: $SLURMGOV_HOME/mcp-http-token; a new token each start).")
 @wait_option
-def mcp_cmd(site_path, http, host, port):
+def mcp_cmd(site_path, http, host, port, token_file):
     """Serve slurmgov to AI agents over the Model Context Protocol: budget_status, plan_workflow,
     suggest_cheaper, submit_workflow, run_status, explain_cost and cancel_run, with the site
     file and ledger the CLI uses. It acts as the user who runs it, only for the accounts Slurm
@@ -33,7 +36,7 @@ def mcp_cmd(site_path, http, host, port):
     \b
     Examples:
       slurmgov mcp                                   # stdio: what an agent host launches
-      slurmgov mcp --http --port 8790                # http://127.0.0.1:8790/mcp
+      slurmgov mcp --http --port 8790                # http://127.0.0.1:8790/mcp, with a bearer token
     """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,15 +56,4 @@ def mcp_cmd(site_path, http, host, port):
         log.info("serving MCP over stdio as user %s, site %s", desk.user, site.site)
         app.run("stdio")
         return
-    import anyio
-    import uvicorn
-
-    try:
-        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    except OSError as exc:
-        raise SlurmgovError(f"mcp: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = sock.getsockname()[1]
-    web = app.streamable_http_app(host=host)
-    server = uvicorn.Server(uvicorn.Config(web, log_level="warning", lifespan="on"))
-    log.info("serving MCP at http://%s:%d/mcp as user %s, site %s", host, bound, desk.user, site.site)
-    anyio.run(lambda: server.serve(sockets=[sock]))
+    mcp_server.serve_http(app, host, port, token_file or site_mod.slurmgov_home() / "mcp-http-token")
