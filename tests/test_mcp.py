@@ -349,3 +349,52 @@ def test_cancel_run_stops_a_running_workflow_and_settles_its_hold(site, ledger, 
     assert c["state"] == "cancelled" and c["hold_state"] == hold.state == "cancelled"
     assert c["charged_gpu_hours"] == pytest.approx(charged) and ledger.balance(ACCOUNT).held_h == pytest.approx(0)
     assert ledger.balance(ACCOUNT).charged_h == pytest.approx(charged)
+
+
+# ---- the governed actions themselves (mcp_tools.Desk), without a transport -------------------
+
+def test_explain_cost_shows_the_kv_block_seconds_and_tokens_a_step_reported(site, ledger):
+    from slurmgov.intent.launch import launch
+    from slurmgov.interface.mcp_tools import Desk
+
+    desk = Desk(site, str(ROOT / "site_configs" / "local.yaml"), ledger)
+    out = '{"kv_block_seconds": 12.5, "usage": {"prompt_tokens": 64, "completion_tokens": 16}}'
+    wf = jobspec.loads(f"workflow: kv\naccount: {ACCOUNT}\nsteps:\n"
+                       f"  - {{id: decode, run: 'echo ''{out}''', resources: {{gpus: 1, time: '00:05:00'}}}}\n"
+                       f"  - {{id: other, run: 'echo hi', resources: {{gpus: 1, time: '00:05:00'}}}}\n")
+    rep = launch(wf, site, ledger, user=desk.user)
+    e = desk.explain_cost(rep.result.run_id)
+    assert e["steps"]["decode"]["kv_block_seconds"] == 12.5 and e["steps"]["decode"]["tokens"] == 80
+    assert e["steps"]["other"]["kv_block_seconds"] is None and e["steps"]["other"]["tokens"] is None
+    assert e["charged_gpu_hours"] == pytest.approx(ledger.balance(ACCOUNT).charged_h)
+
+
+def test_an_infeasible_plan_gives_the_planners_refusal_as_data(site, ledger):
+    from slurmgov.interface.mcp_tools import Desk
+
+    desk = Desk(site, str(ROOT / "site_configs" / "local.yaml"), ledger)
+    p = desk.plan_workflow(f"workflow: big\naccount: {ACCOUNT}\nsteps:\n"
+                           "  - {id: small, run: 'true', resources: {gpus: 1}}\n"
+                           "  - {id: huge, run: 'true', resources: {gpus: 16}, within: node}\n")
+    assert p["feasible"] is False and len(p["refusals"]) == 1
+    (r,) = p["refusals"]
+    assert r["step"] == "huge" and r["where"] == "jobspec:5" and "16" in r["message"]
+    assert ledger.holds_open() == []
+
+
+def test_on_slurm_the_caller_acts_only_for_the_accounts_slurm_associates_it_with(root, ledger, tmp_path,
+                                                                              monkeypatch):
+    from slurmgov.errors import PermissionDenied
+    from slurmgov.interface.mcp_tools import Desk
+
+    fake = tmp_path / "bin" / "sacctmgr"  # what `sacctmgr -n -P show assoc where user=U format=account` prints
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$5" = "where" ] && [ "$6" = "user=alice" ] && printf "bio-ml\\nchem-ai\\n"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    slurm_site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    desk = Desk(slurm_site, str(root / "site_configs" / "demo-cluster.yaml"), ledger, user="alice")
+    assert desk.accounts() == ["bio-ml", "chem-ai"]
+    assert desk.budget_status("chem-ai")["account"] == "chem-ai"
+    with pytest.raises(PermissionDenied, match="may not act for account physics: not one Slurm associates"):
+        desk.budget_status("physics")  # in the site file, but not alice's

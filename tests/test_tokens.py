@@ -10,7 +10,7 @@ from rich.console import Console
 
 from slurmgov.intent import jobspec, run_records
 from slurmgov.intent.launch import launch
-from slurmgov.interface import report, site_dashboard
+from slurmgov.interface import dashboard, report, site_dashboard
 from slurmgov.ledger.store import Ledger
 from slurmgov.site import model as site_mod
 
@@ -35,7 +35,9 @@ def local(root):
 
 def test_reported_tokens_are_recorded_per_step_and_shown_with_gpu_seconds_per_1k(local):
     ledger = Ledger.open(local.ledger_url())
-    rep = launch(jobspec.loads(STEPS, "chatty.yaml"), local, ledger, user="alice")
+    seen: dict = {}
+    rep = launch(jobspec.loads(STEPS, "chatty.yaml"), local, ledger, user="alice",
+                 on_change=lambda engine: seen.setdefault("engine", engine))
     assert rep.result.status == "ok"
     by_step = {c["step"]: c for c in ledger.charges(rep.hold_key)}
     assert (by_step["ask"]["prompt_tokens"], by_step["ask"]["completion_tokens"]) == (1500, 500)
@@ -64,3 +66,9 @@ def test_reported_tokens_are_recorded_per_step_and_shown_with_gpu_seconds_per_1k
     assert run["gpu_s_per_1k_tokens"] == pytest.approx(
         (rep.result.steps["ask"].gpu_seconds + rep.result.steps["again"].gpu_seconds) / 3)
     json.dumps(run)  # served as JSON
+
+    page = dashboard.DashboardState(rep.plan, ledger)  # the run's own page
+    page.update(seen["engine"])
+    steps = {st["id"]: st for st in page.snapshot()["steps"]}
+    assert steps["ask"]["tokens"] == 2000 and steps["quiet"]["tokens"] is None
+    assert steps["ask"]["gpu_s_per_1k_tokens"] == pytest.approx(rep.result.steps["ask"].gpu_seconds / 2)

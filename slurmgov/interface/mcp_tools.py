@@ -49,6 +49,7 @@ ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADMIT_WAIT_S = 120  # how long submit_workflow waits for its run to be admitted or refused
 CANCEL_WAIT_S = 60
 RECENT_RUNS = 20
+ACCOUNTS_TTL_S = 60  # how long Slurm's answer on a user's associations is taken as still true
 _EXIT_ERRORS: dict[int, type[SlurmgovError]] = {2: InputError, 3: InfeasibleError, 4: BudgetRefused, 5: LedgerError,
                                                6: PermissionDenied}
 
@@ -92,15 +93,23 @@ class Desk:
         self.ledger = ledger
         self.user = user or getpass.getuser()
         self._children: dict[str, subprocess.Popen] = {}
+        self._accounts: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
 
     # ---- who may act for which account ----------------------------------------------------
 
     def accounts(self) -> list[str]:
-        """The accounts this user may act for: Slurm's associations, or the local site's list."""
-        if self.site.executor == "slurm":
-            return sorted(user_accounts(self.user))
-        return sorted(self.site.accounts)
+        """The accounts this user may act for: Slurm's associations (asked again after
+        ACCOUNTS_TTL_S, not on every call), or the local site's list."""
+        if self.site.executor != "slurm":
+            return sorted(self.site.accounts)
+        with self._lock:
+            cached = self._accounts
+        if cached is None or time.monotonic() - cached[0] > ACCOUNTS_TTL_S:
+            cached = (time.monotonic(), sorted(user_accounts(self.user)))
+            with self._lock:
+                self._accounts = cached
+        return list(cached[1])
 
     def authorize(self, account: Any, field: str = "account") -> str:
         if not isinstance(account, str) or not ACCOUNT.match(account):
