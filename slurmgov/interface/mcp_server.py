@@ -60,14 +60,23 @@ def governed(fn):
 
 
 def _argument_error(text: str) -> str:
-    """Pydantic's several lines for arguments that do not match a tool's schema, as one naming the field."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) >= 3 and "validation error" in lines[0]:
-        prefix = lines[0].split(": ", 1)[0] + ": " if ": " in lines[0] else ""
-        why = lines[2].strip().split(" [type=", 1)[0]
-        field = lines[1].strip().split(".", 1)[0]  # `jobspec.str`: the first of a union's types
-        return f"{prefix}argument {field}: {why}"
-    return _one_line(text)
+    """Pydantic's several lines for arguments that do not match a tool's schema, as one naming the
+    field: ``... argument jobspec: Input should be a valid string, or a valid dictionary``."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 3 or "validation error" not in lines[0]:
+        return _one_line(text)
+    prefix = lines[0].split(": ", 1)[0] + ": " if ": " in lines[0] else ""
+    why: dict[str, list[str]] = {}
+    field = None
+    for ln in lines[1:]:
+        if not ln.startswith(" "):
+            field = ln.strip().split(".", 1)[0]  # `jobspec.str`: one of a union's types
+        elif field and not ln.startswith("    "):
+            msg = ln.strip().split(" [type=", 1)[0]
+            why.setdefault(field, []).append(msg.removeprefix("Input should be ") if why.get(field) else msg)
+    if not why:
+        return _one_line(text)
+    return prefix + "; ".join(f"argument {f}: {', or '.join(m)}" for f, m in why.items())
 
 
 async def _one_line_errors(ctx, call_next):
