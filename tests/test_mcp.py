@@ -284,6 +284,9 @@ HOSTILE = [
     ({"jobspec": {"workflow": "x", "account": "rival", "steps": [{"id": "a", "run": "true"}]}},
      "may not act for account rival"),
     ({"jobspec": {"workflow": "x", "account": "phys'||'ics", "steps": [{"id": "a", "run": "true"}]}}, "account"),
+    ({"jobspec": "workflow: x\naccount: physics\n" + "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1'}]\n" for i in range(9))
+        + "steps: [{id: a, run: 'true', params: *l8}]\n"}, "once its YAML aliases are expanded"),
     ({"jobspec": 12}, "argument jobspec"),
     ({}, "argument jobspec"),
 ]
