@@ -356,3 +356,16 @@ def test_one_version_source_and_the_license_the_package_declares(root):
     assert f"## {slurmgov.__version__} " in (root / "CHANGELOG.md").read_text()  # every release says what changed
     assert "license = Apache-2.0" in (root / "setup.cfg").read_text()
     assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+
+
+def test_a_run_id_given_must_be_new_and_a_name(root):
+    from slurmgov.intent import run_records
+
+    run_records.write("20261201T000000-aaaaaa", {"run_id": "20261201T000000-aaaaaa", "status": "ok"})
+    spec = root / "jobspecs" / "research-fanout.yaml"
+    p = sg("run", spec, "--run-id", "20261201T000000-aaaaaa", check=2)
+    assert p.stderr.strip() == "slurmgov: run_id: run 20261201T000000-aaaaaa already exists; a new run needs a new id"
+    p = sg("run", spec, "--run-id", "../../etc/x", check=2)
+    assert p.stderr.strip().startswith("slurmgov: run_id: '../../etc/x' is not a run id")
+    assert sg("runs", "show", "../../etc/passwd", check=2).stderr.count("\n") == 1
+    assert sg("holds", "--json", check=0).stdout.strip() == "[]"  # nothing was held
