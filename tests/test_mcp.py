@@ -378,10 +378,11 @@ def test_an_infeasible_plan_gives_the_planners_refusal_as_data(site, ledger):
     desk = Desk(site, str(ROOT / "site_configs" / "local.yaml"), ledger)
     p = desk.plan_workflow(f"workflow: big\naccount: {ACCOUNT}\nsteps:\n"
                            "  - {id: small, run: 'true', resources: {gpus: 1}}\n"
-                           "  - {id: huge, run: 'true', resources: {gpus: 16}, within: node}\n")
-    assert p["feasible"] is False and len(p["refusals"]) == 1
-    (r,) = p["refusals"]
-    assert r["step"] == "huge" and r["where"] == "jobspec:5" and "16" in r["message"]
+                           "  - {id: huge, run: 'true', resources: {gpus: 16}, within: node}\n"
+                           "  - {id: wide, run: 'true', resources: {gpus: 8, nodes: 4}, after: [huge]}\n")
+    assert p["feasible"] is False  # every step that cannot be placed, not only the first
+    assert [(r["step"], r["where"]) for r in p["refusals"]] == [("huge", "jobspec:5"), ("wide", "jobspec:6")]
+    assert all(r["message"].startswith(f"{r['where']}: step '{r['step']}': ") for r in p["refusals"])
     assert ledger.holds_open() == []
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger("slurmgov.mcp")
 
 MAX_JOBSPEC_BYTES = 256 * 1024  # an agent's jobspec: a workflow, not a data set
 MAX_STEPS = 1000
+MAX_REFUSAL_STEPS = 200  # a larger infeasible jobspec gets its first refusal only
 MAX_VALUES = 200_000  # values in the jobspec, aliases expanded
 ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADMIT_WAIT_S = 120  # how long submit_workflow waits for its run to be admitted or refused
@@ -158,16 +159,38 @@ class Desk:
                 "runs_out": f.runs_out, "used_pct": f.used_pct, "alert": f.alert, "expires": b.expires}
 
     def plan_workflow(self, spec: Any) -> dict:
-        wf, _ = read_jobspec(spec)
+        wf, data = read_jobspec(spec)
         self.authorize(wf.account, "jobspec: account")
         try:
             p = planner.plan(wf, self.site)
         except InfeasibleError as exc:
-            return {"workflow": wf.workflow, "account": wf.account, "feasible": False, "refusals": [_refusal(exc)]}
+            return {"workflow": wf.workflow, "account": wf.account, "feasible": False,
+                    "refusals": self._refusals(wf, data, exc)}
         b = self._balance(wf.account)
         return {"feasible": True, "refusals": [], "fits_budget": p.cost_h <= b.available_h + 1e-9,
                 "available_gpu_hours": b.available_h, "shortfall_gpu_hours": max(0.0, p.cost_h - b.available_h),
                 **p.to_dict()}
+
+    def _refusals(self, wf: Workflow, data: dict, first: InfeasibleError) -> list[dict]:
+        """The planner stops at the first step it cannot place; each other step is planned alone
+        (without its dependencies) for its own refusal, so the agent sees every one at once."""
+        found = [_refusal(first)]
+        if len(wf.steps) > MAX_REFUSAL_STEPS:
+            return found
+        for i, st in enumerate(data.get("steps") or []):
+            sid = wf.steps[i].id
+            if any(r["step"] == sid for r in found) or not isinstance(st, dict):
+                continue
+            try:
+                alternatives.price({**data, "steps": [{**st, "after": []}]}, self.site)
+            except InfeasibleError as exc:
+                where = wf.where_step(sid)
+                text = re.sub(r"^\S+:\d+: ", "", str(exc))
+                found.append({"message": f"{where}: {text}" if where else text, "step": sid,
+                              "where": where})
+            except SlurmgovError:
+                continue
+        return found
 
     def suggest_cheaper(self, spec: Any, account: str | None = None) -> dict:
         wf, data = read_jobspec(spec)
