@@ -402,3 +402,11 @@ def test_on_slurm_the_caller_acts_only_for_the_accounts_slurm_associates_it_with
     assert desk.budget_status("chem-ai")["account"] == "chem-ai"
     with pytest.raises(PermissionDenied, match="may not act for account physics: not one Slurm associates"):
         desk.budget_status("physics")  # in the site file, but not alice's
+
+
+def test_without_the_sdk_slurmgov_mcp_says_how_to_get_it():
+    code = "import sys; sys.modules['mcp'] = None; from slurmgov.interface.cli import main; main(['mcp'])"
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=str(ROOT), capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 7 and p.stderr.strip().splitlines()[-1] == (
+        "slurmgov: mcp: needs the MCP SDK: pip install 'slurmgov[mcp]'")
