@@ -1065,10 +1065,13 @@ def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
     led.set_budget("chem", 10.0, "none", actor="t")
     led.admit("a", "chem", "wf", {"s": 2.0})
     led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "ok")
+    led.attribute([dict(attr_key="r:a1:s", run_id="r", account="chem", user="u", workflow="wf", alloc="a1",
+                        job_ids="7", step="s", gpu_type=None, gpu_seconds=60.0, weight=1.0, ended=NOW)])
     led.disconnect()
     with raw(db) as (conn, _):
-        conn.execute("ALTER TABLE charges DROP COLUMN prompt_tokens")
-        conn.execute("ALTER TABLE charges DROP COLUMN completion_tokens")
+        for table in ("charges", "attributions"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN prompt_tokens")
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN completion_tokens")
         conn.execute("UPDATE schema_version SET version = 5")
         if db.startswith("sqlite"):
             conn.commit()
@@ -1081,6 +1084,12 @@ def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
     # tokens summed over the charges that reported them; GPU-s per 1,000 tokens from those charges only
     assert (row["charges"], row["prompt_tokens"], row["completion_tokens"], row["tokens"]) == (2, 1200, 300, 1500)
     assert row["gpu_s_per_1k_tokens"] == pytest.approx(1800 / 1.5)
+    # a Slurm run's steps report their tokens on its attributions (its charges are its jobs')
+    led.attribute([dict(attr_key="r:a1:t", run_id="r", account="chem", user="u", workflow="wf", alloc="a1",
+                        job_ids="7", step="t", gpu_type=None, gpu_seconds=30.0, weight=1.0, ended=NOW,
+                        prompt_tokens=10, completion_tokens=5)])
+    got = {a["step"]: (a["prompt_tokens"], a["completion_tokens"]) for a in led.attributions("r")}
+    assert got == {"s": (None, None), "t": (10, 5)}
     with raw(db) as (conn, _):
         assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
     led.disconnect()

@@ -46,6 +46,10 @@ def test_reported_tokens_are_recorded_per_step_and_shown_with_gpu_seconds_per_1k
     for sid in ("liar", "quiet"):
         assert by_step[sid]["prompt_tokens"] is None and by_step[sid]["completion_tokens"] is None
         assert by_step[sid]["gpu_seconds"] > 0
+    # per step on the run's attributions too (on Slurm, where the charges are the jobs', only there)
+    attributed = {a["step"]: a for a in ledger.attributions(rep.result.run_id) if a["step"]}
+    assert (attributed["ask"]["prompt_tokens"], attributed["ask"]["completion_tokens"]) == (1500, 500)
+    assert attributed["liar"]["prompt_tokens"] is None
     usage = {r["key"]: r for r in ledger.usage(by="step")}
     assert usage["ask"]["tokens"] == 2000 and usage["again"]["tokens"] == 1000 and usage["quiet"]["tokens"] is None
     assert usage["ask"]["gpu_s_per_1k_tokens"] == pytest.approx(by_step["ask"]["gpu_seconds"] / 2)

@@ -311,7 +311,8 @@ def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> 
         base = dict(run_id=run_id, account=wf.account, user=user, workflow=wf.workflow, alloc=a.id,
                     job_ids=",".join(ac.job_ids) or "-", gpu_type=a.gpu_type, weight=a.weight, ended=ended)
         for sid in a.steps:
-            rows.append(dict(base, attr_key=f"{run_id}:{a.id}:{sid}", step=sid, gpu_seconds=steps[sid].gpu_s))
+            rows.append(dict(base, attr_key=f"{run_id}:{a.id}:{sid}", step=sid, gpu_seconds=steps[sid].gpu_s,
+                             **_step_tokens(result.steps[sid].attempts)))
         rows.append(dict(base, attr_key=f"{run_id}:{a.id}:(idle)", step=None, gpu_seconds=ac.idle_gpu_s))
     return rows
 

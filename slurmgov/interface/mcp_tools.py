@@ -306,7 +306,11 @@ class Desk:
     def explain_cost(self, run_id: str) -> dict:
         doc = self._run(run_id)
         s = _summary(doc, self.ledger)
-        charges = self.ledger.charges(doc["hold_key"]) if doc.get("hold_key") else []
+        if doc.get("hold_key"):  # a local run: its charges, an attempt each, idle time as step (idle)
+            charges = self.ledger.charges(doc["hold_key"])
+        else:  # on Slurm the jobs are charged; the run's split of their cost is its attributions
+            charges = [{**a, "step": a["step"] or "(idle)", "charged_h": a["cost_h"]}
+                       for a in self.ledger.attributions(run_id)]
         plan_steps = {ps["id"]: ps for ps in (doc.get("plan") or {}).get("steps", [])}
         worst = (doc.get("plan") or {}).get("worst_case_gpu_hours") or s["worst_case_h"] or 0.0
         allocs = {aid: (a.get("cost") or {}) for aid, a in (doc.get("allocations") or {}).items()}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = 6  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
 # 5: each account's running total of what its open holds still hold (accounts.held_ms);
-# 6: the tokens a step reported per charge (charges.prompt_tokens, charges.completion_tokens)
+# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
@@ -213,7 +213,9 @@ def attribution_ddl(d: Dialect) -> list[str]:
             gpu_seconds DOUBLE PRECISION NOT NULL CHECK (gpu_seconds >= 0),
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
             ended DOUBLE PRECISION NOT NULL,
-            recorded_at DOUBLE PRECISION NOT NULL)""",
+            recorded_at DOUBLE PRECISION NOT NULL,
+            prompt_tokens BIGINT CHECK (prompt_tokens >= 0),
+            completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         "CREATE INDEX IF NOT EXISTS attributions_run ON attributions (run_id)",
     ]
 
@@ -248,11 +250,12 @@ def held_ddl(d: Dialect) -> list[tuple[str, str, str]]:
 
 
 def tokens_ddl(d: Dialect) -> list[tuple[str, str, str]]:
-    """Version 6: the tokens a step reported for one attempt (``usage: {prompt_tokens,
-    completion_tokens}`` in its output); NULL where it reported none (every charge before version 6,
-    Slurm jobs, steps that are not model calls). (table, column, statement) as terms_ddl."""
-    return [("charges", col, f"ALTER TABLE charges ADD COLUMN {col} BIGINT CHECK ({col} >= 0)")
-            for col in ("prompt_tokens", "completion_tokens")]
+    """Version 6: the tokens a step reported (``usage: {prompt_tokens, completion_tokens}`` in its
+    output): per attempt on a charge (local runs), per step on an attribution (Slurm runs, whose
+    charges are their jobs'); NULL where none were reported (everything before version 6, Slurm
+    jobs' own charges, steps that are not model calls). (table, column, statement) as terms_ddl."""
+    return [(table, col, f"ALTER TABLE {table} ADD COLUMN {col} BIGINT CHECK ({col} >= 0)")
+            for table in ("charges", "attributions") for col in ("prompt_tokens", "completion_tokens")]
 
 
 # The open holds with a lease, by account and lease end: an admission's look for its account's
@@ -261,8 +264,8 @@ LEASE_INDEX = ("CREATE INDEX IF NOT EXISTS holds_lease ON holds (account, lease_
                "WHERE state = 'open' AND lease_until IS NOT NULL")
 
 ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
-    amount_ms, ended, recorded_at"""
-ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    amount_ms, ended, recorded_at, prompt_tokens, completion_tokens"""
+ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 ATTR_GET = "SELECT attr_key FROM attributions WHERE attr_key = ?"
 ATTR_OF_RUN = f"SELECT {ATTR_COLUMNS} FROM attributions WHERE run_id = ? ORDER BY alloc, step"
 WASTE_COLUMNS = {"account": "account", "workflow": "workflow", "user": "user_name"}

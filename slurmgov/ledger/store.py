@@ -1080,8 +1080,12 @@ class Ledger:
     def attribute(self, rows: list[dict]) -> int:
         """Record how settled allocation costs split across steps (and idle time); idempotent by
         ``attr_key``. Returns how many rows were new. Rows: attr_key, run_id, account, user,
-        workflow, alloc, job_ids, step (None: idle), gpu_type, gpu_seconds, weight, ended."""
+        workflow, alloc, job_ids, step (None: idle), gpu_type, gpu_seconds, weight, ended, and
+        prompt_tokens, completion_tokens where the step reported them."""
         now = time.time()
+        for r in rows:  # checked before anything is written
+            for k in ("prompt_tokens", "completion_tokens"):
+                _tokens(r.get(k), k)
 
         def tx():
             new = 0
@@ -1091,7 +1095,8 @@ class Ledger:
                 ms = _ms(r["gpu_seconds"] * r["weight"] / 3600, "attributed GPU-hours")
                 self._x(S.ATTR_INSERT, (r["attr_key"], r["run_id"], r["account"], r.get("user"), r["workflow"],
                                         r["alloc"], r["job_ids"], r["step"], r.get("gpu_type"), r["gpu_seconds"],
-                                        ms, _epoch(r["ended"], "ended"), now))
+                                        ms, _epoch(r["ended"], "ended"), now, r.get("prompt_tokens"),
+                                        r.get("completion_tokens")))
                 new += 1
             return new
         return self._write(tx)
