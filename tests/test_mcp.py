@@ -195,6 +195,9 @@ async def _conversation(client, site, ledger) -> list[str]:
     assert json.loads(res.contents[0].text)["charged_gpu_hours"] == pytest.approx(charged)
     res = await client.read_resource(f"slurmgov://runs/{ACCOUNT}")
     assert [r["run_id"] for r in json.loads(res.contents[0].text)] == [run_id]
+    res = await client.read_resource("slurmgov://accounts")  # the ones this user may act for
+    mine = {b["account"]: b for b in json.loads(res.contents[0].text)}
+    assert set(mine) == set(site.accounts) and mine[ACCOUNT]["charged_gpu_hours"] == pytest.approx(charged)
     return agent.lines
 
 
