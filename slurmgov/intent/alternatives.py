@@ -47,12 +47,12 @@ class Alternative:
         return self.plan.cost_h
 
     def jobspec_text(self) -> str:
-        return json.dumps(self.data, indent=1)  # JSON is YAML: submit it as it is
+        return json.dumps(self.data, indent=1, default=str)  # JSON is YAML: submit it as it is
 
 
 def price(data: dict, site: Site, name: str = "<alternative>") -> Plan:
     """The plan of a jobspec given as data (InputError, InfeasibleError as the planner's)."""
-    return planner.plan(jobspec.loads(json.dumps(data), name), site)
+    return planner.plan(jobspec.loads(json.dumps(data, default=str), name), site)
 
 
 def cheaper(data: dict, site: Site, base: Plan, available_h: float, limit: int = 3) -> tuple[list[Alternative], float | None]:

@@ -232,7 +232,7 @@ class Desk:
         path = where / f"{run_id}.yaml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=1))
+            fh.write(json.dumps(data, indent=1, default=str))
         logf = open(where / f"{run_id}.log", "wb")
         cmd = [sys.executable, "-m", "slurmgov.interface.cli", "run", str(path), "--json", "--run-id", run_id,
                "--site", self.site_path]
