@@ -369,3 +369,17 @@ def test_a_run_id_given_must_be_new_and_a_name(root):
     assert p.stderr.strip().startswith("slurmgov: run_id: '../../etc/x' is not a run id")
     assert sg("runs", "show", "../../etc/passwd", check=2).stderr.count("\n") == 1
     assert sg("holds", "--json", check=0).stdout.strip() == "[]"  # nothing was held
+
+
+def test_plan_and_run_refuse_a_yaml_alias_bomb_in_one_line_before_anything_runs(root, tmp_path, slurmgov_home):
+    # a step that echoes its params would have the run record write out 10**9 values (MemoryError after 90 s)
+    (tmp_path / "echostep.py").write_text("def echo(inputs, **params):\n    return params\n")
+    rows = "".join(f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1'}]\n" for i in range(9))
+    spec = tmp_path / "laughs.yaml"
+    spec.write_text(f"workflow: w\naccount: physics\nsteps:\n  - id: a\n    call: 'echostep:echo'\n    params:\n{rows}")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    for cmd in (["plan"], ["run"], ["run", "--json"]):
+        p = sg(*cmd, spec, "--site", root / "site_configs/local.yaml", env=env, check=2)
+        assert p.stderr.strip() == (f"slurmgov: {spec}: its YAML aliases expand it by 234,567,890 values; a jobspec's "
+                                    "aliases may add at most 1,000,000 (write the repeated part out, or repeat it less)")
+    assert not (slurmgov_home / "runs").exists() or not list((slurmgov_home / "runs").iterdir())
