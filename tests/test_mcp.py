@@ -413,3 +413,108 @@ def test_without_the_sdk_slurmgov_mcp_says_how_to_get_it():
                        timeout=60, stdin=subprocess.DEVNULL)
     assert p.returncode == 7 and p.stderr.strip().splitlines()[-1] == (
         "slurmgov: mcp: needs the MCP SDK: pip install 'slurmgov[mcp]'")
+
+
+# ---- on the real Slurm test cluster (tests/slurm_harness.py): who may act for which account ---
+
+@pytest.fixture
+def home_of():
+    """A SLURMGOV_HOME another user owns (the test's tmp_path is root's only), removed after."""
+    import pwd
+    import shutil
+    import tempfile
+
+    made = []
+
+    def make(user: str) -> Path:
+        pw = pwd.getpwnam(user)
+        home = Path(tempfile.mkdtemp(prefix=f"sg-mcp-{user}-"))
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        made.append(home)
+        return home
+
+    yield make
+    for home in made:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _as(c, user: str, home: Path, *env_words: str) -> StdioServerParameters:
+    """`slurmgov mcp` on the demo cluster's site, run as ``user`` (runuser), over stdio."""
+    from helpers import python_as
+
+    py, env = python_as(c, user)
+    return StdioServerParameters(
+        command="runuser", cwd="/", env={**env, "SLURMGOV_HOME": str(home)},
+        args=["-u", user, "--", "env", *env_words, py, "-m", "slurmgov.interface.cli", "mcp", "--site",
+              str(ROOT / "site_configs" / "demo-cluster.yaml")])
+
+
+def _slurm_spec(account: str) -> dict:
+    return {"workflow": "assoc-check", "account": account,
+            "steps": [{"id": "a", "run": "true", "resources": {"gpus": 1, "gpu_type": "h100", "time": "00:05:00"}}]}
+
+
+@pytest.mark.slurm
+def test_on_slurm_a_user_acts_only_for_the_accounts_slurm_associates_them_with(slurm_cluster, home_of):
+    from slurm_harness import ACCOUNTS, LIMITED_ACCOUNT, LIMITED_USER
+
+    c = slurm_cluster
+    assoc = c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={LIMITED_USER}", "format=account",
+                  check=True).stdout.split()
+    assert set(assoc) == {LIMITED_ACCOUNT}  # Slurm's own answer: the one account it may charge
+    others = [a for a in ACCOUNTS if a != LIMITED_ACCOUNT]  # in the site file, and other users' accounts
+    home = home_of(LIMITED_USER)
+    # $USER and $LOGNAME say root (what getpass.getuser() reads first): the server must ask Slurm
+    # about the user it runs as, not the one its environment names
+    params = _as(c, LIMITED_USER, home, "USER=root", "LOGNAME=root")
+
+    async def main():
+        async with Client(params) as client:
+            res = await client.read_resource("slurmgov://accounts")
+            assert [b["account"] for b in json.loads(res.contents[0].text)] == [LIMITED_ACCOUNT]
+            r = await client.call_tool("budget_status", {"account": LIMITED_ACCOUNT})
+            assert not r.is_error and r.structured_content["budget_gpu_hours"] == 200, r.content[0].text
+            r = await client.call_tool("plan_workflow", {"jobspec": _slurm_spec(LIMITED_ACCOUNT)})
+            assert not r.is_error and r.structured_content["feasible"] and r.structured_content["fits_budget"]
+            assert r.structured_content["worst_case_gpu_hours"] == pytest.approx(5 / 60, abs=1e-6)
+
+            async def refused(tool, args, fragment):
+                r = await client.call_tool(tool, args)
+                text = r.content[0].text
+                assert r.is_error and "\n" not in text and fragment in text, (tool, text)
+
+            for other in others:
+                why = f"user {LIMITED_USER} may not act for account {other}: not one Slurm associates for this user"
+                await refused("budget_status", {"account": other}, f"account: {why}")
+                await refused("plan_workflow", {"jobspec": _slurm_spec(other)}, f"jobspec: account: {why}")
+                await refused("submit_workflow", {"jobspec": _slurm_spec(other)}, f"jobspec: account: {why}")
+                await refused("suggest_cheaper", {"jobspec": _slurm_spec(LIMITED_ACCOUNT), "account": other}, why)
+                with pytest.raises(mcp.MCPError, match=f"may not act for account {other}"):
+                    await client.read_resource(f"slurmgov://budget/{other}")
+                with pytest.raises(mcp.MCPError, match=f"may not act for account {other}"):
+                    await client.read_resource(f"slurmgov://runs/{other}")
+
+    anyio.run(main)
+    # nothing was submitted, held or charged; the server wrote only this user's own ledger
+    assert not c.run("squeue", "-h", "-u", LIMITED_USER).stdout.strip()
+    led = Ledger.open(f"sqlite:///{home}/ledger.sqlite")
+    try:
+        assert led.holds_open() == [] and led.charges() == []
+        assert {b.account for b in led.balances()} == {LIMITED_ACCOUNT}  # the others were never even seeded
+    finally:
+        led.disconnect()
+    assert not list(home.glob("agent/*"))
+
+
+@pytest.mark.slurm
+def test_on_slurm_the_accounts_are_each_users_own(slurm_cluster, home_of):
+    c = slurm_cluster
+    assoc = sorted(c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", "user=nobody", "format=account",
+                         check=True).stdout.split())
+
+    async def main():
+        async with Client(_as(c, "nobody", home_of("nobody"))) as client:
+            res = await client.read_resource("slurmgov://accounts")
+            return [b["account"] for b in json.loads(res.contents[0].text)]
+
+    assert anyio.run(main) == assoc == ["bio-ml", "chem-ai", "physics"]

@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -88,6 +89,16 @@ def _refusal(exc: InfeasibleError) -> dict:
     return {"message": text, "step": step.group(1) if step else None, "where": where.group(1) if where else None}
 
 
+def whoami() -> str:
+    """The user this process runs as: its effective uid's name. Not getpass.getuser(), which
+    reads $USER and $LOGNAME first: the server asks Slurm which accounts this user may charge,
+    and an environment variable must not make it ask about someone else."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container): its login name, as before
+        return getpass.getuser()
+
+
 class Desk:
     """The governed actions for one user on one site and ledger (shared by the server's threads)."""
 
@@ -95,7 +106,7 @@ class Desk:
         self.site = site
         self.site_path = site_path
         self.ledger = ledger
-        self.user = user or getpass.getuser()
+        self.user = user or whoami()
         self._children: dict[str, subprocess.Popen] = {}
         self._accounts: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
