@@ -27,7 +27,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CallToolResult, TextContent
 
 from slurmgov import __version__
-from slurmgov.errors import SlurmgovError
+from slurmgov.errors import SlurmgovError, UnknownAccount
 from slurmgov.interface.mcp_tools import Desk
 
 log = logging.getLogger("slurmgov.mcp")
@@ -165,10 +165,17 @@ def build(desk: Desk) -> MCPServer:
         return read
 
     @app.resource("slurmgov://accounts", name="accounts", mime_type="application/json",
-                  description="The accounts this user may act for, with their budgets now.")
+                  description="The accounts this user may act for, with their budgets now (an account "
+                              "without a budget in the ledger says so).")
     @resource
     def accounts() -> list[dict[str, Any]]:
-        return [desk.budget_status(a) for a in desk.accounts()]
+        out = []
+        for a in desk.accounts():  # on Slurm, every association: one without a budget must not hide the rest
+            try:
+                out.append(desk.budget_status(a))
+            except UnknownAccount as exc:
+                out.append({"account": a, "budget_gpu_hours": None, "note": _one_line(str(exc))})
+        return out
 
     @app.resource("slurmgov://budget/{account}", name="budget", mime_type="application/json",
                   description="An account's budget, held, charged, available, burn rate and run-out date.")
