@@ -6,7 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
+import sys
+import sysconfig
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +31,31 @@ def wait_for(pred, timeout: float = 30, what: str = "condition"):
 def as_nobody(c, *cmd):
     """Run a Slurm client command as the unprivileged user ``nobody`` (default account chem-ai)."""
     return c.run("runuser", "-u", "nobody", "--", *cmd, cwd="/", env=c.unprivileged_env())
+
+
+def python_as(c, user: str) -> tuple[str, dict]:
+    """(interpreter, environment) with which ``user`` can run this checkout's slurmgov (and the test
+    environment's packages): this interpreter if ``user`` may run it, else the system's python of the
+    same version with this checkout and the test environment's site-packages on PYTHONPATH (a
+    pyenv or venv under /root is not reachable by another user). Skips, or under CI fails, if neither is."""
+    root = Path(__file__).resolve().parents[1]
+    paths = dict.fromkeys([str(root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = dict(c.unprivileged_env(), PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
+    for key in ("SLURMGOV_HOME", "SLURMGOV_SITE", "SLURMGOV_LEDGER"):
+        env.pop(key, None)
+    tried = []
+    for py in (sys.executable, shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin")):
+        if not py:
+            continue
+        r = c.run("runuser", "-u", user, "--", py, "-c", "import mcp, slurmgov.interface.mcp_server", env=env, cwd="/",
+                  timeout=60)
+        if r.returncode == 0:
+            return py, env
+        tried.append(f"{py}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}")
+    why = f"no python that user {user} can run slurmgov with ({'; '.join(tried)})"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why)
 
 
 def nobody_sbatch(c, *args, held: bool = False, wrap: str = "true") -> str:

@@ -111,7 +111,8 @@ def test_usage_formats(root, tmp_path):
 
     sg("run", root / "jobspecs/tensor-parallel-eval.yaml", check=0)
     csv = sg("usage", "--by", "step", "--format", "csv", check=0).stdout
-    assert csv.splitlines()[0] == "step,charges,gpu_seconds,charged_h" and "generate-tp4" in csv
+    assert csv.splitlines()[0] == ("step,charges,gpu_seconds,charged_h,prompt_tokens,completion_tokens,tokens,"
+                                   "gpu_s_per_1k_tokens") and "generate-tp4" in csv
     out = tmp_path / "u.parquet"
     sg("usage", "--by", "step", "--format", "parquet", "-o", out, check=0)
     frame = pd.read_parquet(out)
@@ -355,3 +356,30 @@ def test_one_version_source_and_the_license_the_package_declares(root):
     assert f"## {slurmgov.__version__} " in (root / "CHANGELOG.md").read_text()  # every release says what changed
     assert "license = Apache-2.0" in (root / "setup.cfg").read_text()
     assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+
+
+def test_a_run_id_given_must_be_new_and_a_name(root):
+    from slurmgov.intent import run_records
+
+    run_records.write("20261201T000000-aaaaaa", {"run_id": "20261201T000000-aaaaaa", "status": "ok"})
+    spec = root / "jobspecs" / "research-fanout.yaml"
+    p = sg("run", spec, "--run-id", "20261201T000000-aaaaaa", check=2)
+    assert p.stderr.strip() == "slurmgov: run_id: run 20261201T000000-aaaaaa already exists; a new run needs a new id"
+    p = sg("run", spec, "--run-id", "../../etc/x", check=2)
+    assert p.stderr.strip().startswith("slurmgov: run_id: '../../etc/x' is not a run id")
+    assert sg("runs", "show", "../../etc/passwd", check=2).stderr.count("\n") == 1
+    assert sg("holds", "--json", check=0).stdout.strip() == "[]"  # nothing was held
+
+
+def test_plan_and_run_refuse_a_yaml_alias_bomb_in_one_line_before_anything_runs(root, tmp_path, slurmgov_home):
+    # a step that echoes its params would have the run record write out 10**9 values (MemoryError after 90 s)
+    (tmp_path / "echostep.py").write_text("def echo(inputs, **params):\n    return params\n")
+    rows = "".join(f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1'}]\n" for i in range(9))
+    spec = tmp_path / "laughs.yaml"
+    spec.write_text(f"workflow: w\naccount: physics\nsteps:\n  - id: a\n    call: 'echostep:echo'\n    params:\n{rows}")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    for cmd in (["plan"], ["run"], ["run", "--json"]):
+        p = sg(*cmd, spec, "--site", root / "site_configs/local.yaml", env=env, check=2)
+        assert p.stderr.strip() == (f"slurmgov: {spec}: its YAML aliases expand it by 234,567,890 values; a jobspec's "
+                                    "aliases may add at most 1,000,000 (write the repeated part out, or repeat it less)")
+    assert not (slurmgov_home / "runs").exists() or not list((slurmgov_home / "runs").iterdir())

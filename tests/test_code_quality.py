@@ -67,6 +67,33 @@ def _slurmgov_imports(path: Path) -> set[str]:
     return found
 
 
+# Third-party packages only some modules may import: the MCP SDK is an extra (slurmgov[mcp]), so
+# only the server module imports it, and `slurmgov mcp` imports that module when it runs.
+ONLY_IN = {"mcp": {"slurmgov/interface/mcp_server.py"}}
+
+
+def _top_imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_optional_packages_are_imported_only_where_allowed():
+    wrong = []
+    for f in sorted((ROOT / "slurmgov").rglob("*.py")):
+        rel = f.relative_to(ROOT).as_posix()
+        for pkg in _top_imports(f) & set(ONLY_IN):
+            if rel not in ONLY_IN[pkg]:
+                wrong.append(f"{rel} imports {pkg}")
+    assert not wrong, "optional packages imported outside their module:\n" + "\n".join(wrong)
+
+
 def test_imports_point_down_the_layers():
     pkg = ROOT / "slurmgov"
     packages = {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()}

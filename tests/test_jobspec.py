@@ -159,3 +159,26 @@ def test_alias_bomb_is_built_once_per_anchor(loader):
     for _ in range(10):
         deep = deep[9]
     assert deep == ["x", "y"] and doc.where(("a10", 9, 9, 0)) == "x.yaml:10"  # the line of anchor a9
+
+
+def _laughs(levels: int, call: str = "slurmgov.execution.demo_steps:chat") -> str:
+    """A jobspec whose step params are ``levels`` of ten aliases each: 10**levels values written out."""
+    rows = "".join(f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10) if i else '1'}]\n" for i in range(levels))
+    return f"workflow: w\naccount: physics\nsteps:\n  - id: a\n    call: '{call}'\n    params:\n{rows}"
+
+
+def test_a_jobspec_whose_aliases_expand_past_the_limit_is_refused_in_one_line(loader):
+    with pytest.raises(InputError) as exc:
+        jobspec.loads(_laughs(9), "x.yaml")  # 600 bytes, 10**9 values written out
+    assert str(exc.value).startswith("x.yaml: its YAML aliases expand it by ") and "at most 1,000,000" in str(exc.value)
+    assert "\n" not in str(exc.value)
+    wf = jobspec.loads(_laughs(5), "x.yaml")  # aliases adding 111,110 values: allowed
+    assert len(wf.steps[0].params["l4"]) == 10
+
+
+def test_a_big_jobspec_written_out_is_not_refused_for_its_size():
+    steps = "".join(f"  - {{id: s{i}, run: echo, env: {{A: '{i}'}}, after: [{f's{i - 1}' if i else ''}]}}\n"
+                    for i in range(20_000))
+    doc = yamlfile.load_text("workflow: w\naccount: a\nsteps:\n" + steps, "big.yaml")
+    assert doc.alias_values == 0 and doc.values > 200_000
+    assert len(jobspec.parse(doc).steps) == 20_000

@@ -303,15 +303,16 @@ def test_usage_groups_charges(led):
     charge(led, "c2", "h2", "a", 3600)
     charge(led, "c3", "h2", "b", 1800, ended=LAST_MONTH)
     by_acct = led.usage("account")
-    assert by_acct == [{"key": "chem", "gpu_seconds": 3600.0, "charged_h": 2.0, "charges": 1},
-                       {"key": "phys", "gpu_seconds": 5400.0, "charged_h": 1.5, "charges": 2}]
+    no_tokens = {"prompt_tokens": None, "completion_tokens": None, "tokens": None, "gpu_s_per_1k_tokens": None}
+    assert by_acct == [{"key": "chem", "gpu_seconds": 3600.0, "charged_h": 2.0, "charges": 1, **no_tokens},
+                       {"key": "phys", "gpu_seconds": 5400.0, "charged_h": 1.5, "charges": 2, **no_tokens}]
     assert [(r["key"], r["charges"]) for r in led.usage("step")] == [("a", 2), ("b", 1)]
     assert [r["key"] for r in led.usage("user")] == ["alice", "bob"]
     assert led.usage("gpu_type")[0]["charged_h"] == 3.5
     assert [r["key"] for r in led.usage("workflow", since=THIS_MONTH)] == ["wf1", "wf2"]
     assert led.usage("account", since=THIS_MONTH)[1]["charged_h"] == 1.0
     assert led.usage("account", until=THIS_MONTH) == [
-        {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1}]
+        {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1, **no_tokens}]
 
 
 # ---- periods -------------------------------------------------------------------------------
@@ -1056,6 +1057,52 @@ def test_a_version_4_ledger_gains_running_held_totals_from_its_open_holds(db):
     assert led.balance("bio").held_h == 1.0 and led.check_held() == []
     with raw(db) as (conn, _):
         assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
+
+
+def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0})
+    led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "ok")
+    led.attribute([dict(attr_key="r:a1:s", run_id="r", account="chem", user="u", workflow="wf", alloc="a1",
+                        job_ids="7", step="s", gpu_type=None, gpu_seconds=60.0, weight=1.0, ended=NOW)])
+    led.disconnect()
+    with raw(db) as (conn, _):
+        for table in ("charges", "attributions"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN prompt_tokens")
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN completion_tokens")
+        conn.execute("UPDATE schema_version SET version = 5")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates in place: the old charge is kept, with no tokens reported
+    (old,) = led.charges("a")
+    assert (old["charged_h"], old["prompt_tokens"], old["completion_tokens"]) == (0.5, None, None)
+    led.charge("a2", "a", "s", 2, 1800, 1.0, None, None, NOW, "ok", prompt_tokens=1200, completion_tokens=300)
+    assert led.balance("chem").charged_h == 1.0 and led.check_held() == []
+    (row,) = led.usage(by="step")
+    # tokens summed over the charges that reported them; GPU-s per 1,000 tokens from those charges only
+    assert (row["charges"], row["prompt_tokens"], row["completion_tokens"], row["tokens"]) == (2, 1200, 300, 1500)
+    assert row["gpu_s_per_1k_tokens"] == pytest.approx(1800 / 1.5)
+    # a Slurm run's steps report their tokens on its attributions (its charges are its jobs')
+    led.attribute([dict(attr_key="r:a1:t", run_id="r", account="chem", user="u", workflow="wf", alloc="a1",
+                        job_ids="7", step="t", gpu_type=None, gpu_seconds=30.0, weight=1.0, ended=NOW,
+                        prompt_tokens=10, completion_tokens=5)])
+    got = {a["step"]: (a["prompt_tokens"], a["completion_tokens"]) for a in led.attributions("r")}
+    assert got == {"s": (None, None), "t": (10, 5)}
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, 1.5, "12", True])
+def test_a_token_count_the_ledger_cannot_store_is_refused_in_one_line_and_charges_nothing(db, bad):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="t")
+    led.admit("a", "chem", "wf", {"s": 2.0})
+    with pytest.raises(InputError, match=r"^prompt_tokens: .* is not a whole number of tokens") as e:
+        led.charge("a1", "a", "s", 1, 3600, 0.5, None, None, NOW, "ok", prompt_tokens=bad)
+    assert "\n" not in str(e.value) and led.charges("a") == [] and led.balance("chem").charged_h == 0
     led.disconnect()
 
 

@@ -8,6 +8,7 @@ the run splits each job's cost across its steps and records the idle rest as was
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from slurmgov.intent import run_records
 from slurmgov.ledger.store import Ledger
 from slurmgov.site import model as site_mod
 
@@ -314,3 +316,81 @@ def test_over_budget_workflow_submits_nothing(sg, governed):
 
 
 JOBSPECS = ROOT / "jobspecs"
+
+
+def test_an_agent_submits_through_the_mcp_server_and_reads_each_steps_gpu_seconds(sg, governed, tmp_path):
+    """`slurmgov mcp` on the Slurm site, driven by the SDK's client over stdio: submit_workflow
+    admits the workflow, its pilot job is held in the ledger (the submit hook's hold) while it
+    runs, the run ends ok, and explain_cost splits what sacct says the job used across its step
+    and the idle rest; the governor charges the job exactly that and closes its hold."""
+    import anyio
+    from helpers import wait_for
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        import mcp  # noqa: F401  (in the test extra: under CI its absence is a failure)
+    else:
+        pytest.importorskip("mcp", reason="the MCP SDK (pip install -e '.[test]')")
+    from mcp import Client, StdioServerParameters
+
+    c, env = governed
+    gate, mark = tmp_path / "gate", tmp_path / "started"
+    usage = '{"usage": {"prompt_tokens": 64, "completion_tokens": 16}}'
+    spec = {"workflow": "mcp-agent", "account": "chem-ai", "steps": [
+        {"id": "think", "run": f"echo $SLURM_JOB_ID > {mark}; while [ ! -e {gate} ]; do sleep 0.2; done; echo '{usage}'",
+         "resources": {"gpus": 1, "gpu_type": "h100", "time": "00:05:00"}}]}
+    before = {h for h, _ in ledger().open_holds("slurm:")}
+    params = StdioServerParameters(command=str(BIN / "slurmgov"), args=["mcp", "--site", str(SITE)], env=env,
+                                   cwd=str(c.work_dir))
+
+    def new_holds():
+        return [h for h, _ in ledger().open_holds("slurm:") if h not in before and ledger().hold(h).account == "chem-ai"]
+
+    async def main():
+        async with Client(params) as client:
+            res = await client.read_resource("slurmgov://accounts")  # root's associations: Slurm's root account too
+            mine = {b["account"]: b for b in json.loads(res.contents[0].text)}
+            assert {"chem-ai", "bio-ml", "physics"} <= set(mine) and mine["chem-ai"]["budget_gpu_hours"] == 500
+            assert all(b["budget_gpu_hours"] is None and "no budget" in b["note"] for a, b in mine.items()
+                       if a not in ("chem-ai", "bio-ml", "physics"))
+            r = await client.call_tool("submit_workflow", {"jobspec": spec})
+            assert not r.is_error, r.content[0].text
+            run_id = r.structured_content["run_id"]
+            assert r.structured_content["state"] == "running"
+            assert r.structured_content["worst_case_gpu_hours"] == pytest.approx(5 / 60, abs=1e-6)
+            # the pilot is a Slurm job the submit hook admitted: held in the ledger while the step waits
+            (key,) = await anyio.to_thread.run_sync(lambda: wait_for(new_holds, 120, "the pilot job's hold"))
+            assert ledger().hold(key).amount_h == pytest.approx(5 / 60, abs=1e-3)
+            await anyio.to_thread.run_sync(lambda: wait_for(mark.exists, 120, "the step to start in the pilot"))
+            r = await client.call_tool("run_status", {"run_id": run_id})
+            assert not r.is_error and r.structured_content["state"] == "running"
+            await anyio.sleep(1)  # the step's work: a GPU-second it holds (sacct counts whole seconds)
+            gate.touch()
+            deadline = time.monotonic() + 180
+            while True:
+                r = await client.call_tool("run_status", {"run_id": run_id})
+                assert not r.is_error, r.content[0].text
+                if r.structured_content["state"] != "running":
+                    break
+                assert time.monotonic() < deadline, "the run did not end"
+                await anyio.sleep(0.3)
+            status = r.structured_content
+            r = await client.call_tool("explain_cost", {"run_id": run_id})
+            assert not r.is_error, r.content[0].text
+            return run_id, key, status, r.structured_content
+
+    run_id, key, status, e = anyio.run(main)
+    assert status["state"] == "ok" and status["steps"]["think"]["status"] == "ok", status
+    (job,) = run_records.read(run_id)["allocations"]["a1"]["cost"]["job_ids"]
+    # slurmdbd lists a job a moment after it ends
+    truth = wait_for(lambda: sacct(c, [job]).get(job), 30, f"sacct to list job {job}")
+    assert truth["state"] == "COMPLETED" and truth["gpu_s"] > 0 and mark.read_text().strip() == job
+    think = e["steps"]["think"]
+    # every GPU-second sacct says the pilot held is the step's or idle, and the step reported its tokens
+    assert think["gpu_seconds"] >= 1 and think["gpu_seconds"] + e["idle"]["gpu_seconds"] == pytest.approx(truth["gpu_s"])
+    assert think["tokens"] == 80 and think["gpu_s_per_1k_tokens"] == pytest.approx(think["gpu_seconds"] * 1000 / 80)
+    assert e["charged_gpu_hours"] == pytest.approx(truth["gpu_s"] / 3600)  # h100 weight 1
+    assert e["state"] == "ok" and e["account"] == "chem-ai"
+    # the governor charged the job what sacct says, and closed its hold
+    assert wait_charged([job]) == {job: pytest.approx(truth["gpu_s"])}
+    wait_for(lambda: ledger().hold(key).state != "open", 60, "the pilot's hold to close")
+    assert not c.run("squeue", "-h", "-n", "sg.mcp-agent.a1").stdout.strip()

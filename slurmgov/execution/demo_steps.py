@@ -78,3 +78,12 @@ def flaky(inputs: dict, fail_times: int, step=None) -> dict:
 def noop(inputs: dict) -> None:
     """Does nothing: for measuring what the engine and Dask add around a step."""
     return None
+
+
+def chat(inputs: dict, prompt_tokens: int, completion_tokens: int, step=None, seconds: float = 0.1) -> dict:
+    """A stand-in for a model call that reports the tokens it used, as an inference server's
+    response does (``usage``): the ledger records them per step (tokens are metered, not priced)."""
+    _work(seconds)
+    return {"answer": _digest(prompt_tokens, completion_tokens, sorted(inputs)),
+            "gpus": list(step.gpu_ids) if step else [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}

@@ -281,9 +281,19 @@ def _describe(data):
     return describe
 
 
+# Values YAML aliases may add to a jobspec. The loader shares an alias's data, so reading is cheap,
+# but whatever writes the data out (a step's output that echoes its params, the run record, the
+# MCP server's copy) expands it: a few hundred bytes of nested aliases are 10**9 values. A jobspec
+# written out in full is never refused for its size; the largest benchmarked (10,000 steps) has 174,000.
+MAX_ALIAS_VALUES = 1_000_000
+
+
 def parse(doc: yamlfile.Located) -> Workflow:
     if not isinstance(doc.data, dict):
         raise InputError(f"{doc.path}: a jobspec is a YAML mapping with workflow, account and steps")
+    if doc.alias_values > MAX_ALIAS_VALUES:
+        raise InputError(f"{doc.path}: its YAML aliases expand it by {doc.alias_values:,} values; a jobspec's "
+                         f"aliases may add at most {MAX_ALIAS_VALUES:,} (write the repeated part out, or repeat it less)")
     try:
         wf = Workflow.model_validate(doc.data)
     except ValidationError as err:

@@ -32,7 +32,7 @@ from slurmgov.intent.planner import HOST, Plan, plan
 from slurmgov.ledger.lease import LeaseKeeper, lease_seconds
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
-from slurmgov.policy import attribution
+from slurmgov.policy import attribution, tokens
 from slurmgov.site.model import Site, slurmgov_home
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm.placement import LOCALITY_ORDER
@@ -159,10 +159,12 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     def charge(outcome, rec):
         assert hold_key is not None  # charged per attempt only without Slurm, where the run holds run:<id>
         weight = site.weight(gpu_type[outcome.step]) if outcome.gpus else 0.0
+        prompt, completion = tokens.reported(outcome.output)  # metered, not priced
         ledger.charge(
             f"{run_id}:{outcome.step}:{outcome.attempt}", hold_key, outcome.step, outcome.attempt,
             gpu_seconds=outcome.gpu_seconds, weight=weight, gpu_type=gpu_type[outcome.step],
             started=outcome.started, ended=outcome.ended, status=outcome.status, user=user, workflow=wf.workflow,
+            prompt_tokens=prompt, completion_tokens=completion,
         )
         charged[0] += outcome.gpu_seconds * weight / 3600
         if rec.status in TERMINAL:
@@ -309,9 +311,17 @@ def _attribution_rows(wf, run_id, user, p: Plan, allocations, steps, result) -> 
         base = dict(run_id=run_id, account=wf.account, user=user, workflow=wf.workflow, alloc=a.id,
                     job_ids=",".join(ac.job_ids) or "-", gpu_type=a.gpu_type, weight=a.weight, ended=ended)
         for sid in a.steps:
-            rows.append(dict(base, attr_key=f"{run_id}:{a.id}:{sid}", step=sid, gpu_seconds=steps[sid].gpu_s))
+            rows.append(dict(base, attr_key=f"{run_id}:{a.id}:{sid}", step=sid, gpu_seconds=steps[sid].gpu_s,
+                             **_step_tokens(result.steps[sid].attempts)))
         rows.append(dict(base, attr_key=f"{run_id}:{a.id}:(idle)", step=None, gpu_seconds=ac.idle_gpu_s))
     return rows
+
+
+def _step_tokens(attempts) -> dict:
+    """What a step's attempts reported in tokens, summed (None: no attempt reported that field)."""
+    got = [tokens.reported(a.output) for a in attempts]
+    return {name: None if all(g[i] is None for g in got) else sum(g[i] or 0 for g in got)
+            for i, name in enumerate(tokens.FIELDS)}
 
 
 def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | None:
@@ -324,6 +334,7 @@ def _write_record(wf, p: Plan, rep: LaunchReport, run_id, user, site) -> Path | 
         "ended": result.ended, "plan": p.to_dict(),
         "steps": {
             sid: {"status": r.status, "reason": r.reason, "alloc": r.spec.alloc, "gpu_seconds": r.gpu_seconds,
+                  **_step_tokens(r.attempts),
                   "attempts": [{k: v for k, v in vars(a).items()} for a in r.attempts],
                   "cost": asdict(rep.steps[sid]) if sid in rep.steps else None}
             for sid, r in result.steps.items()

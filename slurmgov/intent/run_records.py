@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -19,6 +20,24 @@ from slurmgov.site.model import slurmgov_home
 
 def runs_dir() -> Path:
     return slurmgov_home() / "runs"
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file name, a hold key, a Slurm comment
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is one a run could have (letters, digits, . _ -): never a path."""
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+        raise InputError(f"run_id: {str(run_id)[:80]!r} is not a run id (letters, digits, . _ -; at most 64)")
+    return run_id
+
+
+def new_run_id(run_id: str) -> str:
+    """``run_id`` for a new run: a valid id no run has used (its record and hold would be another's)."""
+    check_run_id(run_id)
+    if record_path(run_id).exists():
+        raise InputError(f"run_id: run {run_id} already exists; a new run needs a new id")
+    return run_id
 
 
 def record_path(run_id: str) -> Path:
@@ -52,7 +71,7 @@ def this_process() -> dict:
 
 
 def read(run_id: str) -> dict:
-    path = record_path(run_id)
+    path = record_path(check_run_id(run_id))
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from slurmgov.execution.engine import TERMINAL
+from slurmgov.interface.report import step_tokens
+from slurmgov.ledger.store import per_1k_tokens
 
 
 class DashboardState:
@@ -64,12 +66,14 @@ class DashboardState:
                 rec = eng.steps.get(sid) if eng else None
                 gpu_s = rec.gpu_seconds if rec else 0.0
                 running = rec is not None and rec.status == "running"
+                n_tokens = step_tokens(rec.attempts) if rec else None
                 steps.append({
                     "id": sid, "after": list(ps.after), "alloc": ps.alloc, "gpus": ps.gpus, "level": levels[sid],
                     "status": rec.status if rec else "waiting", "attempts": len(rec.attempts) if rec else 0,
                     "wall_s": rec.wall_s if rec else 0.0, "gpu_s": gpu_s,
                     "cost_h": gpu_s * weights.get(ps.alloc, 0) / 3600, "share_h": ps.share_h,
                     "kv_gib": ps.kv_bytes / 2**30, "reason": rec.reason if rec else None, "running": running,
+                    "tokens": n_tokens, "gpu_s_per_1k_tokens": per_1k_tokens(gpu_s, n_tokens),
                 })
             allocs = []
             slurm_jobs: dict = getattr(eng.backend, "jobs", {}) if eng else {}  # Slurm: where each pilot landed

@@ -9,6 +9,8 @@ from rich.console import Console
 
 from slurmgov.errors import InputError
 from slurmgov.interface.tables import Table, show
+from slurmgov.ledger.store import per_1k_tokens
+from slurmgov.policy import tokens
 from slurmgov.site.units import format_time
 
 
@@ -132,6 +134,9 @@ def run_tables(rep, balance, console: Console) -> None:
     slurm = rep.executor == "slurm"
     t = Table(title=f"run {r.run_id}: {rep.plan.workflow} -> {r.status}")
     cols = ["step", "status", "attempts", "alloc", "GPUs", "wall s", "GPU-s", "cost GPU-h", "share GPU-h"]
+    metered = {sid: step_tokens(rec.attempts) for sid, rec in r.steps.items()}
+    if any(n is not None for n in metered.values()):  # a step reported usage: {prompt_tokens, ...}
+        cols += ["tokens", "GPU-s/1k tokens"]
     if slurm:
         cols += ["node", "within (asked -> got)"]
     for col in cols + ["note"]:
@@ -141,6 +146,10 @@ def run_tables(rep, balance, console: Console) -> None:
         sc = rep.steps.get(sid)
         row = [sid, rec.status, str(len(rec.attempts)), rec.spec.alloc, str(rec.spec.gpus), f"{rec.wall_s:.2f}",
                f"{rec.gpu_seconds:.2f}", f"{sc.cost_h:.5f}" if sc else "0", _h(ps.share_h)]
+        if "tokens" in cols:
+            n = metered[sid]
+            per = per_1k_tokens(rec.gpu_seconds, n)
+            row += ["-" if n is None else f"{n:,}", "-" if per is None else f"{per:.3f}"]
         if slurm:
             row += [",".join(sc.nodes) if sc else "host", f"{sc.requested} -> {sc.achieved}" if sc else "-"]
         t.add_row(*row, rec.reason or "")
@@ -203,12 +212,23 @@ def balance_table(balances, console: Console, forecasts: dict | None = None, fmt
             console.print(f.sentence())
 
 
+def step_tokens(attempts) -> int | None:
+    """The tokens a step's attempts reported (None: none reported any)."""
+    counts = [tokens.total(*tokens.reported(a.output)) for a in attempts]
+    return None if all(n is None for n in counts) else sum(n or 0 for n in counts)
+
+
+def _opt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def usage_as_table(rows, by: str) -> Table:
     t = Table(title=f"usage by {by}")
-    for col in (by, "charges", "GPU-s", "charged GPU-h"):
+    for col in (by, "charges", "GPU-s", "charged GPU-h", "tokens", "GPU-s/1k tokens"):
         t.add_column(col)
     for r in rows:
-        t.add_row(str(r["key"]), str(r["charges"]), f"{r['gpu_seconds']:.2f}", f"{r['charged_h']:.5f}")
+        t.add_row(str(r["key"]), str(r["charges"]), f"{r['gpu_seconds']:.2f}", f"{r['charged_h']:.5f}",
+                  _opt(r.get("tokens"), "d"), _opt(r.get("gpu_s_per_1k_tokens"), ".3f"))
     return t
 
 

@@ -20,7 +20,7 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from slurmgov.intent import run_records
-from slurmgov.ledger.store import period_of
+from slurmgov.ledger.store import per_1k_tokens, period_of
 from slurmgov.policy.forecast import forecasts
 from slurmgov.slurm import placement
 
@@ -57,6 +57,15 @@ def burn_down(daily: dict[float, dict[str, float]], account: str, start: float) 
     return points
 
 
+def _run_tokens(steps) -> dict:
+    """A run's reported tokens (its record's steps) and its steps' GPU-seconds per 1,000 of them."""
+    reporting = [s for s in steps if s.get("prompt_tokens") is not None or s.get("completion_tokens") is not None]
+    if not reporting:
+        return {"tokens": None, "gpu_s_per_1k_tokens": None}
+    n = sum((s.get("prompt_tokens") or 0) + (s.get("completion_tokens") or 0) for s in reporting)
+    return {"tokens": n, "gpu_s_per_1k_tokens": per_1k_tokens(sum(s.get("gpu_seconds") or 0 for s in reporting), n)}
+
+
 def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
     """The newest run records, summarised (run_records.read_all: one reader of the records)."""
     out = []
@@ -74,6 +83,7 @@ def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
             "held_gpu_s": sum(a.get("held_gpu_s", 0) for a in allocs),
             "idle_gpu_s": sum(a.get("idle_gpu_s", 0) for a in allocs),
             "nodes": sorted({n for a in allocs for n in a.get("nodes", [])}),
+            **_run_tokens(steps),
         })
     return out
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
-# 5: each account's running total of what its open holds still hold (accounts.held_ms)
+SCHEMA_VERSION = 6  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+# 5: each account's running total of what its open holds still hold (accounts.held_ms);
+# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
@@ -182,7 +183,9 @@ def ddl(d: Dialect) -> list[str]:
             started DOUBLE PRECISION,
             ended DOUBLE PRECISION NOT NULL,
             status {T} NOT NULL,
-            recorded_at DOUBLE PRECISION NOT NULL)""",
+            recorded_at DOUBLE PRECISION NOT NULL,
+            prompt_tokens BIGINT CHECK (prompt_tokens >= 0),
+            completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
@@ -210,7 +213,9 @@ def attribution_ddl(d: Dialect) -> list[str]:
             gpu_seconds DOUBLE PRECISION NOT NULL CHECK (gpu_seconds >= 0),
             amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
             ended DOUBLE PRECISION NOT NULL,
-            recorded_at DOUBLE PRECISION NOT NULL)""",
+            recorded_at DOUBLE PRECISION NOT NULL,
+            prompt_tokens BIGINT CHECK (prompt_tokens >= 0),
+            completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         "CREATE INDEX IF NOT EXISTS attributions_run ON attributions (run_id)",
     ]
 
@@ -244,14 +249,23 @@ def held_ddl(d: Dialect) -> list[tuple[str, str, str]]:
                                     "CHECK (held_ms >= 0)")]
 
 
+def tokens_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 6: the tokens a step reported (``usage: {prompt_tokens, completion_tokens}`` in its
+    output): per attempt on a charge (local runs), per step on an attribution (Slurm runs, whose
+    charges are their jobs'); NULL where none were reported (everything before version 6, Slurm
+    jobs' own charges, steps that are not model calls). (table, column, statement) as terms_ddl."""
+    return [(table, col, f"ALTER TABLE {table} ADD COLUMN {col} BIGINT CHECK ({col} >= 0)")
+            for table in ("charges", "attributions") for col in ("prompt_tokens", "completion_tokens")]
+
+
 # The open holds with a lease, by account and lease end: an admission's look for its account's
 # lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
 LEASE_INDEX = ("CREATE INDEX IF NOT EXISTS holds_lease ON holds (account, lease_until) "
                "WHERE state = 'open' AND lease_until IS NOT NULL")
 
 ATTR_COLUMNS = """attr_key, run_id, account, user_name, workflow, alloc, job_ids, step, gpu_type, gpu_seconds,
-    amount_ms, ended, recorded_at"""
-ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    amount_ms, ended, recorded_at, prompt_tokens, completion_tokens"""
+ATTR_INSERT = f"INSERT INTO attributions ({ATTR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 ATTR_GET = "SELECT attr_key FROM attributions WHERE attr_key = ?"
 ATTR_OF_RUN = f"SELECT {ATTR_COLUMNS} FROM attributions WHERE run_id = ? ORDER BY alloc, step"
 WASTE_COLUMNS = {"account": "account", "workflow": "workflow", "user": "user_name"}
@@ -355,10 +369,12 @@ SHARES_RELEASE = "UPDATE hold_shares SET remaining_ms = 0 WHERE hold_key = ?"
 
 CHARGE_COLUMNS = """charge_key, hold_key, account, workflow, step, attempt, user_name, gpu_type,
     gpu_seconds, weight, amount_ms, started, ended, status, recorded_at"""
-CHARGE_GET = f"SELECT {CHARGE_COLUMNS} FROM charges WHERE charge_key = ?"
-CHARGE_INSERT = f"INSERT INTO charges ({CHARGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-CHARGES_ALL = f"SELECT {CHARGE_COLUMNS} FROM charges ORDER BY ended, charge_key"
-CHARGES_OF_HOLD = f"SELECT {CHARGE_COLUMNS} FROM charges WHERE hold_key = ? ORDER BY ended, charge_key"
+# Reads add the tokens (version 6) after the columns bulk imports write (CHARGE_ROWS: no tokens).
+CHARGE_READ = f"{CHARGE_COLUMNS}, prompt_tokens, completion_tokens"
+CHARGE_GET = f"SELECT {CHARGE_READ} FROM charges WHERE charge_key = ?"
+CHARGE_INSERT = f"INSERT INTO charges ({CHARGE_READ}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+CHARGES_ALL = f"SELECT {CHARGE_READ} FROM charges ORDER BY ended, charge_key"
+CHARGES_OF_HOLD = f"SELECT {CHARGE_READ} FROM charges WHERE hold_key = ? ORDER BY ended, charge_key"
 
 # ``by`` picks the grouping column from this fixed map, never from user text.
 USAGE_COLUMNS = {"account": "account", "workflow": "workflow", "step": "step", "user": "user_name",
@@ -393,5 +409,8 @@ def copy_sql(table: str, cols: tuple[str, ...]) -> str:
 
 def usage_sql(by: str) -> str:
     col = USAGE_COLUMNS[by]
-    return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*) FROM charges
-        WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+    # tokens: summed over the charges that reported them (SUM ignores NULL), with how many did
+    return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*),
+        CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
+        SUM(CASE WHEN prompt_tokens IS NULL AND completion_tokens IS NULL THEN 0 ELSE gpu_seconds END)
+        FROM charges WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""

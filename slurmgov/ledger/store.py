@@ -347,10 +347,25 @@ def _process(pid: int) -> str:
 
 def _charge_dict(r) -> dict:
     (key, hold_key, account, workflow, step, attempt, user, gpu_type, gpu_s, weight, ms, started, ended,
-     status, recorded_at) = r
+     status, recorded_at, prompt_tokens, completion_tokens) = r
     return {"charge_key": key, "hold_key": hold_key, "account": account, "workflow": workflow, "step": step,
             "attempt": attempt, "user": user, "gpu_type": gpu_type, "gpu_seconds": gpu_s, "weight": weight,
-            "charged_h": _h(ms), "started": started, "ended": ended, "status": status, "recorded_at": recorded_at}
+            "charged_h": _h(ms), "started": started, "ended": ended, "status": status, "recorded_at": recorded_at,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+
+
+def _tokens(value, what: str) -> int | None:
+    """A token count the ledger can store: None (not reported) or a whole number in 0 .. MAX_MS."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= S.MAX_MS:
+        raise InputError(f"{what}: {value!r} is not a whole number of tokens from 0 to {S.MAX_MS}")
+    return value
+
+
+def per_1k_tokens(gpu_seconds: float, tokens: int | None) -> float | None:
+    """GPU-seconds per 1,000 tokens (None when no tokens were reported)."""
+    return gpu_seconds * 1000 / tokens if tokens else None
 
 
 class Ledger:
@@ -486,6 +501,10 @@ class Ledger:
                         self._x(stmt)
                 self._x(S.HELD_FILL)  # from the open holds, under the write lock: exact from here on
                 self._x(S.LEASE_INDEX)
+            if version < 6:
+                for table, column, stmt in S.tokens_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -1023,12 +1042,15 @@ class Ledger:
 
     def charge(self, charge_key: str, hold_key: str, step: str, attempt: int, gpu_seconds: float, weight: float,
                gpu_type: str | None, started, ended, status: str, user: str | None = None,
-               workflow: str | None = None) -> dict:
+               workflow: str | None = None, prompt_tokens: int | None = None,
+               completion_tokens: int | None = None) -> dict:
         """Charge gpu_seconds x weight / 3600 weighted GPU-h for one attempt of ``step`` and draw
-        the same amount from its share of the hold. Replaying ``charge_key`` changes nothing."""
+        the same amount from its share of the hold. Replaying ``charge_key`` changes nothing.
+        ``prompt_tokens``/``completion_tokens``: what the attempt reported (metered, not priced)."""
         ms = R.charge_ms(charge_key, gpu_seconds, weight)
         t0 = None if started is None else _epoch(started, "started")
         t1 = _epoch(ended, "ended")
+        tokens = (_tokens(prompt_tokens, "prompt_tokens"), _tokens(completion_tokens, "completion_tokens"))
 
         def tx() -> dict:
             self._lock_hold(hold_key)  # before the share is read, so no two charges lose an update
@@ -1038,7 +1060,7 @@ class Ledger:
                 return _charge_dict(old)
             h = self._hold(hold_key)
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
-                   gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time())
+                   gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time(), *tokens)
             self._x(S.CHARGE_INSERT, row)
             share = self._one(S.SHARE_GET, (hold_key, step))
             if share is not None and (take := R.share_draw(h.state, share[1], ms)):
@@ -1058,8 +1080,12 @@ class Ledger:
     def attribute(self, rows: list[dict]) -> int:
         """Record how settled allocation costs split across steps (and idle time); idempotent by
         ``attr_key``. Returns how many rows were new. Rows: attr_key, run_id, account, user,
-        workflow, alloc, job_ids, step (None: idle), gpu_type, gpu_seconds, weight, ended."""
+        workflow, alloc, job_ids, step (None: idle), gpu_type, gpu_seconds, weight, ended, and
+        prompt_tokens, completion_tokens where the step reported them."""
         now = time.time()
+        for r in rows:  # checked before anything is written
+            for k in ("prompt_tokens", "completion_tokens"):
+                _tokens(r.get(k), k)
 
         def tx():
             new = 0
@@ -1069,7 +1095,8 @@ class Ledger:
                 ms = _ms(r["gpu_seconds"] * r["weight"] / 3600, "attributed GPU-hours")
                 self._x(S.ATTR_INSERT, (r["attr_key"], r["run_id"], r["account"], r.get("user"), r["workflow"],
                                         r["alloc"], r["job_ids"], r["step"], r.get("gpu_type"), r["gpu_seconds"],
-                                        ms, _epoch(r["ended"], "ended"), now))
+                                        ms, _epoch(r["ended"], "ended"), now, r.get("prompt_tokens"),
+                                        r.get("completion_tokens")))
                 new += 1
             return new
         return self._write(tx)
@@ -1102,7 +1129,11 @@ class Ledger:
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
         rows = self._read(lambda: self._x(S.usage_sql(by), (lo, hi)).fetchall())
-        return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n} for k, s, ms, n in rows]
+        # tokens: summed over the charges that reported any; per 1,000 of them, those charges' GPU-seconds
+        return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n, "prompt_tokens": pt,
+                 "completion_tokens": ct, "tokens": None if pt is None and ct is None else (pt or 0) + (ct or 0),
+                 "gpu_s_per_1k_tokens": per_1k_tokens(ts or 0.0, (pt or 0) + (ct or 0))}
+                for k, s, ms, n, pt, ct, ts in rows]
 
     # ---- bulk: reconcile and imports -----------------------------------------------------
 

@@ -66,12 +66,23 @@ else:  # PyYAML built without LibYAML: about 10x slower, same results
 
 
 class Located:
-    """A parsed YAML document plus the line of every mapping key and list item."""
+    """A parsed YAML document plus the line of every mapping key and list item, and its size:
+    ``values``, every key, item and scalar counted each place it appears once aliases are
+    expanded (what writing the data out produces), and ``written``, the nodes the text itself
+    holds (an alias's target counted once)."""
 
-    def __init__(self, path: str, data: Any, lines: dict[Loc, int]):
+    def __init__(self, path: str, data: Any, lines: dict[Loc, int], values: int = 0, written: int = 0):
         self.path = path
         self.data = data
         self._lines = lines
+        self.values = values
+        self.written = written
+
+    @property
+    def alias_values(self) -> int:
+        """The values aliases add to the document: 0 without aliases, 10**9 for a few hundred
+        bytes of billion laughs."""
+        return max(0, self.values - self.written)
 
     def line(self, loc: Loc) -> int | None:
         """Line of the deepest known prefix of ``loc`` (pydantic locs may go deeper)."""
@@ -104,6 +115,9 @@ class _Builder:
         self.built: dict[int, Any] = {}  # id(node) -> its data, for aliases
         self.open: set[int] = set()  # ids of the collections being built: an alias to one is a cycle
         self.scalars: dict[tuple[str, str], Any] = {}  # (tag, text) -> value; scalar values are immutable
+        self.sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+        self.size = 0  # the size of the node just built
+        self.written = 0  # distinct nodes built
 
     def where(self, node) -> str:
         return f"{self.path}:{node.start_mark.line + 1}"
@@ -111,23 +125,34 @@ class _Builder:
     def build(self, node, loc: Loc) -> Any:
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, ScalarNode):
+            self.size = 1
+            self.written += 1
             return self.scalar(node)
         key = id(node)
         if key in self.built:
+            self.size = self.sizes[key]
             return self.built[key]
         if key in self.open:
             raise InputError(f"{self.where(node)}: recursive YAML alias")
         if len(loc) > MAX_DEPTH:
             raise InputError(f"{self.where(node)}: nested more than {MAX_DEPTH} levels deep")
         self.open.add(key)
+        self.written += 1
+        size = 1
         if isinstance(node, MappingNode) and node.tag == _MAP:
             data: Any = self.mapping(node, loc)
+            size = self.size
         elif isinstance(node, SequenceNode) and node.tag == _SEQ:
-            data = [self.build(item, loc + (i,)) for i, item in enumerate(node.value)]
+            data = []
+            for i, item in enumerate(node.value):
+                data.append(self.build(item, loc + (i,)))
+                size += self.size
         else:  # an explicitly tagged collection (!!set, !!omap, an unknown tag): PyYAML's rules
             data = self.loader.construct_object(node, deep=True)
+            size = self.tagged_size(node)
         self.open.discard(key)
         self.built[key] = data
+        self.sizes[key] = self.size = size
         return data
 
     def scalar(self, node: ScalarNode) -> Any:
@@ -151,11 +176,33 @@ class _Builder:
         if any(k.tag == _MERGE for k, _ in node.value):
             self.loader.flatten_mapping(node)  # `<<: *defaults` first, the keys written here after
         data: dict = {}
+        size = 1
         for key_node, value_node in node.value:
             key = self.key(key_node)
             self.lines.setdefault(loc + (key,), key_node.start_mark.line + 1)
+            self.written += 1  # the key
             data[key] = self.build(value_node, loc + (key,))
+            size += 1 + self.size
+        self.size = size  # a merged key counts where it is merged, as writing it out repeats it
         return data
+
+    def tagged_size(self, node) -> int:
+        """The values in a collection PyYAML builds (a tagged one), from its nodes: an alias's
+        target is written once and counted each place it is used."""
+        key = id(node)
+        if key in self.sizes:
+            return self.sizes[key]
+        if isinstance(node, ScalarNode):
+            self.written += 1
+            return 1
+        self.written += 1
+        self.sizes[key] = 1  # a recursive alias: PyYAML has built it already; count the loop once
+        if isinstance(node, MappingNode):
+            size = 1 + sum(self.tagged_size(k) + self.tagged_size(v) for k, v in node.value)
+        else:
+            size = 1 + sum(self.tagged_size(v) for v in node.value)
+        self.sizes[key] = size
+        return size
 
     def key(self, node) -> Any:
         if not isinstance(node, ScalarNode):
@@ -195,7 +242,7 @@ def load_text(text: str, path: str = "<string>") -> Located:
     finally:
         if loader is not None:
             loader.dispose()
-    return Located(path, data, builder.lines)
+    return Located(path, data, builder.lines, builder.size if node is not None else 0, builder.written)
 
 
 def load(path: str | Path) -> Located:

@@ -265,3 +265,13 @@ def node_gres_used(env=None) -> str:
 def squeue_json(env=None) -> dict:
     """Every job squeue lists, all partitions, as its JSON document."""
     return json.loads(run(["squeue", "--json", "-a"], env=env))
+
+
+def user_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
+    """The accounts Slurm associates ``user`` with (``sacctmgr show assoc``): those a user may
+    charge work to. The user name is passed as one argument, never through a shell."""
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
+        raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
+    out = run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=account"], env=env,
+              timeout=timeout)
+    return {ln.strip() for ln in out.splitlines() if ln.strip()}

@@ -234,7 +234,8 @@ def usage(by, since, until, fmt, output, site_path, as_json):
     if fmt in ("table", "tsv") and output is None:
         report.usage_table(rows, by, out, fmt)
         return
-    frame = pd.DataFrame(rows, columns=["key", "charges", "gpu_seconds", "charged_h"]).rename(columns={"key": by})
+    frame = pd.DataFrame(rows, columns=["key", "charges", "gpu_seconds", "charged_h", "prompt_tokens",
+                                        "completion_tokens", "tokens", "gpu_s_per_1k_tokens"]).rename(columns={"key": by})
     if fmt == "parquet":
         if output is None:
             raise click.BadParameter("parquet is binary: give --output FILE", param_hint="--format")

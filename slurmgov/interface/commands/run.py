@@ -15,7 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from slurmgov.intent import jobspec, planner
+from slurmgov.intent import jobspec, planner, run_records
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import _json, _ledger, _site, err, json_option, out, site_option, wait_option
 from slurmgov.interface.signals import stop_on_signals
@@ -49,8 +49,10 @@ def plan(jobspec_path, site_path, as_json, every_row):
 @json_option
 @click.option("--linger", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Keep the dashboard up this long after the workflow ends.")
+@click.option("--run-id", "run_id", hidden=True, default=None, metavar="ID",
+              help="The run's id, chosen by the caller (the MCP server); a new one otherwise.")
 @wait_option
-def run(jobspec_path, site_path, as_json, linger):
+def run(jobspec_path, site_path, as_json, linger, run_id):
     """Plan, price, admit against the budget, run on Dask, settle, and report the cost.
 
     While it runs, the workflow's page is served inside its Dask dashboard (the link is
@@ -67,6 +69,8 @@ def run(jobspec_path, site_path, as_json, linger):
 
     site = _site(site_path)
     wf = jobspec.load(jobspec_path)
+    if run_id is not None:
+        run_records.new_run_id(run_id)
     ledger = _ledger(site)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, transient=True, disable=as_json)
@@ -108,8 +112,8 @@ def run(jobspec_path, site_path, as_json, linger):
         # SIGTERM, SIGHUP: stopped and settled as on Ctrl-C
         with stop_on_signals("running steps were stopped, the workflow's Slurm jobs cancelled and its hold "
                              "released"):
-            rep = launch(wf, site, ledger, on_change=changed, on_admitted=admitted, on_backend=backend_up,
-                         on_finish=finished)
+            rep = launch(wf, site, ledger, run_id=run_id, on_change=changed, on_admitted=admitted,
+                         on_backend=backend_up, on_finish=finished)
     finally:
         try:
             if progress.live.is_started:  # stop() prints a blank line off a terminal, before a refusal too

@@ -41,6 +41,12 @@ def _age(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def _worst_case(doc: dict) -> float | None:
+    """The plan's worst case: a running run's record has ``cost_h``, an ended one the whole plan."""
+    plan = doc.get("plan") or {}
+    return plan.get("cost_h", plan.get("worst_case_gpu_hours"))
+
+
 def _summary(doc: dict, ledger) -> dict:
     """A run as `runs` shows it: its record, with its hold and charge from the ledger."""
     hold_key = doc.get("hold_key")
@@ -53,7 +59,7 @@ def _summary(doc: dict, ledger) -> dict:
         "started": doc.get("started"), "ended": doc.get("ended"), "host": doc.get("host"), "pid": doc.get("pid"),
         "hold_key": hold_key, "hold_state": hold.state if hold else None,
         "held_h": hold.remaining_h if hold and hold.state == "open" else 0.0,
-        "charged_h": charged, "worst_case_h": (doc.get("plan") or {}).get("cost_h"),
+        "charged_h": charged, "worst_case_h": _worst_case(doc),
     }
 
 
@@ -146,21 +152,26 @@ def runs_cancel(run_id, site_path, wait_s):
       slurmgov runs cancel 20261201T101500-1a2b3c
     """
     site = _site(site_path)
+    out.print(stop_run(site, None, run_id, wait_s), highlight=False)
+
+
+def stop_run(site, ledger, run_id: str, wait_s: float) -> str:
+    """Stop run ``run_id`` as Ctrl-C would (``slurmgov runs cancel``, the MCP server's cancel_run):
+    its user or an admin only; a lost run has its hold released. What happened, in one line.
+    ``ledger``: an open one, or None to open the site's."""
     doc = run_records.read(run_id)
     state = run_records.state(doc)
     if state != "running" and state != "lost":
-        out.print(f"run {run_id} already ended: {state}", highlight=False)
-        return
+        return f"run {run_id} already ended: {state}"
     _may_stop(site, doc, "cancelling")
-    ledger = _ledger(site)
+    ledger = ledger or _ledger(site)
     if state == "lost":
         hold = ledger.find_hold(doc["hold_key"]) if doc.get("hold_key") else None
         if hold and hold.state == "open":
             ledger.release(hold.hold_key, actor=getpass.getuser(), reason=f"run {run_id} lost: its process "
                            f"{doc.get('pid')} on {doc.get('host')} is gone")
         run_records.write(run_id, {**doc, "status": "cancelled", "ended": time.time()})
-        out.print(f"run {run_id} was lost (its process is gone); its hold is released", highlight=False)
-        return
+        return f"run {run_id} was lost (its process is gone); its hold is released"
     if run_records.alive(doc) is None:
         raise InputError(f"run {run_id} runs on host {doc.get('host')} (pid {doc.get('pid')}): cancel it there, "
                          f"or release its hold with `slurmgov holds release {doc.get('hold_key')} --reason ...`")
@@ -175,8 +186,7 @@ def runs_cancel(run_id, site_path, wait_s):
     while time.monotonic() < deadline:
         now = run_records.read(run_id)
         if run_records.state(now) != "running":
-            out.print(f"run {run_id}: {run_records.state(now)}", highlight=False)
-            return
+            return f"run {run_id}: {run_records.state(now)}"
         time.sleep(0.2)
     raise InputError(f"run {run_id} was told to stop (SIGTERM to pid {doc['pid']}) but had not settled "
                      f"after {wait_s:g} s; `slurmgov runs` shows when it has")
