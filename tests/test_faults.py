@@ -12,6 +12,7 @@ Every wait is bounded by a deadline.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import yaml
 from helpers import wait_for
 from pg_harness import fresh_url
 
-from slurmgov.ledger.store import Ledger
+from slurmgov.ledger.store import WRITER_LOCK_SUFFIX, Ledger
 from slurmgov.site import model as site_mod
 from slurmgov.slurm import governor, snapshot
 
@@ -161,6 +162,7 @@ def test_governor_killed_mid_ingest_applies_every_line_once(fresh, tmp_path):
     # into the settlements
     targets = [len(tokens) // 4, len(tokens) // 2, 3 * len(tokens) // 4, len(tokens) + n_charges // 2]
     kills = []
+    writers = os.open(f"{ledger_file}{WRITER_LOCK_SUFFIX}", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     for _ in range(12):
         seen = progress()
         if seen == (len(tokens), n_charges):
@@ -169,20 +171,37 @@ def test_governor_killed_mid_ingest_applies_every_line_once(fresh, tmp_path):
         target = ahead[0] if ahead else len(tokens) + n_charges
         p = subprocess.Popen([str(BIN / "slurmgov"), "sync", "--slurm-conf-dir", str(c.conf_dir), "--no-reconcile"],
                              env=g.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The pass is stepped, not raced: the test holds the ledger's writer lock (the flock every
+        # slurmgov writer queues on) while it reads the progress, then lets the pass take the lock
+        # for a transaction and takes it back (flock is not fair: the pass may win it again for
+        # another one or two first). A kill so lands a few transactions (8 lines each) past its
+        # target however busy the machine is, well inside each window; polling a free-running
+        # pass missed the settle journal's whole window under load.
         deadline = time.monotonic() + 60
+        fcntl.flock(writers, fcntl.LOCK_EX)
         while p.poll() is None and time.monotonic() < deadline:
             if sum(progress()) >= target:
                 p.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.002)
+            fcntl.flock(writers, fcntl.LOCK_UN)
+            while p.poll() is None and time.monotonic() < deadline:
+                try:
+                    fcntl.flock(writers, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # the pass has it: ours again when its transaction ends
+                    fcntl.flock(writers, fcntl.LOCK_EX)
+                    break
+                fcntl.flock(writers, fcntl.LOCK_UN)  # not taken yet: give it the chance
+                time.sleep(0.001)
         else:
             if p.poll() is None:
                 p.kill()
+        fcntl.flock(writers, fcntl.LOCK_UN)
         p.wait(timeout=10)
         assert "Traceback" not in p.stderr.read()
         p.stderr.close()
         if p.returncode == -signal.SIGKILL:
             kills.append(progress())
+    os.close(writers)
     # kills landed in the middle of the admit journal and of the settle journal
     assert any(0 < h < len(tokens) for h, _ in kills), kills
     assert any(h == len(tokens) and 0 < n < n_charges for h, n in kills), kills
