@@ -10,11 +10,9 @@ a local site, the accounts its site file lists. Every failure is a SlurmgovError
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -34,9 +32,10 @@ from slurmgov.errors import (
 )
 from slurmgov.intent import alternatives, jobspec, planner, run_records
 from slurmgov.intent.jobspec import Workflow
-from slurmgov.interface.commands.runs import _summary, stop_run
+from slurmgov.interface.commands.runs import run_summary, stop_run
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger, per_1k_tokens
+from slurmgov.policy.authz import whoami
 from slurmgov.policy.forecast import forecasts
 from slurmgov.site import model as site_mod
 from slurmgov.site import yamlfile
@@ -87,16 +86,6 @@ def _refusal(exc: InfeasibleError) -> dict:
     step = re.search(r"step '([^']+)'", text)
     where = re.match(r"^([^:\s]+:\d+): ", text)
     return {"message": text, "step": step.group(1) if step else None, "where": where.group(1) if where else None}
-
-
-def whoami() -> str:
-    """The user this process runs as: its effective uid's name. Not getpass.getuser(), which
-    reads $USER and $LOGNAME first: the server asks Slurm which accounts this user may charge,
-    and an environment variable must not make it ask about someone else."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid without a passwd entry (a container): its login name, as before
-        return getpass.getuser()
 
 
 class Desk:
@@ -283,7 +272,7 @@ class Desk:
 
     def run_status(self, run_id: str) -> dict:
         doc = self._run(run_id)
-        s = _summary(doc, self.ledger)
+        s = run_summary(doc, self.ledger)
         charges = self.ledger.charges(doc["hold_key"]) if doc.get("hold_key") else []
         steps: dict[str, dict] = {}
         for sid, st in (doc.get("steps") or {}).items():
@@ -299,7 +288,7 @@ class Desk:
 
     def explain_cost(self, run_id: str) -> dict:
         doc = self._run(run_id)
-        s = _summary(doc, self.ledger)
+        s = run_summary(doc, self.ledger)
         if doc.get("hold_key"):  # a local run: its charges, an attempt each, idle time as step (idle)
             charges = self.ledger.charges(doc["hold_key"])
         else:  # on Slurm the jobs are charged; the run's split of their cost is its attributions
@@ -359,7 +348,7 @@ class Desk:
         account = self.authorize(account)
         docs = [d for d in run_records.read_all(limit=200) if d.get("account") == account
                 and d.get("user") == self.user][:RECENT_RUNS]
-        return [_summary(d, self.ledger) for d in docs]
+        return [run_summary(d, self.ledger) for d in docs]
 
 
 def _kv_block_seconds(rec: dict) -> float | None:

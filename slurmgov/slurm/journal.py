@@ -200,6 +200,17 @@ def parse(line: str):
     return Refuse(_num(f[1], "time"), f[2], f[3], f[4])
 
 
+def _complete_lines(chunk: bytes, offset: int) -> tuple[list[tuple[int, str]], int]:
+    """The complete lines of ``chunk`` (read from ``offset``) as (offset, text), and the offset
+    after the last one: the piece after the last newline is torn (a write in progress, or a crash
+    mid-write) or empty."""
+    lines, pos = [], offset
+    for raw in chunk.split(b"\n")[:-1]:
+        lines.append((pos, raw.decode("utf-8", "replace")))
+        pos += len(raw) + 1
+    return lines, pos
+
+
 class Cursors:
     """Per-file (inode, offset), saved atomically beside the ledger."""
 
@@ -222,10 +233,7 @@ class Cursors:
         with open(journal, "rb") as fh:
             fh.seek(offset)
             chunk = fh.read()
-        lines, pos = [], offset
-        for raw in chunk.split(b"\n")[:-1]:  # the piece after the last newline is torn or empty
-            lines.append((pos, raw.decode("utf-8", "replace")))
-            pos += len(raw) + 1
+        lines, pos = _complete_lines(chunk, offset)
         return lines, {"inode": st.st_ino, "offset": pos}
 
     def read_rotated(self, journal: str | Path) -> tuple[Path, list[tuple[int, str]]] | None:
@@ -252,11 +260,7 @@ class Cursors:
                 chunk = fh.read()
         except FileNotFoundError:
             return None
-        lines, pos = [], offset
-        for raw in chunk.split(b"\n")[:-1]:  # a torn last line (a crash mid-write) the hook never finished
-            lines.append((pos, raw.decode("utf-8", "replace")))
-            pos += len(raw) + 1
-        return old, lines
+        return old, _complete_lines(chunk, offset)[0]
 
     def commit(self, journal: str | Path, cursor: dict) -> None:
         self.data[str(Path(journal))] = cursor

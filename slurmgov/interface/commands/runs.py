@@ -47,7 +47,7 @@ def _worst_case(doc: dict) -> float | None:
     return plan.get("cost_h", plan.get("worst_case_gpu_hours"))
 
 
-def _summary(doc: dict, ledger) -> dict:
+def run_summary(doc: dict, ledger) -> dict:
     """A run as `runs` shows it: its record, with its hold and charge from the ledger."""
     hold_key = doc.get("hold_key")
     hold = ledger.find_hold(hold_key) if hold_key else None
@@ -84,7 +84,7 @@ def runs(ctx, site_path, as_json, fmt, limit):
     if ctx.invoked_subcommand is not None:
         return
     ledger = _ledger(_site(site_path))
-    rows = [_summary(d, ledger) for d in run_records.read_all(limit=limit)]
+    rows = [run_summary(d, ledger) for d in run_records.read_all(limit=limit)]
     if as_json:
         _json(rows)
         return
@@ -112,7 +112,7 @@ def runs_show(run_id, site_path, as_json):
     """
     doc = run_records.read(run_id)
     ledger = _ledger(_site(site_path))
-    summary = _summary(doc, ledger)
+    summary = run_summary(doc, ledger)
     if as_json:
         _json({**doc, "summary": summary})
         return
