@@ -721,6 +721,31 @@ def build_mixed(ledger, site, now):
     return jobs, live
 
 
+def test_reconcile_refuses_a_charge_recorded_on_another_hold(env):
+    """A sacct job whose charge key the ledger already holds on another hold is the conflict
+    ledger.charge reports (the database's check of the chunk returns it with the other hold); the
+    job before it in the chunk keeps what it wrote, and a job charged as sacct says writes nothing."""
+    from slurmgov.errors import LedgerError
+    from slurmgov.slurm.commands import Job
+    site, conf, state, ledger, sync = env
+    now = time.time()
+    for tok in ("a", "b", "c", "d"):
+        ledger.admit(governor.hold_key(tok), "physics", "sbatch", {"job": 0.1}, run_id=f"{tok};-;1",
+                     now=now - 600, enforce=False)
+    common = dict(step="job", attempt=1, weight=1.0, gpu_type=None, status="completed")
+    ledger.charge(charge_key=governor.charge_key("7", 100), hold_key="slurm:a", gpu_seconds=60, started=100,
+                  ended=160, **common)
+    ledger.charge(charge_key=governor.charge_key("5", 40), hold_key="slurm:d", gpu_seconds=60, started=40,
+                  ended=100, **common)
+    jobs = [Job("5", "physics", "COMPLETED", "d", 1, 40, 100, 60),  # charged as sacct says: checked only
+            Job("6", "physics", "COMPLETED", "c", 1, 50, 110, 60),  # no settle line: settled from sacct
+            Job("7", "physics", "COMPLETED", "b", 1, 100, 160, 60)]  # its charge key is hold a's
+    with pytest.raises(LedgerError, match=r"^charge slurm:job:7@100 already exists with a different hold"):
+        governor.reconcile(ledger, site, jobs, [], now=now)
+    assert [c["charge_key"] for c in ledger.charges("slurm:c")] == ["slurm:job:6@50"]
+    assert ledger.charges("slurm:b") == [] and len(ledger.charges("slurm:d")) == 1
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 1000])
 def test_bulk_reconcile_matches_one_job_at_a_time(env, tmp_path, monkeypatch, chunk):
     site, conf, state, ledger, sync = env

@@ -1273,6 +1273,19 @@ class Bulk:
         """charge_key -> (hold_key, gpu_seconds): what reconcile checks of each job's charge."""
         return {k: (h, s) for k, h, s in self._select(S.CHARGE_SECONDS_BULK, "charge_key", keys)}
 
+    def unmatched_charges(self, rows: list[tuple[str, str, float]]) -> dict[int, tuple[str | None, float | None]]:
+        """Check many (charge_key, hold_key, gpu_seconds) rows against the charges recorded: index ->
+        (hold_key, gpu_seconds) as recorded ((None, None): no such charge) for each row whose charge
+        is missing, on another hold or more than 1 GPU-second apart. The comparison runs in the
+        database, so a million rows that agree cost no Python objects (reconcile's common case)."""
+        d, out = self._l._d, {}
+        for i in range(0, len(rows), _BULK_KEYS):
+            part = rows[i:i + _BULK_KEYS]
+            args = (json.dumps(part),) if d.keys_as_json else tuple(map(list, zip(*part)))
+            for n, hk, s in self._l._x(d.charge_check, args).fetchall():
+                out[i + n] = (hk, s)
+        return out
+
     def charge_statuses(self, hold_keys) -> dict[str, list[tuple[str, str]]]:
         """hold_key -> [(charge_key, status)] of every charge recorded against it."""
         out: dict[str, list[tuple[str, str]]] = {}
@@ -1332,7 +1345,7 @@ class Bulk:
         holds = self._locked_holds(r["hold_key"] for r, _ in prepared)
         old = {k: (c.hold_key, c.step, c.attempt, c.amount_ms)
                for k, c in self.charges(r["charge_key"] for r, _ in prepared).items()}
-        shares = self._shares(holds)
+        shares = self._shares(k for k, h in holds.items() if h.state == "open")  # a closed hold's draw nothing
         now, out, changed = time.time(), [], set()
         held: dict[str, int] = {}
         for r, ms in prepared:

@@ -245,7 +245,7 @@ def charge_key(job_id: str, start: int) -> str:
     return f"slurm:job:{job_id}@{start}"
 
 
-RECONCILE_CHUNK = 50_000  # final jobs per write transaction: other writers wait at most one chunk
+RECONCILE_CHUNK = 200_000  # final jobs per write transaction: other writers wait at most one chunk (~1-2 s)
 
 
 def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None = None,
@@ -277,9 +277,15 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
     seen: set[str] = set()
     unbilled: dict[str, set[str]] = {}  # account without a budget -> its jobs without a hold, unbilled
     chunk: list = []
+    final: dict[str, bool] = {}  # state -> Job.final; a few states, a million rows
     for job in jobs:
-        seen.update(job.keys)
-        if job.final and (job.token or job.gpus):
+        if job.token:
+            seen.add(job.token)
+        else:
+            seen.update(job.keys)
+        if (f := final.get(job.state)) is None:
+            f = final[job.state] = job.final
+        if f and (job.token or job.gpus):
             chunk.append(job)
             if len(chunk) >= RECONCILE_CHUNK:
                 _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
@@ -391,7 +397,7 @@ def _ended(jobs: list[Job], wanted: set[str]) -> dict[str, str]:
     sacct (a requeued job by its latest run)."""
     runs: dict[str, dict[str, Job]] = {}
     for job in jobs:
-        for key in job.keys:
+        for key in (job.token,) if job.token else job.keys:
             if key in wanted:
                 mine = runs.setdefault(key, {})
                 prev = mine.get(job.job_id)
@@ -461,38 +467,39 @@ class _Chunk:
         self.unbilled: dict[str, set[str]] = {}
 
     def run(self):
-        keys = [(hold_key(j.token or job_key(j.job_id)), charge_key(j.job_id, j.start)) for j in self.jobs]
-        self.charges = self.b.charged(ck for _, ck in keys)
-        # A job whose charge is recorded on its own hold only needs checking: its hold exists.
-        # Only the others can write, so only their holds are read and their accounts locked.
-        todo = {i for i, (k, ck) in enumerate(keys) if self.charges.get(ck, ("",))[0] != k}
-        self.holds = self.b.holds(keys[i][0] for i in todo)
+        rows = [(charge_key(j.job_id, j.start), hold_key(j.token or job_key(j.job_id)), j.gpus * j.elapsed)
+                for j in self.jobs]  # (its charge key, its hold key, sacct's GPU-seconds)
+        # Most jobs were charged on their own hold by the journals, as sacct says: the database
+        # compares those and returns only the others. Only jobs whose charge is missing or on
+        # another hold can write, so only their holds are read and their accounts locked.
+        off = self.b.unmatched_charges(rows)
+        todo = sorted(i for i, (hk, _) in off.items() if hk != rows[i][1])
+        self.charges = {rows[i][0]: (hk, s) for i, (hk, s) in off.items() if hk is not None}
+        self.holds = self.b.holds(rows[i][1] for i in todo)
         if self.b.lock({self.jobs[i].account for i in todo} | {h.account for h in self.holds.values()}):
             # PostgreSQL, READ COMMITTED: re-read under the locks what a writer before us may have added
-            self.holds = self.b.holds(keys[i][0] for i in todo)
-            self.charges.update(self.b.charged(keys[i][1] for i in todo))
-        error = None
-        for i, (job, (key, ck)) in enumerate(zip(self.jobs, keys)):
+            self.holds = self.b.holds(rows[i][1] for i in todo)
+            self.charges.update(self.b.charged(rows[i][0] for i in todo))
+        error, writes = None, set(todo)
+        for i in sorted(off):
+            job, (ck, key, gpu_s) = self.jobs[i], rows[i]
             try:
-                if i in todo:
+                if i in writes:
                     self._job(job, key, ck)
-                else:
-                    self._check(job, ck)
+                else:  # charged on its own hold, differently
+                    self.drift.append(f"job {job.job_id}: ledger charged {off[i][1]:g} GPU-s, sacct says {gpu_s}")
             except SlurmgovError as exc:
                 error = exc
                 break
         closes = self._closes()  # from the charges recorded before this chunk's
         self.b.admit_many(self.new_holds)
-        self.b.charge_many(self.new_charges)
+        # Closing before charging ends where charging first does (a hold's close releases what
+        # its shares still hold; a charge draws only from an open hold's share: either way the
+        # shares end at zero and the held total drops by what they held), without updating the
+        # shares of holds that close anyway.
         self.b.close_many(closes)
+        self.b.charge_many(self.new_charges)
         return self.drift, self.unbilled, error
-
-    def _check(self, job, ck: str) -> None:
-        """A job already charged on its hold: report it if sacct disagrees."""
-        gpu_s = job.gpus * job.elapsed
-        had = self.charges[ck][1]
-        if abs(had - gpu_s) > 1:
-            self.drift.append(f"job {job.job_id}: ledger charged {had:g} GPU-s, sacct says {gpu_s}")
 
     def _job(self, job, key: str, ck: str) -> None:
         if key not in self.holds:
