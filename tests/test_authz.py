@@ -316,3 +316,77 @@ def test_on_a_local_site_each_role_does_what_it_may_and_is_refused_the_rest_in_o
     rows = sg.json("root", "audit")
     assert [(r["actor"], r["role"], r["account"]) for r in rows if r["actor"] == "root"] == [("root", "admin", "secret")]
     assert {r["actor"] for r in rows} == {"root", "site-config", "daemon", "nobody"}
+
+
+SLURM_SITE = """site: roles
+executor: slurm
+gpu_types: {h100: {memory_gb: 80}}
+nodes:
+  - {names: "gpu[01-04]", gpus: 4, gpu_type: h100}
+partitions:
+  - {name: gpu, nodes: "gpu[01-04]", default: true}
+operators: {users: [nobody], max_grant_gpu_hours: 10}
+managers: {max_grant_gpu_hours: 2}
+accounts:
+  chem-ai: {budget_gpu_hours: 500}
+  bio-ml: {budget_gpu_hours: 200}
+  physics: {budget_gpu_hours: 50}
+"""
+
+
+@pytest.mark.slurm
+def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_change(slurm_cluster, shared_dir):
+    from slurm_harness import LIMITED_ACCOUNT, LIMITED_USER
+
+    c = slurm_cluster
+    site_path = shared_dir / "roles.yaml"
+    site_path.write_text(SLURM_SITE)
+    site_path.chmod(0o644)
+    sg = As(c, site_path, shared_dir)
+    sg("root", "budget", "show", check=0)  # seeds the site's accounts
+    (sg.home / "ledger.sqlite").chmod(0o666)
+    led = sg.ledger()
+    try:  # a hold and a charge on each of two accounts
+        for acct in ("chem-ai", LIMITED_ACCOUNT):
+            led.admit(f"slurm:{acct}", acct, "wf", {"s": 1.0}, user="root")
+            led.charge(f"c-{acct}", f"slurm:{acct}", "s", 1, 360, 1.0, "h100", None, 1.7e9, "ok")
+    finally:
+        led.disconnect()
+    assert c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={LIMITED_USER}", "format=account",
+                 check=True).stdout.split() == [LIMITED_ACCOUNT]
+
+    # daemon: Slurm associates it with bio-ml only; $USER=root changes nothing
+    user = LIMITED_USER
+    assert [b["account"] for b in sg.json(user, "budget", "show", env=SPOOF)] == [LIMITED_ACCOUNT]
+    assert [r["key"] for r in sg.json(user, "usage", env=SPOOF)] == [LIMITED_ACCOUNT]
+    assert [h["account"] for h in sg.json(user, "holds", env=SPOOF)] == [LIMITED_ACCOUNT]
+    assert {r["account"] for r in sg.json(user, "audit", env=SPOOF)} == {LIMITED_ACCOUNT}
+    assert sg(user, "budget", "show", "chem-ai", env=SPOOF, check=6).stderr.strip() == (
+        "slurmgov: daemon (user) may not read the usage, budget, holds or audit trail of account chem-ai: that needs "
+        "an admin (root, or `admins` in site roles), an operator, a manager of chem-ai (its `managers` in the site "
+        "file, or its Slurm coordinator) or a user Slurm associates with it")
+    assert "daemon (user) may not grant 1 GPU-h to account physics" in sg(
+        user, "budget", "grant", "physics", "1", "--reason", "x", env=SPOOF, check=6).stderr
+
+    # Slurm makes daemon a coordinator of physics: it manages physics from then on
+    c.run("sacctmgr", "-i", "add", "coordinator", "account=physics", f"names={user}", check=True)
+    try:
+        assert [b["account"] for b in sg.json(user, "budget", "show")] == [LIMITED_ACCOUNT, "physics"]
+        sg(user, "budget", "grant", "physics", "2", "--reason", "coordinator", check=0)
+        _audit_row(sg, actor=user, role="manager", account="physics", action="grant", new_budget_h=52.0)
+        assert "daemon (manager) may not grant 3 GPU-h to account physics" in sg(
+            user, "budget", "grant", "physics", "3", "--reason", "over the managers' limit", check=6).stderr
+        assert "daemon (manager) may not grant 1 GPU-h to account chem-ai" in sg(
+            user, "budget", "grant", "chem-ai", "1", "--reason", "not its account", check=6).stderr
+    finally:
+        c.run("sacctmgr", "-i", "remove", "coordinator", "account=physics", f"names={user}", check=True)
+    assert [b["account"] for b in sg.json(user, "budget", "show")] == [LIMITED_ACCOUNT]
+
+    # nobody, an operator: sees every account, grants up to 10 GPU-h a change
+    assert [h["account"] for h in sg.json("nobody", "holds", env=SPOOF)] == ["chem-ai", LIMITED_ACCOUNT]
+    assert "nobody (operator) may not grant 20 GPU-h to account chem-ai" in sg(
+        "nobody", "budget", "grant", "chem-ai", "20", "--reason", "over the limit", env=SPOOF, check=6).stderr
+    sg("nobody", "budget", "grant", "chem-ai", "10", "--reason", "within the limit", env=SPOOF, check=0)
+    _audit_row(sg, actor="nobody", role="operator", account="chem-ai", action="grant", new_budget_h=510.0)
+    assert {b["account"]: b["budget_h"] for b in sg.json("root", "budget", "show")} == {
+        "bio-ml": 200.0, "chem-ai": 510.0, "physics": 52.0}
