@@ -123,15 +123,16 @@ def test_by_default_a_manager_grants_nothing():
 
 
 def test_a_slurm_coordinator_manages_the_account_unless_the_site_says_not():
-    s = site(ROLES, ACCOUNTS)
-    coord = who(DAEMON, coordinates={"bio"})
-    s2 = site("managers: {slurm_coordinators: false}\n", ACCOUNTS)
-    user = who(DAEMON, coordinates={"bio"}, associations={"chem"})
-    assert authz.manages(s, coord, "bio") and authz.require(s2, "usage.read", "chem", who=user) == "user"
-    assert authz.require(site("", ACCOUNTS), "usercap.set", "bio", who=user) == "manager"
-    assert "daemon (user) may not set user caps of account bio" in refused(s2, "usercap.set", "bio", who=user)
-    assert authz.visible(site("", ACCOUNTS), user) == {"bio", "chem"}
-    assert authz.visible(s2, user) == {"chem"}
+    on, off = site("", ACCOUNTS), site("managers: {slurm_coordinators: false}\n", ACCOUNTS)
+    coord = who(DAEMON, coordinates={"bio"}, associations={"chem"})  # as sacctmgr says of daemon
+    assert authz.role(on, coord) == "manager" and authz.manages(on, coord, "bio")
+    assert authz.require(on, "usercap.set", "bio", who=coord) == "manager"
+    assert authz.require(on, "usage.read", "bio", who=coord) == "manager"
+    assert authz.visible(on, coord) == {"bio", "chem"}
+    assert authz.role(off, coord) == "user" and not authz.manages(off, coord, "bio")
+    assert "daemon (user) may not set user caps of account bio" in refused(off, "usercap.set", "bio", who=coord)
+    assert authz.require(off, "usage.read", "chem", who=coord) == "user"
+    assert authz.visible(off, coord) == {"chem"}
 
 
 def test_a_user_reads_only_the_accounts_they_are_associated_with():

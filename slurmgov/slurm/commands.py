@@ -297,7 +297,8 @@ def parse_coordinators(text: str, user: str) -> set[str]:
 
 def coordinator_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
     """The accounts Slurm lists ``user`` as a coordinator of (``sacctmgr add coordinator
-    account=A names=U``); none for a user Slurm does not know."""
+    account=A names=U``), A's sub-accounts included (sacctmgr lists them too, as tested on 22.05);
+    none for a user Slurm does not know."""
     _askable(user)
     out = run(["sacctmgr", "-n", "-P", "show", "user", "where", f"name={user}", "withcoord",
                "format=user,coordinators"], env=env, timeout=timeout)
