@@ -336,7 +336,8 @@ accounts:
 
 
 @pytest.mark.slurm
-def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_change(slurm_cluster, shared_dir):
+def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_change(slurm_cluster, shared_dir,
+                                                                                       monkeypatch):
     from slurm_harness import LIMITED_ACCOUNT, LIMITED_USER
 
     c = slurm_cluster
@@ -368,6 +369,21 @@ def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_
         "file, or its Slurm coordinator) or a user Slurm associates with it")
     assert "daemon (user) may not grant 1 GPU-h to account physics" in sg(
         user, "budget", "grant", "physics", "1", "--reason", "x", env=SPOOF, check=6).stderr
+    # runs: its own, and those of its accounts; another's run it can neither read nor cancel
+    from slurmgov.intent import run_records
+
+    monkeypatch.setenv("SLURMGOV_HOME", str(shared_dir))
+    for run_id, owner, acct in (("r-chem", "root", "chem-ai"), ("r-bio", "root", LIMITED_ACCOUNT),
+                                ("r-own", user, "physics")):
+        run_records.write(run_id, {"run_id": run_id, "status": "running", "user": owner, "account": acct,
+                                   "workflow": "wf", **run_records.this_process()})
+    assert sorted(r["run_id"] for r in sg.json(user, "runs", env=SPOOF)) == ["r-bio", "r-own"]
+    assert "daemon (user) may not read the usage, budget, holds or audit trail of account chem-ai" in sg(
+        user, "runs", "show", "r-chem", env=SPOOF, check=6).stderr
+    assert sg(user, "runs", "cancel", "r-chem", env=SPOOF, check=6).stderr.startswith(
+        "slurmgov: daemon (user) may not cancel run r-chem of user root, account chem-ai: that needs its user or an "
+        "admin")
+    assert run_records.state(run_records.read("r-chem")) == "running"  # this process: still here
 
     # Slurm makes daemon a coordinator of physics: it manages physics from then on
     c.run("sacctmgr", "-i", "add", "coordinator", "account=physics", f"names={user}", check=True)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from datetime import timezone
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def _who(site: site_mod.Site) -> authz.Caller:
 def _readable(site: site_mod.Site, account: str | None = None) -> frozenset[str] | None:
     """The accounts the caller may read (None: all); with ``account``, refuse it (exit 6) unless
     it is one of them."""
+    if account is not None and not re.match(site_mod.NAME, account):
+        raise click.BadParameter(f"{account[:80]!r} is not an account name", param_hint="ACCOUNT")
     who = _who(site)
     if account is not None:
         authz.require(site, "usage.read", account, who=who)
