@@ -1095,6 +1095,44 @@ def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
     led.disconnect()
 
 
+def test_a_version_6_ledger_gains_the_audit_role_and_keeps_its_trail(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="alice", reason="before roles")
+    led.disconnect()
+    with raw(db) as (conn, _):
+        conn.execute("ALTER TABLE audit DROP COLUMN role")
+        conn.execute("UPDATE schema_version SET version = 6")
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates in place: the old row is kept, with no role
+    led.grant("chem", 2.0, actor="daemon", reason="deadline", role="operator")
+    led.admit("h", "chem", "wf", {"s": 1.0})
+    led.release("h", actor="daemon", reason="run gone", role="operator")
+    assert [(a["actor"], a["action"], a["role"]) for a in led.audit()] == [
+        ("alice", "set", None), ("daemon", "grant", "operator"), ("daemon", "release", "operator")]
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
+
+
+def test_usage_waste_and_audit_of_some_accounts_only(db):
+    led = Ledger.open(db)
+    for acct in ("chem", "bio", "phys"):
+        led.set_budget(acct, 10.0, "none", actor="t", role="admin")
+        led.admit(f"h-{acct}", acct, "wf", {"s": 2.0}, user=f"u-{acct}")
+        led.charge(f"c-{acct}", f"h-{acct}", "s", 1, 3600, 1.0, None, None, NOW, "ok")
+        led.attribute([dict(attr_key=f"r:{acct}", run_id=f"r-{acct}", account=acct, user=f"u-{acct}", workflow="wf",
+                            alloc="a", job_ids="7", step=None, gpu_type=None, gpu_seconds=60.0, weight=1.0,
+                            ended=NOW)])
+    assert [r["key"] for r in led.usage(by="user", accounts={"bio", "phys"})] == ["u-bio", "u-phys"]
+    assert [r["key"] for r in led.usage(by="account")] == ["bio", "chem", "phys"]
+    assert led.usage(by="account", accounts=set()) == []
+    assert [r["key"] for r in led.waste(by="user", accounts={"chem"})] == ["u-chem"]
+    assert {a["account"] for a in led.audit(accounts={"chem"})} == {"chem"}
+    assert {a["role"] for a in led.audit()} == {"admin"}
+    led.disconnect()
+
+
 @pytest.mark.parametrize("bad", [-1, 2**63, 1.5, "12", True])
 def test_a_token_count_the_ledger_cannot_store_is_refused_in_one_line_and_charges_nothing(db, bad):
     led = Ledger.open(db)

@@ -16,7 +16,6 @@ idle rest as waste (``Ledger.attribute``).
 from __future__ import annotations
 
 import _thread
-import getpass
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from slurmgov.intent.planner import HOST, Plan, plan
 from slurmgov.ledger.lease import LeaseKeeper, lease_seconds
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
-from slurmgov.policy import attribution, tokens
+from slurmgov.policy import attribution, authz, tokens
 from slurmgov.site.model import Site, slurmgov_home
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm.placement import LOCALITY_ORDER
@@ -113,7 +112,7 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     """``on_admitted(plan, hold_key)``, ``on_backend(backend)``, ``on_change(engine)`` and
     ``on_finish(result, charged_h)`` let the interface show progress and the dashboard page
     (``charged_h``: the run's settled charge, None on Slurm where sacct settles it afterwards)."""
-    user = user or getpass.getuser()
+    user = user or authz.whoami()  # the real uid's name: $USER may say anyone
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     slurm = site.executor == "slurm"
     p = plan(wf, site)

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 6  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+SCHEMA_VERSION = 7  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
 # 5: each account's running total of what its open holds still hold (accounts.held_ms);
-# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions)
+# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions);
+# 7: the role a change was made under (audit.role: admin, operator, manager)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
@@ -150,7 +151,8 @@ def ddl(d: Dialect) -> list[str]:
             old_period_kind {T},
             new_period_kind {T} NOT NULL,
             reason {T} NOT NULL,
-            terms {T})""",
+            terms {T},
+            role {T})""",
         f"""CREATE TABLE IF NOT EXISTS holds (
             hold_key {T} PRIMARY KEY,
             account {T} NOT NULL REFERENCES accounts (account),
@@ -258,6 +260,13 @@ def tokens_ddl(d: Dialect) -> list[tuple[str, str, str]]:
             for table in ("charges", "attributions") for col in ("prompt_tokens", "completion_tokens")]
 
 
+def role_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 7: the role each audited change was made under (``admin``, ``operator``,
+    ``manager``; NULL for what slurmgov did itself, and for every row before version 7).
+    (table, column, statement) as terms_ddl."""
+    return [("audit", "role", f"ALTER TABLE audit ADD COLUMN role {d.text}")]
+
+
 # The open holds with a lease, by account and lease end: an admission's look for its account's
 # lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
 LEASE_INDEX = ("CREATE INDEX IF NOT EXISTS holds_lease ON holds (account, lease_until) "
@@ -271,7 +280,8 @@ ATTR_OF_RUN = f"SELECT {ATTR_COLUMNS} FROM attributions WHERE run_id = ? ORDER B
 WASTE_COLUMNS = {"account": "account", "workflow": "workflow", "user": "user_name"}
 
 
-def waste_sql(by: str) -> str:
+def waste_sql(by: str, some_accounts: bool = False) -> str:
+    """``some_accounts``: as usage_sql."""
     col = WASTE_COLUMNS[by]
     return f"""SELECT {col},
         COALESCE(SUM(CASE WHEN step IS NOT NULL THEN gpu_seconds ELSE 0 END), 0),
@@ -279,7 +289,8 @@ def waste_sql(by: str) -> str:
         CAST(COALESCE(SUM(CASE WHEN step IS NOT NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
         CAST(COALESCE(SUM(CASE WHEN step IS NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
         COUNT(DISTINCT run_id)
-        FROM attributions WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+        FROM attributions WHERE ended >= ? AND ended < ?{" AND {keys}" if some_accounts else ""}
+        GROUP BY {col} ORDER BY {col}"""
 
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
@@ -315,9 +326,9 @@ ACCOUNT_TERMS = "SELECT rollover_pct, expires_at FROM accounts WHERE account = ?
 ACCOUNT_BALANCE = "SELECT budget_ms, period_kind, rollover_pct, expires_at FROM accounts WHERE account = ?"
 ACCOUNT_SET_TERMS = "UPDATE accounts SET rollover_pct = ?, expires_at = ? WHERE account = ?"
 AUDIT_INSERT = """INSERT INTO audit (at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    old_period_kind, new_period_kind, reason, terms, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason, terms FROM audit ORDER BY seq"""
+    old_period_kind, new_period_kind, reason, terms, role FROM audit ORDER BY seq"""
 
 # What an account has charged in [start, end) and what its open holds still reserve.
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
@@ -407,10 +418,12 @@ def copy_sql(table: str, cols: tuple[str, ...]) -> str:
     return f"COPY {table} ({', '.join(cols)}) FROM STDIN"
 
 
-def usage_sql(by: str) -> str:
+def usage_sql(by: str, some_accounts: bool = False) -> str:
+    """``some_accounts``: only the accounts of one more parameter (a key set, Dialect.in_keys)."""
     col = USAGE_COLUMNS[by]
     # tokens: summed over the charges that reported them (SUM ignores NULL), with how many did
     return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*),
         CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
         SUM(CASE WHEN prompt_tokens IS NULL AND completion_tokens IS NULL THEN 0 ELSE gpu_seconds END)
-        FROM charges WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+        FROM charges WHERE ended >= ? AND ended < ?{" AND {keys}" if some_accounts else ""}
+        GROUP BY {col} ORDER BY {col}"""

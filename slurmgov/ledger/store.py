@@ -505,6 +505,10 @@ class Ledger:
                 for table, column, stmt in S.tokens_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 7:
+                for table, column, stmt in S.role_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -650,8 +654,9 @@ class Ledger:
             raise R.no_budget(account)
         return row
 
-    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
-        """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
+    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None, role=None) -> None:
+        """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's. ``role``:
+        what the actor acted as (admin, operator, manager), for the audit trail."""
         if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
             raise R.too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
@@ -668,7 +673,7 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.fromtimestamp(now, timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason,
-                                 R.terms_text(pct, expires)))
+                                 R.terms_text(pct, expires), role))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
                        actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
@@ -680,8 +685,10 @@ class Ledger:
         self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
 
     def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",
-                   reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False) -> None:
-        """Set ``account``'s budget per period; who, when, what and why go to the audit trail.
+                   reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False,
+                   role: str | None = None) -> None:
+        """Set ``account``'s budget per period; who (as which ``role``), when, what and why go to the
+        audit trail.
 
         What is not given stays as the account has it (a new account: monthly, no rollover, no
         expiry): ``period_kind``; ``rollover_pct``, last period's unused budget carried into each
@@ -703,11 +710,11 @@ class Ledger:
                 raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
             pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
             exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
-            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp), role)
 
         self._write(tx)
 
-    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
+    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "", role: str | None = None) -> None:
         """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""
         if not actor:
             raise InputError(f"grant to {account}: say who is granting (actor)")
@@ -716,11 +723,12 @@ class Ledger:
         def tx():
             self._lock_account(account)
             _, budget, kind = self._account(account)[:3]
-            self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True)
+            self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True, role=role)
 
         self._write(tx)
 
-    def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None) -> None:
+    def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None,
+                 role: str | None = None) -> None:
         """Move ``gpu_hours`` of budget from ``source`` to ``dest`` in one transaction; only what
         ``source`` has available (not charged, not held) can move."""
         if not actor:
@@ -739,16 +747,18 @@ class Ledger:
             _, src_budget, src_kind = self._account(source)
             _, dst_budget, dst_kind = self._account(dest)
             why = reason or ""
-            self._put_budget(source, src_budget - amount, src_kind, actor, why, f"transfer to {dest}", True)
-            self._put_budget(dest, dst_budget + amount, dst_kind, actor, why, f"transfer from {source}", True)
+            self._put_budget(source, src_budget - amount, src_kind, actor, why, f"transfer to {dest}", True, role=role)
+            self._put_budget(dest, dst_budget + amount, dst_kind, actor, why, f"transfer from {source}", True,
+                             role=role)
 
         self._write(tx)
 
-    def audit(self) -> list[dict]:
+    def audit(self, accounts=None) -> list[dict]:
+        """The audit trail, oldest first; ``accounts``: only these accounts' rows (None: all)."""
         cols = ("seq", "at", "actor", "account", "action", "old_budget_h", "new_budget_h",
-                "old_period", "new_period", "reason", "terms")
+                "old_period", "new_period", "reason", "terms", "role")
         rows = self._read(lambda: self._x(S.AUDIT_LIST).fetchall())
-        out = [dict(zip(cols, r)) for r in rows]
+        out = [dict(zip(cols, r)) for r in rows if accounts is None or r[3] in accounts]
         for d in out:
             d["old_budget_h"] = None if d["old_budget_h"] is None else _h(d["old_budget_h"])
             d["new_budget_h"] = _h(d["new_budget_h"])
@@ -889,7 +899,7 @@ class Ledger:
             return []  # the common case stays a read: no write lock for every command
         return self._write(lambda: self._release_lapsed(ts))
 
-    def release(self, hold_key: str, actor: str, reason: str) -> Hold:
+    def release(self, hold_key: str, actor: str, reason: str, role: str | None = None) -> Hold:
         """An admin releases an open hold (a run that cannot be stopped any other way); the
         release, with who and why, goes on the audit trail. Closing it again changes nothing."""
         if not reason.strip():
@@ -901,7 +911,7 @@ class Ledger:
             if R.closes(h.state):
                 self._release_hold(hold_key, h.account, "cancelled", time.time())
                 self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
-                                    f"({h.remaining_h:.3f} GPU-h): {reason}")
+                                    f"({h.remaining_h:.3f} GPU-h): {reason}", role)
             return self._hold(hold_key)
 
         return self._write(tx)
@@ -1001,14 +1011,14 @@ class Ledger:
         self._held(old[1], -before)
         self._held(account, self._one(S.HOLD_REMAINING, (hold_key,))[0])
 
-    def _audit_note(self, account: str, actor: str, action: str, reason: str) -> None:
+    def _audit_note(self, account: str, actor: str, action: str, reason: str, role: str | None = None) -> None:
         """An ``action`` on the append-only audit trail that leaves the budget as it is: an operator
         passing the budget ("override"), a hold released other than by its run's end ("release")."""
         _, budget, kind = self._account(account)[:3]
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, budget, budget, kind, kind, reason,
-                                 R.terms_text(pct, expires)))
+                                 R.terms_text(pct, expires), role))
 
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
@@ -1112,23 +1122,35 @@ class Ledger:
             out.append(d)
         return out
 
-    def waste(self, by: str = "account", since=None, until=None) -> list[dict]:
-        """Pilot allocations' settled GPU time, split into what steps used and what sat idle."""
+    def _by_accounts(self, sql: str, lo: float, hi: float, accounts) -> list:
+        """``sql``'s rows for ends in [lo, hi), of ``accounts`` only unless that is None."""
+        if accounts is None:
+            return self._read(lambda: self._x(sql, (lo, hi)).fetchall())
+        keys = sorted(set(accounts))
+        if not keys:
+            return []
+        q, param = self._d.in_keys(sql, "account"), json.dumps(keys) if self._d.keys_as_json else keys
+        return self._read(lambda: self._x(q, (lo, hi, param)).fetchall())
+
+    def waste(self, by: str = "account", since=None, until=None, accounts=None) -> list[dict]:
+        """Pilot allocations' settled GPU time, split into what steps used and what sat idle;
+        ``accounts``: only these accounts' allocations (None: all)."""
         if by not in S.WASTE_COLUMNS:
             raise InputError(f"waste by {by!r}: choose one of {', '.join(S.WASTE_COLUMNS)}")
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
-        rows = self._read(lambda: self._x(S.waste_sql(by), (lo, hi)).fetchall())
+        rows = self._by_accounts(S.waste_sql(by, accounts is not None), lo, hi, accounts)
         return [{"key": k, "used_gpu_seconds": u, "idle_gpu_seconds": i, "used_h": _h(um), "idle_h": _h(im),
                  "idle_share": (i / (u + i)) if u + i else 0.0, "runs": n} for k, u, i, um, im, n in rows]
 
-    def usage(self, by: str = "account", since=None, until=None) -> list[dict]:
-        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type."""
+    def usage(self, by: str = "account", since=None, until=None, accounts=None) -> list[dict]:
+        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type;
+        ``accounts``: only these accounts' charges (None: all)."""
         if by not in S.USAGE_COLUMNS:
             raise InputError(f"usage by {by!r}: choose one of {', '.join(USAGE_BY)}")
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
-        rows = self._read(lambda: self._x(S.usage_sql(by), (lo, hi)).fetchall())
+        rows = self._by_accounts(S.usage_sql(by, accounts is not None), lo, hi, accounts)
         # tokens: summed over the charges that reported any; per 1,000 of them, those charges' GPU-seconds
         return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n, "prompt_tokens": pt,
                  "completion_tokens": ct, "tokens": None if pt is None and ct is None else (pt or 0) + (ct or 0),

@@ -267,11 +267,39 @@ def squeue_json(env=None) -> dict:
     return json.loads(run(["squeue", "--json", "-a"], env=env))
 
 
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _askable(user: str) -> None:
+    if not _USER.match(user):
+        raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
+
+
 def user_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
     """The accounts Slurm associates ``user`` with (``sacctmgr show assoc``): those a user may
     charge work to. The user name is passed as one argument, never through a shell."""
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
-        raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
+    _askable(user)
     out = run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=account"], env=env,
               timeout=timeout)
     return {ln.strip() for ln in out.splitlines() if ln.strip()}
+
+
+def parse_coordinators(text: str, user: str) -> set[str]:
+    """``sacctmgr -n -P show user ... withcoord format=user,coordinators`` lines (``user|a,b``) ->
+    the accounts ``user`` coordinates (only that user's line counts)."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        name, _, coords = line.strip().partition("|")
+        if name == user:
+            found |= {a.strip() for a in coords.split(",") if a.strip()}
+    return found
+
+
+def coordinator_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
+    """The accounts Slurm lists ``user`` as a coordinator of (``sacctmgr add coordinator
+    account=A names=U``), A's sub-accounts included (sacctmgr lists them too, as tested on 22.05);
+    none for a user Slurm does not know."""
+    _askable(user)
+    out = run(["sacctmgr", "-n", "-P", "show", "user", "where", f"name={user}", "withcoord",
+               "format=user,coordinators"], env=env, timeout=timeout)
+    return parse_coordinators(out, user)
