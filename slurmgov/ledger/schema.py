@@ -407,10 +407,13 @@ def copy_sql(table: str, cols: tuple[str, ...]) -> str:
     return f"COPY {table} ({', '.join(cols)}) FROM STDIN"
 
 
-def usage_sql(by: str) -> str:
+def usage_sql(by: str, some_accounts: bool = False) -> str:
+    """``some_accounts``: only the charges of a set of accounts, given as the last parameter
+    (``{keys}``, for Dialect.in_keys on ``account``)."""
     col = USAGE_COLUMNS[by]
+    scope = " AND {keys}" if some_accounts else ""
     # tokens: summed over the charges that reported them (SUM ignores NULL), with how many did
     return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*),
         CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
         SUM(CASE WHEN prompt_tokens IS NULL AND completion_tokens IS NULL THEN 0 ELSE gpu_seconds END)
-        FROM charges WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+        FROM charges WHERE ended >= ? AND ended < ?{scope} GROUP BY {col} ORDER BY {col}"""

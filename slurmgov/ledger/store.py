@@ -1122,13 +1122,21 @@ class Ledger:
         return [{"key": k, "used_gpu_seconds": u, "idle_gpu_seconds": i, "used_h": _h(um), "idle_h": _h(im),
                  "idle_share": (i / (u + i)) if u + i else 0.0, "runs": n} for k, u, i, um, im, n in rows]
 
-    def usage(self, by: str = "account", since=None, until=None) -> list[dict]:
-        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type."""
+    def usage(self, by: str = "account", since=None, until=None, accounts: list[str] | None = None) -> list[dict]:
+        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type;
+        ``accounts``: only those of these accounts (None: every account's)."""
         if by not in S.USAGE_COLUMNS:
             raise InputError(f"usage by {by!r}: choose one of {', '.join(USAGE_BY)}")
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
-        rows = self._read(lambda: self._x(S.usage_sql(by), (lo, hi)).fetchall())
+        params: tuple
+        if accounts is None:
+            q, params = S.usage_sql(by), (lo, hi)
+        else:
+            keys = sorted(set(accounts))
+            q = self._d.in_keys(S.usage_sql(by, some_accounts=True), "account")
+            params = (lo, hi, json.dumps(keys) if self._d.keys_as_json else keys)
+        rows = self._read(lambda: self._x(q, params).fetchall())
         # tokens: summed over the charges that reported any; per 1,000 of them, those charges' GPU-seconds
         return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n, "prompt_tokens": pt,
                  "completion_tokens": ct, "tokens": None if pt is None and ct is None else (pt or 0) + (ct or 0),
