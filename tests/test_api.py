@@ -8,7 +8,6 @@ against another user's account.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import re
@@ -26,8 +25,8 @@ from slurmgov.ledger.store import Ledger
 from slurmgov.site import model as site_mod
 
 try:
-    import jwt
     import jsonschema
+    import jwt
 except ModuleNotFoundError:  # in the test extra: under CI its absence is a failure
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         raise
@@ -126,7 +125,7 @@ def check_openapi(doc: dict) -> list[tuple[str, str]]:
     assert re.fullmatch(r"3\.0\.\d+", doc["openapi"])
     assert isinstance(doc["info"]["title"], str) and isinstance(doc["info"]["version"], str)
     schemas = doc["components"]["schemas"]
-    for name, s in schemas.items():
+    for s in schemas.values():
         jsonschema.Draft7Validator.check_schema(_json_schema(s))
     schemes = doc["components"]["securitySchemes"]
     for req in doc.get("security", []):
