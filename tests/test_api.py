@@ -412,15 +412,20 @@ def test_a_slurm_jwt_reads_only_the_accounts_slurm_associates_its_user_with(on_s
     status, body = server.get("/budgets", daemon)
     assert status == 200 and [b["account"] for b in body] == ["bio-ml"]
     status, body = server.get("/budgets/bio-ml", daemon)
-    assert status == 200 and body["held_h"] == pytest.approx(1.0)
+    assert status == 200 and body["held_h"] == pytest.approx(1.0) and body["account"] == "bio-ml"
     status, body = server.get("/holds", daemon)
     assert [h["hold_key"] for h in body] == ["run:mine"]
     status, body = server.get("/runs", daemon)
     assert [r["account"] for r in body] == ["bio-ml"]
     status, body = server.get("/audit", daemon)
     assert status == 200 and body and {r["account"] for r in body} == {"bio-ml"}
-    status, body = server.get("/usage?by=user", daemon)
-    assert status == 200
+    for hold, step, user in (("run:theirs", "a", "root"), ("run:mine", "a", "daemon")):
+        ledger.charge(f"{hold}/c", hold, step, 1, gpu_seconds=360, weight=1.0, gpu_type="h100", started=None,
+                      ended=time.time(), status="ok", user=user, workflow="wf")
+    status, body = server.get("/usage?by=user", daemon)  # bio-ml's charges only: root's on chem-ai are not
+    assert status == 200 and [(r["key"], r["charged_h"]) for r in body] == [("daemon", pytest.approx(0.1))]
+    status, body = server.get("/usage?by=user", c.token("nobody"))  # an admin's: every account's
+    assert [r["key"] for r in body] == ["daemon", "root"]
     # another user's account: not for daemon's token, however it asks
     for path in ("/budgets/chem-ai", "/usage?account=chem-ai", "/holds?account=chem-ai", "/audit?account=chem-ai",
                  "/runs?account=chem-ai", "/runs/20261201T000000-aaaaaa"):
@@ -476,3 +481,17 @@ def test_an_admins_slurm_jwt_grants_over_post_and_a_users_may_not(on_slurm):
                                                                                 "via portal")
     status, body = server.get("/audit?account=physics", c.token("nobody"))
     assert body[-1]["actor"] == "nobody" and body[-1]["new_budget_h"] == pytest.approx(before + 10)
+
+
+@pytest.mark.slurm
+def test_only_an_admin_issues_site_tokens(slurm_cluster, root, tmp_path):
+    from helpers import python_as
+
+    c = slurm_cluster
+    py, env = python_as(c, "daemon")
+    home = tmp_path / "daemon-home"
+    r = c.run("runuser", "-u", "daemon", "--", py, "-m", "slurmgov.interface.cli", "api", "token", "issue",
+              "--user", "root", "--site", str(root / "site_configs" / "demo-cluster.yaml"),
+              env={**env, "SLURMGOV_HOME": str(home)}, cwd="/", timeout=120)
+    assert r.returncode == 6 and "issuing an API token needs an admin" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not home.exists() and r.stdout == ""
