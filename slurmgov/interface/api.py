@@ -61,6 +61,7 @@ from slurmgov.errors import (
 )
 from slurmgov.intent import run_records
 from slurmgov.interface import views
+from slurmgov.interface.commands.runs import run_summary
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
 from slurmgov.policy import authz
@@ -172,7 +173,8 @@ class Tokens:
             claims = jwt.decode(token, key, algorithms=["HS256"], issuer=SITE_ISSUER if site else None,
                                 options={"require": ["exp"]})
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "expired token: ask for a new one (scontrol token)") from None
+            again = "slurmgov api token issue" if site else "scontrol token"
+            raise ApiError(401, f"expired token: ask for a new one ({again})") from None
         except jwt.InvalidSignatureError:
             raise ApiError(401, "bad token: its signature does not verify") from None
         except jwt.PyJWTError as exc:
@@ -398,7 +400,6 @@ class Api:
     ledger: Ledger
     tokens: Tokens
     associations: Callable[[str], Collection[str]] | None = None  # default: Slurm's (sacctmgr), or the site file's
-    runs_dir: Path | None = None
     _cache: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -479,18 +480,15 @@ class Api:
 
     def runs(self, who: Identity, q: dict, body: Any) -> list[dict]:
         limit = _int(q["limit"], "limit", 1, 500) if "limit" in q else views.RECENT_RUNS
-        return views.runs(self._readable(who, q.get("account")), limit, self.runs_dir)
+        return views.runs(self._readable(who, q.get("account")), limit)
 
     def run(self, who: Identity, q: dict, body: Any) -> dict:
-        from slurmgov.interface.commands.runs import run_summary
-
         run_id = q["run_id"]
         if not run_records.RUN_ID.match(run_id):
             raise ApiError(400, f"run_id: {run_id[:80]!r} is not a run id")
-        path = (self.runs_dir / f"{run_id}.json") if self.runs_dir else run_records.record_path(run_id)
-        if not path.exists():
+        if not run_records.record_path(run_id).exists():
             raise ApiError(404, f"no run {run_id}")
-        doc = run_records.read(run_id) if self.runs_dir is None else json.loads(path.read_text())
+        doc = run_records.read(run_id)
         account = doc.get("account")
         if not isinstance(account, str) or not self._allowed(who, "read", account):
             raise ApiError(403, f"user {who.user} may not read run {run_id} (account {account})")
@@ -598,7 +596,7 @@ async def _read_body(request: Request) -> Any:
         raise ApiError(400, f"body: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
 
 
-def _endpoint(api: Api | None, tokens: Tokens, op: Op, document: dict):
+def _endpoint(api: Api, op: Op, document: dict):
     allowed_q = {p.name for p in op.params if p.where == "query"}
 
     async def endpoint(request: Request) -> JSONResponse:
@@ -607,7 +605,7 @@ def _endpoint(api: Api | None, tokens: Tokens, op: Op, document: dict):
         try:
             if op.public:
                 return JSONResponse(document)
-            who = tokens.identify(request.headers.get("authorization"))
+            who = api.tokens.identify(request.headers.get("authorization"))
             q: dict[str, str] = {}
             for name, value in request.query_params.multi_items():
                 if name not in allowed_q:
@@ -618,7 +616,6 @@ def _endpoint(api: Api | None, tokens: Tokens, op: Op, document: dict):
                 q[name] = value
             q.update(request.path_params)
             body = await _read_body(request) if op.method == "POST" else None
-            assert api is not None
             result = await run_in_threadpool(getattr(api, op.name), who, q, body)
             return JSONResponse(json.loads(json.dumps(result, default=str)))
         except ApiError as exc:
@@ -649,7 +646,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 def build(api: Api) -> Starlette:
     """The ASGI application: every route of OPS, and JSON for every error."""
     document = openapi()
-    routes = [Route(PREFIX + op.path, _endpoint(api, api.tokens, op, document), methods=[op.method]) for op in OPS]
+    routes = [Route(PREFIX + op.path, _endpoint(api, op, document), methods=[op.method]) for op in OPS]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _http_error})
 
 
