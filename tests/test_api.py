@@ -214,11 +214,12 @@ def test_openapi_document_is_well_formed_and_lists_every_route(local):
     assert {p for _, p in served} >= {"/api/v1/budgets", "/api/v1/budgets/{account}", "/api/v1/usage",
                                       "/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/holds", "/api/v1/audit",
                                       "/api/v1/budgets/{account}/grant", "/api/v1/transfers",
-                                      "/api/v1/holds/{hold_key}/release", "/api/v1/openapi.json"}
+                                      "/api/v1/holds/{hold_key}/release", "/api/v1/openapi.json", "/api/v1/site"}
     # what the GET routes answer is what the document says they answer
     for path, concrete in (("/api/v1/whoami", "/whoami"), ("/api/v1/budgets", "/budgets"),
                            ("/api/v1/budgets/{account}", "/budgets/chem-ai"), ("/api/v1/usage", "/usage?by=user"),
-                           ("/api/v1/runs", "/runs"), ("/api/v1/holds", "/holds"), ("/api/v1/audit", "/audit")):
+                           ("/api/v1/runs", "/runs"), ("/api/v1/holds", "/holds"), ("/api/v1/audit", "/audit"),
+                           ("/api/v1/site", "/site")):
         status, body = server.get(concrete, local[1])
         assert status == 200, body
         validate(doc, "GET", path, 200, body)
@@ -359,6 +360,12 @@ def test_the_site_dashboard_shows_what_the_api_serves(local, slurmgov_home, root
     assert status == 200 and one["step_status"]["a"]["status"] == "ok" and one["state"] == "ok"
     status, body = server.get("/runs/20261201T000000-zzzzzz", admin)
     assert status == 404
+    # the page's whole state, through the API: an admin's only
+    status, whole = server.get("/site", admin)
+    assert status == 200 and [a["account"] for a in whole["accounts"]] == [b["account"] for b in budgets]
+    assert whole["runs"] == runs and "burn_down" in whole["accounts"][0] and whole["site"] == site.site
+    status, body = server.get("/site", local[2])
+    assert status == 403 and "nobody" in body["error"]
 
 
 def test_without_a_way_to_check_tokens_the_api_does_not_start(slurmgov_home, tmp_path):

@@ -60,7 +60,7 @@ from slurmgov.errors import (
     UnknownAccount,
 )
 from slurmgov.intent import run_records
-from slurmgov.interface import views
+from slurmgov.interface import site_dashboard, views
 from slurmgov.interface.commands.runs import run_summary
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
@@ -345,6 +345,8 @@ OPS: tuple[Op, ...] = (
        _list("Hold"), (_ACCOUNT_Q,)),
     Op("GET", "/audit", "audit", "Every budget change of readable accounts: who, when, what and why.",
        _list("AuditEntry"), (_ACCOUNT_Q,)),
+    Op("GET", "/site", "site_state", "What the site dashboard shows (admins): every account with its burn-down, "
+       "recent runs, waste, placement and free GPU slots per leaf switch.", {"type": "object"}, errors=(401, 403)),
     Op("POST", "/budgets/{account}/grant", "grant", "Add GPU-hours to an account's standing budget (admins).",
        _ref("Budget"), (_ACCOUNT_P,), body=_ref("Grant"), errors=(400, 401, 403, 404)),
     Op("POST", "/transfers", "transfer", "Move GPU-hours of budget between accounts, atomically (admins).",
@@ -502,6 +504,11 @@ class Api:
 
     def audit(self, who: Identity, q: dict, body: Any) -> list[dict]:
         return views.audit(self.ledger, self._readable(who, q.get("account")))
+
+    def site_state(self, who: Identity, q: dict, body: Any) -> dict:
+        if not self._allowed(who, "read", None):
+            raise ApiError(403, f"user {who.user} may not read the whole site (admins only)")
+        return site_dashboard.site_state(self.site, self.ledger, site_mod.slurmgov_home())
 
     # ---- changing (what `slurmgov budget grant|transfer` and `holds release` do) -------------
 

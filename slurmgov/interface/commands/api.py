@@ -45,9 +45,11 @@ def _api_module():
 @wait_option
 @click.pass_context
 def api_cmd(ctx, site_path, host, port, conf_dir, site_key_path, no_site_tokens):
-    """Serve slurmgov to portals (ColdFront, Open OnDemand, a site's page) as JSON over HTTP under
-    /api/v1, described at /api/v1/openapi.json: budgets, usage, runs, holds and the audit log,
-    and for admins, grants, transfers and hold releases (audited as the token's user).
+    """Serve budgets, usage, runs, holds and audit to portals as JSON over HTTP.
+
+    For ColdFront, Open OnDemand or a site's own page: routes under /api/v1, described at
+    /api/v1/openapi.json; for admins also grants, transfers and hold releases (audited as the
+    token's user).
 
     Every request carries Authorization: Bearer TOKEN: a Slurm JWT (`scontrol token`; needs
     --slurm-conf-dir, and a server user who can read slurm.conf's jwt_key) or a site token
