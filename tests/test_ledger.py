@@ -313,6 +313,11 @@ def test_usage_groups_charges(led):
     assert led.usage("account", since=THIS_MONTH)[1]["charged_h"] == 1.0
     assert led.usage("account", until=THIS_MONTH) == [
         {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1, **no_tokens}]
+    # only some accounts' charges (what `slurmgov api` shows a user of those accounts)
+    assert [(r["key"], r["charges"]) for r in led.usage("user", accounts=["phys"])] == [("bob", 2)]
+    assert [r["key"] for r in led.usage("account", accounts=["chem", "nope"])] == ["chem"]
+    assert led.usage("workflow", accounts=[]) == []
+    assert [r["key"] for r in led.usage("step", since=THIS_MONTH, accounts=["phys"])] == ["a"]
 
 
 # ---- periods -------------------------------------------------------------------------------
