@@ -386,18 +386,104 @@ def test_without_a_way_to_check_tokens_the_api_does_not_start(slurmgov_home, tmp
     assert p.returncode == 2 and "readable by others" in p.stderr
 
 
-# ---- on the test Slurm cluster: real Slurm JWTs -------------------------------------------------
+# ---- roles (policy.authz), on the local site: operators and account managers -------------------
+
+ROLES = ("operators: {users: [daemon], max_grant_gpu_hours: 10}\n"
+         "managers: {max_grant_gpu_hours: 2}\n")
+
+
+def _issue(env: dict, user: str) -> str:
+    p = subprocess.run([str(BIN / "slurmgov"), "api", "token", "issue", "--user", user, "--lifespan", "600"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
 
 
 @pytest.fixture
-def on_slurm(slurm_cluster, root, slurmgov_home, tmp_path):
-    c = slurm_cluster
+def roles(root, slurmgov_home, tmp_path):
+    """The local site with an operator (daemon, up to 10 GPU-h a change) and a manager of chem-ai
+    (games, granting up to 2 GPU-h a change); site tokens for both."""
+    doc = (root / "site_configs" / "local.yaml").read_text().replace(
+        "chem-ai: {budget_gpu_hours: 500, period: monthly}",
+        "chem-ai: {budget_gpu_hours: 500, period: monthly, managers: [games]}") + ROLES
+    assert "managers: [games]" in doc
+    site_path = tmp_path / "roles.yaml"
+    site_path.write_text(doc)
+    env = {**os.environ, "SLURMGOV_HOME": str(slurmgov_home), "SLURMGOV_SITE": str(site_path), "COLUMNS": "200"}
+    tokens = {u: _issue(env, u) for u in ("daemon", "games")}
+    server = Server([], env)
+    try:
+        yield server, tokens, Ledger.open(site_mod.load(site_path).ledger_url())
+    finally:
+        err = server.stop()
+        assert "Traceback" not in err, err[-3000:]
+
+
+def test_an_operator_grants_and_transfers_within_its_limit_and_releases_holds(roles):
+    server, tokens, ledger = roles
+    op = tokens["daemon"]
+    status, me = server.get("/whoami", op)
+    assert status == 200 and me["role"] == "operator" and me["admin"] is False and me["accounts"] is None
+    before = ledger.balance("bio-ml").budget_h
+    status, body = server.post("/budgets/bio-ml/grant", op, {"gpu_hours": 10, "reason": "within the limit"})
+    assert status == 200 and body["budget_h"] == pytest.approx(before + 10)
+    row = ledger.audit()[-1]  # audited as the token's user (not the server's root), with its role
+    assert (row["actor"], row["role"], row["account"], row["action"]) == ("daemon", "operator", "bio-ml", "grant")
+    status, body = server.post("/budgets/bio-ml/grant", op, {"gpu_hours": 10.5, "reason": "over it"})
+    assert status == 403 and body["error"] == (
+        "daemon (operator) may not grant 10.5 GPU-h to account bio-ml: that needs an admin (root, or `admins` in "
+        "site local), an operator (`operators`, up to 10 GPU-h a change) or a manager of bio-ml (its `managers` "
+        "in the site file, or its Slurm coordinator), up to 2 GPU-h a change")
+    assert ledger.balance("bio-ml").budget_h == pytest.approx(before + 10)
+    status, body = server.post("/transfers", op, {"source": "chem-ai", "dest": "bio-ml", "gpu_hours": 11})
+    assert status == 403 and "daemon (operator) may not transfer 11 GPU-h" in body["error"]
+    status, body = server.post("/transfers", op, {"source": "chem-ai", "dest": "bio-ml", "gpu_hours": 3,
+                                                  "reason": "shared"})
+    assert status == 200 and [r["role"] for r in ledger.audit()[-2:]] == ["operator", "operator"]
+    ledger.admit("run:op-test", "physics", "wf", {"a": 1.0}, user="someone")
+    status, body = server.post("/holds/run%3Aop-test/release", op, {"reason": "host died"})
+    assert status == 200 and body["state"] == "cancelled"
+    assert (ledger.audit()[-1]["action"], ledger.audit()[-1]["role"]) == ("release", "operator")
+    # and reads every account, the whole site's page too
+    status, body = server.get("/audit", op)
+    assert status == 200 and {r["account"] for r in body} == {"bio-ml", "chem-ai", "physics"}
+    assert body[-1]["role"] == "operator"
+    assert server.get("/site", op)[0] == 200
+
+
+def test_an_account_manager_grants_only_its_accounts_within_the_sites_limit_and_releases_nothing(roles):
+    server, tokens, ledger = roles
+    mgr = tokens["games"]
+    status, me = server.get("/whoami", mgr)
+    assert status == 200 and me["role"] == "manager"
+    status, body = server.get("/budgets/chem-ai", mgr)
+    assert status == 200 and body["account"] == "chem-ai"
+    before = ledger.balance("chem-ai").budget_h
+    status, body = server.post("/budgets/chem-ai/grant", mgr, {"gpu_hours": 2, "reason": "a small top-up"})
+    assert status == 200 and body["budget_h"] == pytest.approx(before + 2)
+    assert (ledger.audit()[-1]["actor"], ledger.audit()[-1]["role"]) == ("games", "manager")
+    for path, doc in (("/budgets/chem-ai/grant", {"gpu_hours": 3}), ("/budgets/bio-ml/grant", {"gpu_hours": 1}),
+                      ("/transfers", {"source": "chem-ai", "dest": "bio-ml", "gpu_hours": 1})):
+        status, body = server.post(path, mgr, doc)
+        assert status == 403 and body["error"].startswith("games (manager) may not"), (path, body)
+    ledger.admit("run:mgr-test", "chem-ai", "wf", {"a": 1.0}, user="games")
+    status, body = server.post("/holds/run%3Amgr-test/release", mgr, {"reason": "mine"})
+    assert status == 403 and "games (manager) may not release a hold" in body["error"]
+    status, body = server.post("/holds/run%3Anope/release", mgr, {"reason": "probing"})  # no hint it is not there
+    assert status == 403
+    assert ledger.find_hold("run:mgr-test").state == "open"
+    assert ledger.balance("chem-ai").budget_h == pytest.approx(before + 2)
+
+
+# ---- on the test Slurm cluster: real Slurm JWTs -------------------------------------------------
+
+
+def _slurm_api(c, root, slurmgov_home, tmp_path, doc: str):
     if c.jwt_key is None:
         why = f"Slurm's auth/jwt is off on the test cluster: {c.jwt_why}"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(why, pytrace=False)
         pytest.skip(why)
-    doc = (root / "site_configs" / "demo-cluster.yaml").read_text() + "admins: {users: [nobody]}\n"
     site_path = tmp_path / "site.yaml"
     site_path.write_text(doc)
     env = {**c.env, "SLURMGOV_HOME": str(slurmgov_home), "SLURMGOV_SITE": str(site_path), "COLUMNS": "200"}
@@ -408,6 +494,50 @@ def on_slurm(slurm_cluster, root, slurmgov_home, tmp_path):
     finally:
         err = server.stop()
         assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.fixture
+def on_slurm(slurm_cluster, root, slurmgov_home, tmp_path):
+    doc = (root / "site_configs" / "demo-cluster.yaml").read_text() + "admins: {users: [nobody]}\n"
+    yield from _slurm_api(slurm_cluster, root, slurmgov_home, tmp_path, doc)
+
+
+@pytest.fixture
+def on_slurm_roles(slurm_cluster, root, slurmgov_home, tmp_path):
+    """The demo cluster's site with games (whom Slurm associates with no account) managing physics."""
+    doc = (root / "site_configs" / "demo-cluster.yaml").read_text().replace(
+        "physics: {budget_gpu_hours: 50, period: quarterly}",
+        "physics: {budget_gpu_hours: 50, period: quarterly, managers: [games]}")
+    assert "managers: [games]" in doc
+    yield from _slurm_api(slurm_cluster, root, slurmgov_home, tmp_path, doc)
+
+
+@pytest.mark.slurm
+def test_an_account_managers_slurm_jwt_reads_its_account_and_its_own_runs_only(on_slurm_roles):
+    c, server, ledger = on_slurm_roles
+    mgr = c.token("games")
+    status, me = server.get("/whoami", mgr)
+    assert status == 200 and (me["role"], me["accounts"]) == ("manager", ["physics"])
+    status, body = server.get("/budgets", mgr)
+    assert status == 200 and [b["account"] for b in body] == ["physics"]
+    assert server.get("/budgets/physics", mgr)[0] == 200
+    assert server.get("/audit?account=physics", mgr)[0] == 200
+    for path in ("/budgets/chem-ai", "/usage?account=bio-ml", "/holds?account=chem-ai", "/audit?account=bio-ml",
+                 "/runs?account=chem-ai", "/site"):
+        status, body = server.get(path, mgr)
+        assert status == 403 and body["error"].startswith("games (manager) may not read"), (path, body)
+    # runs, as `slurmgov runs` lists them: its own (on any account) and its accounts'
+    for rid, account, user in (("20261201T000000-cccccc", "chem-ai", "games"),
+                               ("20261201T000000-dddddd", "physics", "root"),
+                               ("20261201T000000-eeeeee", "bio-ml", "root")):
+        run_records.write(rid, {"run_id": rid, "workflow": "wf", "account": account, "user": user,
+                                "status": "ok", "steps": {}, "allocations": {}})
+    status, body = server.get("/runs", mgr)
+    assert status == 200 and sorted(r["run_id"][-6:] for r in body) == ["cccccc", "dddddd"]
+    assert server.get("/runs/20261201T000000-cccccc", mgr)[0] == 200  # its own, on an account it may not read
+    assert server.get("/runs/20261201T000000-dddddd", mgr)[0] == 200
+    status, body = server.get("/runs/20261201T000000-eeeeee", mgr)
+    assert status == 403 and "bio-ml" in body["error"]
 
 
 @pytest.mark.slurm
@@ -421,7 +551,8 @@ def test_a_slurm_jwt_reads_only_the_accounts_slurm_associates_its_user_with(on_s
                                 "status": "ok", "steps": {}, "allocations": {}})
 
     status, me = server.get("/whoami", daemon)
-    assert status == 200 and me == {"user": "daemon", "via": "slurm", "admin": False, "accounts": ["bio-ml"]}
+    assert status == 200 and me == {"user": "daemon", "via": "slurm", "admin": False, "role": "user",
+                                    "accounts": ["bio-ml"]}
     status, body = server.get("/budgets", daemon)
     assert status == 200 and [b["account"] for b in body] == ["bio-ml"]
     status, body = server.get("/budgets/bio-ml", daemon)

@@ -13,10 +13,13 @@ Who calls: every request carries ``Authorization: Bearer <token>``, one of
 * a site token (``slurmgov api token issue``): HS256 with the site key this server was given
   (a file of its own, mode 0600), ``iss: slurmgov``, its user in ``sub``, with an ``exp``.
 
-A token for user X acts as X only; what X may then see or change is decided by ``_allowed``,
-the one authorization function here: an admin (root, or `admins` in the site file) anything;
-anyone else reads the accounts Slurm associates them with (on a local site, the site file's
-accounts), and changes nothing.
+A token for user X acts as X only (never as the user this server runs as); what X may then see
+or change is decided by the site's roles (`policy.authz`, as for the CLI), asked through
+``Api._require``: an admin (root, or `admins` in the site file) anything; an operator grants and
+transfers up to the site's per-change limit, releases holds and reads every account; an account
+manager (the site file's, or Slurm's coordinator) reads their accounts and grants only where the
+site allows; a user reads the accounts Slurm associates them with (on a local site, the site
+file's accounts). Refusals are 403 with authz's one line; changes are audited with the role.
 
 Failures are JSON ``{"error": "<one line>"}`` with their status: 400 bad input (naming the
 field), 401 no or bad token, 403 not allowed, 404 no such thing, 409 refused by a budget or by
@@ -66,7 +69,7 @@ from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
 from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
-from slurmgov.slurm.commands import user_accounts
+from slurmgov.slurm.commands import coordinator_accounts, user_accounts
 
 log = logging.getLogger("slurmgov.api")
 
@@ -74,11 +77,12 @@ PREFIX = "/api/v1"
 SITE_ISSUER = "slurmgov"  # the `iss` of the tokens `slurmgov api token issue` signs
 MAX_BODY = 64 * 1024
 MAX_LIFESPAN_S = 366 * 86400
-ASSOCIATIONS_TTL_S = 60  # how long Slurm's answer on a user's associations is taken as still true
+ASSOCIATIONS_TTL_S = 60  # how long Slurm's answer on a user's accounts is taken as still true
 USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HOLD_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,200}$")
-ACTIONS = ("read", "grant", "transfer", "release")
+# the API's actions, as authz names them (account None: the whole site)
+ACTIONS = {"read": "usage.read", "grant": "budget.grant", "transfer": "budget.transfer", "release": "holds.release"}
 
 
 class ApiError(Exception):
@@ -284,8 +288,10 @@ _INT_N = {"type": "integer", "nullable": True}
 
 SCHEMAS: dict[str, dict] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-    "Whoami": {"type": "object", "required": ["user", "via", "admin"], "properties": {
+    "Whoami": {"type": "object", "required": ["user", "via", "admin", "role"], "properties": {
         "user": _STR, "via": {"type": "string", "enum": ["slurm", "site"]}, "admin": {"type": "boolean"},
+        "role": {"type": "string", "enum": [authz.ADMIN, authz.OPERATOR, authz.MANAGER, authz.USER],
+                 "description": "The caller's highest role on the site."},
         "accounts": {"type": "array", "items": _STR, "nullable": True,
                      "description": "The accounts the caller may read (null: every account)."}}},
     "Budget": {"type": "object", "required": ["account", "budget_h", "charged_h", "held_h", "available_h"],
@@ -312,7 +318,8 @@ SCHEMAS: dict[str, dict] = {
     "AuditEntry": {"type": "object", "required": ["seq", "actor", "account", "action"], "properties": {
         "seq": {"type": "integer"}, "at": _STR, "actor": _STR, "account": _STR, "action": _STR,
         "old_budget_h": _NUM_N, "new_budget_h": _NUM, "old_period": _STR_N, "new_period": _STR, "reason": _STR,
-        "terms": _STR_N}},
+        "terms": _STR_N, "role": {"type": "string", "nullable": True,
+                                  "description": "The role the change was made under (admin, operator, manager)."}}},
     "Grant": {"type": "object", "required": ["gpu_hours"], "additionalProperties": False, "properties": {
         "gpu_hours": {"type": "number", "minimum": 0}, "reason": _STR}},
     "Transfer": {"type": "object", "required": ["source", "dest", "gpu_hours"], "additionalProperties": False,
@@ -335,7 +342,8 @@ OPS: tuple[Op, ...] = (
     Op("GET", "/usage", "usage", "Charged GPU time, grouped by account, workflow, user, step or GPU type.",
        _list("UsageRow"), (Param("by", "query", {"type": "string", "enum": list(views.USAGE_BY), "default": "account"},
                                  "What to group by."), _ACCOUNT_Q, _FROM, _TO)),
-    Op("GET", "/runs", "runs", "The newest workflow runs of readable accounts.", _list("Run"),
+    Op("GET", "/runs", "runs", "The newest workflow runs: the caller's own and those of readable accounts.",
+       _list("Run"),
        (_ACCOUNT_Q, Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 30},
                           "How many runs."))),
     Op("GET", "/runs/{run_id}", "run", "One run: its summary, its hold and charge, each step's state.",
@@ -345,14 +353,16 @@ OPS: tuple[Op, ...] = (
        _list("Hold"), (_ACCOUNT_Q,)),
     Op("GET", "/audit", "audit", "Every budget change of readable accounts: who, when, what and why.",
        _list("AuditEntry"), (_ACCOUNT_Q,)),
-    Op("GET", "/site", "site_state", "What the site dashboard shows (admins): every account with its burn-down, "
+    Op("GET", "/site", "site_state", "What the site dashboard shows (admins, operators): every account with its burn-down, "
        "recent runs, waste, placement and free GPU slots per leaf switch.", {"type": "object"}, errors=(401, 403)),
-    Op("POST", "/budgets/{account}/grant", "grant", "Add GPU-hours to an account's standing budget (admins).",
+    Op("POST", "/budgets/{account}/grant", "grant", "Add GPU-hours to an account's standing budget (admins; operators "
+       "and, where the site allows, the account's managers up to their limit).",
        _ref("Budget"), (_ACCOUNT_P,), body=_ref("Grant"), errors=(400, 401, 403, 404)),
-    Op("POST", "/transfers", "transfer", "Move GPU-hours of budget between accounts, atomically (admins).",
+    Op("POST", "/transfers", "transfer", "Move GPU-hours of budget between accounts, atomically (admins; "
+       "operators and, where the site allows, a manager of both up to their limit).",
        _list("Budget"), body=_ref("Transfer"), errors=(400, 401, 403, 404, 409)),
     Op("POST", "/holds/{hold_key}/release", "release",
-       "Release an open hold: what it still reserves goes back to its account (admins).", _ref("Released"),
+       "Release an open hold: what it still reserves goes back to its account (admins, operators).", _ref("Released"),
        (Param("hold_key", "path", {"type": "string"}, "The hold's key, URL-encoded (run:ID, job:ID).", True),),
        body=_ref("Release"), errors=(400, 401, 403, 404, 409)),
 )
@@ -401,47 +411,65 @@ class Api:
     site: site_mod.Site
     ledger: Ledger
     tokens: Tokens
-    associations: Callable[[str], Collection[str]] | None = None  # default: Slurm's (sacctmgr), or the site file's
-    _cache: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    # what Slurm says of a user: (accounts it coordinates, accounts it is associated with);
+    # default: sacctmgr's answers (asked again after ASSOCIATIONS_TTL_S), or on a local site, none
+    # and the site file's accounts
+    slurm_view: Callable[[str], tuple[Collection[str], Collection[str]]] | None = None
+    _cache: dict[str, tuple[float, authz.Caller]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    # ---- who may do what: the one place it is decided ----------------------------------------
+    # ---- who may do what: the site's roles (policy.authz), asked here and nowhere else --------
 
-    def _is_admin(self, user: str) -> bool:
-        try:
-            uid = pwd.getpwnam(user).pw_uid
-        except KeyError:  # no such user on this host: root it is not, nor in an admins group
-            return user in self.site.admins.users
-        return authz.is_admin(self.site, uid)
-
-    def _associated(self, user: str) -> frozenset[str]:
-        """The accounts ``user`` may read: Slurm's associations (asked again after ASSOCIATIONS_TTL_S),
-        or on a local site, the site file's accounts."""
-        if self.associations is not None:
-            return frozenset(self.associations(user))
-        if self.site.executor != "slurm":
-            return frozenset(self.site.accounts)
+    def _caller(self, who: Identity) -> authz.Caller:
+        """The token's user as authz sees it: its uid and gid from this host's passwd (a user it
+        does not know gets -1: never root, in no group), with what Slurm says of it. Never the
+        user this server runs as."""
         with self._lock:
-            cached = self._cache.get(user)
-        if cached is None or time.monotonic() - cached[0] > ASSOCIATIONS_TTL_S:
-            cached = (time.monotonic(), frozenset(user_accounts(user)))
-            with self._lock:
-                self._cache[user] = cached
-        return cached[1]
+            cached = self._cache.get(who.user)
+        if cached is not None and time.monotonic() - cached[0] <= ASSOCIATIONS_TTL_S:
+            return cached[1]
+        try:
+            pw = pwd.getpwnam(who.user)
+            me = authz.Caller(who.user, pw.pw_uid, pw.pw_gid)
+        except KeyError:
+            me = authz.Caller(who.user, -1, -1)
+        if authz.role(self.site, me) != authz.ADMIN:  # an admin may do everything: Slurm need not be asked
+            if self.slurm_view is not None:
+                coords, assocs = self.slurm_view(who.user)
+            elif self.site.executor != "slurm":
+                coords, assocs = (), self.site.accounts
+            else:
+                coords = coordinator_accounts(who.user) if self.site.managers.slurm_coordinators else ()
+                assocs = user_accounts(who.user)
+            me = authz.Caller(me.name, me.uid, me.gid, frozenset(coords), frozenset(assocs))
+        with self._lock:
+            self._cache[who.user] = (time.monotonic(), me)
+        return me
+
+    def _role(self, who: Identity) -> str:
+        return authz.role(self.site, self._caller(who))
+
+    def _is_admin(self, who: Identity) -> bool:
+        return self._role(who) == authz.ADMIN
+
+    def _require(self, who: Identity, action: str, account: str | None, dest: str | None = None,
+                 gpu_hours: float | None = None) -> str:
+        """The role ``who`` may do ``action`` (one of ACTIONS) on ``account`` (None: the whole
+        site; a transfer: from ``account`` to ``dest``; a grant or transfer: of ``gpu_hours``)
+        under, for the audit trail; else ApiError 403 with authz's one line."""
+        try:
+            return authz.require(self.site, ACTIONS[action], account, dest=dest, gpu_hours=gpu_hours,
+                                 who=self._caller(who))
+        except PermissionDenied as exc:
+            raise ApiError(403, str(exc)) from None
 
     def _allowed(self, who: Identity, action: str, account: str | None) -> bool:
-        """May ``who`` do ``action`` (one of ACTIONS) on ``account`` (None: every account)? Admins
-        may do anything; anyone else may read the accounts they are associated with."""
-        if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}")
-        if self._is_admin(who.user):
-            return True
-        return action == "read" and account is not None and account in self._associated(who.user)
-
-    def _require(self, who: Identity, action: str, account: str) -> None:
-        if not self._allowed(who, action, account):
-            what = f"read account {account}" if action == "read" else f"{action} on account {account} (admins only)"
-            raise ApiError(403, f"user {who.user} may not {what}")
+        """May ``who`` do ``action`` on ``account`` (None: the whole site)?"""
+        try:
+            self._require(who, action, account)
+        except ApiError:
+            return False
+        return True
 
     def _readable(self, who: Identity, account: str | None = None) -> frozenset[str] | None:
         """What ``who`` may read: ``account`` alone (403 if not theirs), or every account
@@ -449,15 +477,13 @@ class Api:
         if account is not None:
             self._require(who, "read", _account(account))
             return frozenset([account])
-        if self._allowed(who, "read", None):
-            return None
-        return frozenset(a for a in self._associated(who.user) if self._allowed(who, "read", a))
+        return authz.visible(self.site, self._caller(who))
 
     # ---- reading --------------------------------------------------------------------------------
 
     def whoami(self, who: Identity, q: dict, body: Any) -> dict:
         seen = self._readable(who)
-        return {"user": who.user, "via": who.via, "admin": self._is_admin(who.user),
+        return {"user": who.user, "via": who.via, "admin": self._is_admin(who), "role": self._role(who),
                 "accounts": None if seen is None else sorted(seen)}
 
     def budgets(self, who: Identity, q: dict, body: Any) -> list[dict]:
@@ -481,8 +507,12 @@ class Api:
         return views.usage(self.ledger, by, since, until, self._readable(who, q.get("account")))
 
     def runs(self, who: Identity, q: dict, body: Any) -> list[dict]:
+        """As `slurmgov runs` lists them: the caller's own runs and those of the accounts it may
+        read (``account``: that account's, if it may read it)."""
         limit = _int(q["limit"], "limit", 1, 500) if "limit" in q else views.RECENT_RUNS
-        return views.runs(self._readable(who, q.get("account")), limit)
+        if "account" in q:
+            return views.runs(self._readable(who, q["account"]), limit)
+        return views.runs(self._readable(who), limit, user=who.user)
 
     def run(self, who: Identity, q: dict, body: Any) -> dict:
         run_id = q["run_id"]
@@ -492,8 +522,11 @@ class Api:
             raise ApiError(404, f"no run {run_id}")
         doc = run_records.read(run_id)
         account = doc.get("account")
-        if not isinstance(account, str) or not self._allowed(who, "read", account):
-            raise ApiError(403, f"user {who.user} may not read run {run_id} (account {account})")
+        if doc.get("user") != who.user:  # as `slurmgov runs show`: one's own run, or a readable account's
+            if not isinstance(account, str) or not ACCOUNT.match(account):
+                raise ApiError(403, f"{who.user} may not read run {run_id} of user {doc.get('user')}: "
+                                    f"it names no account")
+            self._require(who, "read", account)
         steps = {sid: {"status": s.get("status"), "attempts": len(s.get("attempts") or []),
                        "gpu_seconds": s.get("gpu_seconds"), "reason": s.get("reason")}
                  for sid, s in (doc.get("steps") or {}).items()}
@@ -506,8 +539,7 @@ class Api:
         return views.audit(self.ledger, self._readable(who, q.get("account")))
 
     def site_state(self, who: Identity, q: dict, body: Any) -> dict:
-        if not self._allowed(who, "read", None):
-            raise ApiError(403, f"user {who.user} may not read the whole site (admins only)")
+        self._require(who, "read", None)  # the whole site: admins and operators
         return site_dashboard.site_state(self.site, self.ledger, site_mod.slurmgov_home())
 
     # ---- changing (what `slurmgov budget grant|transfer` and `holds release` do) -------------
@@ -523,10 +555,10 @@ class Api:
         account = _account(q["account"])
         fields = _fields(body, {"gpu_hours": True, "reason": False})
         hours, reason = _hours(fields["gpu_hours"]), _text(fields.get("reason"), "reason")
-        self._require(who, "grant", account)
+        role = self._require(who, "grant", account, gpu_hours=hours)
         self._seeded(account)
-        self.ledger.grant(account, hours, actor=who.user, reason=reason)
-        log.info("grant: %s gave account %s %.3f GPU-h (%s)", who.user, account, hours, reason)
+        self.ledger.grant(account, hours, actor=who.user, reason=reason, role=role)
+        log.info("grant: %s (%s) gave account %s %.3f GPU-h (%s)", who.user, role, account, hours, reason)
         return views.budgets(self.ledger, {account})[0]
 
     def transfer(self, who: Identity, q: dict, body: dict) -> list[dict]:
@@ -535,17 +567,17 @@ class Api:
         hours, reason = _hours(fields["gpu_hours"]), _text(fields.get("reason"), "reason")
         if source == dest:
             raise ApiError(400, f"dest: the same account as source ({source})")
-        for account in (source, dest):
-            self._require(who, "transfer", account)
+        role = self._require(who, "transfer", source, dest=dest, gpu_hours=hours)
         for account in (source, dest):
             self._seeded(account)
         try:
-            self.ledger.transfer(source, dest, hours, actor=who.user, reason=reason)
+            self.ledger.transfer(source, dest, hours, actor=who.user, reason=reason, role=role)
         except InputError as exc:
             if self.ledger.balance(source).available_h < hours:  # the ledger's refusal: not enough there
                 raise ApiError(409, _one_line(exc)) from None
             raise
-        log.info("transfer: %s moved %.3f GPU-h from %s to %s (%s)", who.user, hours, source, dest, reason)
+        log.info("transfer: %s (%s) moved %.3f GPU-h from %s to %s (%s)", who.user, role, hours, source, dest,
+                 reason)
         return views.budgets(self.ledger, {source, dest})
 
     def release(self, who: Identity, q: dict, body: dict) -> dict:
@@ -553,14 +585,17 @@ class Api:
         if not HOLD_KEY.match(key):
             raise ApiError(400, f"hold_key: {key[:80]!r} is not a hold key")
         reason = _text(_fields(body, {"reason": True})["reason"], "reason", required=True)
+        if self._role(who) not in (authz.ADMIN, authz.OPERATOR):  # as `holds release`: refused before
+            self._require(who, "release", None)  # the ledger says whether the hold exists
         before = self.ledger.find_hold(key)
         if before is None:
             raise ApiError(404, f"no hold {key} in the ledger")
-        self._require(who, "release", before.account)
+        role = self._require(who, "release", before.account)
         if before.state != "open":
             raise ApiError(409, f"hold {key} is already closed ({before.state})")
-        after = self.ledger.release(key, actor=who.user, reason=reason)
-        log.info("release: %s released hold %s (%.3f GPU-h): %s", who.user, key, before.remaining_h, reason)
+        after = self.ledger.release(key, actor=who.user, reason=reason, role=role)
+        log.info("release: %s (%s) released hold %s (%.3f GPU-h): %s", who.user, role, key, before.remaining_h,
+                 reason)
         return {"hold_key": key, "account": after.account, "state": after.state, "released_h": before.remaining_h}
 
 

@@ -49,7 +49,7 @@ def usage(ledger: Ledger, by: str = "account", since: float | None = None, until
           accounts: Collection[str] | None = None) -> list[dict]:
     """Charged GPU time in [since, until) grouped ``by`` (`slurmgov usage --json`), counting only
     the charges of ``accounts``."""
-    return ledger.usage(by=by, since=since, until=until, accounts=None if accounts is None else sorted(accounts))
+    return ledger.usage(by=by, since=since, until=until, accounts=accounts)
 
 
 def _run_tokens(steps) -> dict:
@@ -81,11 +81,14 @@ def run_row(doc: dict) -> dict:
     }
 
 
-def runs(accounts: Collection[str] | None = None, limit: int = RECENT_RUNS, runs_dir: Path | None = None) -> list[dict]:
-    """The newest run records of ``accounts``, summarised (run_records.read_all: one reader)."""
+def runs(accounts: Collection[str] | None = None, limit: int = RECENT_RUNS, runs_dir: Path | None = None,
+         user: str | None = None) -> list[dict]:
+    """The newest run records of ``accounts``, and ``user``'s own runs on any account (as
+    `slurmgov runs` lists them), summarised (run_records.read_all: one reader)."""
     # another account's runs are skipped: read further back for them, but not without end
     docs = run_records.read_all(runs_dir, limit if accounts is None else max(limit, SCAN_RUNS))
-    return [run_row(d) for d in docs if _seen(d.get("account"), accounts)][:limit]
+    return [run_row(d) for d in docs if _seen(d.get("account"), accounts) or (user is not None and
+                                                                              d.get("user") == user)][:limit]
 
 
 def holds(ledger: Ledger, accounts: Collection[str] | None = None, now: float | None = None) -> list[dict]:
@@ -95,10 +98,10 @@ def holds(ledger: Ledger, accounts: Collection[str] | None = None, now: float | 
 
 
 def audit(ledger: Ledger, accounts: Collection[str] | None = None) -> list[dict]:
-    """Every budget change (`slurmgov audit --json`): who, when, what and why, oldest first."""
-    return [r for r in ledger.audit() if _seen(r["account"], accounts)]
+    """Every budget change (`slurmgov audit --json`): who (as which role), when, what and why, oldest first."""
+    return ledger.audit(accounts=accounts)
 
 
 def waste(ledger: Ledger, accounts: Collection[str] | None = None) -> list[dict]:
     """Allocated GPU time that sat idle, by account (`slurmgov waste --json`)."""
-    return [r for r in ledger.waste(by="account") if _seen(r["key"], accounts)]
+    return ledger.waste(by="account", accounts=accounts)

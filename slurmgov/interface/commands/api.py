@@ -48,13 +48,15 @@ def api_cmd(ctx, site_path, host, port, conf_dir, site_key_path, no_site_tokens)
     """Serve budgets, usage, runs, holds and audit to portals as JSON over HTTP.
 
     For ColdFront, Open OnDemand or a site's own page: routes under /api/v1, described at
-    /api/v1/openapi.json; for admins also grants, transfers and hold releases (audited as the
-    token's user).
+    /api/v1/openapi.json; for those whose role allows also grants, transfers and hold releases
+    (audited as the token's user, with its role).
 
     Every request carries Authorization: Bearer TOKEN: a Slurm JWT (`scontrol token`; needs
     --slurm-conf-dir, and a server user who can read slurm.conf's jwt_key) or a site token
-    (`slurmgov api token issue`). A user's token reads only the accounts Slurm associates that
-    user with; an admin's (root, or `admins` in the site file) reads and changes every account.
+    (`slurmgov api token issue`). A token acts as its user, with that user's role (README,
+    "Roles"): admins read and change every account; operators read every account, grant and
+    transfer up to their limit and release holds; account managers read their accounts (and
+    grant only where the site allows); users read the accounts Slurm associates them with.
 
     \b
     Examples:
