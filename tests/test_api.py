@@ -541,6 +541,23 @@ def test_an_account_managers_slurm_jwt_reads_its_account_and_its_own_runs_only(o
 
 
 @pytest.mark.slurm
+def test_a_slurm_coordinators_jwt_manages_its_account(on_slurm_roles):
+    c, server, ledger = on_slurm_roles
+    c.run("sacctmgr", "-i", "add", "coordinator", "account=chem-ai", "names=daemon", check=True)
+    try:
+        coord = c.token("daemon")  # associated with bio-ml; Slurm's coordinator of chem-ai
+        status, me = server.get("/whoami", coord)
+        assert status == 200 and (me["role"], me["accounts"]) == ("manager", ["bio-ml", "chem-ai"])
+        assert server.get("/budgets/chem-ai", coord)[0] == 200
+        status, body = server.get("/budgets/physics", coord)
+        assert status == 403 and body["error"].startswith("daemon (manager) may not read")
+        status, body = server.post("/budgets/chem-ai/grant", coord, {"gpu_hours": 1})  # the site allows managers 0
+        assert status == 403 and "daemon (manager) may not grant 1 GPU-h to account chem-ai" in body["error"]
+    finally:
+        c.run("sacctmgr", "-i", "remove", "coordinator", "account=chem-ai", "names=daemon", check=True)
+
+
+@pytest.mark.slurm
 def test_a_slurm_jwt_reads_only_the_accounts_slurm_associates_its_user_with(on_slurm):
     c, server, ledger = on_slurm
     daemon = c.token("daemon")  # Slurm associates daemon with bio-ml only
