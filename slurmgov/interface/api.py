@@ -463,14 +463,6 @@ class Api:
         except PermissionDenied as exc:
             raise ApiError(403, str(exc)) from None
 
-    def _allowed(self, who: Identity, action: str, account: str | None) -> bool:
-        """May ``who`` do ``action`` on ``account`` (None: the whole site)?"""
-        try:
-            self._require(who, action, account)
-        except ApiError:
-            return False
-        return True
-
     def _readable(self, who: Identity, account: str | None = None) -> frozenset[str] | None:
         """What ``who`` may read: ``account`` alone (403 if not theirs), or every account
         they may (None: all)."""
