@@ -150,3 +150,106 @@ def test_a_version_6_ledger_gains_user_caps_on_open(db):
         led.admit("a2", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
     assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 7
     led.disconnect()
+
+
+# ------------------------------------------------------------------ the submit hook (lua5.1, stub slurm)
+def _hook_dir(tmp_path, user_caps: dict, accounts: dict | None = None, offset: int | None = None):
+    """A scratch hook dir: job_submit.lua and a fresh snapshot with these capped users."""
+    import shutil
+    import time
+
+    from hook_cases import HOOK
+
+    from slurmgov.slurm import snapshot
+
+    d = tmp_path / "hook"
+    d.mkdir(exist_ok=True)
+    shutil.copy(HOOK, d / "job_submit.lua")
+    snapshot.write(d / "slurmgov_snapshot.txt", snapshot.Snapshot(
+        serial=int(time.time() * 1000), written=int(time.time()), max_age_s=600, max_gpus_per_node=8,
+        journal_offset=offset, available_gpu_s=accounts or {"chem-ai": 10 * 3600.0}, user_caps=user_caps))
+    return d
+
+
+def _submit(lua51, d, jobs: list[dict]) -> list[list[str]]:
+    """slurm_job_submit of each job in turn, in one lua5.1 process: [rc, AdminComment, message]."""
+    import subprocess
+
+    from hook_cases import DRIVER, ROOT, SEP, line, unesc
+
+    reqs = [line([("id", i), ("cmd", "submit"), ("uid", job.get("user_id", 0)),
+                  ("part", SEP.join(["gpu", "30", "1440", "1", "1"])),
+                  *[(f"d.{k}", v) for k, v in {"partition": "gpu", "account": "chem-ai", **job}.items()]])
+            for i, job in enumerate(jobs)]
+    proc = subprocess.run([lua51, str(DRIVER), str(d / "job_submit.lua")], input="".join(r + "\n" for r in reqs),
+                          capture_output=True, text=True, check=True, cwd=ROOT, timeout=60)
+    assert not proc.stderr, proc.stderr
+    return [[unesc(f) for f in ln.split("\t")][2:] for ln in proc.stdout.splitlines()]
+
+
+def _job(uid: int, gpus: int, minutes: int, **extra) -> dict:
+    return {"tres_per_node": f"gres:gpu:{gpus}", "time_limit": minutes, "user_id": str(uid), "min_nodes": 1,
+            "max_nodes": 1, **extra}
+
+
+def test_the_hook_refuses_a_user_past_their_cap_and_admits_another(lua51, tmp_path):
+    # uid 1000 may spend 1 GPU-h of chem-ai (0.75 left); uid 1001 has no cap
+    d = _hook_dir(tmp_path, {("chem-ai", 1000): (0.75 * 3600, 3600.0)})
+    rows = _submit(lua51, d, [
+        _job(1000, 1, 60, user_name="alice"),  # 1 GPU-h > 0.75 left
+        _job(1001, 1, 60),  # no cap: the account's budget only
+        _job(1000, 1, 45),  # exactly what the cap leaves
+        _job(1000, 1, 1),  # nothing left now (the journal counts the one just admitted)
+        _job(1000, 1, 1, account="bio-ml"),  # no budget line for bio-ml: the account's refusal comes first
+    ])
+    assert rows[0][0] == "-1" and rows[0][2] == ("slurmgov: account chem-ai: user alice (uid 1000) has 0.75 GPU-h "
+                                                 "left of their per-user cap of 1.0 GPU-h, job needs up to 1.0 GPU-h")
+    assert rows[1][0] == "0" and rows[1][1].startswith("slurmgov:hold=")
+    assert rows[2][0] == "0"
+    assert rows[3][0] == "-1" and rows[3][2].startswith("slurmgov: account chem-ai: uid 1000 has 0.0 GPU-h left of "
+                                                        "their per-user cap of 1.0 GPU-h")
+    assert rows[4][2] == "slurmgov: account bio-ml has no GPU budget, job needs up to 0.02 GPU-h"
+    refusals = [ln.split("\t") for ln in (d / "slurmgov_refusals.log").read_text().splitlines()]
+    assert [(r[2], r[3], r[4]) for r in refusals] == [("over_user_cap", "chem-ai", "1000"),
+                                                       ("over_user_cap", "chem-ai", "1000"),
+                                                       ("no_budget", "bio-ml", "1000")]
+    admits = [ln.split("\t") for ln in (d / "slurmgov_journal.log").read_text().splitlines()]
+    assert [(a[5], a[6]) for a in admits] == [("1001", "3600.000"), ("1000", "2700.000")]
+
+
+def test_the_hook_counts_a_users_admissions_since_the_snapshot_in_a_new_process(lua51, tmp_path):
+    """What the user was admitted since the snapshot is read back from the journal (a fresh Lua
+    state too, as after a slurmctld restart), in their account only, and the account's budget
+    still binds a capped user."""
+    d = _hook_dir(tmp_path, {("chem-ai", 1000): (2 * 3600.0, 2 * 3600.0), ("bio-ml", 1000): (3600.0, 3600.0)},
+                  accounts={"chem-ai": 10 * 3600.0, "bio-ml": 0.5 * 3600})
+    assert [r[0] for r in _submit(lua51, d, [_job(1000, 1, 90)])] == ["0"]
+    rows = _submit(lua51, d, [_job(1000, 1, 31), _job(1000, 1, 30), _job(1000, 1, 31, account="bio-ml"),
+                              _job(1000, 1, 30, account="bio-ml")])
+    assert [r[0] for r in rows] == ["-1", "0", "-1", "0"]
+    assert "per-user cap of 2.0 GPU-h" in rows[0][2]
+    assert rows[2][2] == "slurmgov: account bio-ml: 0.5 GPU-h left, job needs up to 0.52 GPU-h"
+
+
+def test_a_job_change_past_the_owners_cap_is_refused(lua51, tmp_path):
+    """slurm_job_modify: growing a job past its owner's cap is refused as growing it past the account is."""
+    import subprocess
+
+    from hook_cases import ROOT
+
+    d = _hook_dir(tmp_path, {("chem-ai", 1000): (0.2 * 3600, 3600.0)})
+    script = d / "modify.lua"
+    script.write_text(f"""
+slurm = {{ SUCCESS = 0, ERROR = -1, log_user = function() end, log_info = function(f, m) print(m) end }}
+dofile({str(d / "job_submit.lua")!r})
+local rec = {{ job_id = 7, account = "chem-ai", user_id = 1000, tres_per_node = "gres:gpu:1", time_limit = 30,
+              min_nodes = 1, max_nodes = 1, min_cpus = 1, partition = "gpu" }}
+local parts = {{ gpu = {{ name = "gpu", default_time = 30, max_time = 1440, flag_default = 1, max_share = 1 }} }}
+print(slurm_job_modify({{ time_limit = 45 }}, rec, parts, 1000))
+print(slurm_job_modify({{ time_limit = 31 }}, rec, parts, 1000))
+""")
+    out = subprocess.run([lua51, str(script)], capture_output=True, text=True, check=True, cwd=ROOT,
+                         timeout=60).stdout.splitlines()
+    assert out[0].startswith("slurmgov: change to job 7 by uid 1000 refused: account chem-ai: uid 1000 has 0.2 GPU-h "
+                             "left of their per-user cap of 1.0 GPU-h, the change needs up to 0.25 GPU-h more")
+    assert out[1:] == ["-1", "0"]
