@@ -253,3 +253,157 @@ print(slurm_job_modify({{ time_limit = 31 }}, rec, parts, 1000))
     assert out[0].startswith("slurmgov: change to job 7 by uid 1000 refused: account chem-ai: uid 1000 has 0.2 GPU-h "
                              "left of their per-user cap of 1.0 GPU-h, the change needs up to 0.25 GPU-h more")
     assert out[1:] == ["-1", "0"]
+
+
+# ------------------------------------------------------------------ the CLI: budget user-cap, slurmgov run
+def _sg(*args, check=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "slurmgov"), *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=120, check=False)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    if check is not None:
+        assert proc.returncode == check, proc.stderr + proc.stdout
+    return proc
+
+
+def test_slurmgov_run_past_the_users_cap_exits_4_and_submits_nothing(root, slurmgov_home):
+    import json
+
+    from slurmgov.policy.authz import whoami
+
+    me = whoami()
+    p = _sg("budget", "user-cap", "set", "chem-ai", me, "1.5", "--reason", "trial", check=0)
+    period = datetime.now(timezone.utc).strftime("%Y-%m")
+    assert p.stdout.strip() == f"account chem-ai: user {me} may spend 1.50 GPU-h per period, 1.50 left in {period}"
+    p = _sg("run", root / "jobspecs/research-fanout.yaml", check=4)  # worst case 3.33 GPU-h
+    assert p.stderr.strip() == (f"slurmgov: account chem-ai: user {me} has 1.5 GPU-h left of their per-user cap "
+                                f"of 1.5 GPU-h, workflow needs up to 3.3 GPU-h")
+    [row] = json.loads(_sg("budget", "user-cap", "show", "--json", check=0).stdout)
+    assert (row["account"], row["user"], row["cap_h"], row["held_h"], row["charged_h"]) == ("chem-ai", me, 1.5, 0, 0)
+    [bal] = [b for b in json.loads(_sg("budget", "show", "--json", check=0).stdout) if b["account"] == "chem-ai"]
+    assert bal["held_h"] == 0 and bal["charged_h"] == 0  # refused: nothing held, nothing ran
+    # $USER does not make the run someone else's
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.run([str(Path(sys.executable).parent / "slurmgov"), "run", str(root / "jobspecs/research-fanout.yaml")],
+                       capture_output=True, text=True, env={**os.environ, "USER": "someone-else",
+                                                            "LOGNAME": "someone-else"}, timeout=120, check=False)
+    assert p.returncode == 4 and f"user {me} has" in p.stderr
+    _sg("budget", "user-cap", "remove", "chem-ai", me, "--reason", "trial over", check=0)
+    assert json.loads(_sg("budget", "user-cap", "show", "--json", check=0).stdout) == []
+    audit = [a for a in json.loads(_sg("audit", "--json", check=0).stdout) if a["action"] == "user-cap"]
+    assert [(a["actor"], a["reason"]) for a in audit] == [(me, "trial"), (me, "trial over")]
+
+
+def test_user_cap_input_errors_are_one_line(root, slurmgov_home):
+    p = _sg("budget", "user-cap", "set", "chem-ai", "al ice", "5", check=2)
+    assert "not a user name" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = _sg("budget", "user-cap", "set", "chem-ai", "alice", "-5", check=2)
+    assert "GPU_HOURS" in p.stderr
+    p = _sg("budget", "user-cap", "set", "no-such", "alice", "5", check=2)
+    assert "account no-such has no budget" in p.stderr
+
+
+# ------------------------------------------------------------------ the governor: snapshot user lines, default budgets
+SITE = """site: caps
+executor: slurm
+gpu_types:
+  h100: {memory_gb: 80, weight: 1.0}
+nodes:
+  - {names: "gpu[01-02]", gpus: 4, gpu_type: h100, cpus: 16, memory: 64G}
+partitions:
+  - {name: gpu, nodes: "gpu[01-02]", default: true, default_time: "00:30:00", max_time: "1-00:00:00"}
+accounts:
+  physics: {budget_gpu_hours: 50, period: monthly}
+ledger: sqlite:///${SLURMGOV_HOME}/ledger.sqlite
+default_budget: {budget_gpu_hours: 5, period: quarterly}
+"""
+
+
+class _Slurm:
+    """A stand-in for slurm.commands: two associated accounts, nothing in sacct or squeue."""
+
+    @staticmethod
+    def associated_accounts():
+        return {"fresh", "physics"}
+
+    @staticmethod
+    def sacct_jobs():
+        return []
+
+    @staticmethod
+    def squeue_tokens():
+        return []
+
+
+def test_the_governor_writes_capped_users_and_seeds_default_budgets(tmp_path):
+    import pwd
+    import time
+
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor, journal, snapshot
+
+    (tmp_path / "site.yaml").write_text(SITE)
+    site = site_mod.load(tmp_path / "site.yaml")
+    conf, state = tmp_path / "etc", tmp_path / "state"
+    conf.mkdir()
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    now = int(time.time())
+    # the hook admitted a job of uid 0 in an account the ledger has no budget for (fail-open)
+    (conf / governor.ADMITS).write_text(f"admit\t{now}\t0\ttok-1\tjournal-only\t0\t1800.000\t1\t30\th100\t1\n")
+    rep = governor.sync_once(ledger, site, conf, state, slurm=_Slurm())
+    assert not rep.problems, rep.problems
+    root = pwd.getpwuid(0).pw_name
+    hold = ledger.hold("slurm:tok-1")
+    assert (hold.account, hold.user) == ("journal-only", root)  # the uid's name, as `slurmgov run` records users
+    balances = {b.account: b for b in ledger.balances()}
+    assert balances["fresh"].budget_h == balances["journal-only"].budget_h == 5.0
+    assert balances["physics"].budget_h == 50.0  # the site file's own budget, not the default
+    seeds = {a["account"]: a for a in ledger.audit() if a["action"] == "seed" and a["actor"] == "slurmgov"}
+    assert set(seeds) == {"fresh", "journal-only"}
+    assert seeds["fresh"]["reason"] == ("default budget (site file default_budget): account in Slurm's "
+                                        "associations without a budget in the ledger")
+    assert seeds["journal-only"]["new_period"] == "quarterly"
+    # a capped user reaches the snapshot by uid, with what their cap leaves
+    ledger.set_user_cap("journal-only", root, 2.0, actor="admin")
+    ledger.set_user_cap("physics", "no-such-user-here", 1.0, actor="admin")  # no uid: left out, logged
+    governor.sync_once(ledger, site, conf, state, slurm=_Slurm())
+    snap = snapshot.read(conf / governor.SNAPSHOT)
+    assert snap.user_caps == {("journal-only", 0): (1.5 * 3600, 2.0 * 3600)}
+    assert journal.parse((conf / governor.ADMITS).read_text().splitlines()[0]).user == "0"
+    ledger.disconnect()
+
+
+def test_without_a_default_budget_an_unknown_account_stays_a_problem(tmp_path):
+    import time
+
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
+
+    (tmp_path / "site.yaml").write_text(SITE.replace("default_budget: {budget_gpu_hours: 5, period: quarterly}\n", ""))
+    site = site_mod.load(tmp_path / "site.yaml")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / governor.ADMITS).write_text(f"admit\t{int(time.time())}\t0\ttok-1\tnobudget\t0\t60.000\t1\t1\t-\t1\n")
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    rep = governor.sync_once(ledger, site, conf, tmp_path / "state", slurm=_Slurm())
+    assert [p for p in rep.problems if "account nobudget has no budget" in p]
+    assert {b.account for b in ledger.balances()} == {"physics"}
+    ledger.disconnect()
+
+
+def test_a_bad_default_budget_names_its_line(tmp_path):
+    from slurmgov.errors import InputError
+    from slurmgov.site import model as site_mod
+
+    (tmp_path / "site.yaml").write_text(SITE.replace("budget_gpu_hours: 5, period: quarterly",
+                                                     "budget_gpu_hours: -5, period: quarterly"))
+    with pytest.raises(InputError, match=r"site.yaml:12: default_budget.budget_gpu_hours"):
+        site_mod.load(tmp_path / "site.yaml")

@@ -162,6 +162,9 @@ class Site(Strict):
     snapshot_max_age_s: int = Field(300, ge=1, le=86400 * 30)
     default_weight: float = Field(1.0, gt=0)
     admins: Admins = Admins()
+    # the budget an account gets when it appears in Slurm (its associations, or the hook journal)
+    # without one in the ledger; None: such an account has no budget until an admin sets one
+    default_budget: Account | None = None
 
     @field_validator("accounts")
     @classmethod

@@ -267,6 +267,16 @@ def squeue_json(env=None) -> dict:
     return json.loads(run(["squeue", "--json", "-a"], env=env))
 
 
+SLURM_ROOT_ACCOUNT = "root"  # the parent of every account in slurmdbd; no one's work is governed there
+
+
+def associated_accounts(env=None, timeout: float = 15) -> set[str]:
+    """Every account with an association in slurmdbd (``sacctmgr show assoc``), lower case as
+    Slurm keeps them, but Slurm's own ``root`` account."""
+    out = run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account"], env=env, timeout=timeout)
+    return {a for ln in out.splitlines() if (a := ln.strip().lower()) and a != SLURM_ROOT_ACCOUNT}
+
+
 def user_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
     """The accounts Slurm associates ``user`` with (``sacctmgr show assoc``): those a user may
     charge work to. The user name is passed as one argument, never through a shell."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import grp
 import logging
 import os
@@ -138,6 +139,45 @@ def _admit_memo(event: journal.Admit, site: Site) -> str:
                      mixed_weight(event.gpu_type, event.cost_gpu_s, event.gpus, event.time_limit_min, tasks))
 
 
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: str | None) -> str | None:
+    """The user a journal line's uid is: its passwd name (what ``slurmgov run`` records as the
+    user, and what a per-user cap names), else the uid as written."""
+    if uid is None or not uid.isdigit():
+        return uid
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, OverflowError):
+        return uid
+
+
+def user_uid(name: str) -> int | None:
+    """The uid the hook sees for the ledger's user ``name`` (a name, or a uid the host does not know)."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+DEFAULT_REASON = "default budget (site file default_budget): account {where} without a budget in the ledger"
+
+
+def seed_defaults(ledger: Ledger, site: Site, accounts, where: str) -> list[str]:
+    """Give each of ``accounts`` that has no budget in the ledger the site's ``default_budget``
+    (nothing without one), audited as a seed by slurmgov; the accounts seeded."""
+    d = site.default_budget
+    if d is None:
+        return []
+    seeded = []
+    for account in sorted(set(accounts)):
+        if account and account not in site.accounts and ledger.ensure_account(
+                account, d.budget_gpu_hours, d.period, actor="slurmgov",
+                reason=DEFAULT_REASON.format(where=where), **d.terms()):
+            log.info("account %s: seeded the default budget of %g GPU-h (%s)", account, d.budget_gpu_hours, where)
+            seeded.append(account)
+    return seeded
+
+
 def apply(ledger: Ledger, site: Site, event) -> None:
     """Apply one journal event to the ledger (idempotent).
 
@@ -146,7 +186,7 @@ def apply(ledger: Ledger, site: Site, event) -> None:
     if isinstance(event, journal.Admit):
         run_id = _admit_memo(event, site)
         ledger.admit(hold_key(event.token), event.account, "sbatch", {"job": event.cost_gpu_s / 3600},
-                     user=event.user, run_id=run_id, now=event.ts, enforce=False)
+                     user=user_name(event.user), run_id=run_id, now=event.ts, enforce=False)
     elif isinstance(event, journal.Modify):
         apply_modify(ledger, site, event)
     elif isinstance(event, journal.Settle):
@@ -191,7 +231,7 @@ def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
     run_id = hold_memo(event.key, event.gpu_type, tasks,
                        mixed_weight(event.gpu_type, event.new_cost_gpu_s, event.gpus, event.time_limit_min,
                                     event.tasks))
-    create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": event.user,
+    create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": user_name(event.user),
               "run_id": run_id, "now": event.ts}
     ledger.reprice(key, event.mod_id, event.account, (event.new_cost_gpu_s - event.old_cost_gpu_s) / 3600,
                    actor=f"uid {event.modify_uid}", override=event.override, reason=_override_reason(event),
@@ -613,6 +653,8 @@ def _sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str 
     tighten_journals(conf_dir)
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
+    if site.default_budget is not None and slurm is not None and hasattr(slurm, "associated_accounts"):
+        seed_defaults(ledger, site, slurm.associated_accounts(), "in Slurm's associations")
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
     admit_offset = None
     for name in (ADMITS, SETTLES, REFUSALS):
@@ -664,6 +706,8 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         if isinstance(event, journal.Probe):
             continue  # for `slurmgov hooks check`: nothing to apply
         events.append((offset, event))
+    # an account the hook admitted under fail-open, or whose job it never held, may have no budget yet
+    seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
     errors = _apply_events(ledger, site, [e for _, e in events], one_by_one, rep)
     for i, (offset, event) in enumerate(events):
         if i in errors:
@@ -822,7 +866,7 @@ class _Batch:
         if rules.admit_replay(key, had, event.account, "sbatch", want):
             return
         self.b.require_account(event.account)
-        self.new_holds.append((key, event.account, "sbatch", shares, event.user, run_id, event.ts))
+        self.new_holds.append((key, event.account, "sbatch", shares, user_name(event.user), run_id, event.ts))
         self.holds[key] = _Held(event.account, "sbatch", want, run_id, "open")
 
     def _settle(self, event: journal.Settle) -> None:
@@ -889,9 +933,25 @@ def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset:
         default_weight=params.default_weight, weights=dict(params.weights),
         available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
         operator_uids=operator_uids(site), partition_gpus=dict(params.partition_gpus),
+        user_caps=snapshot_user_caps(ledger),
     )
     snapshot.write(path, snap)
     return snap.serial
+
+
+def snapshot_user_caps(ledger: Ledger) -> dict[tuple[str, int], tuple[float, float]]:
+    """The snapshot's ``user`` lines: (account, uid) -> (available, cap) in weighted GPU-seconds, for
+    every capped user. A user this host cannot give a uid for is left out, and said in the log:
+    the hook could not tell their jobs apart."""
+    out = {}
+    for u in ledger.user_balances():
+        uid = user_uid(u.user)
+        if uid is None:
+            log.warning("account %s: user %s has a cap but no uid on this host; the submit hook cannot enforce it",
+                        u.account, u.user)
+            continue
+        out[(u.account, uid)] = (u.available_h * 3600, u.cap_h * 3600)
+    return out
 
 
 def operator_uids(site: Site) -> list[int]:
