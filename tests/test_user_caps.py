@@ -407,3 +407,25 @@ def test_a_bad_default_budget_names_its_line(tmp_path):
                                                      "budget_gpu_hours: -5, period: quarterly"))
     with pytest.raises(InputError, match=r"site.yaml:12: default_budget.budget_gpu_hours"):
         site_mod.load(tmp_path / "site.yaml")
+
+
+def test_gsbatch_refuses_past_the_submitters_cap_before_sbatch(root, slurmgov_home, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from slurmgov.policy.authz import whoami
+
+    _sg("budget", "user-cap", "set", "physics", whoami(), "1", check=0)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")  # Slurm unreachable: the site file's partitions
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_CONF": str(tmp_path / "etc" / "slurm.conf")}
+    p = subprocess.run([str(Path(sys.executable).parent / "gsbatch"), "--gsbatch-preview", "-A", "physics", "--gpus=2",
+                        "-t", "60", "--wrap", "true"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert p.returncode == 4, p.stderr
+    assert p.stderr.strip() == (f"gsbatch: account physics: user {whoami()} has 1.0 GPU-h left of their per-user cap "
+                                f"of 1.0 GPU-h, job needs up to 2.0 GPU-h")
