@@ -228,7 +228,8 @@ end
 -- <available>\t<cap>" records, sorted by key): available and cap in weighted GPU-seconds, or nil
 -- where the user has no cap there. A table lookup's worth of work however many users are capped.
 local function lookup_user(packed, account, uid)
-	if packed == "" or account == nil or uid == nil then return nil end
+	-- (nil: a parse kept from a hook before user lines, in a Lua state slurmctld kept across the upgrade)
+	if packed == nil or packed == "" or account == nil or uid == nil then return nil end
 	local rest = lookup_record(packed, user_key(account, uid), 6) -- after "\nuser\t"
 	if not rest then return nil end
 	local avail, cap = string.match(rest, "^([^\t]*)\t(.*)$")
@@ -462,7 +463,7 @@ local function charged_since(snap, j)
 	if size < start then start = 0 end -- journal rotated after the snapshot: all of it is new
 	local c = st.journal
 	if not c or c.path ~= j.path or c.mode ~= mode or c.serial ~= snap.serial_str
-	   or c.start ~= start or size < c.offset then
+	   or c.start ~= start or size < c.offset or not c.usums then -- (no usums: kept from an older hook)
 		c = { path = j.path, mode = mode, serial = snap.serial_str, start = start,
 		      offset = start, sums = {}, usums = {} }
 	end

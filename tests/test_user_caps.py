@@ -429,3 +429,35 @@ def test_gsbatch_refuses_past_the_submitters_cap_before_sbatch(root, slurmgov_ho
     assert p.returncode == 4, p.stderr
     assert p.stderr.strip() == (f"gsbatch: account physics: user {whoami()} has 1.0 GPU-h left of their per-user cap "
                                 f"of 1.0 GPU-h, job needs up to 2.0 GPU-h")
+
+
+def test_a_hook_upgraded_in_a_live_lua_state_keeps_working(lua51, tmp_path):
+    """slurmctld may keep the Lua state (slurmgov_state) across a reload of a new job_submit.lua: its
+    caches, made by a hook from before user lines, have no users and no per-user sums."""
+    import subprocess
+
+    from hook_cases import ROOT
+
+    d = _hook_dir(tmp_path, {("chem-ai", 1000): (3600.0, 3600.0)})
+    script = d / "upgrade.lua"
+    script.write_text(f"""
+slurm = {{ SUCCESS = 0, ERROR = -1, log_user = function(f, m) print(m) end, log_info = function() end }}
+dofile({str(d / "job_submit.lua")!r})
+local parts = {{ gpu = {{ name = "gpu", default_time = 30, max_time = 1440, flag_default = 1, max_share = 1 }} }}
+local function job() return {{ account = "chem-ai", user_id = 1000, tres_per_node = "gres:gpu:1", time_limit = 30,
+                               min_nodes = 1, max_nodes = 1, partition = "gpu" }} end
+print(slurm_job_submit(job(), parts, 1000))
+slurmgov_state.snapshot.snap.users = nil -- as the older hook parsed it
+slurmgov_state.journal.usums = nil
+print(slurm_job_submit(job(), parts, 1000))
+print(slurm_job_submit(job(), parts, 1000))
+slurmgov_state.snapshot = nil -- the governor's next snapshot (a new serial) is parsed afresh
+print(slurm_job_submit(job(), parts, 1000))
+""")
+    out = subprocess.run([lua51, str(script)], capture_output=True, text=True, check=True, cwd=ROOT,
+                         timeout=60).stdout.splitlines()
+    # no Lua error; the old parse has no user lines, so the cap binds from the next snapshot on,
+    # counting every admission of the journal (the sums, lacking their per-user half, are read again)
+    assert out[:3] == ["0", "0", "0"], out
+    assert out[3].endswith("has 0.0 GPU-h left of their per-user cap of 1.0 GPU-h, job needs up to 0.5 GPU-h") \
+        and out[4] == "-1", out
