@@ -51,3 +51,28 @@ def test_sbatch_past_a_users_cap_is_refused_while_another_user_is_admitted(gov):
     sg("budget", "user-cap", "set", "physics", "nobody", "1.0")
     sync(sg, c, "--no-reconcile")
     nobody_sbatch(c, "-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "30")
+
+
+def test_an_account_slurm_has_without_a_budget_gets_the_sites_default(gov, root, tmp_path):
+    c, sg, gsbatch, ledger = gov
+    text = (root / "site_configs" / "demo-cluster.yaml").read_text()
+    assert "  bio-ml: {budget_gpu_hours: 200, period: monthly}\n" in text
+    site = tmp_path / "site.yaml"  # the demo site, without bio-ml, with a default budget
+    site.write_text(text.replace("  bio-ml: {budget_gpu_hours: 200, period: monthly}\n", "")
+                    + "default_budget: {budget_gpu_hours: 3, period: monthly}\n")
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir, "--site", site)
+    assert "bio-ml" not in {b.account for b in ledger.balances()}
+    sync(sg, c, "--site", site)  # reconciles with Slurm: its associations name bio-ml
+    [b] = [b for b in ledger.balances() if b.account == "bio-ml"]
+    assert (b.budget_h, b.period[4]) == (3.0, "-")  # monthly: 'YYYY-MM'
+    [seed] = [a for a in ledger.audit() if a["account"] == "bio-ml"]
+    assert (seed["action"], seed["actor"], seed["new_budget_h"]) == ("seed", "slurmgov", 3.0)
+    assert "Slurm's associations" in seed["reason"]
+    assert "root" not in {b.account for b in ledger.balances()}  # Slurm's own root account gets none
+    # the hook now has a budget for it
+    r = c.sbatch(["-H", "-A", "bio-ml", "--gres=gpu:h100:1", "-t", "30", "--wrap", "true"])
+    assert r.returncode == 0, r.stderr
+    r = c.sbatch(["-H", "-A", "bio-ml", "--gres=gpu:h100:4", "-t", "60", "--wrap", "true"])
+    assert r.returncode != 0 and "account bio-ml: 2.5 GPU-h left, job needs up to 4.0 GPU-h" in r.stderr
+    sync(sg, c, "--site", site)  # a second pass seeds nothing again
+    assert len([a for a in ledger.audit() if a["account"] == "bio-ml"]) == 1
