@@ -461,3 +461,34 @@ print(slurm_job_submit(job(), parts, 1000))
     assert out[:3] == ["0", "0", "0"], out
     assert out[3].endswith("has 0.0 GPU-h left of their per-user cap of 1.0 GPU-h, job needs up to 0.5 GPU-h") \
         and out[4] == "-1", out
+
+
+def test_gpu_time_billed_from_sacct_counts_against_its_users_cap(tmp_path):
+    """A job the hook never held, whose settle line was lost too, is billed from sacct: to its user."""
+    import time
+
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
+    from slurmgov.slurm.commands import Job
+
+    (tmp_path / "site.yaml").write_text(SITE)
+    site = site_mod.load(tmp_path / "site.yaml")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    governor.sync_once(ledger, site, conf, tmp_path / "state")
+    ledger.set_user_cap("physics", "alice", 1.0, actor="admin")
+    t0 = int(time.time()) - 3600
+
+    class Sacct(_Slurm):
+        @staticmethod
+        def sacct_jobs():
+            return [Job("900", "physics", "COMPLETED", None, 2, t0, t0 + 900, 900, user="alice")]
+
+    rep = governor.sync_once(ledger, site, conf, tmp_path / "state", slurm=Sacct(), grace_s=0)
+    assert not rep.problems, rep.problems
+    [charge] = ledger.charges("slurm:job-900")
+    assert (charge["user"], charge["charged_h"]) == ("alice", 0.5)
+    [u] = ledger.user_balances()
+    assert (u.user, u.charged_h, u.available_h) == ("alice", 0.5, 0.5)
+    ledger.disconnect()

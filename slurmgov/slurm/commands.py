@@ -61,6 +61,7 @@ class Job:
     end: int
     elapsed: int
     array_job_id: str | None = None
+    user: str | None = None  # whose job it is (sacct's user name)
 
     @property
     def final(self) -> bool:
@@ -149,7 +150,7 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
                        int(t.get("end") or 0), int(t.get("elapsed") or 0),
-                       _id((j.get("array") or {}).get("job_id"))))
+                       _id((j.get("array") or {}).get("job_id")), j.get("user") or None))
     return out
 
 

@@ -113,10 +113,10 @@ def mixed_weight(gpu_type: str | None, cost_gpu_s: float, gpus: float, minutes: 
     return cost_gpu_s / unit
 
 
-def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float) -> tuple:
+def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float, user: str | None = None) -> tuple:
     """A hold (Bulk.admit_many's row) of what a job without one used: priced at the dearest
-    weight, as the charge of an untyped job is."""
-    return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, None,
+    weight, as the charge of an untyped job is. ``user``: whose job it was, where known (sacct)."""
+    return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, user,
             f"{token};-;1", ts)
 
 
@@ -564,9 +564,9 @@ class _Chunk:
     def _recreate_hold(self, job, key: str) -> None:
         self.b.require_account(job.account)
         row = _usage_hold(self.site, key[len("slurm:"):], job.account, job.gpus * job.elapsed,
-                          job.start or job.end or self.now)
+                          job.start or job.end or self.now, getattr(job, "user", None))
         self.new_holds.append(row)
-        self.holds[key] = HoldRow(key, job.account, "sbatch", None, row[5], "open", row[6])
+        self.holds[key] = HoldRow(key, job.account, "sbatch", row[4], row[5], "open", row[6])
         if job.token:  # a job without one never had an admit line
             self.drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
 
