@@ -360,6 +360,7 @@ def test_the_governor_writes_capped_users_and_seeds_default_budgets(tmp_path):
     (conf / governor.ADMITS).write_text(f"admit\t{now}\t0\ttok-1\tjournal-only\t0\t1800.000\t1\t30\th100\t1\n")
     rep = governor.sync_once(ledger, site, conf, state, slurm=_Slurm())
     assert not rep.problems, rep.problems
+    assert rep.seeded == ["fresh", "journal-only"]
     root = pwd.getpwuid(0).pw_name
     hold = ledger.hold("slurm:tok-1")
     assert (hold.account, hold.user) == ("journal-only", root)  # the uid's name, as `slurmgov run` records users

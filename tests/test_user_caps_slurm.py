@@ -62,7 +62,8 @@ def test_an_account_slurm_has_without_a_budget_gets_the_sites_default(gov, root,
                     + "default_budget: {budget_gpu_hours: 3, period: monthly}\n")
     sg("hooks", "install", "--slurm-conf-dir", c.conf_dir, "--site", site)
     assert "bio-ml" not in {b.account for b in ledger.balances()}
-    sync(sg, c, "--site", site)  # reconciles with Slurm: its associations name bio-ml
+    rep = sync(sg, c, "--site", site)  # reconciles with Slurm: its associations name bio-ml
+    assert rep["seeded"] == ["bio-ml"], rep
     [b] = [b for b in ledger.balances() if b.account == "bio-ml"]
     assert (b.budget_h, b.period[4]) == (3.0, "-")  # monthly: 'YYYY-MM'
     [seed] = [a for a in ledger.audit() if a["account"] == "bio-ml"]
@@ -74,5 +75,5 @@ def test_an_account_slurm_has_without_a_budget_gets_the_sites_default(gov, root,
     assert r.returncode == 0, r.stderr
     r = c.sbatch(["-H", "-A", "bio-ml", "--gres=gpu:h100:4", "-t", "60", "--wrap", "true"])
     assert r.returncode != 0 and "account bio-ml: 2.5 GPU-h left, job needs up to 4.0 GPU-h" in r.stderr
-    sync(sg, c, "--site", site)  # a second pass seeds nothing again
+    assert sync(sg, c, "--site", site)["seeded"] == []  # a second pass seeds nothing again
     assert len([a for a in ledger.audit() if a["account"] == "bio-ml"]) == 1

@@ -59,6 +59,7 @@ class SyncReport:
     snapshot_serial: int | None = None
     refused: dict[str, int] = field(default_factory=dict)  # hook refusals since the last pass, by reason
     batch_fallbacks: int = 0  # journal batches that failed whole and were applied event by event
+    seeded: list[str] = field(default_factory=list)  # accounts given the site's default_budget this pass
 
 
 def hold_key(token: str) -> str:
@@ -654,7 +655,7 @@ def _sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str 
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
     if site.default_budget is not None and slurm is not None and hasattr(slurm, "associated_accounts"):
-        seed_defaults(ledger, site, slurm.associated_accounts(), "in Slurm's associations")
+        rep.seeded += seed_defaults(ledger, site, slurm.associated_accounts(), "in Slurm's associations")
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
     admit_offset = None
     for name in (ADMITS, SETTLES, REFUSALS):
@@ -707,7 +708,7 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
             continue  # for `slurmgov hooks check`: nothing to apply
         events.append((offset, event))
     # an account the hook admitted under fail-open, or whose job it never held, may have no budget yet
-    seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
+    rep.seeded += seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
     errors = _apply_events(ledger, site, [e for _, e in events], one_by_one, rep)
     for i, (offset, event) in enumerate(events):
         if i in errors:
