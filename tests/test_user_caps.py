@@ -300,6 +300,11 @@ def test_slurmgov_run_past_the_users_cap_exits_4_and_submits_nothing(root, slurm
     assert json.loads(_sg("budget", "user-cap", "show", "--json", check=0).stdout) == []
     audit = [a for a in json.loads(_sg("audit", "--json", check=0).stdout) if a["action"] == "user-cap"]
     assert [(a["actor"], a["reason"]) for a in audit] == [(me, "trial"), (me, "trial over")]
+    import os as _os
+
+    table = subprocess.run([str(Path(sys.executable).parent / "slurmgov"), "audit"], capture_output=True, text=True,
+                           env={**_os.environ, "COLUMNS": "250"}, timeout=120, check=True).stdout
+    assert f"user {me}: cap 1.5 GPU-h per period (was none): trial" in table
 
 
 def test_user_cap_input_errors_are_one_line(root, slurmgov_home):
@@ -492,4 +497,28 @@ def test_gpu_time_billed_from_sacct_counts_against_its_users_cap(tmp_path):
     assert (charge["user"], charge["charged_h"]) == ("alice", 0.5)
     [u] = ledger.user_balances()
     assert (u.user, u.charged_h, u.available_h) == ("alice", 0.5, 0.5)
+    ledger.disconnect()
+
+
+def test_the_mcp_desk_tells_an_agent_its_users_cap(root, tmp_path):
+    """budget_status shows the caller's cap; plan_workflow and suggest_cheaper plan within it."""
+    from slurmgov.interface.mcp_tools import Desk
+    from slurmgov.site import model as site_mod
+
+    site = site_mod.load(root / "site_configs" / "local.yaml")
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
+    desk = Desk(site, str(root / "site_configs" / "local.yaml"), ledger, user="alice")
+    assert desk.budget_status("chem-ai")["user_cap"] is None
+    ledger.set_user_cap("chem-ai", "alice", 1.0, actor="admin")
+    b = desk.budget_status("chem-ai")
+    assert b["available_gpu_hours"] == 500.0
+    assert b["user_cap"] == {"user": "alice", "cap_gpu_hours": 1.0, "charged_gpu_hours": 0.0, "held_gpu_hours": 0.0,
+                             "available_gpu_hours": 1.0}
+    spec = (root / "jobspecs" / "research-fanout.yaml").read_text()  # 3.33 GPU-h at worst
+    p = desk.plan_workflow(spec)
+    assert (p["fits_budget"], p["available_gpu_hours"]) == (False, 1.0)
+    assert p["shortfall_gpu_hours"] == pytest.approx(p["worst_case_gpu_hours"] - 1.0)
+    s = desk.suggest_cheaper(spec)
+    assert s["fits"] is False and s["available_gpu_hours"] == 1.0
+    assert all(a["worst_case_gpu_hours"] <= 1.0 + 1e-9 for a in s["alternatives"])
     ledger.disconnect()

@@ -770,6 +770,20 @@ class Ledger:
 
         self._write(tx)
 
+    def user_balance(self, account: str, user: str, now=None) -> UserBalance | None:
+        """``user``'s cap in ``account`` as user_balances gives it, or None where they have none."""
+        ts = _epoch(now, "now")
+
+        def tx() -> UserBalance | None:
+            got = self._user_cap(account, user, ts)
+            if got is None:
+                return None
+            key, cap, charged, held = got
+            return UserBalance(account, user, key, _h(cap), _h(charged), _h(held),
+                               _h(R.user_available(cap, charged, held)))
+
+        return self._read(tx)
+
     def user_balances(self, now=None) -> list[UserBalance]:
         """Every capped user, by account and user: cap, charged and held this period, available."""
         ts = _epoch(now, "now")

@@ -272,8 +272,11 @@ def audit(site_path, as_json, fmt):
     for r in rows:
         # .12g: every digit the ledger keeps (plain :g would show 123456.789 as 123457)
         old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:.12g}"
+        why = r["reason"] or ""
+        if r["action"] == "user-cap" and r["terms"]:  # which user, and the cap: in the terms
+            why = f"{r['terms']}: {why}" if why else r["terms"]
         t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["account"], r["action"], old,
-                  f"{r['new_budget_h']:.12g}", r["new_period"], r["reason"] or "")
+                  f"{r['new_budget_h']:.12g}", r["new_period"], why)
     show(t, out, fmt)
 
 
