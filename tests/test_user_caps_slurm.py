@@ -77,3 +77,14 @@ def test_an_account_slurm_has_without_a_budget_gets_the_sites_default(gov, root,
     assert r.returncode != 0 and "account bio-ml: 2.5 GPU-h left, job needs up to 4.0 GPU-h" in r.stderr
     assert sync(sg, c, "--site", site)["seeded"] == []  # a second pass seeds nothing again
     assert len([a for a in ledger.audit() if a["account"] == "bio-ml"]) == 1
+
+
+def test_slurmgov_run_on_slurm_past_the_users_cap_submits_nothing(gov, root):
+    c, sg, gsbatch, ledger = gov
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    sg("budget", "user-cap", "set", "chem-ai", "root", "0.5", "--reason", "e2e")
+    p = sg("run", root / "jobspecs" / "research-fanout.yaml", check=4)
+    assert "slurmgov: account chem-ai: user root has 0.5 GPU-h left of their per-user cap of 0.5 GPU-h, " \
+           "workflow deep-research needs up to" in p.stderr and p.stderr.strip().endswith("; nothing was submitted")
+    assert c.run("squeue", "-h", "-o", "%i").stdout.strip() == ""
+    assert ledger.holds_open() == []
