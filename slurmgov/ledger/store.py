@@ -770,31 +770,25 @@ class Ledger:
 
         self._write(tx)
 
+    def _user_balance(self, account: str, user: str, ts: float) -> UserBalance | None:
+        got = self._user_cap(account, user, ts)
+        if got is None:
+            return None
+        key, cap, charged, held = got
+        return UserBalance(account, user, key, _h(cap), _h(charged), _h(held), _h(R.user_available(cap, charged, held)))
+
     def user_balance(self, account: str, user: str, now=None) -> UserBalance | None:
         """``user``'s cap in ``account`` as user_balances gives it, or None where they have none."""
         ts = _epoch(now, "now")
-
-        def tx() -> UserBalance | None:
-            got = self._user_cap(account, user, ts)
-            if got is None:
-                return None
-            key, cap, charged, held = got
-            return UserBalance(account, user, key, _h(cap), _h(charged), _h(held),
-                               _h(R.user_available(cap, charged, held)))
-
-        return self._read(tx)
+        return self._read(lambda: self._user_balance(account, user, ts))
 
     def user_balances(self, now=None) -> list[UserBalance]:
         """Every capped user, by account and user: cap, charged and held this period, available."""
         ts = _epoch(now, "now")
 
         def tx() -> list[UserBalance]:
-            out = []
-            for account, user, _ in self._x(S.USER_CAPS_ALL).fetchall():
-                key, cap, charged, held = self._user_cap(account, user, ts)  # type: ignore[misc]
-                out.append(UserBalance(account, user, key, _h(cap), _h(charged), _h(held),
-                                       _h(R.user_available(cap, charged, held))))
-            return out
+            rows = self._x(S.USER_CAPS_ALL).fetchall()
+            return [u for account, user, _ in rows if (u := self._user_balance(account, user, ts)) is not None]
 
         return self._read(tx)
 

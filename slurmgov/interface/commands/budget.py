@@ -150,7 +150,7 @@ def _cap_ledger(site_path, account, user):
 
 
 def _print_cap(ledger, account, user):
-    u = next((u for u in ledger.user_balances() if (u.account, u.user) == (account, user)), None)
+    u = ledger.user_balance(account, user)
     if u is None:
         out.print(f"account {account}: user {user} has no cap (the account's budget only)")
     else:
