@@ -462,10 +462,12 @@ local function charged_since(snap, j)
 	local size = f:seek("end") or 0
 	if size < start then start = 0 end -- journal rotated after the snapshot: all of it is new
 	local c = st.journal
+	-- per-user sums are kept only while the snapshot caps someone
+	local per_user = (snap.users ~= nil and snap.users ~= "")
 	if not c or c.path ~= j.path or c.mode ~= mode or c.serial ~= snap.serial_str
-	   or c.start ~= start or size < c.offset or not c.usums then -- (no usums: kept from an older hook)
+	   or c.start ~= start or size < c.offset or c.per_user ~= per_user then -- (nil: kept from an older hook)
 		c = { path = j.path, mode = mode, serial = snap.serial_str, start = start,
-		      offset = start, sums = {}, usums = {} }
+		      offset = start, sums = {}, usums = {}, per_user = per_user }
 	end
 	if size > c.offset then
 		f:seek("set", c.offset)
@@ -488,8 +490,10 @@ local function charged_since(snap, j)
 					local acct, add, uid = journal_charge(t)
 					if acct then
 						sums[acct] = (sums[acct] or 0) + add
-						local uk = user_key(acct, uid)
-						usums[uk] = (usums[uk] or 0) + add
+						if c.per_user then
+							local uk = user_key(acct, uid)
+							usums[uk] = (usums[uk] or 0) + add
+						end
 					end
 				end
 			end
@@ -511,11 +515,25 @@ local function user_words(name, uid)
 end
 
 -- What user ``uid``'s cap in ``account`` leaves them, given what the journal added since the
--- snapshot (usums), and the cap: nil where the user has no cap there.
+-- snapshot (usums), and the cap: nil where the user has no cap there. The lookup is remembered
+-- for the snapshot's life, as account_budget's (emptied past 256 users).
 local function user_left(snap, usums, account, uid)
-	local avail, cap = lookup_user(snap.users, account, uid)
-	if not avail then return nil end
-	return avail - (usums[user_key(account, uid)] or 0), cap
+	if account == nil or uid == nil or snap.users == nil or snap.users == "" then return nil end
+	local key = user_key(account, uid)
+	local memo = snap.user_memo
+	if not memo or snap.user_memo_n >= 256 then
+		memo = {}
+		snap.user_memo, snap.user_memo_n = memo, 0
+	end
+	local got = memo[key]
+	if got == nil then
+		local avail, cap = lookup_user(snap.users, account, uid)
+		got = avail and { avail, cap } or false
+		memo[key] = got
+		snap.user_memo_n = snap.user_memo_n + 1
+	end
+	if not got then return nil end
+	return got[1] - (usums[key] or 0), got[2]
 end
 
 -- GPU entries of one TRES string: list of {type=<string|nil>, count=<number>}.
