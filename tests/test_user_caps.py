@@ -362,9 +362,11 @@ def test_the_governor_writes_capped_users_and_seeds_default_budgets(tmp_path):
     ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite")
     now = int(time.time())
     # the hook admitted a job of uid 0 in an account the ledger has no budget for (fail-open)
-    (conf / governor.ADMITS).write_text(f"admit\t{now}\t0\ttok-1\tjournal-only\t0\t1800.000\t1\t30\th100\t1\n")
+    (conf / governor.ADMITS).write_text(f"admit\t{now}\t0\ttok-1\tjournal-only\t0\t1800.000\t1\t30\th100\t1\n"
+                                        f"admit\t{now}\t0\ttok-2\tno spaces\t0\t1800.000\t1\t30\th100\t1\n")
     rep = governor.sync_once(ledger, site, conf, state, slurm=_Slurm())
-    assert not rep.problems, rep.problems
+    # a name no site file could hold gets no budget: its line stays a problem
+    assert [p for p in rep.problems if "account no spaces has no budget" in p] == rep.problems != []
     assert rep.seeded == ["fresh", "journal-only"]
     root = pwd.getpwuid(0).pw_name
     hold = ledger.hold("slurm:tok-1")

@@ -21,6 +21,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import shutil
 import stat
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
 from slurmgov.ledger import rules
 from slurmgov.ledger.store import HoldRow, Ledger
-from slurmgov.site.model import Site
+from slurmgov.site.model import NAME, Site
 from slurmgov.site.shared import shared_path
 from slurmgov.slurm import journal, snapshot
 from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
@@ -171,7 +172,8 @@ def seed_defaults(ledger: Ledger, site: Site, accounts, where: str) -> list[str]
         return []
     seeded = []
     for account in sorted(set(accounts)):
-        if account and account not in site.accounts and ledger.ensure_account(
+        # (a name the site file could not hold, or the hook's snapshot could not carry, gets nothing)
+        if re.match(NAME, account) and account not in site.accounts and ledger.ensure_account(
                 account, d.budget_gpu_hours, d.period, actor="slurmgov",
                 reason=DEFAULT_REASON.format(where=where), **d.terms()):
             log.info("account %s: seeded the default budget of %g GPU-h (%s)", account, d.budget_gpu_hours, where)
