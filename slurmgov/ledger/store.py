@@ -67,7 +67,7 @@ from slurmgov.ledger.rules import epoch as _epoch
 from slurmgov.ledger.rules import hours as _h
 
 __all__ = ["BULK_ROWS", "CLOSED_STATES", "DEFAULT_WAIT_S", "MAX_GPU_HOURS", "MS_PER_H", "PERIOD_KINDS", "Balance",
-           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "period_of"]
+           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "UserBalance", "period_of"]
 
 USAGE_BY = tuple(S.USAGE_COLUMNS)
 DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
@@ -91,6 +91,19 @@ class Balance:
     available_h: float
     carried_h: float = 0.0  # rolled over from the previous period (included in budget_h)
     expires: str | None = None  # ISO date (UTC) after which the account has no budget
+
+
+@dataclass(frozen=True)
+class UserBalance:
+    """A capped user in an account: their cap per period (the account's period), what they were
+    charged in the account this period, what their open holds in it hold, and what is left."""
+    account: str
+    user: str
+    period: str
+    cap_h: float
+    charged_h: float
+    held_h: float
+    available_h: float  # cap - charged - held (may be < 0 once charges ran past it)
 
 
 @dataclass(frozen=True)
@@ -509,6 +522,9 @@ class Ledger:
                 for table, column, stmt in S.role_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 8:
+                for stmt in S.user_caps_ddl(self._d):
+                    self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -676,13 +692,111 @@ class Ledger:
                                  R.terms_text(pct, expires), role))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
-                       actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
-        """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
+                       actor: str = "site-config", rollover_pct: int = 0, expires=None,
+                       reason: str = "seeded from site config") -> bool:
+        """Seed ``account``'s budget unless it already has one (an existing budget wins); the seed
+        goes on the audit trail with ``actor`` and ``reason``. True where this call seeded it."""
         ms, kind = _ms(gpu_hours, f"budget of {account}"), R.check_kind(period_kind)
         terms = R.check_terms(account, rollover_pct, expires)
         if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
-            return  # seeded before: no need to queue for the write lock (the write checks again)
-        self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
+            return False  # seeded before: no need to queue for the write lock (the write checks again)
+
+        def tx() -> bool:
+            self._lock_account(account)
+            if self._one(S.ACCOUNT_GET, (account,)) is not None:
+                return False  # another process seeded it since the read
+            self._put_budget(account, ms, kind, actor, reason, "seed", False, terms)
+            return True
+
+        return self._write(tx)
+
+    # ---- per-user caps inside an account -------------------------------------------------
+
+    def _user_cap(self, account: str, user: str, ts: float) -> tuple[str, int, int, int] | None:
+        """(period key, cap, charged, held) in ms of ``user`` in ``account`` at ``ts``, or None
+        where the user has no cap there. The period is the account's."""
+        row = self._one(S.USER_CAP_GET, (account, user))
+        if row is None:
+            return None
+        kind = self._one(S.ACCOUNT_BALANCE, (account,))[1]
+        key, start, end = period_of(kind, ts)
+        charged = self._one(S.USER_CHARGED_IN, (account, user, start, end))[0]
+        held = self._one(S.USER_HELD, (account, user))[0]
+        return key, row[0], charged, held
+
+    def _check_user_cap(self, account: str, user: str | None, need: int, ts: float, what: str) -> None:
+        """BudgetRefused (rules.check_user_cap) where ``user`` has a cap in ``account`` that does
+        not leave ``need``; nothing for a user without one (one primary-key read)."""
+        if user is None or (got := self._user_cap(account, user, ts)) is None:
+            return
+        _, cap, charged, held = got
+        R.check_user_cap(account, user, cap, R.user_available(cap, charged, held), need, what)
+
+    def check_admission(self, account: str, user: str | None, gpu_hours: float, now=None,
+                        what: str = "workflow") -> None:
+        """Whether an admission of ``gpu_hours`` by ``user`` in ``account`` would pass, without
+        holding anything (BudgetRefused, or UnknownAccount, where not): the account's budget
+        (rules.check_admit), then the user's cap. For work admitted elsewhere (the submit hook
+        holds a Slurm job when it is submitted): ``slurmgov run`` on a Slurm site checks first."""
+        need, ts = _ms(gpu_hours, "admission"), _epoch(now, "now")
+
+        def tx() -> None:
+            R.check_admit(account, R.available(*self._balance_ms(account, ts)[1:]), need)
+            self._check_user_cap(account, user, need, ts, what)
+
+        self._read(tx)
+
+    def set_user_cap(self, account: str, user: str, gpu_hours: float | None, actor: str, reason: str = "",
+                     role: str | None = None) -> None:
+        """Cap what ``user`` may spend of ``account``'s budget per period (charged in the period plus
+        still held) at ``gpu_hours``; None removes the cap. Audited with who (as which ``role``) and why."""
+        if not actor:
+            raise InputError(f"user cap of {user} in {account}: say who is changing it (actor)")
+        if not isinstance(user, str) or not user.strip() or any(c in user for c in "\t\r\n"):
+            raise InputError(f"user cap in {account}: {user!r} is not a user name")
+        cap = None if gpu_hours is None else _ms(gpu_hours, f"cap of user {user} in {account}")
+
+        def tx() -> None:
+            self._lock_account(account)
+            _, budget, kind = self._account(account)[:3]
+            old = self._one(S.USER_CAP_GET, (account, user))
+            old_cap = None if old is None else old[0]
+            if old_cap == cap:
+                return  # nothing changes: nothing to audit
+            now = time.time()
+            if cap is None:
+                self._x(S.USER_CAP_DELETE, (account, user))
+            elif old is None:
+                self._x(S.USER_CAP_INSERT, (account, user, cap, now))
+            else:
+                self._x(S.USER_CAP_UPDATE, (cap, now, account, user))
+            at = datetime.fromtimestamp(now, timezone.utc).isoformat()
+            self._x(S.AUDIT_INSERT, (at, actor, account, "user-cap", budget, budget, kind, kind, reason or "",
+                                     R.cap_terms(user, cap, old_cap), role))
+
+        self._write(tx)
+
+    def _user_balance(self, account: str, user: str, ts: float) -> UserBalance | None:
+        got = self._user_cap(account, user, ts)
+        if got is None:
+            return None
+        key, cap, charged, held = got
+        return UserBalance(account, user, key, _h(cap), _h(charged), _h(held), _h(R.user_available(cap, charged, held)))
+
+    def user_balance(self, account: str, user: str, now=None) -> UserBalance | None:
+        """``user``'s cap in ``account`` as user_balances gives it, or None where they have none."""
+        ts = _epoch(now, "now")
+        return self._read(lambda: self._user_balance(account, user, ts))
+
+    def user_balances(self, now=None) -> list[UserBalance]:
+        """Every capped user, by account and user: cap, charged and held this period, available."""
+        ts = _epoch(now, "now")
+
+        def tx() -> list[UserBalance]:
+            rows = self._x(S.USER_CAPS_ALL).fetchall()
+            return [u for account, user, _ in rows if (u := self._user_balance(account, user, ts)) is not None]
+
+        return self._read(tx)
 
     def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",
                    reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False,
@@ -857,6 +971,7 @@ class Ledger:
             avail = R.available(*self._balance_ms(account, ts)[1:])  # also: no budget, no hold (enforced or not)
             if enforce:
                 R.check_admit(account, avail, need)
+                self._check_user_cap(account, user, need, ts, "workflow")
             self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
             if lease_s is not None:
                 self._x(S.HOLD_LEASE, (ts + lease_s, hold_key))

@@ -200,6 +200,9 @@ class Site(Strict):
     admins: Admins = Admins()
     operators: Operators = Operators()
     managers: Managers = Managers()
+    # the budget an account gets when it appears in Slurm (its associations, or the hook journal)
+    # without one in the ledger; None: such an account has no budget until an admin sets one
+    default_budget: Account | None = None
 
     @field_validator("accounts")
     @classmethod

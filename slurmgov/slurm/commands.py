@@ -61,6 +61,7 @@ class Job:
     end: int
     elapsed: int
     array_job_id: str | None = None
+    user: str | None = None  # whose job it is (sacct's user name)
 
     @property
     def final(self) -> bool:
@@ -149,7 +150,7 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
                        int(t.get("end") or 0), int(t.get("elapsed") or 0),
-                       _id((j.get("array") or {}).get("job_id"))))
+                       _id((j.get("array") or {}).get("job_id")), j.get("user") or None))
     return out
 
 
@@ -265,6 +266,16 @@ def node_gres_used(env=None) -> str:
 def squeue_json(env=None) -> dict:
     """Every job squeue lists, all partitions, as its JSON document."""
     return json.loads(run(["squeue", "--json", "-a"], env=env))
+
+
+SLURM_ROOT_ACCOUNT = "root"  # the parent of every account in slurmdbd; no one's work is governed there
+
+
+def associated_accounts(env=None, timeout: float = 15) -> set[str]:
+    """Every account with an association in slurmdbd (``sacctmgr show assoc``), lower case as
+    Slurm keeps them, but Slurm's own ``root`` account."""
+    out = run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account"], env=env, timeout=timeout)
+    return {a for ln in out.splitlines() if (a := ln.strip().lower()) and a != SLURM_ROOT_ACCOUNT}
 
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")

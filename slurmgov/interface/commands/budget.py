@@ -133,6 +133,102 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
         _print_budget(ledger, account)
 
 
+@budget.group("user-cap")
+def user_cap():
+    """Cap what one user may spend of an account's budget per period."""
+
+
+def may_cap_users(site, account: str) -> None:
+    """Who may set or remove a user's cap in ``account``: the one permission check of these
+    commands (admins, for now)."""
+    authz.require_admin(site, f"capping a user of account {account}")
+
+
+def _cap_ledger(site_path, account, user):
+    site = _site(site_path)
+    if not re.match(jobspec.NAME, account):
+        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
+        raise click.BadParameter(f"{user!r} is not a user name", param_hint="USER")
+    may_cap_users(site, account)
+    ledger = _ledger(site)
+    ensure_budget(ledger, site, account)
+    return ledger
+
+
+def _print_cap(ledger, account, user):
+    u = ledger.user_balance(account, user)
+    if u is None:
+        out.print(f"account {account}: user {user} has no cap (the account's budget only)")
+    else:
+        out.print(f"account {account}: user {user} may spend {u.cap_h:.2f} GPU-h per period, "
+                  f"{u.available_h:.2f} left in {u.period}")
+
+
+@user_cap.command("set")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("user")
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+@wait_option
+def user_cap_set(account, user, gpu_hours, reason, site_path):
+    """Let USER spend at most GPU_HOURS of ACCOUNT's budget per period (what they were charged in
+    the account this period plus what their work still holds). Enforced by `slurmgov run`, the
+    ledger and, from the governor's next snapshot, the Slurm submit hook (admins only).
+
+    \b
+    Example:
+      slurmgov budget user-cap set chem-ai alice 40 --reason "intern, autumn term"
+    """
+    ledger = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, gpu_hours, actor=authz.whoami(), reason=reason)
+    _print_cap(ledger, account, user)
+
+
+@user_cap.command("remove")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("user")
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+@wait_option
+def user_cap_remove(account, user, reason, site_path):
+    """Remove USER's cap in ACCOUNT: the account's budget alone binds them again (admins only).
+
+    \b
+    Example:
+      slurmgov budget user-cap remove chem-ai alice --reason "project lead now"
+    """
+    ledger = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, None, actor=authz.whoami(), reason=reason)
+    _print_cap(ledger, account, user)
+
+
+@user_cap.command("show")
+@click.argument("account", required=False, shell_complete=_complete_accounts)
+@site_option
+@json_option
+@wait_option
+def user_cap_show(account, site_path, as_json):
+    """Capped users: cap, charged and held this period, and what is left.
+
+    \b
+    Example:
+      slurmgov budget user-cap show chem-ai --json
+    """
+    rows = [u for u in _ledger(_site(site_path)).user_balances() if account is None or u.account == account]
+    if as_json:
+        _json([dataclasses.asdict(u) for u in rows])
+        return
+    t = Table(title="per-user caps")
+    for col in ("account", "user", "period", "cap GPU-h", "charged", "held", "available"):
+        t.add_column(col)
+    for u in rows:
+        t.add_row(u.account, u.user, u.period, f"{u.cap_h:.2f}", f"{u.charged_h:.2f}", f"{u.held_h:.2f}",
+                  f"{u.available_h:.2f}")
+    show(t, out, "table")
+
+
 @budget.command("show")
 @click.argument("account", required=False, shell_complete=_complete_accounts)
 @site_option
@@ -188,8 +284,11 @@ def audit(site_path, as_json, fmt):
     for r in rows:
         # .12g: every digit the ledger keeps (plain :g would show 123456.789 as 123457)
         old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:.12g}"
+        why = r["reason"] or ""
+        if r["action"] == "user-cap" and r["terms"]:  # which user, and the cap: in the terms
+            why = f"{r['terms']}: {why}" if why else r["terms"]
         t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["role"] or "-", r["account"], r["action"], old,
-                  f"{r['new_budget_h']:.12g}", r["new_period"], r["reason"] or "")
+                  f"{r['new_budget_h']:.12g}", r["new_period"], why)
     show(t, out, fmt)
 
 
