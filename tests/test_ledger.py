@@ -1104,19 +1104,22 @@ def test_a_version_6_ledger_gains_the_audit_role_and_keeps_its_trail(db):
     led = Ledger.open(db)
     led.set_budget("chem", 10.0, "none", actor="alice", reason="before roles")
     led.disconnect()
-    with raw(db) as (conn, _):
-        conn.execute("ALTER TABLE audit DROP COLUMN role")
-        conn.execute("UPDATE schema_version SET version = 6")
+    with raw(db) as (conn, _):  # as version 6 had it: no audit.role, no user_caps (version 8)
+        for stmt in ("ALTER TABLE audit DROP COLUMN role", "DROP INDEX charges_user", "DROP INDEX holds_user_open",
+                     "DROP TABLE user_caps", "UPDATE schema_version SET version = 6"):
+            conn.execute(stmt)
         if db.startswith("sqlite"):
             conn.commit()
     led = Ledger.open(db)  # migrates in place: the old row is kept, with no role
     led.grant("chem", 2.0, actor="daemon", reason="deadline", role="operator")
     led.admit("h", "chem", "wf", {"s": 1.0})
     led.release("h", actor="daemon", reason="run gone", role="operator")
+    led.set_user_cap("chem", "bob", 1.0, actor="nobody", role="manager")
     assert [(a["actor"], a["action"], a["role"]) for a in led.audit()] == [
-        ("alice", "set", None), ("daemon", "grant", "operator"), ("daemon", "release", "operator")]
+        ("alice", "set", None), ("daemon", "grant", "operator"), ("daemon", "release", "operator"),
+        ("nobody", "user-cap", "manager")]
     with raw(db) as (conn, _):
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION == 8
     led.disconnect()
 
 

@@ -1,5 +1,5 @@
 """Per-user caps inside an account (issue 15, point 4): the ledger's rules, on SQLite and on the
-session's PostgreSQL server (tests/pg_harness.py), and the schema migration to version 7."""
+session's PostgreSQL server (tests/pg_harness.py), and the schema migration to version 8."""
 
 from __future__ import annotations
 
@@ -125,15 +125,21 @@ def test_bad_caps_are_refused(led):
         led.set_user_cap("chem", "alice", 1.0, actor="")
 
 
-def test_a_version_6_ledger_gains_user_caps_on_open(db):
+@pytest.mark.parametrize("version", [6, 7])
+def test_a_version_6_or_7_ledger_gains_user_caps_on_open(db, version):
+    """Version 7 is the roles' (audit.role), version 8 the caps': a ledger of either earlier shape
+    migrates in place, and a cap change is audited with its role."""
     led = Ledger.open(db)
     led.set_budget("chem", 10.0, actor="test")
     led.admit("a1", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
     led.disconnect()
+    stmts = ["DROP INDEX charges_user", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
+             f"UPDATE schema_version SET version = {version}"]
+    if version < 7:
+        stmts.insert(0, "ALTER TABLE audit DROP COLUMN role")
     if db.startswith("sqlite:///"):
         conn = sqlite3.connect(db[len("sqlite://"):])
-        for stmt in ("DROP INDEX charges_user", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
-                     "UPDATE schema_version SET version = 6"):
+        for stmt in stmts:
             conn.execute(stmt)
         conn.commit()
         conn.close()
@@ -141,14 +147,14 @@ def test_a_version_6_ledger_gains_user_caps_on_open(db):
         import psycopg
 
         with psycopg.connect(db, autocommit=True) as conn:
-            for stmt in ("DROP INDEX charges_user", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
-                         "UPDATE schema_version SET version = 6"):
+            for stmt in stmts:
                 conn.execute(stmt)
     led = Ledger.open(db)  # migrates in place: the table and its indexes, the hold kept
-    led.set_user_cap("chem", "alice", 1.5, actor="admin")
+    led.set_user_cap("chem", "alice", 1.5, actor="admin", role="manager")
     with pytest.raises(BudgetRefused, match="0.5 GPU-h left of their per-user cap of 1.5 GPU-h"):
         led.admit("a2", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
-    assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 7
+    assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 8
+    assert [(a["action"], a["role"]) for a in led.audit()] == [("set", None), ("user-cap", "manager")]
     led.disconnect()
 
 
