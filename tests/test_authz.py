@@ -407,3 +407,43 @@ def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_
     _audit_row(sg, actor="nobody", role="operator", account="chem-ai", action="grant", new_budget_h=510.0)
     assert {b["account"]: b["budget_h"] for b in sg.json("root", "budget", "show")} == {
         "bio-ml": 200.0, "chem-ai": 510.0, "physics": 52.0}
+
+
+def test_per_user_caps_are_set_by_admins_and_the_accounts_managers_and_read_as_budgets_are(shared_dir):
+    site_path = shared_dir / "roles.yaml"
+    site_path.write_text(LOCAL_SITE.format(executor="local", nodes="n[1-2]", partition="local"))
+    site_path.chmod(0o644)
+    sg = As(None, site_path, shared_dir)
+    _seed(sg)
+    # nobody manages chem-ai (the site file's `managers:`): caps its users, audited as a manager
+    sg("nobody", "budget", "user-cap", "set", "chem-ai", "games", "3", "--reason", "intern", env=SPOOF, check=0)
+    _audit_row(sg, actor="nobody", role="manager", account="chem-ai", action="user-cap")
+    # ... but no other account's, $USER=root or not: one line, exit 6, nothing changed
+    for account in ("bio-ml", "secret"):
+        p = sg("nobody", "budget", "user-cap", "set", account, "games", "1", env=SPOOF, check=6)
+        assert p.stderr.startswith(f"slurmgov: nobody (manager) may not set user caps of account {account}: that "
+                                   "needs an admin"), p.stderr
+    # a plain user caps nobody, even themself; an operator (grants, releases) caps no one either
+    p = sg("games", "budget", "user-cap", "set", "chem-ai", "games", "100", env=SPOOF, check=6)
+    assert p.stderr.startswith("slurmgov: games (user) may not set user caps of account chem-ai"), p.stderr
+    assert "daemon (operator) may not set user caps of account bio-ml" in sg(
+        "daemon", "budget", "user-cap", "remove", "bio-ml", "games", check=6).stderr
+    assert "games (user) may not set user caps of account chem-ai" in sg(
+        "games", "budget", "user-cap", "remove", "chem-ai", "games", env=SPOOF, check=6).stderr
+    # root caps anyone anywhere, audited as admin
+    sg("root", "budget", "user-cap", "set", "secret", "nobody", "1", "--reason", "ledger only", check=0)
+    _audit_row(sg, actor="root", role="admin", account="secret", action="user-cap")
+    caps = {(u["account"], u["user"]): u["cap_h"] for u in sg.json("root", "budget", "user-cap", "show")}
+    assert caps == {("chem-ai", "games"): 3.0, ("secret", "nobody"): 1.0}
+    # show follows the read filter: a user sees the caps of the accounts they may read, and no other's
+    for user in ("nobody", "games"):
+        assert [(u["account"], u["user"]) for u in sg.json(user, "budget", "user-cap", "show", env=SPOOF)] == [
+            ("chem-ai", "games")]
+    assert "games (user) may not read the usage, budget, holds or audit trail of account secret" in sg(
+        "games", "budget", "user-cap", "show", "secret", env=SPOOF, check=6).stderr
+    assert len(sg.json("daemon", "budget", "user-cap", "show")) == 2  # operators read all
+    # the manager removes the cap: the account's budget alone binds games again
+    sg("nobody", "budget", "user-cap", "remove", "chem-ai", "games", "--reason", "hired", check=0)
+    assert [(u["account"], u["user"]) for u in sg.json("root", "budget", "user-cap", "show")] == [("secret", "nobody")]
+    rows = [(r["actor"], r["role"], r["account"]) for r in sg.json("root", "audit") if r["action"] == "user-cap"]
+    assert rows == [("nobody", "manager", "chem-ai"), ("root", "admin", "secret"), ("nobody", "manager", "chem-ai")]

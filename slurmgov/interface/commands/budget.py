@@ -138,22 +138,25 @@ def user_cap():
     """Cap what one user may spend of an account's budget per period."""
 
 
-def may_cap_users(site, account: str) -> None:
+def may_cap_users(site, account: str) -> str:
     """Who may set or remove a user's cap in ``account``: the one permission check of these
-    commands (admins, for now)."""
-    authz.require_admin(site, f"capping a user of account {account}")
+    commands (authz ``usercap.set``: admins and the account's managers). The role it is allowed
+    under, for the audit trail; else exit 6, one line."""
+    return authz.require(site, "usercap.set", account, who=_who(site))
 
 
 def _cap_ledger(site_path, account, user):
+    """(ledger, role): the ledger (``account`` seeded from the site file), once the names and the
+    caller's right to cap ``account``'s users are checked."""
     site = _site(site_path)
     if not re.match(jobspec.NAME, account):
         raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
         raise click.BadParameter(f"{user!r} is not a user name", param_hint="USER")
-    may_cap_users(site, account)
+    role = may_cap_users(site, account)
     ledger = _ledger(site)
     ensure_budget(ledger, site, account)
-    return ledger
+    return ledger, role
 
 
 def _print_cap(ledger, account, user):
@@ -175,14 +178,15 @@ def _print_cap(ledger, account, user):
 def user_cap_set(account, user, gpu_hours, reason, site_path):
     """Let USER spend at most GPU_HOURS of ACCOUNT's budget per period (what they were charged in
     the account this period plus what their work still holds). Enforced by `slurmgov run`, the
-    ledger and, from the governor's next snapshot, the Slurm submit hook (admins only).
+    ledger and, from the governor's next snapshot, the Slurm submit hook (admins and ACCOUNT's
+    managers).
 
     \b
     Example:
       slurmgov budget user-cap set chem-ai alice 40 --reason "intern, autumn term"
     """
-    ledger = _cap_ledger(site_path, account, user)
-    ledger.set_user_cap(account, user, gpu_hours, actor=authz.whoami(), reason=reason)
+    ledger, role = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
     _print_cap(ledger, account, user)
 
 
@@ -193,14 +197,15 @@ def user_cap_set(account, user, gpu_hours, reason, site_path):
 @site_option
 @wait_option
 def user_cap_remove(account, user, reason, site_path):
-    """Remove USER's cap in ACCOUNT: the account's budget alone binds them again (admins only).
+    """Remove USER's cap in ACCOUNT: the account's budget alone binds them again (admins and
+    ACCOUNT's managers).
 
     \b
     Example:
       slurmgov budget user-cap remove chem-ai alice --reason "project lead now"
     """
-    ledger = _cap_ledger(site_path, account, user)
-    ledger.set_user_cap(account, user, None, actor=authz.whoami(), reason=reason)
+    ledger, role = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, None, actor=authz.whoami(), reason=reason, role=role)
     _print_cap(ledger, account, user)
 
 
@@ -210,13 +215,17 @@ def user_cap_remove(account, user, reason, site_path):
 @json_option
 @wait_option
 def user_cap_show(account, site_path, as_json):
-    """Capped users: cap, charged and held this period, and what is left.
+    """Capped users: cap, charged and held this period, and what is left (of the accounts the
+    caller may read: all for admins and operators, else those it manages or Slurm associates it with).
 
     \b
     Example:
       slurmgov budget user-cap show chem-ai --json
     """
-    rows = [u for u in _ledger(_site(site_path)).user_balances() if account is None or u.account == account]
+    site = _site(site_path)
+    mine = _readable(site, account)
+    rows = [u for u in _ledger(site).user_balances()
+            if u.account == account or (account is None and (mine is None or u.account in mine))]
     if as_json:
         _json([dataclasses.asdict(u) for u in rows])
         return
