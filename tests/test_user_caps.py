@@ -385,6 +385,7 @@ def test_the_governor_writes_capped_users_and_seeds_default_budgets(tmp_path):
     assert seeds["fresh"]["reason"] == ("default budget (site file default_budget): account in Slurm's "
                                         "associations without a budget in the ledger")
     assert seeds["journal-only"]["new_period"] == "quarterly"
+    assert {a["role"] for a in seeds.values()} == {None}  # slurmgov's own doing: no role, as the site file's seeds
     # a capped user reaches the snapshot by uid, with what their cap leaves
     ledger.set_user_cap("journal-only", root, 2.0, actor="admin")
     ledger.set_user_cap("physics", "no-such-user-here", 1.0, actor="admin")  # no uid: left out, logged
