@@ -395,9 +395,16 @@ def test_on_slurm_associations_and_coordinators_decide_what_a_user_sees_and_may_
             user, "budget", "grant", "physics", "3", "--reason", "over the managers' limit", check=6).stderr
         assert "daemon (manager) may not grant 1 GPU-h to account chem-ai" in sg(
             user, "budget", "grant", "chem-ai", "1", "--reason", "not its account", check=6).stderr
+        # ... and caps physics's users (usercap.set), no other account's
+        sg(user, "budget", "user-cap", "set", "physics", "games", "4", "--reason", "coordinator", check=0)
+        _audit_row(sg, actor=user, role="manager", account="physics", action="user-cap")
+        assert "daemon (manager) may not set user caps of account chem-ai" in sg(
+            user, "budget", "user-cap", "set", "chem-ai", "games", "4", check=6).stderr
     finally:
         c.run("sacctmgr", "-i", "remove", "coordinator", "account=physics", f"names={user}", check=True)
     assert [b["account"] for b in sg.json(user, "budget", "show")] == [LIMITED_ACCOUNT]
+    assert "daemon (user) may not set user caps of account physics" in sg(
+        user, "budget", "user-cap", "remove", "physics", "games", check=6).stderr
 
     # nobody, an operator: sees every account, grants up to 10 GPU-h a change
     assert [h["account"] for h in sg.json("nobody", "holds", env=SPOOF)] == ["chem-ai", LIMITED_ACCOUNT]
