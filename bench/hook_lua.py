@@ -2,6 +2,7 @@
 
     python bench/hook_lua.py                       # this checkout's hook vs the one at --base
     python bench/hook_lua.py --base 96a5489 --accounts 10000 --submissions 5000
+    python bench/hook_lua.py --base 9b95ba7 --users 10000   # what enforcing per-user caps costs
 
 Each version runs under plain lua5.1 (a stub ``slurm`` table, as tests/lua/hook_driver.lua
 does) in its own scratch directory with the same snapshot (N accounts) and an empty journal,
@@ -40,11 +41,14 @@ io.write(string.format("%.3f\n", (os.clock() - t0) / n * 1e6))
 """
 
 
-def snapshot(accounts: int) -> str:
+def snapshot(accounts: int, users: int = 0) -> str:
     lines = ["slurmgov-snapshot\t1", f"serial\t{int(time.time() * 1000)}", f"written\t{int(time.time())}",
              "max_age_s\t86400", "fail_policy\tclosed", "default_time_min\t60", "max_gpus_per_node\t4",
              "default_weight\t1", "weight\th100\t1"]
     lines += [f"account\tacct{i}\t1e12" for i in range(accounts)]
+    # capped users: the submitter (uid 1000) in the first ``users`` accounts (a hook from before
+    # user lines ignores them: the ratio is then what enforcing the caps costs)
+    lines += [f"user\tacct{i}\t1000\t1e12\t1e12" for i in range(min(users, accounts))]
     return "\n".join(lines + ["end"]) + "\n"
 
 
@@ -65,12 +69,13 @@ def main() -> int:
     ap.add_argument("--base", default="96a5489", help="git revision whose plugins/job_submit.lua is version A")
     ap.add_argument("--accounts", type=int, default=10000)
     ap.add_argument("--submissions", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=0, help="capped users (snapshot user lines)")
     ap.add_argument("--rounds", type=int, default=3, help="ABBA rounds")
     args = ap.parse_args()
     base = subprocess.run(["git", "show", f"{args.base}:plugins/job_submit.lua"], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
     head = (ROOT / "plugins" / "job_submit.lua").read_text()
-    snap = snapshot(args.accounts)
+    snap = snapshot(args.accounts, args.users)
     a: list[float] = []
     b: list[float] = []
     for _ in range(args.rounds):
@@ -79,7 +84,8 @@ def main() -> int:
         b.append(run_once(head, snap, args.submissions, args.accounts))
         a.append(run_once(base, snap, args.submissions, args.accounts))
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"{args.accounts:,} accounts, {args.submissions:,} submissions per run, {args.rounds} ABBA rounds")
+    print(f"{args.accounts:,} accounts, {args.users:,} capped users, {args.submissions:,} submissions per run, "
+          f"{args.rounds} ABBA rounds")
     print(f"  {args.base}: {ma:.1f} us/submission (runs {', '.join(f'{x:.1f}' for x in a)})")
     print(f"  this checkout: {mb:.1f} us/submission (runs {', '.join(f'{x:.1f}' for x in b)})")
     print(f"  this checkout / {args.base}: x{mb / ma:.3f}")

@@ -19,7 +19,8 @@ request forms and prices that this file and slurmgov/slurm/gpu_request.py are te
 In short: every job that can hold GPUs is priced at its worst case in weighted GPU-seconds
 (GPUs x array tasks x minutes x 60 x weight; --exclusive takes whole nodes) and admitted only
 if the account's snapshot budget, minus what this hook admitted since the snapshot (read
-back from the journal), covers it.  Every change to a job (slurm_job_modify) that can give it
+back from the journal), covers it, and, for a user the snapshot caps in that account (a `user`
+line), what their cap leaves them covers it too.  Every change to a job (slurm_job_modify) that can give it
 more GPUs, nodes, tasks or time, or move it to another partition or account, is priced the
 same way before it takes effect.
 
@@ -28,7 +29,8 @@ All slurm.log_* calls pass data through "%s" (those functions run string.format)
 Performance: the snapshot's accounts are kept as ONE sorted string searched by bisection,
 not as a Lua table: slurmctld rebuilds slurm.jobs (a table per job) before every call, and
 each garbage collection then marks everything this state keeps alive; a table of 10,000
-accounts made every submission pay for marking it.
+accounts made every submission pay for marking it.  Capped users are kept the same way (a
+second sorted string, one bisection per GPU submission).
 --]]
 
 local NO_VAL = 4294967294
@@ -186,9 +188,10 @@ local function pack_accounts(data)
 	return table.concat(parts)
 end
 
--- Available weighted GPU-seconds of account ``name`` in a packed account string, or nil.
+-- The rest of the record of ``name`` (after its TAB) in a packed string of sorted
+-- "\n<kind><TAB><name><TAB><rest>" records whose "\n<kind><TAB>" is ``skip`` bytes long, or nil.
 -- Bisection over byte positions: [lo, hi] always holds the start of name's record, if any.
-local function lookup_account(packed, name)
+local function lookup_record(packed, name, skip)
 	local lo, hi = 1, #packed
 	while lo <= hi do
 		local mid = math.floor((lo + hi) / 2)
@@ -196,11 +199,11 @@ local function lookup_account(packed, name)
 		if not s or s > hi then
 			hi = mid - 1
 		else
-			local tab = string.find(packed, "\t", s + 9, true) -- after "\naccount\t"
-			local nm = string.sub(packed, s + 9, tab - 1)
+			local tab = string.find(packed, "\t", s + skip, true)
+			local nm = string.sub(packed, s + skip, tab - 1)
 			if nm == name then
 				local nl = string.find(packed, "\n", tab + 1, true)
-				return tonumber(string.sub(packed, tab + 1, (nl or 0) - 1))
+				return string.sub(packed, tab + 1, (nl or 0) - 1)
 			elseif nm < name then
 				lo = s + 1
 			else
@@ -209,6 +212,28 @@ local function lookup_account(packed, name)
 		end
 	end
 	return nil
+end
+
+-- Available weighted GPU-seconds of account ``name`` in a packed account string, or nil.
+local function lookup_account(packed, name)
+	return tonumber(lookup_record(packed, name, 9)) -- after "\naccount\t"
+end
+
+-- A capped user's key among the snapshot's user records: "<account>:<uid>" (a uid has no ":").
+local function user_key(account, uid)
+	return account .. ":" .. tostring(uid)
+end
+
+-- The cap of user ``uid`` in ``account`` in a packed user string ("\nuser\t<account>:<uid>\t
+-- <available>\t<cap>" records, sorted by key): available and cap in weighted GPU-seconds, or nil
+-- where the user has no cap there. A table lookup's worth of work however many users are capped.
+local function lookup_user(packed, account, uid)
+	-- (nil: a parse kept from a hook before user lines, in a Lua state slurmctld kept across the upgrade)
+	if packed == nil or packed == "" or account == nil or uid == nil then return nil end
+	local rest = lookup_record(packed, user_key(account, uid), 6) -- after "\nuser\t"
+	if not rest then return nil end
+	local avail, cap = string.match(rest, "^([^\t]*)\t(.*)$")
+	return tonumber(avail), tonumber(cap)
 end
 
 -- Budget of account ``name`` in snapshot ``snap`` (lookup_account), remembered for the
@@ -279,6 +304,7 @@ local function parse_snapshot(data)
 	}
 	local pos, n, i = 1, #data, 0
 	local ended, first_acc, last_acc, prev, in_order = false, nil, nil, nil, true
+	local users = {}
 	while pos <= n do
 		local nl = string.find(data, "\n", pos, true) or (n + 1)
 		local line = string.sub(data, pos, nl - 1)
@@ -297,6 +323,15 @@ local function parse_snapshot(data)
 			if last_acc and last_acc ~= pos - 2 then in_order = false end -- not right after the last one
 			first_acc = first_acc or pos
 			last_acc, prev = nl - 1, name
+		elseif string.sub(line, 1, 5) == "user\t" or line == "user" then
+			-- user<TAB>account<TAB>uid<TAB>available<TAB>cap: a capped user (few; packed below)
+			local acct, uid, avail, cap = string.match(line, "^user\t([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]+)$")
+			local u = parse_int(uid)
+			if not acct or not u or u > 4294967295 or not parse_num(avail) or not parse_num(cap) then
+				return nil, "bad line " .. i .. " (user)"
+			end
+			local uid_s = string.format("%d", u)
+			users[#users + 1] = { user_key(acct, uid_s), acct, uid_s, avail .. "\t" .. cap }
 		elseif line ~= "" and string.sub(line, 1, 1) ~= "#" then
 			local bad, key = parse_key_line(snap, line)
 			if bad then return nil, "bad line " .. i .. " (" .. printable(key) .. ")" end
@@ -317,6 +352,16 @@ local function parse_snapshot(data)
 		if not packed then return nil, "duplicate account " .. printable(dup) end
 		snap.accounts = packed
 	end
+	-- Capped users as one sorted string too (same reason as the accounts), looked up by bisection.
+	table.sort(users, function(a, b) return a[1] < b[1] end)
+	local parts = {}
+	for k, u in ipairs(users) do
+		if k > 1 and users[k - 1][1] == u[1] then
+			return nil, "duplicate user " .. printable(u[2]) .. " " .. u[3]
+		end
+		parts[k] = "\nuser\t" .. u[1] .. "\t" .. u[4]
+	end
+	snap.users = table.concat(parts)
 	return snap
 end
 
@@ -386,7 +431,7 @@ local function journal_charge(t)
 		end
 		local cost = nonneg(t[7])
 		if not cost then return nil end
-		return t[5], cost
+		return t[5], cost, t[6]
 	elseif kind == "modify" and n >= 17 then
 		local new, old = nonneg(t[7]), nonneg(t[13])
 		if not (nonneg(t[2]) and parse_int(t[3]) and is_key(t[4]) and new and parse_int(t[8]) and parse_int(t[9])
@@ -394,15 +439,16 @@ local function journal_charge(t)
 		        and parse_int(t[17])) then
 			return nil
 		end
-		if t[5] == t[12] then return t[5], math.max(0, new - old) end
-		return t[5], new
+		if t[5] == t[12] then return t[5], math.max(0, new - old), t[6] end
+		return t[5], new, t[6]
 	end
 	return nil
 end
 
 -- Sum of admitted costs per account that the snapshot does not yet include (admit lines, and
 -- what modify lines add: a change's growth, or its whole new cost on the account it moved to),
--- as table account -> cost, read from journal ``j`` (open_journal). Notes in j.ends_nl whether
+-- as table account -> cost, and the same per user of an account (user_key -> cost, the job
+-- owner's uid), read from journal ``j`` (open_journal). Notes in j.ends_nl whether
 -- the journal ends with a whole line, when that is known without another read.
 local function charged_since(snap, j)
 	local st = slurmgov_state
@@ -416,10 +462,12 @@ local function charged_since(snap, j)
 	local size = f:seek("end") or 0
 	if size < start then start = 0 end -- journal rotated after the snapshot: all of it is new
 	local c = st.journal
+	-- per-user sums are kept only while the snapshot caps someone
+	local per_user = (snap.users ~= nil and snap.users ~= "")
 	if not c or c.path ~= j.path or c.mode ~= mode or c.serial ~= snap.serial_str
-	   or c.start ~= start or size < c.offset then
+	   or c.start ~= start or size < c.offset or c.per_user ~= per_user then -- (nil: kept from an older hook)
 		c = { path = j.path, mode = mode, serial = snap.serial_str, start = start,
-		      offset = start, sums = {} }
+		      offset = start, sums = {}, usums = {}, per_user = per_user }
 	end
 	if size > c.offset then
 		f:seek("set", c.offset)
@@ -435,12 +483,18 @@ local function charged_since(snap, j)
 		end
 		if last_nl then
 			local chunk = string.sub(data, 1, last_nl)
-			local sums = c.sums
+			local sums, usums = c.sums, c.usums
 			for line in string.gmatch(chunk, "([^\n]*)\n") do
 				local t = split_tabs(line)
 				if (mode == "offset" or t[3] == snap.serial_str) then
-					local acct, add = journal_charge(t)
-					if acct then sums[acct] = (sums[acct] or 0) + add end
+					local acct, add, uid = journal_charge(t)
+					if acct then
+						sums[acct] = (sums[acct] or 0) + add
+						if c.per_user then
+							local uk = user_key(acct, uid)
+							usums[uk] = (usums[uk] or 0) + add
+						end
+					end
 				end
 			end
 			c.offset = c.offset + last_nl
@@ -449,7 +503,37 @@ local function charged_since(snap, j)
 	-- Read up to its end, line by line: it ends with a newline (an empty journal does too).
 	if size == 0 or (c.offset == size and c.offset > c.start) then j.ends_nl = true end
 	st.journal = c
-	return c.sums
+	return c.sums, c.usums
+end
+
+-- "user alice (uid 1000)", or "uid 1000" where Slurm did not give the name.
+local function user_words(name, uid)
+	if type(name) == "string" and name ~= "" then
+		return "user " .. printable(name) .. " (uid " .. tostring(uid) .. ")"
+	end
+	return "uid " .. tostring(uid)
+end
+
+-- What user ``uid``'s cap in ``account`` leaves them, given what the journal added since the
+-- snapshot (usums), and the cap: nil where the user has no cap there. The lookup is remembered
+-- for the snapshot's life, as account_budget's (emptied past 256 users).
+local function user_left(snap, usums, account, uid)
+	if account == nil or uid == nil or snap.users == nil or snap.users == "" then return nil end
+	local key = user_key(account, uid)
+	local memo = snap.user_memo
+	if not memo or snap.user_memo_n >= 256 then
+		memo = {}
+		snap.user_memo, snap.user_memo_n = memo, 0
+	end
+	local got = memo[key]
+	if got == nil then
+		local avail, cap = lookup_user(snap.users, account, uid)
+		got = avail and { avail, cap } or false
+		memo[key] = got
+		snap.user_memo_n = snap.user_memo_n + 1
+	end
+	if not got then return nil end
+	return got[1] - (usums[key] or 0), got[2]
 end
 
 -- GPU entries of one TRES string: list of {type=<string|nil>, count=<number>}.
@@ -909,13 +993,21 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return refuse(conf, "journal_unreadable", account, job_desc,
 			"slurmgov: cannot open the hold journal (" .. printable(jerr) .. "); job refused")
 	end
-	local sums = charged_since(snap, j)
+	local sums, usums = charged_since(snap, j)
 	local available = budget - (sums[account] or 0)
 	if p.cost > available then
 		close_journal(j)
 		return refuse(conf, "over_budget", account, job_desc, string.format(
 			"slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
 			printable(account), fmt_gpuh(available), fmt_gpuh(p.cost)))
+	end
+	local uleft, ucap = user_left(snap, usums, account, job_desc.user_id)
+	if uleft and p.cost > uleft then
+		close_journal(j)
+		return refuse(conf, "over_user_cap", account, job_desc, string.format(
+			"slurmgov: account %s: %s has %s GPU-h left of their per-user cap of %s GPU-h, job needs up to %s GPU-h",
+			printable(account), user_words(job_desc.user_name, job_desc.user_id), fmt_gpuh(math.max(0, uleft)),
+			fmt_gpuh(ucap), fmt_gpuh(p.cost)))
 	end
 	local rc = admit(job_desc, v, j, snap.serial_str, account, p)
 	close_journal(j)
@@ -1014,13 +1106,19 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 			short, reason = "the job has no account", "no_account"
 		else
 			local budget = account_budget(snap, new_acct)
-			local sums = charged_since(snap, j)
+			local sums, usums = charged_since(snap, j)
 			local available = budget and (budget - (sums[new_acct] or 0))
+			local uleft, ucap = user_left(snap, usums, new_acct, r.user_id)
 			if budget == nil then
 				short, reason = string.format("account %s has no GPU budget", printable(new_acct)), "no_budget"
 			elseif need > available then
 				short, reason = string.format("account %s: %s GPU-h left, the change needs up to %s GPU-h more",
 					printable(new_acct), fmt_gpuh(available), fmt_gpuh(need)), "over_budget"
+			elseif uleft and need > uleft then
+				short, reason = string.format(
+					"account %s: uid %s has %s GPU-h left of their per-user cap of %s GPU-h, the change needs up to %s GPU-h more",
+					printable(new_acct), tostring(r.user_id), fmt_gpuh(math.max(0, uleft)), fmt_gpuh(ucap),
+					fmt_gpuh(need)), "over_user_cap"
 			end
 		end
 		if short then
@@ -1064,6 +1162,7 @@ end
 slurmgov_hook = {
 	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
+	lookup_user = lookup_user,
 	pack_accounts = pack_accounts, journal_charge = journal_charge, split_tabs = split_tabs, time_limit_min = time_limit_min, parse_stash = parse_stash,
 }
 

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import time
@@ -37,18 +38,21 @@ def python_as(c, user: str) -> tuple[str, dict]:
     """(interpreter, environment) with which ``user`` can run this checkout's slurmgov (and the test
     environment's packages): this interpreter if ``user`` may run it, else the system's python of the
     same version with this checkout and the test environment's site-packages on PYTHONPATH (a
-    pyenv or venv under /root is not reachable by another user). Skips, or under CI fails, if neither is."""
+    pyenv or venv under /root is not reachable by another user). Skips, or under CI fails, if neither is.
+    ``c``: the Slurm test cluster, or None for a machine without one (this process's environment)."""
     root = Path(__file__).resolve().parents[1]
     paths = dict.fromkeys([str(root), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    env = dict(c.unprivileged_env(), PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
+    base = c.unprivileged_env() if c is not None else dict(os.environ)
+    env = dict(base, PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
     for key in ("SLURMGOV_HOME", "SLURMGOV_SITE", "SLURMGOV_LEDGER"):
         env.pop(key, None)
     tried = []
     for py in (sys.executable, shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin")):
         if not py:
             continue
-        r = c.run("runuser", "-u", user, "--", py, "-c", "import mcp, slurmgov.interface.mcp_server", env=env, cwd="/",
-                  timeout=60)
+        cmd = ["runuser", "-u", user, "--", py, "-c", "import mcp, slurmgov.interface.mcp_server"]
+        r = (c.run(*cmd, env=env, cwd="/", timeout=60) if c is not None else
+             subprocess.run(cmd, env=env, cwd="/", timeout=60, capture_output=True, text=True, check=False))
         if r.returncode == 0:
             return py, env
         tried.append(f"{py}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}")

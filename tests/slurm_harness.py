@@ -14,6 +14,12 @@ Nodes gpu01..gpu04 each carry ``Gres=gpu:h100:4`` backed by ``mknod c 195 N`` de
 topology/tree puts gpu[01-02] under leaf1 and gpu[03-04] under leaf2.  The submit hook
 ``plugins/job_submit.lua`` and the completion hook ``plugins/jobcomp.lua`` are copied
 into the conf dir, where Slurm looks for them (next to slurm.conf).
+
+Slurm's JWT authentication (``AuthAltTypes=auth/jwt``) is on when its plugin is there (Debian's
+slurm-wlm-jwt-plugin, installed with apt-get when missing): ``scontrol token username=U`` then
+hands out real tokens signed with ``jwt_key`` (``cluster.jwt_key``, mode 0600, SlurmUser's). When
+the plugin cannot be had the cluster starts without it (``cluster.jwt_key`` is None, ``jwt_why``
+says why) and only the tests that need tokens skip.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ REQUIRED_BINARIES = (
     "slurmctld", "slurmd", "slurmdbd", "sbatch", "scontrol", "sinfo", "sacctmgr",
     "munged", "munge", "unmunge", "mariadbd", "mariadb-install-db",
 )
+# Slurm's JWT authentication (auth/jwt, for `scontrol token`): optional, see _ensure_jwt_plugin.
+JWT_PACKAGE = "slurm-wlm-jwt-plugin"
+JWT_PLUGIN = "auth_jwt.so"
 PLUGIN_DIR_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/slurm-wlm",
     "/usr/lib/aarch64-linux-gnu/slurm-wlm",
@@ -130,6 +139,26 @@ def _ensure_packages(log: Path) -> None:
     missing = _missing_binaries()
     if missing or _plugin_dir() is None:
         raise HarnessError(f"after apt-get install still missing: {', '.join(missing) or 'slurm plugins'}")
+
+
+def _ensure_jwt_plugin(log: Path) -> str:
+    """"" when auth/jwt's plugin is there (installed with apt-get as root when missing), else why not."""
+    plugin_dir = _plugin_dir()
+    if plugin_dir is not None and (plugin_dir / JWT_PLUGIN).exists():
+        return ""
+    if os.geteuid() != 0 or _which("apt-get") is None:
+        return f"{JWT_PLUGIN} is missing (apt-get install {JWT_PACKAGE}) and cannot be installed here"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=_SEARCH_PATH)
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", JWT_PACKAGE]
+    with open(log, "ab") as fh:
+        r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+            subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+    plugin_dir = _plugin_dir()
+    if plugin_dir is None or not (plugin_dir / JWT_PLUGIN).exists():
+        return f"apt-get install {JWT_PACKAGE} did not give {JWT_PLUGIN} (see {log})"
+    return ""
 
 
 def _free_ports(n: int) -> list[int]:
@@ -209,6 +238,8 @@ class SlurmCluster:
         self.journal_path = self.conf_dir / "slurmgov_journal.log"
         self.settle_path = self.conf_dir / "slurmgov_settle.log"
         self.hook_conf_path = self.conf_dir / "slurmgov_hook.conf"
+        self.jwt_key: Path | None = None  # the HS256 key of auth/jwt, when it is on
+        self.jwt_why = "not started"  # why auth/jwt is off ("" when on)
         self.cluster_name = CLUSTER_NAME
         self.nodes = NODES
         self.partition = PARTITION
@@ -269,6 +300,16 @@ class SlurmCluster:
             public.chmod(0o644)
         return dict(self.env, SLURM_CONF=str(public))
 
+    def token(self, user: str, lifespan: int = 600) -> str:
+        """A real Slurm JWT for ``user`` (``scontrol token``, asked as root); needs auth/jwt on."""
+        if self.jwt_key is None:
+            raise HarnessError(f"auth/jwt is off: {self.jwt_why}")
+        r = self.run("scontrol", "token", f"username={user}", f"lifespan={lifespan}", check=True, timeout=15)
+        for tok in r.stdout.split():
+            if tok.startswith("SLURM_JWT="):
+                return tok.split("=", 1)[1]
+        raise HarnessError(f"scontrol token: no SLURM_JWT= in {r.stdout.strip()!r}")
+
     def job_state(self, jobid: str) -> str | None:
         r = self.run("scontrol", "show", "job", "-o", str(jobid), timeout=10)
         if r.returncode != 0:
@@ -321,6 +362,7 @@ class SlurmCluster:
             d.mkdir(parents=True, exist_ok=True)
         t_install = time.monotonic()
         _ensure_packages(self.log_dir / "apt.log")
+        self.jwt_why = _ensure_jwt_plugin(self.log_dir / "apt.log")
         self.install_s = time.monotonic() - t_install
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -373,6 +415,16 @@ class SlurmCluster:
         (self.ctld_port, self.dbd_port, self.db_port, *self.node_ports) = _free_ports(3 + len(NODES))
         r = self.root
         node_lines, gres_lines = [], []
+        jwt_lines = ""
+        if not self.jwt_why:
+            key = self.conf_dir / "jwt_hs256.key"
+            key.unlink(missing_ok=True)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # slurmctld refuses a key others read
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32).hex().encode())
+            os.chown(key, 0, 0)  # SlurmUser's
+            self.jwt_key = key
+            jwt_lines = f"AuthAltTypes=auth/jwt\nAuthAltParameters=jwt_key={key}\n"
         for i, (node, port) in enumerate(zip(NODES, self.node_ports)):
             devdir = self.dev_dir / node
             devdir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +449,7 @@ AuthType=auth/munge
 AuthInfo=socket={self.munge_socket}
 AccountingStoragePass={self.munge_socket}
 CredType=cred/munge
-PluginDir={plugin_dir}
+{jwt_lines}PluginDir={plugin_dir}
 StateSaveLocation={self.state_dir}
 SlurmdSpoolDir={self.spool_dir}/%n
 SlurmctldPidFile={self.run_dir}/slurmctld.pid

@@ -68,8 +68,11 @@ def _slurmgov_imports(path: Path) -> set[str]:
 
 
 # Third-party packages only some modules may import: the MCP SDK is an extra (slurmgov[mcp]), so
-# only the server module imports it, and `slurmgov mcp` imports that module when it runs.
-ONLY_IN = {"mcp": {"slurmgov/interface/mcp_server.py"}}
+# only the server module imports it, and `slurmgov mcp` imports that module when it runs; so are
+# PyJWT, Starlette and uvicorn (slurmgov[api]), which `slurmgov api` imports with api.py.
+ONLY_IN = {"mcp": {"slurmgov/interface/mcp_server.py"}, "jwt": {"slurmgov/interface/api.py"},
+           "starlette": {"slurmgov/interface/api.py"},
+           "uvicorn": {"slurmgov/interface/api.py", "slurmgov/interface/mcp_server.py"}}
 
 
 def _top_imports(path: Path) -> set[str]:

@@ -38,12 +38,13 @@ def _py_snapshot_values(s: snapshot.Snapshot) -> dict:
         "partition_gpus": sorted(f"{p}{SEP}{_g(n)}{SEP}{'-' if t is None else t}" for p, (n, t) in s.partition_gpus.items()),
         "operators": sorted({_g(u) for u in s.operator_uids}),
         "accounts": sorted(f"{a}{SEP}{_g(v)}" for a, v in s.available_gpu_s.items()),
+        "users": sorted(f"{a}{SEP}{u}{SEP}{_g(av)}{SEP}{_g(cap)}" for (a, u), (av, cap) in s.user_caps.items()),
     }
 
 
 def _lua_snapshot_values(fields: list[str]) -> dict:
     got: dict = dict(f.split("=", 1) for f in fields)
-    for k in ("weights", "partition_gpus", "operators", "accounts"):
+    for k in ("weights", "partition_gpus", "operators", "accounts", "users"):
         got[k] = sorted(x for x in got[k].split(",") if x)
     got["serial"] = str(int(got["serial"]))
     return got
@@ -89,6 +90,10 @@ def test_golden_snapshot_values():
     assert (minimal.fail_policy, minimal.default_time_min, minimal.default_weight, minimal.max_gpus_per_node,
             minimal.sockets_per_node) == ("closed", 60, 1.0, None, None)
     assert snapshot.read_price_params(GOLDEN / "snapshot" / "sockets-zero-clamped.txt").sockets_per_node == 1
+    users = snapshot.read(GOLDEN / "snapshot" / "users-good.txt")
+    assert users.user_caps == {("chem-ai", 1001): (3600.0, 7200.0), ("chem-ai", 7): (-5.0, 1000.0),
+                               ("physics", 1001): (0.5, 0.0), ("bio-ml", 4294967295): (0.0, 0.0)}
+    assert users.available_gpu_s == {"chem-ai": 12600.0, "bio-ml": 600.0}
 
 
 def test_the_writer_writes_the_golden_file():
@@ -96,15 +101,20 @@ def test_the_writer_writes_the_golden_file():
         serial=1795592000123, written=1795592000, max_age_s=600, fail_policy="closed", default_time_min=60,
         max_gpus_per_node=4, default_weight=1.0, journal_offset=4096, total_gpus=16, sockets_per_node=2,
         weights={"h100": 2.0, "a100": 1.0}, available_gpu_s={"chem-ai": 12600.0, "bio-ml": -3.0, "bad\tname": 1.0},
-        operator_uids=[0, 1001], partition_gpus={"gpu": (4, "h100"), "cpu": (0, None)})
+        operator_uids=[0, 1001], partition_gpus={"gpu": (4, "h100"), "cpu": (0, None)},
+        user_caps={("chem-ai", 1001): (3600.0, 7200.0), ("bio-ml", 0): (-5.0, 36000.0), ("bad\tname", 7): (1.0, 1.0)})
     assert snap.render() == (GOLDEN / "snapshot" / "writer.txt").read_text()
-    assert snapshot.parse(snap.render()).available_gpu_s == {"bio-ml": 0.0, "chem-ai": 12600.0}
+    read = snapshot.parse(snap.render())
+    assert read.available_gpu_s == {"bio-ml": 0.0, "chem-ai": 12600.0}
+    assert read.user_caps == {("bio-ml", 0): (0.0, 36000.0), ("chem-ai", 1001): (3600.0, 7200.0)}
 
 
 @pytest.mark.parametrize("change", [
     {"default_weight": float("nan")}, {"weights": {"h100": float("inf")}}, {"weights": {"h100": -1.0}},
     {"available_gpu_s": {"a": float("nan")}}, {"written": float("inf")}, {"default_time_min": 0},
     {"sockets_per_node": -1}, {"fail_policy": "ajar"}, {"partition_gpus": {"gpu": (-1, None)}},
+    {"user_caps": {("a", -1): (1.0, 1.0)}}, {"user_caps": {("a", 2**32): (1.0, 1.0)}},
+    {"user_caps": {("a", 1): (float("nan"), 1.0)}}, {"user_caps": {("a", 1): (1.0, float("inf"))}},
 ])
 def test_the_writer_refuses_what_the_hook_would_refuse(change, tmp_path):
     snap = snapshot.Snapshot(**{"serial": 1, "written": 1, "max_age_s": 1, **change})
@@ -116,14 +126,15 @@ def test_the_writer_refuses_what_the_hook_would_refuse(change, tmp_path):
 
 
 # --------------------------------------------------------------------------- journal lines
-def _py_charge(event) -> tuple[str, float] | None:
-    """What the hook counts against a budget at once for an event (SNAPSHOT_FORMAT.md, "What is subtracted")."""
+def _py_charge(event) -> tuple[str, float, str] | None:
+    """What the hook counts against a budget at once for an event (SNAPSHOT_FORMAT.md, "What is
+    subtracted"), and whose (the uid, for that user's cap in the account)."""
     if isinstance(event, journal.Admit):
-        return event.account, event.cost_gpu_s
+        return event.account, event.cost_gpu_s, event.user
     if isinstance(event, journal.Modify):
         if event.account == event.old_account:
-            return event.account, max(0.0, event.new_cost_gpu_s - event.old_cost_gpu_s)
-        return event.account, event.new_cost_gpu_s
+            return event.account, max(0.0, event.new_cost_gpu_s - event.old_cost_gpu_s), event.user
+        return event.account, event.new_cost_gpu_s, event.user
     return None
 
 
@@ -153,7 +164,8 @@ def test_journal_lines_lua_and_python_agree(lua51, tmp_path):
                     assert event.tasks == want["tasks"], (name, text)
                 seen.add(want["kind"])
             charge = _py_charge(event)
-            assert lua == ("-" if charge is None else f"{charge[0]}{SEP}{_g(charge[1])}"), (name, text, lua)
+            assert lua == ("-" if charge is None else f"{charge[0]}{SEP}{_g(charge[1])}{SEP}{charge[2]}"), \
+                (name, text, lua)
     assert seen == set(kinds.values())
 
 

@@ -313,6 +313,11 @@ def test_usage_groups_charges(led):
     assert led.usage("account", since=THIS_MONTH)[1]["charged_h"] == 1.0
     assert led.usage("account", until=THIS_MONTH) == [
         {"key": "phys", "gpu_seconds": 1800.0, "charged_h": 0.5, "charges": 1, **no_tokens}]
+    # only some accounts' charges (what `slurmgov api` shows a user of those accounts)
+    assert [(r["key"], r["charges"]) for r in led.usage("user", accounts=["phys"])] == [("bob", 2)]
+    assert [r["key"] for r in led.usage("account", accounts=["chem", "nope"])] == ["chem"]
+    assert led.usage("workflow", accounts=[]) == []
+    assert [r["key"] for r in led.usage("step", since=THIS_MONTH, accounts=["phys"])] == ["a"]
 
 
 # ---- periods -------------------------------------------------------------------------------
@@ -1092,6 +1097,47 @@ def test_a_version_5_ledger_gains_token_columns_and_keeps_its_charges(db):
     assert got == {"s": (None, None), "t": (10, 5)}
     with raw(db) as (conn, _):
         assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION
+    led.disconnect()
+
+
+def test_a_version_6_ledger_gains_the_audit_role_and_keeps_its_trail(db):
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, "none", actor="alice", reason="before roles")
+    led.disconnect()
+    with raw(db) as (conn, _):  # as version 6 had it: no audit.role, no user_caps (version 8)
+        for stmt in ("ALTER TABLE audit DROP COLUMN role", "DROP INDEX charges_user", "DROP INDEX holds_user_open",
+                     "DROP TABLE user_caps", "UPDATE schema_version SET version = 6"):
+            conn.execute(stmt)
+        if db.startswith("sqlite"):
+            conn.commit()
+    led = Ledger.open(db)  # migrates in place: the old row is kept, with no role
+    led.grant("chem", 2.0, actor="daemon", reason="deadline", role="operator")
+    led.admit("h", "chem", "wf", {"s": 1.0})
+    led.release("h", actor="daemon", reason="run gone", role="operator")
+    led.set_user_cap("chem", "bob", 1.0, actor="nobody", role="manager")
+    assert [(a["actor"], a["action"], a["role"]) for a in led.audit()] == [
+        ("alice", "set", None), ("daemon", "grant", "operator"), ("daemon", "release", "operator"),
+        ("nobody", "user-cap", "manager")]
+    with raw(db) as (conn, _):
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION == 8
+    led.disconnect()
+
+
+def test_usage_waste_and_audit_of_some_accounts_only(db):
+    led = Ledger.open(db)
+    for acct in ("chem", "bio", "phys"):
+        led.set_budget(acct, 10.0, "none", actor="t", role="admin")
+        led.admit(f"h-{acct}", acct, "wf", {"s": 2.0}, user=f"u-{acct}")
+        led.charge(f"c-{acct}", f"h-{acct}", "s", 1, 3600, 1.0, None, None, NOW, "ok")
+        led.attribute([dict(attr_key=f"r:{acct}", run_id=f"r-{acct}", account=acct, user=f"u-{acct}", workflow="wf",
+                            alloc="a", job_ids="7", step=None, gpu_type=None, gpu_seconds=60.0, weight=1.0,
+                            ended=NOW)])
+    assert [r["key"] for r in led.usage(by="user", accounts={"bio", "phys"})] == ["u-bio", "u-phys"]
+    assert [r["key"] for r in led.usage(by="account")] == ["bio", "chem", "phys"]
+    assert led.usage(by="account", accounts=set()) == []
+    assert [r["key"] for r in led.waste(by="user", accounts={"chem"})] == ["u-chem"]
+    assert {a["account"] for a in led.audit(accounts={"chem"})} == {"chem"}
+    assert {a["role"] for a in led.audit()} == {"admin"}
     led.disconnect()
 
 

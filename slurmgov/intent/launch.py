@@ -16,7 +16,6 @@ idle rest as waste (``Ledger.attribute``).
 from __future__ import annotations
 
 import _thread
-import getpass
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from slurmgov.intent.planner import HOST, Plan, plan
 from slurmgov.ledger.lease import LeaseKeeper, lease_seconds
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
-from slurmgov.policy import attribution, tokens
+from slurmgov.policy import attribution, authz, tokens
 from slurmgov.site.model import Site, slurmgov_home
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm.placement import LOCALITY_ORDER
@@ -113,7 +112,7 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
     """``on_admitted(plan, hold_key)``, ``on_backend(backend)``, ``on_change(engine)`` and
     ``on_finish(result, charged_h)`` let the interface show progress and the dashboard page
     (``charged_h``: the run's settled charge, None on Slurm where sacct settles it afterwards)."""
-    user = user or getpass.getuser()
+    user = user or authz.whoami()  # the uid's name, not $USER: a per-user cap must not be dodged by setting it
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     slurm = site.executor == "slurm"
     p = plan(wf, site)
@@ -132,6 +131,10 @@ def launch(wf: Workflow, site: Site, ledger: Ledger, user: str | None = None, ru
             if p.cost_h > left + 1e-9:
                 raise BudgetRefused(f"account {wf.account}: {left:.2f} GPU-h left, workflow {wf.workflow} needs up to "
                                     f"{p.cost_h:.2f} GPU-h; nothing was submitted")
+            try:  # the user's cap in the account (the hook checks it again for each allocation)
+                ledger.check_admission(wf.account, user, p.cost_h, what=f"workflow {wf.workflow}")
+            except BudgetRefused as exc:
+                raise BudgetRefused(f"{exc}; nothing was submitted") from None
         else:
             hold_key = f"run:{run_id}"
             ledger.admit(hold_key, wf.account, wf.workflow, p.shares(), user=user, run_id=run_id, lease_s=lease_s)

@@ -5,8 +5,8 @@ local Dask, SQLite ledger under $SLURMGOV_HOME).
 
 The root group and the entry point live here; the commands live in `slurmgov.interface.commands`,
 one module per group: `run` (plan, run), `runs` (runs, holds), `budget` (budget, audit, waste, usage), `slurm` (sync,
-governor, limits, hooks), `topology`, `dashboard`, `mcp` (the MCP server for agents), and `common` for what
-they share.
+governor, limits, hooks), `topology`, `dashboard`, `mcp` (the MCP server for agents), `api` (JSON over HTTP for portals),
+and `common` for what they share.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import click
 
 from slurmgov import __version__
+from slurmgov.interface.commands.api import api_cmd
 from slurmgov.interface.commands.budget import audit, budget, usage, waste
 from slurmgov.interface.commands.common import pin_home
 from slurmgov.interface.commands.dashboard import dashboard_cmd
@@ -41,7 +42,7 @@ def cli():
 
 
 for _command in (plan, run, runs, holds, budget, audit, waste, usage, sync, governor_loop, dashboard_cmd, limits,
-                 topology, hooks, mcp_cmd):
+                 topology, hooks, mcp_cmd, api_cmd):
     cli.add_command(_command)
 
 

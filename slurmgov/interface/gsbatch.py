@@ -31,6 +31,7 @@ import click
 from slurmgov.errors import BudgetRefused, InfeasibleError, InputError, SlurmgovError
 from slurmgov.interface.errors import guarded
 from slurmgov.ledger.store import Ledger
+from slurmgov.policy.authz import whoami
 from slurmgov.site import model as site_mod
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm import snapshot
@@ -192,6 +193,8 @@ def run(argv: list[str]) -> int:
         if cost_h > bal.available_h:
             raise BudgetRefused(f"account {account}: {bal.available_h:.1f} GPU-h left, "
                                 f"job needs up to {cost_h:.1f} GPU-h")
+        if cost_h:  # the submitter's own cap in the account, as the hook will check it
+            ledger.check_admission(account, whoami(), cost_h, what="job")
     click.echo(line, err=True)
     if pins:
         click.echo(f"gsbatch: {pins}", err=True)

@@ -129,6 +129,11 @@ class Desk:
         ensure_budget(self.ledger, self.site, account)
         return self.ledger.balance(account)
 
+    def _left(self, account: str, b) -> float:
+        """What this user may still hold in ``account``: its balance, or less under their cap there."""
+        u = self.ledger.user_balance(account, self.user)
+        return b.available_h if u is None else min(b.available_h, u.available_h)
+
     # ---- asking ----------------------------------------------------------------------------
 
     def budget_status(self, account: str) -> dict:
@@ -136,10 +141,14 @@ class Desk:
         b = self._balance(account)
         now = time.time()
         f = next(x for x in forecasts(self.ledger, now, balances=[b]) if x.account == account)
+        u = self.ledger.user_balance(account, self.user)
+        cap = None if u is None else {"user": u.user, "cap_gpu_hours": u.cap_h, "charged_gpu_hours": u.charged_h,
+                                      "held_gpu_hours": u.held_h, "available_gpu_hours": u.available_h}
         return {"account": account, "period": b.period, "budget_gpu_hours": b.budget_h,
                 "carried_gpu_hours": b.carried_h, "charged_gpu_hours": b.charged_h, "held_gpu_hours": b.held_h,
                 "available_gpu_hours": b.available_h, "burn_gpu_hours_per_day": f.burn_h_per_day,
-                "runs_out": f.runs_out, "used_pct": f.used_pct, "alert": f.alert, "expires": b.expires}
+                "runs_out": f.runs_out, "used_pct": f.used_pct, "alert": f.alert, "expires": b.expires,
+                "user_cap": cap}
 
     def plan_workflow(self, spec: Any) -> dict:
         wf, data = read_jobspec(spec)
@@ -149,9 +158,9 @@ class Desk:
         except InfeasibleError as exc:
             return {"workflow": wf.workflow, "account": wf.account, "feasible": False,
                     "refusals": self._refusals(wf, data, exc)}
-        b = self._balance(wf.account)
-        return {"feasible": True, "refusals": [], "fits_budget": p.cost_h <= b.available_h + 1e-9,
-                "available_gpu_hours": b.available_h, "shortfall_gpu_hours": max(0.0, p.cost_h - b.available_h),
+        left = self._left(wf.account, self._balance(wf.account))
+        return {"feasible": True, "refusals": [], "fits_budget": p.cost_h <= left + 1e-9,
+                "available_gpu_hours": left, "shortfall_gpu_hours": max(0.0, p.cost_h - left),
                 **p.to_dict()}
 
     def _refusals(self, wf: Workflow, data: dict, first: InfeasibleError) -> list[dict]:
@@ -183,22 +192,22 @@ class Desk:
             data = {**data, "account": acct}
             wf, data = read_jobspec(data)
         base = planner.plan(wf, self.site)
-        b = self._balance(acct)
+        left = self._left(acct, self._balance(acct))
         head = {"account": acct, "workflow": wf.workflow, "worst_case_gpu_hours": base.cost_h,
-                "available_gpu_hours": b.available_h}
-        if base.cost_h <= b.available_h + 1e-9:
+                "available_gpu_hours": left}
+        if base.cost_h <= left + 1e-9:
             return {**head, "fits": True, "alternatives": [], "nothing_fits": None}
-        found, cheapest = alternatives.cheaper(data, self.site, base, b.available_h)
+        found, cheapest = alternatives.cheaper(data, self.site, base, left)
         alts = [{"kind": a.kind, "gives_up": a.gives_up, "worst_case_gpu_hours": a.cost_h,
-                 "left_after_gpu_hours": b.available_h - a.cost_h, "jobspec": a.data} for a in found]
+                 "left_after_gpu_hours": left - a.cost_h, "jobspec": a.data} for a in found]
         nothing = None
         if not alts:
-            nothing = (f"nothing fits: account {acct} has {b.available_h:.3f} GPU-h left and workflow {wf.workflow} "
-                       f"needs up to {base.cost_h:.3f} (short by {base.cost_h - b.available_h:.3f})")
+            nothing = (f"nothing fits: account {acct} has {left:.3f} GPU-h left and workflow {wf.workflow} "
+                       f"needs up to {base.cost_h:.3f} (short by {base.cost_h - left:.3f})")
             if cheapest is not None:
                 nothing += (f"; the cheapest change found still needs {cheapest:.3f} "
-                            f"(short by {max(0.0, cheapest - b.available_h):.3f})")
-        return {**head, "fits": False, "shortfall_gpu_hours": base.cost_h - b.available_h, "alternatives": alts,
+                            f"(short by {max(0.0, cheapest - left):.3f})")
+        return {**head, "fits": False, "shortfall_gpu_hours": base.cost_h - left, "alternatives": alts,
                 "nothing_fits": nothing}
 
     # ---- acting ----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A small tornado server (tornado comes with Dask) with two routes: ``/`` (the page) and
 ``/state.json`` (what the page polls every few seconds). Everything is read from the ledger,
 the run records under ``$SLURMGOV_HOME/runs`` and the governor's placement log; nothing here
-writes anywhere.
+writes anywhere. Budgets, runs and waste come from `views`, the functions `slurmgov api` serves
+(/api/v1/budgets, /api/v1/runs), so the page and the API never disagree.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from slurmgov.intent import run_records
-from slurmgov.ledger.store import per_1k_tokens, period_of
-from slurmgov.policy.forecast import forecasts
+from slurmgov.interface import views
+from slurmgov.ledger.store import period_of
 from slurmgov.slurm import placement
 
 RECENT_RUNS = 30
@@ -57,61 +57,25 @@ def burn_down(daily: dict[float, dict[str, float]], account: str, start: float) 
     return points
 
 
-def _run_tokens(steps) -> dict:
-    """A run's reported tokens (its record's steps) and its steps' GPU-seconds per 1,000 of them."""
-    reporting = [s for s in steps if s.get("prompt_tokens") is not None or s.get("completion_tokens") is not None]
-    if not reporting:
-        return {"tokens": None, "gpu_s_per_1k_tokens": None}
-    n = sum((s.get("prompt_tokens") or 0) + (s.get("completion_tokens") or 0) for s in reporting)
-    return {"tokens": n, "gpu_s_per_1k_tokens": per_1k_tokens(sum(s.get("gpu_seconds") or 0 for s in reporting), n)}
-
-
 def recent_runs(runs_dir: Path, limit: int = RECENT_RUNS) -> list[dict]:
-    """The newest run records, summarised (run_records.read_all: one reader of the records)."""
-    out = []
-    for doc in run_records.read_all(runs_dir, limit):
-        allocs = [a.get("cost") or {} for a in doc.get("allocations", {}).values()]
-        steps = doc.get("steps", {}).values()
-        out.append({
-            "run_id": doc.get("run_id"), "workflow": doc.get("workflow"), "account": doc.get("account"),
-            "user": doc.get("user"), "status": doc.get("status"), "executor": doc.get("executor", "local"),
-            "started": doc.get("started"), "ended": doc.get("ended"),
-            "steps": len(doc.get("steps", {})), "steps_ok": sum(s.get("status") == "ok" for s in steps),
-            # the run's charge (steps + waste), as its own report and `slurmgov runs` show it
-            "cost_h": doc["charged_h"] if isinstance(doc.get("charged_h"), (int, float))
-            else sum(a.get("cost_h", 0) for a in allocs),
-            "held_gpu_s": sum(a.get("held_gpu_s", 0) for a in allocs),
-            "idle_gpu_s": sum(a.get("idle_gpu_s", 0) for a in allocs),
-            "nodes": sorted({n for a in allocs for n in a.get("nodes", [])}),
-            **_run_tokens(steps),
-        })
-    return out
+    """The newest run records, summarised as the API's /runs gives them (views.runs)."""
+    return views.runs(None, limit, runs_dir)
 
 
 def site_state(site, ledger, home: Path, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    balances = ledger.balances(now)
-    fc = {f.account: f for f in forecasts(ledger, now, balances=balances)}
-    kinds = {b.account: "none" if b.period == "all" else ("quarterly" if "-Q" in b.period else "monthly")
-             for b in balances}
+    rows = views.budgets(ledger, None, now)  # what the API's /budgets serves, and more: the burn-down
+    kinds = {b["account"]: "none" if b["period"] == "all" else ("quarterly" if "-Q" in b["period"] else "monthly")
+             for b in rows}
     starts = {a: _plot_start(k, now) for a, k in kinds.items()}
     # days align with the earliest period start, so every account's period starts on one of them
     daily = daily_usage(ledger, min(starts.values(), default=now), now)
-    accounts = []
-    for b in balances:
-        f = fc.get(b.account)
-        accounts.append({
-            "account": b.account, "period": b.period, "budget_h": b.budget_h, "charged_h": b.charged_h,
-            "held_h": b.held_h, "available_h": b.available_h,
-            "used_pct": 100 * (b.charged_h + b.held_h) / b.budget_h if b.budget_h else 0.0,
-            "burn_h_per_day": f.burn_h_per_day if f else 0.0, "runs_out": f.runs_out if f else None,
-            "alert": f.alert if f else None, "burn_down": burn_down(daily, b.account, starts[b.account]),
-        })
+    accounts = [{**b, "burn_down": burn_down(daily, b["account"], starts[b["account"]])} for b in rows]
     samples = placement.PlacementLog(Path(home) / "placement.jsonl").read(since=now - 7 * 86400)
     return {
         "site": site.site, "executor": site.executor, "now": now,
         "now_text": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "accounts": accounts, "runs": recent_runs(Path(home) / "runs"), "waste": ledger.waste(by="account"),
+        "accounts": accounts, "runs": recent_runs(Path(home) / "runs"), "waste": views.waste(ledger),
         "placement": placement.placement(site, samples),
         "fragmentation": placement.fragmentation_over_time(site, samples),
         "leaves": {leaf: len(m) for leaf, m in site.topology.leaves.items()},

@@ -197,6 +197,28 @@ def check_admit(account: str, avail: int, need: int) -> None:
                             f"workflow needs up to {hours(need):.1f} GPU-h")
 
 
+def user_available(cap: int, charged: int, held: int) -> int:
+    """What a capped user may still hold in an account: their cap for the period - what they were
+    charged in the account this period - what their open holds in it still hold."""
+    return cap - charged - held
+
+
+def check_user_cap(account: str, user: str, cap: int, avail: int, need: int, what: str = "workflow") -> None:
+    """An enforced admission by a capped user holds ``need`` only while what the cap leaves them
+    (``avail``: user_available) covers it, else BudgetRefused naming the cap. Checked after the
+    account's own budget (check_admit): a user's cap never gives more than the account has."""
+    if avail < need:
+        raise BudgetRefused(f"account {account}: user {user} has {hours(max(0, avail)):.1f} GPU-h left of "
+                            f"their per-user cap of {hours(cap):.1f} GPU-h, {what} needs up to {hours(need):.1f} GPU-h")
+
+
+def cap_terms(user: str, cap: int | None, old: int | None) -> str:
+    """A cap change in the audit trail's terms column: 'user alice: cap 10 GPU-h per period (was none)'."""
+    def said(ms: int | None) -> str:
+        return "none" if ms is None else f"{hours(ms):.12g} GPU-h"
+    return f"user {user}: cap {said(cap)} per period (was {said(old)})"
+
+
 def check_close_state(state: str) -> str:
     if state not in CLOSED_STATES:
         raise InputError(f"hold state {state!r} is not one of {', '.join(CLOSED_STATES)}")

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 6  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+SCHEMA_VERSION = 8  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
 # 5: each account's running total of what its open holds still hold (accounts.held_ms);
-# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions)
+# 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions);
+# 7: the role a change was made under (audit.role: admin, operator, manager);
+# 8: per-user caps inside an account (user_caps) and the indexes that sum a user's charges and holds
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
-TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions")
+TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def ddl(d: Dialect) -> list[str]:
             old_period_kind {T},
             new_period_kind {T} NOT NULL,
             reason {T} NOT NULL,
-            terms {T})""",
+            terms {T},
+            role {T})""",
         f"""CREATE TABLE IF NOT EXISTS holds (
             hold_key {T} PRIMARY KEY,
             account {T} NOT NULL REFERENCES accounts (account),
@@ -200,6 +203,7 @@ def ddl(d: Dialect) -> list[str]:
             prompt_tokens BIGINT CHECK (prompt_tokens >= 0),
             completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
+        *user_caps_ddl(d),
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
@@ -271,6 +275,30 @@ def tokens_ddl(d: Dialect) -> list[tuple[str, str, str]]:
             for table in ("charges", "attributions") for col in ("prompt_tokens", "completion_tokens")]
 
 
+def role_ddl(d: Dialect) -> list[tuple[str, str, str]]:
+    """Version 7: the role each audited change was made under (``admin``, ``operator``,
+    ``manager``; NULL for what slurmgov did itself, and for every row before version 7).
+    (table, column, statement) as terms_ddl."""
+    return [("audit", "role", f"ALTER TABLE audit ADD COLUMN role {d.text}")]
+
+
+def user_caps_ddl(d: Dialect) -> list[str]:
+    """Version 8. A user may spend at most ``cap_ms`` of an account's budget per period (the
+    account's period): what the user's charges in the period and open holds in the account add up
+    to. The two indexes read one user's charges and open holds, not the whole account's."""
+    T = d.text
+    return [
+        f"""CREATE TABLE IF NOT EXISTS user_caps (
+            account {T} NOT NULL REFERENCES accounts (account),
+            user_name {T} NOT NULL,
+            cap_ms BIGINT NOT NULL CHECK (cap_ms >= 0),
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (account, user_name))""",
+        "CREATE INDEX IF NOT EXISTS charges_user ON charges (account, user_name, ended)",
+        "CREATE INDEX IF NOT EXISTS holds_user_open ON holds (account, user_name) WHERE state = 'open'",
+    ]
+
+
 # The open holds with a lease, by account and lease end: an admission's look for its account's
 # lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
 LEASE_INDEX = ("CREATE INDEX IF NOT EXISTS holds_lease ON holds (account, lease_until) "
@@ -284,7 +312,8 @@ ATTR_OF_RUN = f"SELECT {ATTR_COLUMNS} FROM attributions WHERE run_id = ? ORDER B
 WASTE_COLUMNS = {"account": "account", "workflow": "workflow", "user": "user_name"}
 
 
-def waste_sql(by: str) -> str:
+def waste_sql(by: str, some_accounts: bool = False) -> str:
+    """``some_accounts``: as usage_sql."""
     col = WASTE_COLUMNS[by]
     return f"""SELECT {col},
         COALESCE(SUM(CASE WHEN step IS NOT NULL THEN gpu_seconds ELSE 0 END), 0),
@@ -292,7 +321,8 @@ def waste_sql(by: str) -> str:
         CAST(COALESCE(SUM(CASE WHEN step IS NOT NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
         CAST(COALESCE(SUM(CASE WHEN step IS NULL THEN amount_ms ELSE 0 END), 0) AS BIGINT),
         COUNT(DISTINCT run_id)
-        FROM attributions WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+        FROM attributions WHERE ended >= ? AND ended < ?{" AND {keys}" if some_accounts else ""}
+        GROUP BY {col} ORDER BY {col}"""
 
 
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
@@ -327,10 +357,22 @@ ACCOUNT_TERMS = "SELECT rollover_pct, expires_at FROM accounts WHERE account = ?
 # every balance (each admission among them) reads the account row once, terms included
 ACCOUNT_BALANCE = "SELECT budget_ms, period_kind, rollover_pct, expires_at FROM accounts WHERE account = ?"
 ACCOUNT_SET_TERMS = "UPDATE accounts SET rollover_pct = ?, expires_at = ? WHERE account = ?"
+# Per-user caps (version 8): one user's cap in an account, what they charged in [start, end)
+# and what their open holds in the account still hold.
+USER_CAP_GET = "SELECT cap_ms FROM user_caps WHERE account = ? AND user_name = ?"
+USER_CAP_INSERT = "INSERT INTO user_caps (account, user_name, cap_ms, updated_at) VALUES (?, ?, ?, ?)"
+USER_CAP_UPDATE = "UPDATE user_caps SET cap_ms = ?, updated_at = ? WHERE account = ? AND user_name = ?"
+USER_CAP_DELETE = "DELETE FROM user_caps WHERE account = ? AND user_name = ?"
+USER_CAPS_ALL = "SELECT account, user_name, cap_ms FROM user_caps ORDER BY account, user_name"
+USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
+    WHERE account = ? AND user_name = ? AND ended >= ? AND ended < ?"""
+USER_HELD = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM holds h
+    JOIN hold_shares s ON s.hold_key = h.hold_key
+    WHERE h.account = ? AND h.user_name = ? AND h.state = 'open'"""
 AUDIT_INSERT = """INSERT INTO audit (at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    old_period_kind, new_period_kind, reason, terms, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budget_ms,
-    old_period_kind, new_period_kind, reason, terms FROM audit ORDER BY seq"""
+    old_period_kind, new_period_kind, reason, terms, role FROM audit ORDER BY seq"""
 
 # What an account has charged in [start, end) and what its open holds still reserve.
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
@@ -420,10 +462,12 @@ def copy_sql(table: str, cols: tuple[str, ...]) -> str:
     return f"COPY {table} ({', '.join(cols)}) FROM STDIN"
 
 
-def usage_sql(by: str) -> str:
+def usage_sql(by: str, some_accounts: bool = False) -> str:
+    """``some_accounts``: only the accounts of one more parameter (a key set, Dialect.in_keys)."""
     col = USAGE_COLUMNS[by]
     # tokens: summed over the charges that reported them (SUM ignores NULL), with how many did
     return f"""SELECT {col}, SUM(gpu_seconds), CAST(SUM(amount_ms) AS BIGINT), COUNT(*),
         CAST(SUM(prompt_tokens) AS BIGINT), CAST(SUM(completion_tokens) AS BIGINT),
         SUM(CASE WHEN prompt_tokens IS NULL AND completion_tokens IS NULL THEN 0 ELSE gpu_seconds END)
-        FROM charges WHERE ended >= ? AND ended < ? GROUP BY {col} ORDER BY {col}"""
+        FROM charges WHERE ended >= ? AND ended < ?{" AND {keys}" if some_accounts else ""}
+        GROUP BY {col} ORDER BY {col}"""

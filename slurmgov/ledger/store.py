@@ -67,7 +67,7 @@ from slurmgov.ledger.rules import epoch as _epoch
 from slurmgov.ledger.rules import hours as _h
 
 __all__ = ["BULK_ROWS", "CLOSED_STATES", "DEFAULT_WAIT_S", "MAX_GPU_HOURS", "MS_PER_H", "PERIOD_KINDS", "Balance",
-           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "period_of"]
+           "Bulk", "ChargeRow", "Hold", "HoldRow", "Ledger", "UserBalance", "period_of"]
 
 USAGE_BY = tuple(S.USAGE_COLUMNS)
 DEFAULT_WAIT_S = 30.0  # how long a transaction waits, in all, for a lock another writer holds
@@ -91,6 +91,19 @@ class Balance:
     available_h: float
     carried_h: float = 0.0  # rolled over from the previous period (included in budget_h)
     expires: str | None = None  # ISO date (UTC) after which the account has no budget
+
+
+@dataclass(frozen=True)
+class UserBalance:
+    """A capped user in an account: their cap per period (the account's period), what they were
+    charged in the account this period, what their open holds in it hold, and what is left."""
+    account: str
+    user: str
+    period: str
+    cap_h: float
+    charged_h: float
+    held_h: float
+    available_h: float  # cap - charged - held (may be < 0 once charges ran past it)
 
 
 @dataclass(frozen=True)
@@ -505,6 +518,13 @@ class Ledger:
                 for table, column, stmt in S.tokens_ddl(self._d):
                     if self._one(self._d.has_column, (table, column)) is None:
                         self._x(stmt)
+            if version < 7:
+                for table, column, stmt in S.role_ddl(self._d):
+                    if self._one(self._d.has_column, (table, column)) is None:
+                        self._x(stmt)
+            if version < 8:
+                for stmt in S.user_caps_ddl(self._d):
+                    self._x(stmt)
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -650,8 +670,9 @@ class Ledger:
             raise R.no_budget(account)
         return row
 
-    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None) -> None:
-        """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's."""
+    def _put_budget(self, account, ms, kind, actor, reason, action, overwrite: bool, terms=None, role=None) -> None:
+        """``terms``: (rollover %, expiry epoch or None) to set; None keeps the account's. ``role``:
+        what the actor acted as (admin, operator, manager), for the audit trail."""
         if ms > S.MAX_MS:  # a grant or transfer onto a budget near the limit
             raise R.too_much(f"budget of {account}", ms, " would be")
         self._lock_account(account)
@@ -668,20 +689,120 @@ class Ledger:
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.fromtimestamp(now, timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, old and old[1], ms, old and old[2], kind, reason,
-                                 R.terms_text(pct, expires)))
+                                 R.terms_text(pct, expires), role))
 
     def ensure_account(self, account: str, gpu_hours: float, period_kind: str = "monthly",
-                       actor: str = "site-config", rollover_pct: int = 0, expires=None) -> None:
-        """Seed ``account``'s budget unless it already has one (an existing budget wins)."""
+                       actor: str = "site-config", rollover_pct: int = 0, expires=None,
+                       reason: str = "seeded from site config") -> bool:
+        """Seed ``account``'s budget unless it already has one (an existing budget wins); the seed
+        goes on the audit trail with ``actor`` and ``reason``. True where this call seeded it."""
         ms, kind = _ms(gpu_hours, f"budget of {account}"), R.check_kind(period_kind)
         terms = R.check_terms(account, rollover_pct, expires)
         if self._read(lambda: self._one(S.ACCOUNT_GET, (account,))) is not None:
-            return  # seeded before: no need to queue for the write lock (the write checks again)
-        self._write(lambda: self._put_budget(account, ms, kind, actor, "seeded from site config", "seed", False, terms))
+            return False  # seeded before: no need to queue for the write lock (the write checks again)
+
+        def tx() -> bool:
+            self._lock_account(account)
+            if self._one(S.ACCOUNT_GET, (account,)) is not None:
+                return False  # another process seeded it since the read
+            self._put_budget(account, ms, kind, actor, reason, "seed", False, terms)
+            return True
+
+        return self._write(tx)
+
+    # ---- per-user caps inside an account -------------------------------------------------
+
+    def _user_cap(self, account: str, user: str, ts: float) -> tuple[str, int, int, int] | None:
+        """(period key, cap, charged, held) in ms of ``user`` in ``account`` at ``ts``, or None
+        where the user has no cap there. The period is the account's."""
+        row = self._one(S.USER_CAP_GET, (account, user))
+        if row is None:
+            return None
+        kind = self._one(S.ACCOUNT_BALANCE, (account,))[1]
+        key, start, end = period_of(kind, ts)
+        charged = self._one(S.USER_CHARGED_IN, (account, user, start, end))[0]
+        held = self._one(S.USER_HELD, (account, user))[0]
+        return key, row[0], charged, held
+
+    def _check_user_cap(self, account: str, user: str | None, need: int, ts: float, what: str) -> None:
+        """BudgetRefused (rules.check_user_cap) where ``user`` has a cap in ``account`` that does
+        not leave ``need``; nothing for a user without one (one primary-key read)."""
+        if user is None or (got := self._user_cap(account, user, ts)) is None:
+            return
+        _, cap, charged, held = got
+        R.check_user_cap(account, user, cap, R.user_available(cap, charged, held), need, what)
+
+    def check_admission(self, account: str, user: str | None, gpu_hours: float, now=None,
+                        what: str = "workflow") -> None:
+        """Whether an admission of ``gpu_hours`` by ``user`` in ``account`` would pass, without
+        holding anything (BudgetRefused, or UnknownAccount, where not): the account's budget
+        (rules.check_admit), then the user's cap. For work admitted elsewhere (the submit hook
+        holds a Slurm job when it is submitted): ``slurmgov run`` on a Slurm site checks first."""
+        need, ts = _ms(gpu_hours, "admission"), _epoch(now, "now")
+
+        def tx() -> None:
+            R.check_admit(account, R.available(*self._balance_ms(account, ts)[1:]), need)
+            self._check_user_cap(account, user, need, ts, what)
+
+        self._read(tx)
+
+    def set_user_cap(self, account: str, user: str, gpu_hours: float | None, actor: str, reason: str = "",
+                     role: str | None = None) -> None:
+        """Cap what ``user`` may spend of ``account``'s budget per period (charged in the period plus
+        still held) at ``gpu_hours``; None removes the cap. Audited with who (as which ``role``) and why."""
+        if not actor:
+            raise InputError(f"user cap of {user} in {account}: say who is changing it (actor)")
+        if not isinstance(user, str) or not user.strip() or any(c in user for c in "\t\r\n"):
+            raise InputError(f"user cap in {account}: {user!r} is not a user name")
+        cap = None if gpu_hours is None else _ms(gpu_hours, f"cap of user {user} in {account}")
+
+        def tx() -> None:
+            self._lock_account(account)
+            _, budget, kind = self._account(account)[:3]
+            old = self._one(S.USER_CAP_GET, (account, user))
+            old_cap = None if old is None else old[0]
+            if old_cap == cap:
+                return  # nothing changes: nothing to audit
+            now = time.time()
+            if cap is None:
+                self._x(S.USER_CAP_DELETE, (account, user))
+            elif old is None:
+                self._x(S.USER_CAP_INSERT, (account, user, cap, now))
+            else:
+                self._x(S.USER_CAP_UPDATE, (cap, now, account, user))
+            at = datetime.fromtimestamp(now, timezone.utc).isoformat()
+            self._x(S.AUDIT_INSERT, (at, actor, account, "user-cap", budget, budget, kind, kind, reason or "",
+                                     R.cap_terms(user, cap, old_cap), role))
+
+        self._write(tx)
+
+    def _user_balance(self, account: str, user: str, ts: float) -> UserBalance | None:
+        got = self._user_cap(account, user, ts)
+        if got is None:
+            return None
+        key, cap, charged, held = got
+        return UserBalance(account, user, key, _h(cap), _h(charged), _h(held), _h(R.user_available(cap, charged, held)))
+
+    def user_balance(self, account: str, user: str, now=None) -> UserBalance | None:
+        """``user``'s cap in ``account`` as user_balances gives it, or None where they have none."""
+        ts = _epoch(now, "now")
+        return self._read(lambda: self._user_balance(account, user, ts))
+
+    def user_balances(self, now=None) -> list[UserBalance]:
+        """Every capped user, by account and user: cap, charged and held this period, available."""
+        ts = _epoch(now, "now")
+
+        def tx() -> list[UserBalance]:
+            rows = self._x(S.USER_CAPS_ALL).fetchall()
+            return [u for account, user, _ in rows if (u := self._user_balance(account, user, ts)) is not None]
+
+        return self._read(tx)
 
     def set_budget(self, account: str, gpu_hours: float, period_kind: str | None = None, actor: str = "",
-                   reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False) -> None:
-        """Set ``account``'s budget per period; who, when, what and why go to the audit trail.
+                   reason: str = "", rollover_pct: int | None = None, expires=None, clear_expiry: bool = False,
+                   role: str | None = None) -> None:
+        """Set ``account``'s budget per period; who (as which ``role``), when, what and why go to the
+        audit trail.
 
         What is not given stays as the account has it (a new account: monthly, no rollover, no
         expiry): ``period_kind``; ``rollover_pct``, last period's unused budget carried into each
@@ -703,11 +824,11 @@ class Ledger:
                 raise InputError(f"budget of {account}: rollover needs a monthly or quarterly period")
             pct = rollover_pct if rollover_pct is not None else (terms[0] if terms else 0)
             exp = None if clear_expiry else (when if when is not None else (terms[1] if terms else None))
-            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp))
+            self._put_budget(account, ms, k, actor, reason or "", "set", True, R.check_terms(account, pct, exp), role)
 
         self._write(tx)
 
-    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "") -> None:
+    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "", role: str | None = None) -> None:
         """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""
         if not actor:
             raise InputError(f"grant to {account}: say who is granting (actor)")
@@ -716,11 +837,12 @@ class Ledger:
         def tx():
             self._lock_account(account)
             _, budget, kind = self._account(account)[:3]
-            self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True)
+            self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True, role=role)
 
         self._write(tx)
 
-    def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None) -> None:
+    def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None,
+                 role: str | None = None) -> None:
         """Move ``gpu_hours`` of budget from ``source`` to ``dest`` in one transaction; only what
         ``source`` has available (not charged, not held) can move."""
         if not actor:
@@ -739,16 +861,18 @@ class Ledger:
             _, src_budget, src_kind = self._account(source)
             _, dst_budget, dst_kind = self._account(dest)
             why = reason or ""
-            self._put_budget(source, src_budget - amount, src_kind, actor, why, f"transfer to {dest}", True)
-            self._put_budget(dest, dst_budget + amount, dst_kind, actor, why, f"transfer from {source}", True)
+            self._put_budget(source, src_budget - amount, src_kind, actor, why, f"transfer to {dest}", True, role=role)
+            self._put_budget(dest, dst_budget + amount, dst_kind, actor, why, f"transfer from {source}", True,
+                             role=role)
 
         self._write(tx)
 
-    def audit(self) -> list[dict]:
+    def audit(self, accounts=None) -> list[dict]:
+        """The audit trail, oldest first; ``accounts``: only these accounts' rows (None: all)."""
         cols = ("seq", "at", "actor", "account", "action", "old_budget_h", "new_budget_h",
-                "old_period", "new_period", "reason", "terms")
+                "old_period", "new_period", "reason", "terms", "role")
         rows = self._read(lambda: self._x(S.AUDIT_LIST).fetchall())
-        out = [dict(zip(cols, r)) for r in rows]
+        out = [dict(zip(cols, r)) for r in rows if accounts is None or r[3] in accounts]
         for d in out:
             d["old_budget_h"] = None if d["old_budget_h"] is None else _h(d["old_budget_h"])
             d["new_budget_h"] = _h(d["new_budget_h"])
@@ -847,6 +971,7 @@ class Ledger:
             avail = R.available(*self._balance_ms(account, ts)[1:])  # also: no budget, no hold (enforced or not)
             if enforce:
                 R.check_admit(account, avail, need)
+                self._check_user_cap(account, user, need, ts, "workflow")
             self._insert_hold(hold_key, account, workflow, want, user, run_id, ts)
             if lease_s is not None:
                 self._x(S.HOLD_LEASE, (ts + lease_s, hold_key))
@@ -889,7 +1014,7 @@ class Ledger:
             return []  # the common case stays a read: no write lock for every command
         return self._write(lambda: self._release_lapsed(ts))
 
-    def release(self, hold_key: str, actor: str, reason: str) -> Hold:
+    def release(self, hold_key: str, actor: str, reason: str, role: str | None = None) -> Hold:
         """An admin releases an open hold (a run that cannot be stopped any other way); the
         release, with who and why, goes on the audit trail. Closing it again changes nothing."""
         if not reason.strip():
@@ -901,7 +1026,7 @@ class Ledger:
             if R.closes(h.state):
                 self._release_hold(hold_key, h.account, "cancelled", time.time())
                 self._audit_note(h.account, actor, "release", f"hold {hold_key} released "
-                                    f"({h.remaining_h:.3f} GPU-h): {reason}")
+                                    f"({h.remaining_h:.3f} GPU-h): {reason}", role)
             return self._hold(hold_key)
 
         return self._write(tx)
@@ -1001,14 +1126,14 @@ class Ledger:
         self._held(old[1], -before)
         self._held(account, self._one(S.HOLD_REMAINING, (hold_key,))[0])
 
-    def _audit_note(self, account: str, actor: str, action: str, reason: str) -> None:
+    def _audit_note(self, account: str, actor: str, action: str, reason: str, role: str | None = None) -> None:
         """An ``action`` on the append-only audit trail that leaves the budget as it is: an operator
         passing the budget ("override"), a hold released other than by its run's end ("release")."""
         _, budget, kind = self._account(account)[:3]
         pct, expires = self._one(S.ACCOUNT_TERMS, (account,))
         at = datetime.now(timezone.utc).isoformat()
         self._x(S.AUDIT_INSERT, (at, actor, account, action, budget, budget, kind, kind, reason,
-                                 R.terms_text(pct, expires)))
+                                 R.terms_text(pct, expires), role))
 
     def settle_step(self, hold_key: str, step: str) -> None:
         """Release what is left of ``step``'s share (its work is over)."""
@@ -1112,23 +1237,35 @@ class Ledger:
             out.append(d)
         return out
 
-    def waste(self, by: str = "account", since=None, until=None) -> list[dict]:
-        """Pilot allocations' settled GPU time, split into what steps used and what sat idle."""
+    def _by_accounts(self, sql: str, lo: float, hi: float, accounts) -> list:
+        """``sql``'s rows for ends in [lo, hi), of ``accounts`` only unless that is None."""
+        if accounts is None:
+            return self._read(lambda: self._x(sql, (lo, hi)).fetchall())
+        keys = sorted(set(accounts))
+        if not keys:
+            return []
+        q, param = self._d.in_keys(sql, "account"), json.dumps(keys) if self._d.keys_as_json else keys
+        return self._read(lambda: self._x(q, (lo, hi, param)).fetchall())
+
+    def waste(self, by: str = "account", since=None, until=None, accounts=None) -> list[dict]:
+        """Pilot allocations' settled GPU time, split into what steps used and what sat idle;
+        ``accounts``: only these accounts' allocations (None: all)."""
         if by not in S.WASTE_COLUMNS:
             raise InputError(f"waste by {by!r}: choose one of {', '.join(S.WASTE_COLUMNS)}")
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
-        rows = self._read(lambda: self._x(S.waste_sql(by), (lo, hi)).fetchall())
+        rows = self._by_accounts(S.waste_sql(by, accounts is not None), lo, hi, accounts)
         return [{"key": k, "used_gpu_seconds": u, "idle_gpu_seconds": i, "used_h": _h(um), "idle_h": _h(im),
                  "idle_share": (i / (u + i)) if u + i else 0.0, "runs": n} for k, u, i, um, im, n in rows]
 
-    def usage(self, by: str = "account", since=None, until=None) -> list[dict]:
-        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type."""
+    def usage(self, by: str = "account", since=None, until=None, accounts=None) -> list[dict]:
+        """Charges whose end time is in [since, until), grouped by account|workflow|step|user|gpu_type;
+        ``accounts``: only these accounts' charges (None: all)."""
         if by not in S.USAGE_COLUMNS:
             raise InputError(f"usage by {by!r}: choose one of {', '.join(USAGE_BY)}")
         lo = -_FOREVER if since is None else _epoch(since, "since")
         hi = _FOREVER if until is None else _epoch(until, "until")
-        rows = self._read(lambda: self._x(S.usage_sql(by), (lo, hi)).fetchall())
+        rows = self._by_accounts(S.usage_sql(by, accounts is not None), lo, hi, accounts)
         # tokens: summed over the charges that reported any; per 1,000 of them, those charges' GPU-seconds
         return [{"key": k, "gpu_seconds": s or 0.0, "charged_h": _h(ms), "charges": n, "prompt_tokens": pt,
                  "completion_tokens": ct, "tokens": None if pt is None and ct is None else (pt or 0) + (ct or 0),

@@ -23,6 +23,7 @@ from slurmgov.site.topology import Topology, TopologyError
 from slurmgov.site.units import format_time, parse_memory_mb, parse_time_seconds
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # a Unix user or group name
 
 
 class Strict(BaseModel):
@@ -125,6 +126,17 @@ class Account(Strict):
     # last period's unused budget carries over, up to this share of the budget (0: none)
     rollover_pct: int = Field(0, ge=0, le=100)
     expires: date | None = None  # the project ends: no budget from this day on (UTC)
+    # users who manage this account (besides Slurm's coordinators of it): set its users' caps,
+    # see its usage, budgets, holds and audit trail
+    managers: tuple[str, ...] = ()
+
+    @field_validator("managers")
+    @classmethod
+    def _manager_names(cls, v):
+        for name in v:
+            if not re.match(USER, name):
+                raise ValueError(f"manager {name!r} is not a user name")
+        return v
 
     @model_validator(mode="after")
     def _rollover_needs_periods(self):
@@ -146,6 +158,30 @@ class Admins(Strict):
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
 
+    @field_validator("users", "groups")
+    @classmethod
+    def _names(cls, v):
+        for name in v:
+            if not re.match(USER, name):
+                raise ValueError(f"{name!r} is not a user or group name")
+        return v
+
+
+class Operators(Admins):
+    """Who may grant and transfer GPU-hours (up to ``max_grant_gpu_hours`` a change, if set) and
+    release holds, but not set budgets: users and Unix groups."""
+
+    max_grant_gpu_hours: float | None = Field(None, ge=0, le=1e12)
+
+
+class Managers(Strict):
+    """What account managers (an account's ``managers`` and, with ``slurm_coordinators``, Slurm's
+    coordinators of it) may do besides reading their accounts and setting their users' caps:
+    grant or transfer between their own accounts up to ``max_grant_gpu_hours`` a change (0: not at all)."""
+
+    max_grant_gpu_hours: float = Field(0, ge=0, le=1e12)
+    slurm_coordinators: bool = True
+
 
 class Site(Strict):
     site: str = Field(pattern=NAME)
@@ -162,6 +198,11 @@ class Site(Strict):
     snapshot_max_age_s: int = Field(300, ge=1, le=86400 * 30)
     default_weight: float = Field(1.0, gt=0)
     admins: Admins = Admins()
+    operators: Operators = Operators()
+    managers: Managers = Managers()
+    # the budget an account gets when it appears in Slurm (its associations, or the hook journal)
+    # without one in the ledger; None: such an account has no budget until an admin sets one
+    default_budget: Account | None = None
 
     @field_validator("accounts")
     @classmethod

@@ -61,6 +61,7 @@ class Job:
     end: int
     elapsed: int
     array_job_id: str | None = None
+    user: str | None = None  # whose job it is (sacct's user name)
 
     @property
     def final(self) -> bool:
@@ -149,7 +150,7 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
                        int(t.get("end") or 0), int(t.get("elapsed") or 0),
-                       _id((j.get("array") or {}).get("job_id"))))
+                       _id((j.get("array") or {}).get("job_id")), j.get("user") or None))
     return out
 
 
@@ -267,11 +268,49 @@ def squeue_json(env=None) -> dict:
     return json.loads(run(["squeue", "--json", "-a"], env=env))
 
 
+SLURM_ROOT_ACCOUNT = "root"  # the parent of every account in slurmdbd; no one's work is governed there
+
+
+def associated_accounts(env=None, timeout: float = 15) -> set[str]:
+    """Every account with an association in slurmdbd (``sacctmgr show assoc``), lower case as
+    Slurm keeps them, but Slurm's own ``root`` account."""
+    out = run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account"], env=env, timeout=timeout)
+    return {a for ln in out.splitlines() if (a := ln.strip().lower()) and a != SLURM_ROOT_ACCOUNT}
+
+
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _askable(user: str) -> None:
+    if not _USER.match(user):
+        raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
+
+
 def user_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
     """The accounts Slurm associates ``user`` with (``sacctmgr show assoc``): those a user may
     charge work to. The user name is passed as one argument, never through a shell."""
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
-        raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
+    _askable(user)
     out = run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=account"], env=env,
               timeout=timeout)
     return {ln.strip() for ln in out.splitlines() if ln.strip()}
+
+
+def parse_coordinators(text: str, user: str) -> set[str]:
+    """``sacctmgr -n -P show user ... withcoord format=user,coordinators`` lines (``user|a,b``) ->
+    the accounts ``user`` coordinates (only that user's line counts)."""
+    found: set[str] = set()
+    for line in text.splitlines():
+        name, _, coords = line.strip().partition("|")
+        if name == user:
+            found |= {a.strip() for a in coords.split(",") if a.strip()}
+    return found
+
+
+def coordinator_accounts(user: str, env=None, timeout: float = 15) -> set[str]:
+    """The accounts Slurm lists ``user`` as a coordinator of (``sacctmgr add coordinator
+    account=A names=U``), A's sub-accounts included (sacctmgr lists them too, as tested on 22.05);
+    none for a user Slurm does not know."""
+    _askable(user)
+    out = run(["sacctmgr", "-n", "-P", "show", "user", "where", f"name={user}", "withcoord",
+               "format=user,coordinators"], env=env, timeout=timeout)
+    return parse_coordinators(out, user)

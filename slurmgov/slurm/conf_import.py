@@ -627,3 +627,31 @@ def to_yaml(doc: dict, warnings: Sequence[str] = ()) -> str:
         head.extend(f"#   - {w}" for w in warnings)
     body = yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=None, width=120)
     return "\n".join(head) + "\n" + body
+
+
+def jwt_key_path(conf_dir) -> Path:
+    """The HS256 key file with which Slurm signs and checks its JWTs (``scontrol token``):
+    ``AuthAltParameters=jwt_key=PATH`` in slurm.conf, by default StateSaveLocation/jwt_hs256.key,
+    as Slurm reads it. InputError (naming the file) when slurm.conf has no ``AuthAltTypes=auth/jwt``."""
+    conf_dir = Path(conf_dir)
+    slurm_conf = conf_dir / "slurm.conf"
+    types = params = state = None
+    for line in _read_conf(slurm_conf, conf_dir):
+        for key, value in line.pairs:
+            if key == "authalttypes":
+                types = (line, value)
+            elif key == "authaltparameters":
+                params = (line, value)
+            elif key == "statesavelocation":
+                state = value
+    if types is None or "auth/jwt" not in [t.strip() for t in types[1].split(",")]:
+        raise InputError(f"{slurm_conf}: no AuthAltTypes=auth/jwt: Slurm issues no JWTs to check "
+                         f"(see https://slurm.schedmd.com/jwt.html)")
+    for item in (params[1].split(",") if params else []):
+        name, _, value = item.strip().partition("=")
+        if name == "jwt_key" and value:
+            path = Path(value)
+            return path if path.is_absolute() else conf_dir / path
+    if state is None:
+        raise InputError(f"{types[0].where}: auth/jwt without AuthAltParameters=jwt_key=PATH or StateSaveLocation")
+    return Path(state) / "jwt_hs256.key"

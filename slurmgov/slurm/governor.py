@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import grp
 import logging
 import os
 import pwd
+import re
 import shutil
 import stat
 import time
@@ -29,7 +31,7 @@ from pathlib import Path
 from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
 from slurmgov.ledger import rules
 from slurmgov.ledger.store import HoldRow, Ledger
-from slurmgov.site.model import Site
+from slurmgov.site.model import NAME, Site
 from slurmgov.site.shared import shared_path
 from slurmgov.slurm import journal, snapshot
 from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
@@ -58,6 +60,7 @@ class SyncReport:
     snapshot_serial: int | None = None
     refused: dict[str, int] = field(default_factory=dict)  # hook refusals since the last pass, by reason
     batch_fallbacks: int = 0  # journal batches that failed whole and were applied event by event
+    seeded: list[str] = field(default_factory=list)  # accounts given the site's default_budget this pass
 
 
 def hold_key(token: str) -> str:
@@ -112,10 +115,10 @@ def mixed_weight(gpu_type: str | None, cost_gpu_s: float, gpus: float, minutes: 
     return cost_gpu_s / unit
 
 
-def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float) -> tuple:
+def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float, user: str | None = None) -> tuple:
     """A hold (Bulk.admit_many's row) of what a job without one used: priced at the dearest
-    weight, as the charge of an untyped job is."""
-    return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, None,
+    weight, as the charge of an untyped job is. ``user``: whose job it was, where known (sacct)."""
+    return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, user,
             f"{token};-;1", ts)
 
 
@@ -138,6 +141,46 @@ def _admit_memo(event: journal.Admit, site: Site) -> str:
                      mixed_weight(event.gpu_type, event.cost_gpu_s, event.gpus, event.time_limit_min, tasks))
 
 
+@functools.lru_cache(maxsize=4096)
+def user_name(uid: str | None) -> str | None:
+    """The user a journal line's uid is: its passwd name (what ``slurmgov run`` records as the
+    user, and what a per-user cap names), else the uid as written."""
+    if uid is None or not uid.isdigit():
+        return uid
+    try:
+        return pwd.getpwuid(int(uid)).pw_name
+    except (KeyError, OverflowError):
+        return uid
+
+
+def user_uid(name: str) -> int | None:
+    """The uid the hook sees for the ledger's user ``name`` (a name, or a uid the host does not know)."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+DEFAULT_REASON = "default budget (site file default_budget): account {where} without a budget in the ledger"
+
+
+def seed_defaults(ledger: Ledger, site: Site, accounts, where: str) -> list[str]:
+    """Give each of ``accounts`` that has no budget in the ledger the site's ``default_budget``
+    (nothing without one), audited as a seed by slurmgov; the accounts seeded."""
+    d = site.default_budget
+    if d is None:
+        return []
+    seeded = []
+    for account in sorted(set(accounts)):
+        # (a name the site file could not hold, or the hook's snapshot could not carry, gets nothing)
+        if re.match(NAME, account) and account not in site.accounts and ledger.ensure_account(
+                account, d.budget_gpu_hours, d.period, actor="slurmgov",
+                reason=DEFAULT_REASON.format(where=where), **d.terms()):
+            log.info("account %s: seeded the default budget of %g GPU-h (%s)", account, d.budget_gpu_hours, where)
+            seeded.append(account)
+    return seeded
+
+
 def apply(ledger: Ledger, site: Site, event) -> None:
     """Apply one journal event to the ledger (idempotent).
 
@@ -146,7 +189,7 @@ def apply(ledger: Ledger, site: Site, event) -> None:
     if isinstance(event, journal.Admit):
         run_id = _admit_memo(event, site)
         ledger.admit(hold_key(event.token), event.account, "sbatch", {"job": event.cost_gpu_s / 3600},
-                     user=event.user, run_id=run_id, now=event.ts, enforce=False)
+                     user=user_name(event.user), run_id=run_id, now=event.ts, enforce=False)
     elif isinstance(event, journal.Modify):
         apply_modify(ledger, site, event)
     elif isinstance(event, journal.Settle):
@@ -191,7 +234,7 @@ def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
     run_id = hold_memo(event.key, event.gpu_type, tasks,
                        mixed_weight(event.gpu_type, event.new_cost_gpu_s, event.gpus, event.time_limit_min,
                                     event.tasks))
-    create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": event.user,
+    create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": user_name(event.user),
               "run_id": run_id, "now": event.ts}
     ledger.reprice(key, event.mod_id, event.account, (event.new_cost_gpu_s - event.old_cost_gpu_s) / 3600,
                    actor=f"uid {event.modify_uid}", override=event.override, reason=_override_reason(event),
@@ -531,9 +574,9 @@ class _Chunk:
     def _recreate_hold(self, job, key: str) -> None:
         self.b.require_account(job.account)
         row = _usage_hold(self.site, key[len("slurm:"):], job.account, job.gpus * job.elapsed,
-                          job.start or job.end or self.now)
+                          job.start or job.end or self.now, getattr(job, "user", None))
         self.new_holds.append(row)
-        self.holds[key] = HoldRow(key, job.account, "sbatch", None, row[5], "open", row[6])
+        self.holds[key] = HoldRow(key, job.account, "sbatch", row[4], row[5], "open", row[6])
         if job.token:  # a job without one never had an admit line
             self.drift.append(f"job {job.job_id}: no admit line for hold {job.token}; hold recreated from sacct")
 
@@ -620,6 +663,8 @@ def _sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str 
     tighten_journals(conf_dir)
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
+    if site.default_budget is not None and slurm is not None and hasattr(slurm, "associated_accounts"):
+        rep.seeded += seed_defaults(ledger, site, slurm.associated_accounts(), "in Slurm's associations")
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
     admit_offset = None
     for name in (ADMITS, SETTLES, REFUSALS):
@@ -671,6 +716,8 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         if isinstance(event, journal.Probe):
             continue  # for `slurmgov hooks check`: nothing to apply
         events.append((offset, event))
+    # an account the hook admitted under fail-open, or whose job it never held, may have no budget yet
+    rep.seeded += seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
     errors = _apply_events(ledger, site, [e for _, e in events], one_by_one, rep)
     for i, (offset, event) in enumerate(events):
         if i in errors:
@@ -829,7 +876,7 @@ class _Batch:
         if rules.admit_replay(key, had, event.account, "sbatch", want):
             return
         self.b.require_account(event.account)
-        self.new_holds.append((key, event.account, "sbatch", shares, event.user, run_id, event.ts))
+        self.new_holds.append((key, event.account, "sbatch", shares, user_name(event.user), run_id, event.ts))
         self.holds[key] = _Held(event.account, "sbatch", want, run_id, "open")
 
     def _settle(self, event: journal.Settle) -> None:
@@ -896,9 +943,25 @@ def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset:
         default_weight=params.default_weight, weights=dict(params.weights),
         available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
         operator_uids=operator_uids(site), partition_gpus=dict(params.partition_gpus),
+        user_caps=snapshot_user_caps(ledger),
     )
     snapshot.write(path, snap)
     return snap.serial
+
+
+def snapshot_user_caps(ledger: Ledger) -> dict[tuple[str, int], tuple[float, float]]:
+    """The snapshot's ``user`` lines: (account, uid) -> (available, cap) in weighted GPU-seconds, for
+    every capped user. A user this host cannot give a uid for is left out, and said in the log:
+    the hook could not tell their jobs apart."""
+    out = {}
+    for u in ledger.user_balances():
+        uid = user_uid(u.user)
+        if uid is None:
+            log.warning("account %s: user %s has a cap but no uid on this host; the submit hook cannot enforce it",
+                        u.account, u.user)
+            continue
+        out[(u.account, uid)] = (u.available_h * 3600, u.cap_h * 3600)
+    return out
 
 
 def operator_uids(site: Site) -> list[int]:

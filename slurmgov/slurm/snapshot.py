@@ -23,6 +23,7 @@ from pathlib import Path
 MAGIC = "slurmgov-snapshot"
 VERSION = 1
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_UID = 4294967295  # a ``user`` line's uid is at most this (a 32-bit uid), in both readers
 FAIL_POLICIES = ("open", "closed")
 
 
@@ -42,6 +43,8 @@ class Snapshot:
     operator_uids: list[int] = field(default_factory=list)  # may change a job past the budget (besides root)
     partition_gpus: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # GPUs per node, type
     sockets_per_node: int | None = None  # None: no such line (the hook takes 1)
+    # capped users: (account, uid) -> (available weighted GPU-seconds, cap in weighted GPU-seconds)
+    user_caps: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
 
     def render(self) -> str:
         """The file's text. Names the hook could misread (TAB, CR, LF, anything outside
@@ -49,11 +52,12 @@ class Snapshot:
         count) raises ValueError: the hook would find the whole file unreadable."""
         for what, x in [("written", self.written), ("max_age_s", self.max_age_s),
                         ("default_weight", self.default_weight), *self.weights.items(),
-                        *self.available_gpu_s.items()]:
+                        *self.available_gpu_s.items(),
+                        *((f"user {a} {u}", x) for (a, u), pair in self.user_caps.items() for x in pair)]:
             if not math.isfinite(x):
                 raise ValueError(f"snapshot: {what} is {x!r}, not a finite number")
         ints = [self.serial, self.default_time_min, self.max_gpus_per_node, self.total_gpus, self.journal_offset,
-                self.sockets_per_node, *(n for n, _ in self.partition_gpus.values())]
+                self.sockets_per_node, *(n for n, _ in self.partition_gpus.values()), *(u for _, u in self.user_caps)]
         if any(n is not None and (not isinstance(n, int) or n < 0) for n in ints) or self.default_time_min <= 0:
             raise ValueError("snapshot: a count, serial or default_time_min is negative or not an integer")
         if self.default_weight < 0 or any(w < 0 for w in self.weights.values()):
@@ -80,6 +84,10 @@ class Snapshot:
                   for p, (n, t) in sorted(self.partition_gpus.items()) if _SAFE.match(p)]
         # Names that could confuse a line-oriented reader never reach the file.
         lines += [f"account\t{a}\t{max(0.0, v):.3f}" for a, v in sorted(self.available_gpu_s.items()) if _SAFE.match(a)]
+        if any(u > MAX_UID for _, u in self.user_caps):
+            raise ValueError(f"snapshot: a user's uid is beyond {MAX_UID}")
+        lines += [f"user\t{a}\t{u}\t{max(0.0, avail):.3f}\t{max(0.0, cap):.3f}"
+                  for (a, u), (avail, cap) in sorted(self.user_caps.items()) if _SAFE.match(a)]
         return "\n".join(lines) + "\nend\n"
 
 
@@ -155,6 +163,7 @@ def parse(text: str) -> Snapshot:
     partition_gpus: dict[str, tuple[int, str | None]] = {}
     operators: list[int] = []
     accounts: list[tuple[str, float]] = []
+    users: list[tuple[tuple[str, int], tuple[float, float]]] = []
     ended = False
     for i, ln in enumerate(lines, 1):
         ln = ln.removesuffix("\r")
@@ -172,6 +181,14 @@ def parse(text: str) -> Snapshot:
             if v is None:
                 raise ValueError(f"bad line {i} (account)")
             accounts.append((f[1], v))
+        elif ln.startswith("user\t") or ln == "user":
+            f = ln.split("\t")
+            ok = len(f) == 5 and f[1] != "" and all(f[1:])
+            uid = lua_int(f[2]) if ok else None
+            avail, cap = (lua_num(f[3]), lua_num(f[4])) if ok else (None, None)
+            if uid is None or uid > MAX_UID or avail is None or cap is None:
+                raise ValueError(f"bad line {i} (user)")
+            users.append(((f[1], uid), (avail, cap)))
         elif ln and not ln.startswith("#"):
             f = ln.split("\t")
             key, arg = f[0], (f[1] if len(f) > 1 else None)
@@ -217,13 +234,18 @@ def parse(text: str) -> Snapshot:
     dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
     if dup is not None:
         raise ValueError(f"duplicate account {_printable(dup.decode('utf-8', 'surrogateescape'))}")
+    # sorted as the hook sorts them (bytewise, by "<account>:<uid>"), so both name the same duplicate
+    keys = sorted((f"{a}:{u}".encode("utf-8", "surrogateescape"), a, u) for (a, u), _ in users)
+    udup = next((x for x, y in zip(keys, keys[1:]) if x[0] == y[0]), None)
+    if udup is not None:
+        raise ValueError(f"duplicate user {_printable(udup[1])} {udup[2]}")
     return Snapshot(
         serial=s["serial"], written=_whole(s["written"]), max_age_s=_whole(s["max_age_s"]),
         fail_policy=s.get("fail_policy", "closed"), default_time_min=s.get("default_time_min", 60),
         max_gpus_per_node=s.get("max_gpus_per_node"), default_weight=s.get("default_weight", 1.0),
         journal_offset=s.get("journal_offset"), total_gpus=s.get("total_gpus"), weights=weights,
         available_gpu_s=dict(accounts), operator_uids=operators, partition_gpus=partition_gpus,
-        sockets_per_node=s.get("sockets_per_node"),
+        sockets_per_node=s.get("sockets_per_node"), user_caps=dict(users),
     )
 
 

@@ -38,9 +38,11 @@ error value) or error (a Lua error, e.g. the instruction budget).  Numbers are %
 Python reads back the exact double.
 --]]
 
+local user_msgs = {} -- what the hook told the user (slurm.log_user), per case
 slurm = {
 	SUCCESS = 0, ERROR = -1,
-	log_user = function() end, log_info = function() end, log_error = function() end,
+	log_user = function(fmt, ...) user_msgs[#user_msgs + 1] = string.format(fmt, ...) end,
+	log_info = function() end, log_error = function() end,
 	log_debug = function() end, log_verbose = function() end,
 }
 
@@ -250,40 +252,47 @@ end
 function CMDS.snapshot_file(c)
 	local snap, err = H.parse_snapshot(slurp(c.single.file))
 	if not snap then return "no\t" .. clean(err) end
-	local w, g, o, a = {}, {}, {}, {}
+	local w, g, o, a, u = {}, {}, {}, {}, {}
 	for t, x in pairs(snap.weights) do w[#w + 1] = clean(t) .. SEP .. num(x) end
 	for n, x in pairs(snap.partition_gpus) do g[#g + 1] = clean(n) .. SEP .. num(x.n) .. SEP .. clean(x.type or "-") end
 	for u in pairs(snap.operators) do o[#o + 1] = num(u) end
 	for name, val in string.gmatch(snap.accounts, "\naccount\t([^\t]*)\t([^\n]*)") do
 		a[#a + 1] = clean(name) .. SEP .. num(H.lookup_account(snap.accounts, name))
 	end
-	table.sort(w); table.sort(g); table.sort(o); table.sort(a)
+	for acct, uid in string.gmatch(snap.users, "\nuser\t([^\t]*):(%d+)\t") do
+		local avail, cap = H.lookup_user(snap.users, acct, uid)
+		u[#u + 1] = clean(acct) .. SEP .. uid .. SEP .. num(avail) .. SEP .. num(cap)
+	end
+	table.sort(w); table.sort(g); table.sort(o); table.sort(a); table.sort(u)
 	return table.concat({ "ok", "serial=" .. clean(snap.serial_str), "written=" .. num(snap.written),
 		"max_age_s=" .. num(snap.max_age_s), "fail_policy=" .. clean(snap.fail_policy),
 		"default_time_min=" .. num(snap.default_time_min), "default_weight=" .. num(snap.default_weight),
 		"sockets_per_node=" .. num(snap.sockets_per_node), "max_gpus_per_node=" .. num(snap.max_gpus_per_node),
 		"total_gpus=" .. num(snap.total_gpus), "journal_offset=" .. num(snap.journal_offset),
 		"weights=" .. table.concat(w, ","), "partition_gpus=" .. table.concat(g, ","),
-		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ",") }, "\t")
+		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ","), "users=" .. table.concat(u, ",") }, "\t")
 end
 
 -- cmd=journal_file file=<path>: per whole line of the file (as charged_since splits them), what
--- journal_charge counts: "account<0x1f>amount", or "-" for nothing.
+-- journal_charge counts: "account<0x1f>amount<0x1f>uid", or "-" for nothing.
 function CMDS.journal_file(c)
 	local out = { "ok" }
 	for line in string.gmatch(slurp(c.single.file), "([^\n]*)\n") do
-		local acct, add = H.journal_charge(H.split_tabs(line))
-		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add)) or "-"
+		local acct, add, uid = H.journal_charge(H.split_tabs(line))
+		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add) .. SEP .. clean(uid)) or "-"
 	end
 	return table.concat(out, "\t")
 end
 
 -- cmd=submit d.<field>=... part=... uid=<n>: slurm_job_submit itself, with the files of the
 -- directory the hook was loaded from (run the driver on a copy of the hook in a scratch dir).
+-- Result: rc, the job's AdminComment, what the hook told the user (or "-").
 function CMDS.submit(c)
 	local parts = part_list(c)
+	user_msgs = {}
 	local rc = slurm_job_submit(c.d, parts, tonumber(c.single.uid or "0"))
-	return "ok\t" .. num(rc) .. "\t" .. clean(c.d.admin_comment or "-")
+	local said = (#user_msgs > 0) and table.concat(user_msgs, " | ") or "-"
+	return "ok\t" .. num(rc) .. "\t" .. clean(c.d.admin_comment or "-") .. "\t" .. clean(said)
 end
 
 local function budget_exceeded() error("instruction budget exceeded", 2) end

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import io
 import json
 import re
@@ -18,8 +17,10 @@ from slurmgov.interface.commands.common import (
     _complete_accounts,
     _json,
     _ledger,
+    _readable,
     _site,
     _utc,
+    _who,
     err,
     format_option,
     json_option,
@@ -38,17 +39,21 @@ def budget():
     """Read and set accounts' GPU-hour budgets."""
 
 
-def _admin_ledger(site_path, accounts, what, seed=True):
-    """The ledger (``accounts`` seeded from the site file), once names and the caller's rights are checked."""
+def _change_ledger(site_path, action, accounts, gpu_hours=None, seed=True):
+    """(ledger, role): the ledger (``accounts`` seeded from the site file), once names and the
+    caller's right to ``action`` are checked; the role it acts under, for the audit trail."""
     site = _site(site_path)
     for account in accounts:
         if not re.match(jobspec.NAME, account):
             raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
-    authz.require_admin(site, what)
+    # budget set is an admin's alone: Slurm need not be asked who else the caller is
+    who = authz.caller() if action == "budget.set" else _who(site)
+    role = authz.require(site, action, accounts[0], dest=accounts[1] if len(accounts) > 1 else None,
+                         gpu_hours=gpu_hours, who=who)
     ledger = _ledger(site)
     for account in accounts if seed else ():
         ensure_budget(ledger, site, account)
-    return ledger
+    return ledger, role
 
 
 def _print_budget(ledger, account):
@@ -81,10 +86,10 @@ def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_exp
     """
     if expires is not None and no_expiry:
         raise click.BadParameter("give --expires or --no-expiry, not both", param_hint="--expires")
-    ledger = _admin_ledger(site_path, [account], "changing a budget", seed=False)
+    ledger, role = _change_ledger(site_path, "budget.set", [account], seed=False)
     when = _utc(expires)
-    ledger.set_budget(account, gpu_hours, period, actor=getpass.getuser(), reason=reason,
-                      rollover_pct=rollover_pct, expires=when, clear_expiry=no_expiry)
+    ledger.set_budget(account, gpu_hours, period, actor=authz.whoami(), reason=reason,
+                      rollover_pct=rollover_pct, expires=when, clear_expiry=no_expiry, role=role)
     _print_budget(ledger, account)
 
 
@@ -95,14 +100,15 @@ def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_exp
 @site_option
 @wait_option
 def budget_grant(account, gpu_hours, reason, site_path):
-    """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins only).
+    """Add GPU_HOURS to ACCOUNT's standing budget, from this period on (admins; operators up to
+    their limit; account managers only where the site allows).
 
     \b
     Example:
       slurmgov budget grant chem-ai 100 --reason "deadline extension"
     """
-    ledger = _admin_ledger(site_path, [account], "granting GPU-hours")
-    ledger.grant(account, gpu_hours, actor=getpass.getuser(), reason=reason)
+    ledger, role = _change_ledger(site_path, "budget.grant", [account], gpu_hours)
+    ledger.grant(account, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
     _print_budget(ledger, account)
 
 
@@ -114,16 +120,122 @@ def budget_grant(account, gpu_hours, reason, site_path):
 @site_option
 @wait_option
 def budget_transfer(source, dest, gpu_hours, reason, site_path):
-    """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins only).
+    """Move GPU_HOURS of budget from SOURCE to DEST, atomically (admins; operators up to their
+    limit; a manager of both accounts only where the site allows).
 
     \b
     Example:
       slurmgov budget transfer chem-ai bio-ml 50 --reason "shared project"
     """
-    ledger = _admin_ledger(site_path, [source, dest], "moving budget between accounts")
-    ledger.transfer(source, dest, gpu_hours, actor=getpass.getuser(), reason=reason)
+    ledger, role = _change_ledger(site_path, "budget.transfer", [source, dest], gpu_hours)
+    ledger.transfer(source, dest, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
     for account in (source, dest):
         _print_budget(ledger, account)
+
+
+@budget.group("user-cap")
+def user_cap():
+    """Cap what one user may spend of an account's budget per period."""
+
+
+def may_cap_users(site, account: str) -> str:
+    """Who may set or remove a user's cap in ``account``: the one permission check of these
+    commands (authz ``usercap.set``: admins and the account's managers). The role it is allowed
+    under, for the audit trail; else exit 6, one line."""
+    return authz.require(site, "usercap.set", account, who=_who(site))
+
+
+def _cap_ledger(site_path, account, user):
+    """(ledger, role): the ledger (``account`` seeded from the site file), once the names and the
+    caller's right to cap ``account``'s users are checked."""
+    site = _site(site_path)
+    if not re.match(jobspec.NAME, account):
+        raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
+        raise click.BadParameter(f"{user!r} is not a user name", param_hint="USER")
+    role = may_cap_users(site, account)
+    ledger = _ledger(site)
+    ensure_budget(ledger, site, account)
+    return ledger, role
+
+
+def _print_cap(ledger, account, user):
+    u = ledger.user_balance(account, user)
+    if u is None:
+        out.print(f"account {account}: user {user} has no cap (the account's budget only)")
+    else:
+        out.print(f"account {account}: user {user} may spend {u.cap_h:.2f} GPU-h per period, "
+                  f"{u.available_h:.2f} left in {u.period}")
+
+
+@user_cap.command("set")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("user")
+@click.argument("gpu_hours", type=click.FloatRange(min=0))
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+@wait_option
+def user_cap_set(account, user, gpu_hours, reason, site_path):
+    """Let USER spend at most GPU_HOURS of ACCOUNT's budget per period (what they were charged in
+    the account this period plus what their work still holds). Enforced by `slurmgov run`, the
+    ledger and, from the governor's next snapshot, the Slurm submit hook (admins and ACCOUNT's
+    managers).
+
+    \b
+    Example:
+      slurmgov budget user-cap set chem-ai alice 40 --reason "intern, autumn term"
+    """
+    ledger, role = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
+    _print_cap(ledger, account, user)
+
+
+@user_cap.command("remove")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("user")
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+@wait_option
+def user_cap_remove(account, user, reason, site_path):
+    """Remove USER's cap in ACCOUNT: the account's budget alone binds them again (admins and
+    ACCOUNT's managers).
+
+    \b
+    Example:
+      slurmgov budget user-cap remove chem-ai alice --reason "project lead now"
+    """
+    ledger, role = _cap_ledger(site_path, account, user)
+    ledger.set_user_cap(account, user, None, actor=authz.whoami(), reason=reason, role=role)
+    _print_cap(ledger, account, user)
+
+
+@user_cap.command("show")
+@click.argument("account", required=False, shell_complete=_complete_accounts)
+@site_option
+@json_option
+@wait_option
+def user_cap_show(account, site_path, as_json):
+    """Capped users: cap, charged and held this period, and what is left (of the accounts the
+    caller may read: all for admins and operators, else those it manages or Slurm associates it with).
+
+    \b
+    Example:
+      slurmgov budget user-cap show chem-ai --json
+    """
+    site = _site(site_path)
+    mine = _readable(site, account)
+    rows = [u for u in _ledger(site).user_balances()
+            if u.account == account or (account is None and (mine is None or u.account in mine))]
+    if as_json:
+        _json([dataclasses.asdict(u) for u in rows])
+        return
+    t = Table(title="per-user caps")
+    for col in ("account", "user", "period", "cap GPU-h", "charged", "held", "available"):
+        t.add_column(col)
+    for u in rows:
+        t.add_row(u.account, u.user, u.period, f"{u.cap_h:.2f}", f"{u.charged_h:.2f}", f"{u.held_h:.2f}",
+                  f"{u.available_h:.2f}")
+    show(t, out, "table")
 
 
 @budget.command("show")
@@ -133,7 +245,8 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
 @format_option
 @wait_option
 def budget_show(account, site_path, as_json, fmt):
-    """Show budgets: budget, charged, held and available GPU-hours.
+    """Show budgets: budget, charged, held and available GPU-hours (of the accounts the caller
+    may read: all for admins and operators, else those it manages or Slurm associates it with).
 
     \b
     Example:
@@ -141,10 +254,12 @@ def budget_show(account, site_path, as_json, fmt):
       slurmgov budget show --format tsv | cut -f1,6
     """
     site = _site(site_path)
+    mine = _readable(site, account)
     ledger = _ledger(site)
     for name in site.accounts:
         ensure_budget(ledger, site, name)
-    balances = [ledger.balance(account)] if account else ledger.balances()
+    balances = [ledger.balance(account)] if account else [b for b in ledger.balances() if mine is None or
+                                                          b.account in mine]
     now = time.time()
     fc = {f.account: f for f in forecasts(ledger, now)}
     if as_json:
@@ -160,24 +275,29 @@ def budget_show(account, site_path, as_json, fmt):
 @format_option
 @wait_option
 def audit(site_path, as_json, fmt):
-    """Every budget change: who, when, what and why (append-only; the tool cannot rewrite it).
+    """Every budget change: who (as which role), when, what and why (append-only; the tool cannot
+    rewrite it). Of the accounts the caller may read.
 
     \b
     Example:
       slurmgov audit --json
     """
-    rows = _ledger(_site(site_path)).audit()
+    site = _site(site_path)
+    rows = _ledger(site).audit(accounts=_readable(site))
     if as_json:
         _json(rows)
         return
     t = Table(title="audit log")
-    for col in ("#", "when (UTC)", "who", "account", "action", "old GPU-h", "new GPU-h", "period", "why"):
+    for col in ("#", "when (UTC)", "who", "as", "account", "action", "old GPU-h", "new GPU-h", "period", "why"):
         t.add_column(col)
     for r in rows:
         # .12g: every digit the ledger keeps (plain :g would show 123456.789 as 123457)
         old = "-" if r["old_budget_h"] is None else f"{r['old_budget_h']:.12g}"
-        t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["account"], r["action"], old,
-                  f"{r['new_budget_h']:.12g}", r["new_period"], r["reason"] or "")
+        why = r["reason"] or ""
+        if r["action"] == "user-cap" and r["terms"]:  # which user, and the cap: in the terms
+            why = f"{r['terms']}: {why}" if why else r["terms"]
+        t.add_row(str(r["seq"]), str(r["at"])[:19], r["actor"], r["role"] or "-", r["account"], r["action"], old,
+                  f"{r['new_budget_h']:.12g}", r["new_period"], why)
     show(t, out, fmt)
 
 
@@ -190,14 +310,16 @@ def audit(site_path, as_json, fmt):
 @format_option
 @wait_option
 def waste(by, since, until, site_path, as_json, fmt):
-    """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step.
+    """Allocated GPU time that sat idle: pilot allocations' settled time not used by any step
+    (of the accounts the caller may read).
 
     \b
     Examples:
       slurmgov waste --by workflow
       slurmgov waste --by account --since 2026-11-01 --json
     """
-    rows = _ledger(_site(site_path)).waste(by=by, since=_utc(since), until=_utc(until))
+    site = _site(site_path)
+    rows = _ledger(site).waste(by=by, since=_utc(since), until=_utc(until), accounts=_readable(site))
     if as_json:
         _json(rows)
     else:
@@ -217,7 +339,8 @@ def waste(by, since, until, site_path, as_json, fmt):
 @json_option
 @wait_option
 def usage(by, since, until, fmt, output, site_path, as_json):
-    """Charged GPU time, grouped by account, workflow, step, user or GPU type.
+    """Charged GPU time, grouped by account, workflow, step, user or GPU type (of the accounts the
+    caller may read: all for admins and operators, else those it manages or Slurm associates it with).
 
     \b
     Examples:
@@ -228,8 +351,10 @@ def usage(by, since, until, fmt, output, site_path, as_json):
     """
     import pandas as pd
 
+    site = _site(site_path)
+    mine = _readable(site)
     with _busy("reading usage from the ledger"):
-        rows = _ledger(_site(site_path)).usage(by=by, since=_utc(since), until=_utc(until))
+        rows = _ledger(site).usage(by=by, since=_utc(since), until=_utc(until), accounts=mine)
     fmt = "json" if as_json else fmt
     if fmt in ("table", "tsv") and output is None:
         report.usage_table(rows, by, out, fmt)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 from datetime import timezone
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from rich.console import Console
 
 from slurmgov.interface import tables
 from slurmgov.ledger.store import DEFAULT_WAIT_S, Ledger
+from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
+from slurmgov.slurm.commands import coordinator_accounts, user_accounts
 
 out = Console()
 err = Console(stderr=True)
@@ -46,6 +50,30 @@ def _ledger(site: site_mod.Site) -> Ledger:
     # command that opens the ledger settles them.
     ledger.release_lapsed()
     return ledger
+
+
+def _who(site: site_mod.Site) -> authz.Caller:
+    """The caller (its real uid, never $USER) with what Slurm says of it: the accounts it
+    coordinates and those it is associated with (a site without Slurm: every account of the
+    site file, as the MCP server's). Slurm is not asked about an admin, who may do everything."""
+    me = authz.caller()
+    if authz.role(site, me) == authz.ADMIN:
+        return me
+    if site.executor != "slurm":
+        return dataclasses.replace(me, associations=frozenset(site.accounts))
+    coords = coordinator_accounts(me.name) if site.managers.slurm_coordinators else set()
+    return dataclasses.replace(me, coordinates=frozenset(coords), associations=frozenset(user_accounts(me.name)))
+
+
+def _readable(site: site_mod.Site, account: str | None = None) -> frozenset[str] | None:
+    """The accounts the caller may read (None: all); with ``account``, refuse it (exit 6) unless
+    it is one of them."""
+    if account is not None and not re.match(site_mod.NAME, account):
+        raise click.BadParameter(f"{account[:80]!r} is not an account name", param_hint="ACCOUNT")
+    who = _who(site)
+    if account is not None:
+        authz.require(site, "usage.read", account, who=who)
+    return authz.visible(site, who)
 
 
 def _remember_wait(ctx, param, value: float) -> None:

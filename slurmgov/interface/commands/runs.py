@@ -3,7 +3,6 @@ what it holds, and how to stop it or free its money."""
 
 from __future__ import annotations
 
-import getpass
 import os
 import signal
 import time
@@ -16,6 +15,7 @@ from slurmgov.intent import run_records
 from slurmgov.interface.commands.common import (
     _json,
     _ledger,
+    _readable,
     _site,
     format_option,
     json_option,
@@ -23,7 +23,7 @@ from slurmgov.interface.commands.common import (
     site_option,
 )
 from slurmgov.interface.tables import Table, show
-from slurmgov.policy.authz import is_admin, require_admin
+from slurmgov.policy import authz
 
 
 def _when(ts) -> str:
@@ -73,7 +73,8 @@ def runs(ctx, site_path, as_json, fmt, limit):
     """List workflow runs, most recently written first: state, account, user, hold and charge.
 
     A run whose process is gone without ending it (SIGKILL, a host that died) shows as `lost`;
-    its hold lapses and is released by the next command that opens the ledger.
+    its hold lapses and is released by the next command that opens the ledger. Lists the caller's
+    own runs and those of the accounts it may read (all, for admins and operators).
 
     \b
     Examples:
@@ -83,8 +84,11 @@ def runs(ctx, site_path, as_json, fmt, limit):
     """
     if ctx.invoked_subcommand is not None:
         return
-    ledger = _ledger(_site(site_path))
-    rows = [run_summary(d, ledger) for d in run_records.read_all(limit=limit)]
+    site = _site(site_path)
+    mine, me = _readable(site), authz.whoami()
+    ledger = _ledger(site)
+    rows = [run_summary(d, ledger) for d in run_records.read_all(limit=limit)
+            if mine is None or d.get("account") in mine or d.get("user") == me]
     if as_json:
         _json(rows)
         return
@@ -111,7 +115,10 @@ def runs_show(run_id, site_path, as_json):
       slurmgov runs show 20261201T101500-1a2b3c --json
     """
     doc = run_records.read(run_id)
-    ledger = _ledger(_site(site_path))
+    site = _site(site_path)
+    if doc.get("user") != authz.whoami():
+        _readable(site, str(doc.get("account")))
+    ledger = _ledger(site)
     summary = run_summary(doc, ledger)
     if as_json:
         _json({**doc, "summary": summary})
@@ -133,9 +140,13 @@ def runs_show(run_id, site_path, as_json):
 
 
 def _may_stop(site, doc: dict, what: str) -> None:
-    if doc.get("user") == getpass.getuser() or is_admin(site):
+    """Its user (the real uid's name, never $USER) or an admin."""
+    me = authz.whoami()
+    if doc.get("user") == me or authz.is_admin(site):
         return
-    raise PermissionDenied(f"{what} of run {doc['run_id']} (user {doc.get('user')}) needs its user or an admin")
+    raise PermissionDenied(f"{me} ({authz.role(site, authz.caller())}) may not cancel run {doc['run_id']} of user "
+                           f"{doc.get('user')}, account {doc.get('account')}: that needs its user or an admin "
+                           f"(root, or `admins` in site {site.site})")
 
 
 @runs.command("cancel")
@@ -168,8 +179,9 @@ def stop_run(site, ledger, run_id: str, wait_s: float) -> str:
     if state == "lost":
         hold = ledger.find_hold(doc["hold_key"]) if doc.get("hold_key") else None
         if hold and hold.state == "open":
-            ledger.release(hold.hold_key, actor=getpass.getuser(), reason=f"run {run_id} lost: its process "
-                           f"{doc.get('pid')} on {doc.get('host')} is gone")
+            ledger.release(hold.hold_key, actor=authz.whoami(), reason=f"run {run_id} lost: its process "
+                           f"{doc.get('pid')} on {doc.get('host')} is gone",
+                           role="user" if doc.get("user") == authz.whoami() else authz.ADMIN)
         run_records.write(run_id, {**doc, "status": "cancelled", "ended": time.time()})
         return f"run {run_id} was lost (its process is gone); its hold is released"
     if run_records.alive(doc) is None:
@@ -210,7 +222,9 @@ def holds(ctx, site_path, as_json, fmt):
     """
     if ctx.invoked_subcommand is not None:
         return
-    rows = _ledger(_site(site_path)).holds_open()
+    site = _site(site_path)
+    mine = _readable(site)
+    rows = [r for r in _ledger(site).holds_open() if mine is None or r["account"] in mine]
     now = time.time()
     if as_json:
         _json([{**r, "age_s": now - r["created_at"]} for r in rows])
@@ -231,22 +245,25 @@ def holds(ctx, site_path, as_json, fmt):
 @click.option("--reason", required=True, help="Why: kept in the audit log.")
 @site_option
 def holds_release(hold_key, reason, site_path):
-    """Release an open hold (admins): its remaining GPU-hours return to the account; what was
-    charged stays. Audited with who and why.
+    """Release an open hold (admins and operators): its remaining GPU-hours return to the account;
+    what was charged stays. Audited with who, as which role, and why.
 
     \b
     Example:
       slurmgov holds release run:20261201T101500-1a2b3c --reason "host died, run gone"
     """
     site = _site(site_path)
-    require_admin(site, "releasing a hold")
+    who = authz.caller()  # admins and operators only: no need to ask Slurm
+    if authz.role(site, who) not in (authz.ADMIN, authz.OPERATOR):
+        authz.require(site, "holds.release", None, who=who)  # refused before the ledger says what it holds
     ledger = _ledger(site)
     before = ledger.find_hold(hold_key)
+    role = authz.require(site, "holds.release", before.account if before else None, who=who)
     if before is None:
         raise InputError(f"no hold {hold_key!r} in the ledger (`slurmgov holds` lists the open ones)")
     if before.state != "open":
         out.print(f"hold {hold_key} is already closed ({before.state})", highlight=False)
         return
-    ledger.release(hold_key, actor=getpass.getuser(), reason=reason)
+    ledger.release(hold_key, actor=authz.whoami(), reason=reason, role=role)
     out.print(f"hold {hold_key} released: {before.remaining_h:.3f} GPU-h back to account {before.account}",
               highlight=False)

@@ -72,6 +72,8 @@ def sync(conf_dir, site_path, as_json, reconcile, grace, placement_sample):
         _json(dataclasses.asdict(rep))
     else:
         out.print(f"admitted {rep.admitted}, settled {rep.settled}, snapshot serial {rep.snapshot_serial}")
+        for account in rep.seeded:
+            out.print(f"account {account}: given the site's default budget")
         for d in rep.drift:
             out.print(f"drift: {d}")
     for problem in rep.problems:
