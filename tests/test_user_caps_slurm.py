@@ -88,3 +88,35 @@ def test_slurmgov_run_on_slurm_past_the_users_cap_submits_nothing(gov, root):
            "workflow deep-research needs up to" in p.stderr and p.stderr.strip().endswith("; nothing was submitted")
     assert c.run("squeue", "-h", "-o", "%i").stdout.strip() == ""
     assert ledger.holds_open() == []
+
+
+def test_a_capped_user_cannot_get_around_the_cap(gov):
+    """The cap holds on the paths the account budget holds on: other spellings of the GPU request,
+    an array (priced per task), and `scontrol update` of a held job onto GPUs or onto more GPUs;
+    a change that fits under the cap goes through."""
+    from helpers import show_job
+    c, sg, gsbatch, ledger = gov
+    ledger.set_budget("physics", 10.0, "quarterly", actor="test", reason="caps")
+    sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
+    sg("budget", "user-cap", "set", "physics", "nobody", "0.6", "--reason", "holes")
+    sync(sg, c, "--no-reconcile")
+    cap = "of their per-user cap of 0.6 GPU-h"
+    for request in (["--gpus=h100:2"], ["--gpus-per-node=h100:2"], ["--gres=gpu:2"], ["-a", "0-1", "--gres=gpu:h100:1"]):
+        r = as_nobody(c, "sbatch", "--parsable", "-H", "--chdir=/", "-o", "/dev/null", "-A", "physics", "-t", "30",
+                      *request, "--wrap", "true")
+        assert r.returncode != 0 and cap in r.stderr, (request, r.stderr)
+
+    def refused_changes() -> int:
+        return (c.log_dir / "slurmctld.log").read_text(errors="replace").count(
+            "has 0.6 GPU-h left of their per-user cap of 0.6 GPU-h, the change needs up to")
+
+    job = nobody_sbatch(c, "-H", "-A", "physics", "-t", "30")  # CPU only: nothing against the cap
+    r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:2")  # 1.0 GPU-h
+    assert r.returncode != 0 and refused_changes() == 1, r.stderr
+    assert "gpu" not in show_job(c, job).get("TresPerNode", "")
+    r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:1")  # 0.5 GPU-h: fits
+    assert r.returncode == 0, r.stderr
+    r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:2")  # 0.5 more: past it
+    assert r.returncode != 0
+    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:1"
+    assert "the change needs up to 0.5 GPU-h more" in (c.log_dir / "slurmctld.log").read_text(errors="replace")

@@ -20,7 +20,7 @@ Exit codes:
   3  the request can never be placed on the site
   4  refused: the account's budget does not cover the worst case
   5  the ledger cannot be used, or stayed busy past --wait
-  6  not allowed (budget changes need an admin)
+  6  not allowed: your role does not permit it (the line names the roles that would)
   7  something slurmgov needs is unavailable (Slurm does not answer, a port in use, a file)
   70 internal error (SLURMGOV_DEBUG=1 shows the traceback)
   130 interrupted (Ctrl-C); a run's hold is released
