@@ -210,7 +210,8 @@ def test_openapi_document_is_well_formed_and_lists_every_route(local):
     documented = set(check_openapi(doc))
     app = api.build(api.Api(None, None, api.Tokens(None, b"k")))  # type: ignore[arg-type]  # the routes served
     served = {(m, r.path) for r in app.routes for m in r.methods if m != "HEAD"}
-    assert documented == served and len(served) == len(api.OPS) >= 12
+    page = {("GET", "/dashboard")}  # the site dashboard's HTML page, which reads through the API: not JSON
+    assert documented == served - page and len(served - page) == len(api.OPS) >= 12 and page <= served
     assert {p for _, p in served} >= {"/api/v1/budgets", "/api/v1/budgets/{account}", "/api/v1/usage",
                                       "/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/holds", "/api/v1/audit",
                                       "/api/v1/budgets/{account}/grant", "/api/v1/transfers",
@@ -366,6 +367,35 @@ def test_the_site_dashboard_shows_what_the_api_serves(local, slurmgov_home, root
     assert whole["runs"] == runs and "burn_down" in whole["accounts"][0] and whole["site"] == site.site
     status, body = server.get("/site", local[2])
     assert status == 403 and "nobody" in body["error"]
+
+
+def test_the_site_dashboard_page_reads_through_the_api_with_the_token_it_is_given(local):
+    """`slurmgov api` serves the site dashboard at /dashboard, in a real browser: the page reads
+    /api/v1/site with the token its address gives it: an admin's token shows every account the
+    API lists, a user's shows the API's one-line refusal and no account, none asks for one."""
+    import browser
+
+    exe = browser.ensure()
+    server, admin, user, ledger, _ = local
+    ledger.grant("physics", 3, actor="t", reason="r")
+    root_url = server.base[:-len("/api/v1")]
+    status, budgets = server.get("/budgets", admin)
+    assert status == 200 and budgets
+
+    def accounts(page: str) -> list[str]:
+        table = page.split('<table id="accounts">', 1)[1].split("</table>", 1)[0]
+        return re.findall(r'<tr data-account="([^"]+)">', table)
+
+    def subtitle(page: str) -> str:
+        return re.search(r'id="subtitle"[^>]*>([^<]*)<', page).group(1)
+
+    page = browser.dom(exe, f"{root_url}/dashboard#token={admin}")
+    assert accounts(page) == [b["account"] for b in budgets], page[-2000:]
+    assert subtitle(page).startswith("executor local · ") and "<title>slurmgov: local</title>" in page
+    page = browser.dom(exe, f"{root_url}/dashboard#token={user}")
+    assert accounts(page) == [] and subtitle(page).startswith("error: nobody (user) may not read"), subtitle(page)
+    page = browser.dom(exe, f"{root_url}/dashboard")
+    assert accounts(page) == [] and subtitle(page).startswith("no token: open this page as"), subtitle(page)
 
 
 def test_without_a_way_to_check_tokens_the_api_does_not_start(slurmgov_home, tmp_path):

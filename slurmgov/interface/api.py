@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from slurmgov import __version__
@@ -677,10 +678,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(status, str(getattr(exc, "detail", "")) or "error")
 
 
+def dashboard_page() -> str:
+    """The site dashboard's page, reading through this API: /api/v1/site with the bearer token the
+    address gives it once (#token=...). The page itself carries no data, so it needs no token."""
+    page = resources.files("slurmgov.interface").joinpath("site_dashboard.html").read_text()
+    return page.replace("<body>", f'<body data-src="{PREFIX.lstrip("/")}/site" data-auth="bearer">', 1)
+
+
 def build(api: Api) -> Starlette:
-    """The ASGI application: every route of OPS, and JSON for every error."""
+    """The ASGI application: every route of OPS, JSON for every error, and the site dashboard's
+    page at /dashboard."""
     document = openapi()
     routes = [Route(PREFIX + op.path, _endpoint(api, op, document), methods=[op.method]) for op in OPS]
+    page = dashboard_page()
+    routes.append(Route("/dashboard", lambda request: HTMLResponse(page), methods=["GET"]))
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _http_error})
 
 
