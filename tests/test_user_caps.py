@@ -318,8 +318,14 @@ def test_user_cap_input_errors_are_one_line(root, slurmgov_home):
     assert "not a user name" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = _sg("budget", "user-cap", "set", "chem-ai", "alice", "-5", check=2)
     assert "GPU_HOURS" in p.stderr
-    p = _sg("budget", "user-cap", "set", "no-such", "alice", "5", check=2)
+    p = _sg("budget", "user-cap", "set", "no-such", "nobody", "5", check=2)
     assert "account no-such has no budget" in p.stderr
+    # a name this host has no uid for (a typo): a cap the submit hook could never enforce
+    p = _sg("budget", "user-cap", "set", "chem-ai", "nosuchuser-typo", "5", check=2)
+    assert p.stderr.strip() == ("slurmgov: user-cap: user 'nosuchuser-typo' has no uid on this host (no passwd "
+                                "entry): the submit hook could not enforce a cap on it; give a user name or uid "
+                                "this host knows")
+    assert _sg("budget", "user-cap", "show", "--json", check=0).stdout.count("nosuchuser-typo") == 0
 
 
 # ------------------------------------------------------------------ the governor: snapshot user lines, default budgets
