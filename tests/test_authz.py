@@ -454,3 +454,27 @@ def test_per_user_caps_are_set_by_admins_and_the_accounts_managers_and_read_as_b
     assert [(u["account"], u["user"]) for u in sg.json("root", "budget", "user-cap", "show")] == [("secret", "nobody")]
     rows = [(r["actor"], r["role"], r["account"]) for r in sg.json("root", "audit") if r["action"] == "user-cap"]
     assert rows == [("nobody", "manager", "chem-ai"), ("root", "admin", "secret"), ("nobody", "manager", "chem-ai")]
+
+
+def test_an_operators_changes_are_capped_per_day_not_only_per_change(shared_dir):
+    """Ten grants of the per-change limit would be ten times the limit: with
+    `max_gpu_hours_per_day`, an operator's grants and transfers over any 24 hours stop at it (exit
+    6, one line); another operator has its own; an admin has none."""
+    site_path = shared_dir / "roles.yaml"
+    site_path.write_text(LOCAL_SITE.format(executor="local", nodes="n[1-2]", partition="local").replace(
+        "operators: {users: [daemon], max_grant_gpu_hours: 10}",
+        "operators: {users: [daemon, games], max_grant_gpu_hours: 10, max_gpu_hours_per_day: 15}"))
+    site_path.chmod(0o644)
+    sg = As(None, site_path, shared_dir)
+    _seed(sg)
+    sg("daemon", "budget", "grant", "bio-ml", "10", "--reason", "one", check=0)
+    sg("daemon", "budget", "transfer", "chem-ai", "physics", "5", "--reason", "two", check=0)
+    p = sg("daemon", "budget", "grant", "bio-ml", "1", "--reason", "three", check=6)
+    assert p.stderr.strip() == ("slurmgov: daemon (operator) may not grant 1 GPU-h to account bio-ml: an operator "
+                                "grants and transfers at most 15 GPU-h in any 24 hours, and daemon moved 15 GPU-h "
+                                "in the last 24")
+    sg("daemon", "budget", "transfer", "chem-ai", "bio-ml", "1", "--reason", "four", check=6)
+    sg("games", "budget", "grant", "bio-ml", "10", "--reason", "its own", check=0)
+    sg("root", "budget", "grant", "bio-ml", "100", "--reason", "admin", check=0)
+    [bio] = [b for b in sg.json("root", "budget", "show") if b["account"] == "bio-ml"]
+    assert bio["budget_h"] == 200 + 10 + 10 + 100

@@ -1337,3 +1337,30 @@ def test_a_sqlite_writer_waits_for_the_writers_lock_says_who_holds_it_then_gives
             os.close(fd)
         mine.disconnect()
         led.disconnect()
+
+
+def test_an_actors_daily_limit_counts_its_grants_and_transfers_of_the_last_24_hours(led, monkeypatch):
+    """A per-change limit repeated is no limit: an operator's (or manager's) grants and transfers
+    over any 24 hours are capped in all, counted from the audit trail in the change's own
+    transaction; each actor has its own, yesterday's changes drop out, admins have none."""
+    from slurmgov.errors import PermissionDenied
+    from slurmgov.ledger import store
+
+    led.ensure_account("bio", 10.0)
+    real = time.time
+    monkeypatch.setattr(store.time, "time", lambda: real() - 86400 - 60)  # a day and a minute ago
+    led.grant("chem", 8, actor="op", role="operator", daily_limit_h=10)
+    monkeypatch.setattr(store.time, "time", real)
+    led.grant("chem", 6, actor="op", role="operator", daily_limit_h=10)  # yesterday's 8 no longer count
+    led.transfer("chem", "bio", 3, actor="op", role="operator", daily_limit_h=10)  # 9 of 10
+    with pytest.raises(PermissionDenied, match=r"^op \(operator\) may not grant 2 GPU-h to account chem: an operator "
+                                               r"grants and transfers at most 10 GPU-h in any 24 hours, and op moved "
+                                               r"9 GPU-h in the last 24$"):
+        led.grant("chem", 2, actor="op", role="operator", daily_limit_h=10)
+    with pytest.raises(PermissionDenied, match=r"may not transfer 2 GPU-h from account chem to account bio"):
+        led.transfer("chem", "bio", 2, actor="op", role="operator", daily_limit_h=10)
+    led.grant("chem", 1, actor="op", role="operator", daily_limit_h=10)  # exactly at the limit
+    led.grant("chem", 5, actor="op2", role="operator", daily_limit_h=10)  # another operator: its own
+    led.grant("chem", 50, actor="op", role="admin")  # as an admin: no daily limit
+    assert led.balance("chem").budget_h == pytest.approx(10 + 8 + 6 - 3 + 1 + 5 + 50)
+    assert led.balance("bio").budget_h == pytest.approx(13)

@@ -550,7 +550,8 @@ class Api:
         hours, reason = _hours(fields["gpu_hours"]), _text(fields.get("reason"), "reason")
         role = self._require(who, "grant", account, gpu_hours=hours)
         self._seeded(account)
-        self.ledger.grant(account, hours, actor=who.user, reason=reason, role=role)
+        self.ledger.grant(account, hours, actor=who.user, reason=reason, role=role,
+                          daily_limit_h=authz.daily_limit(self.site, role))
         log.info("grant: %s (%s) gave account %s %.3f GPU-h (%s)", who.user, role, account, hours, reason)
         return views.budgets(self.ledger, {account})[0]
 
@@ -564,7 +565,8 @@ class Api:
         for account in (source, dest):
             self._seeded(account)
         try:
-            self.ledger.transfer(source, dest, hours, actor=who.user, reason=reason, role=role)
+            self.ledger.transfer(source, dest, hours, actor=who.user, reason=reason, role=role,
+                                 daily_limit_h=authz.daily_limit(self.site, role))
         except InputError as exc:
             if self.ledger.balance(source).available_h < hours:  # the ledger's refusal: not enough there
                 raise ApiError(409, _one_line(exc)) from None

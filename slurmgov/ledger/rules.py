@@ -17,7 +17,7 @@ import math
 import time
 from datetime import datetime, timezone
 
-from slurmgov.errors import BudgetRefused, InputError, LedgerError, UnknownAccount
+from slurmgov.errors import BudgetRefused, InputError, LedgerError, PermissionDenied, UnknownAccount
 from slurmgov.ledger.schema import MAX_MS  # the storage limit: what one amount column holds
 
 MS_PER_H = 3_600_000
@@ -217,6 +217,19 @@ def cap_terms(user: str, cap: int | None, old: int | None) -> str:
     def said(ms: int | None) -> str:
         return "none" if ms is None else f"{hours(ms):.12g} GPU-h"
     return f"user {user}: cap {said(cap)} per period (was {said(old)})"
+
+
+DAY_S = 86400
+
+
+def check_daily_limit(actor: str, role: str, moved_ms: int, add_ms: int, limit_ms: int, what: str) -> None:
+    """PermissionDenied where ``actor`` (acting as ``role``), having granted or transferred
+    ``moved_ms`` in the last 24 hours, would pass ``limit_ms`` with ``add_ms`` more."""
+    if moved_ms + add_ms > limit_ms:
+        raise PermissionDenied(
+            f"{actor} ({role}) may not {what}: {'an' if role[:1] in 'aeiou' else 'a'} {role} grants and transfers "
+            f"at most {limit_ms / 3.6e6:g} GPU-h "
+            f"in any 24 hours, and {actor} moved {moved_ms / 3.6e6:g} GPU-h in the last 24")
 
 
 def check_close_state(state: str) -> str:

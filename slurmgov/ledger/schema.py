@@ -359,6 +359,11 @@ ACCOUNT_BALANCE = "SELECT budget_ms, period_kind, rollover_pct, expires_at FROM 
 ACCOUNT_SET_TERMS = "UPDATE accounts SET rollover_pct = ?, expires_at = ? WHERE account = ?"
 # Per-user caps (version 8): one user's cap in an account, what they charged in [start, end)
 # and what their open holds in the account still hold.
+# GPU-ms one actor, acting as one role, granted or moved (a transfer: its destination's gain) since
+# an ISO time (audit.at, UTC isoformat: ordered as text)
+AUDIT_MOVED_SINCE = """SELECT CAST(COALESCE(SUM(new_budget_ms - COALESCE(old_budget_ms, 0)), 0) AS BIGINT)
+    FROM audit WHERE actor = ? AND role = ? AND (action = 'grant' OR substr(action, 1, 14) = 'transfer from ') AND at >= ?"""
+PG_ACTOR_LOCK = "SELECT pg_advisory_xact_lock(hashtext(?))"  # one actor's limited changes take turns
 USER_CAP_GET = "SELECT cap_ms FROM user_caps WHERE account = ? AND user_name = ?"
 USER_CAP_INSERT = "INSERT INTO user_caps (account, user_name, cap_ms, updated_at) VALUES (?, ?, ?, ?)"
 USER_CAP_UPDATE = "UPDATE user_caps SET cap_ms = ?, updated_at = ? WHERE account = ? AND user_name = ?"

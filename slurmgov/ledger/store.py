@@ -828,13 +828,17 @@ class Ledger:
 
         self._write(tx)
 
-    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "", role: str | None = None) -> None:
-        """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction."""
+    def grant(self, account: str, gpu_hours: float, actor: str, reason: str = "", role: str | None = None,
+              daily_limit_h: float | None = None) -> None:
+        """Add ``gpu_hours`` to ``account``'s budget, read and written in one transaction.
+        ``daily_limit_h``: the most ``actor`` acting as ``role`` may grant and transfer in all over
+        any 24 hours (authz.daily_limit), checked in the same transaction."""
         if not actor:
             raise InputError(f"grant to {account}: say who is granting (actor)")
         add = _ms(gpu_hours, f"grant to {account}")
 
         def tx():
+            self._check_daily_limit(actor, role, add, daily_limit_h, f"grant {gpu_hours:g} GPU-h to account {account}")
             self._lock_account(account)
             _, budget, kind = self._account(account)[:3]
             self._put_budget(account, budget + add, kind, actor, reason or "", "grant", True, role=role)
@@ -842,9 +846,9 @@ class Ledger:
         self._write(tx)
 
     def transfer(self, source: str, dest: str, gpu_hours: float, actor: str, reason: str = "", now=None,
-                 role: str | None = None) -> None:
+                 role: str | None = None, daily_limit_h: float | None = None) -> None:
         """Move ``gpu_hours`` of budget from ``source`` to ``dest`` in one transaction; only what
-        ``source`` has available (not charged, not held) can move."""
+        ``source`` has available (not charged, not held) can move. ``daily_limit_h``: as grant's."""
         if not actor:
             raise InputError(f"transfer from {source}: say who is moving it (actor)")
         if source == dest:
@@ -852,6 +856,8 @@ class Ledger:
         amount, ts = _ms(gpu_hours, f"transfer from {source}"), _epoch(now, "now")
 
         def tx():
+            self._check_daily_limit(actor, role, amount, daily_limit_h,
+                                    f"transfer {gpu_hours:g} GPU-h from account {source} to account {dest}")
             for account in sorted((source, dest)):  # one lock order: two opposite transfers never deadlock
                 self._lock_account(account)
             _, budget, charged, held = self._balance_ms(source, ts)
@@ -866,6 +872,19 @@ class Ledger:
                              role=role)
 
         self._write(tx)
+
+    def _check_daily_limit(self, actor: str, role: str | None, add: int, limit_h: float | None, what: str) -> None:
+        """In a write transaction: PermissionDenied where ``actor``'s grants and transfers as
+        ``role`` over the last 24 hours, with ``add`` more, would pass ``limit_h``. PostgreSQL:
+        the actor's changes take turns first (an advisory lock on the name), so two at once cannot
+        both fit under the limit; SQLite's write transaction already serialises them."""
+        if limit_h is None:
+            return
+        if self._d.row_locks:
+            self._x(S.PG_ACTOR_LOCK, (f"slurmgov actor {actor}",))
+        since = datetime.fromtimestamp(time.time() - R.DAY_S, timezone.utc).isoformat()
+        (moved,) = self._one(S.AUDIT_MOVED_SINCE, (actor, role or "", since))
+        R.check_daily_limit(actor, role or "", int(moved), add, _ms(limit_h, "daily limit"), what)
 
     def audit(self, accounts=None) -> list[dict]:
         """The audit trail, oldest first; ``accounts``: only these accounts' rows (None: all)."""

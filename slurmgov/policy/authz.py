@@ -166,6 +166,17 @@ def require(site, action: str, account: str | None = None, *, dest: str | None =
     raise PermissionDenied(_refusal(site, who, mine, action, accounts, gpu_hours))
 
 
+def daily_limit(site, role_: str) -> float | None:
+    """The most GPU-hours one caller acting as ``role_`` may grant and transfer in all over any 24
+    hours (None: no such limit; admins have none). A per-change limit alone is no limit: a change
+    repeated ten times moves ten times as much. The ledger counts and enforces it (Ledger.grant)."""
+    if role_ == OPERATOR:
+        return site.operators.max_gpu_hours_per_day
+    if role_ == MANAGER:
+        return site.managers.max_gpu_hours_per_day
+    return None
+
+
 def _refusal(site, who: Caller, mine: str, action: str, accounts: list[str], gpu_hours: float | None) -> str:
     """One line: who (as what), may not do what to which account, and which roles would allow it."""
     what = ACTIONS[action]

@@ -168,18 +168,22 @@ class Admins(Strict):
 
 
 class Operators(Admins):
-    """Who may grant and transfer GPU-hours (up to ``max_grant_gpu_hours`` a change, if set) and
-    release holds, but not set budgets: users and Unix groups."""
+    """Who may grant and transfer GPU-hours (up to ``max_grant_gpu_hours`` a change and
+    ``max_gpu_hours_per_day`` in all over any 24 hours, each operator, where set) and release
+    holds, but not set budgets: users and Unix groups."""
 
     max_grant_gpu_hours: float | None = Field(None, ge=0, le=1e12)
+    max_gpu_hours_per_day: float | None = Field(None, ge=0, le=1e12)
 
 
 class Managers(Strict):
     """What account managers (an account's ``managers`` and, with ``slurm_coordinators``, Slurm's
     coordinators of it) may do besides reading their accounts and setting their users' caps:
-    grant or transfer between their own accounts up to ``max_grant_gpu_hours`` a change (0: not at all)."""
+    grant or transfer between their own accounts up to ``max_grant_gpu_hours`` a change (0: not at all)
+    and, where set, ``max_gpu_hours_per_day`` in all over any 24 hours, each manager."""
 
     max_grant_gpu_hours: float = Field(0, ge=0, le=1e12)
+    max_gpu_hours_per_day: float | None = Field(None, ge=0, le=1e12)
     slurm_coordinators: bool = True
 
 

@@ -110,7 +110,8 @@ def budget_grant(account, gpu_hours, reason, site_path):
       slurmgov budget grant chem-ai 100 --reason "deadline extension"
     """
     ledger, role = _change_ledger(site_path, "budget.grant", [account], gpu_hours)
-    ledger.grant(account, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
+    ledger.grant(account, gpu_hours, actor=authz.whoami(), reason=reason, role=role,
+                 daily_limit_h=authz.daily_limit(_site(site_path), role))
     _print_budget(ledger, account)
 
 
@@ -130,7 +131,8 @@ def budget_transfer(source, dest, gpu_hours, reason, site_path):
       slurmgov budget transfer chem-ai bio-ml 50 --reason "shared project"
     """
     ledger, role = _change_ledger(site_path, "budget.transfer", [source, dest], gpu_hours)
-    ledger.transfer(source, dest, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
+    ledger.transfer(source, dest, gpu_hours, actor=authz.whoami(), reason=reason, role=role,
+                    daily_limit_h=authz.daily_limit(_site(site_path), role))
     for account in (source, dest):
         _print_budget(ledger, account)
 
