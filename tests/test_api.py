@@ -481,6 +481,34 @@ def test_an_operator_grants_and_transfers_within_its_limit_and_releases_holds(ro
     assert server.get("/site", op)[0] == 200
 
 
+def test_an_account_manager_caps_its_users_over_the_api_and_no_one_else_does(roles):
+    """POST /budgets/{account}/caps/{user} is `budget user-cap set|remove`: the account's manager
+    may (audited as manager, with the token's user as actor), on another account it is 403, an
+    operator is 403 (caps are the managers'); a name this host has no uid for is 400 (a cap the
+    hook could never enforce); GET /caps lists each caller the caps of the accounts it may read."""
+    server, tokens, ledger = roles
+    mgr, op = tokens["games"], tokens["daemon"]
+    status, body = server.post("/budgets/chem-ai/caps/nobody", mgr, {"gpu_hours": 4, "reason": "intern"})
+    assert status == 200 and (body["account"], body["user"], body["cap_h"]) == ("chem-ai", "nobody", 4.0)
+    assert body["available_h"] == pytest.approx(4.0)
+    row = ledger.audit()[-1]
+    assert (row["actor"], row["role"], row["account"], row["action"]) == ("games", "manager", "chem-ai", "user-cap")
+    assert [(u.account, u.user, u.cap_h) for u in ledger.user_balances()] == [("chem-ai", "nobody", 4.0)]
+    for token, path in ((mgr, "/budgets/bio-ml/caps/nobody"), (op, "/budgets/chem-ai/caps/nobody")):
+        status, body = server.post(path, token, {"gpu_hours": 1})
+        assert status == 403 and "may not set user caps of account" in body["error"], body
+    status, body = server.post("/budgets/chem-ai/caps/nosuchuser-typo", mgr, {"gpu_hours": 1})
+    assert status == 400 and "has no uid on this host" in body["error"]
+    for bad in ({"gpu_hours": -1}, {"gpu_hours": "4"}, {}, {"gpu_hours": 1, "why": "x"}):
+        assert server.post("/budgets/chem-ai/caps/nobody", mgr, bad)[0] == 400, bad
+    status, caps = server.get("/caps", op)  # an operator reads every account's
+    assert status == 200 and [(c["account"], c["user"], c["cap_h"]) for c in caps] == [("chem-ai", "nobody", 4.0)]
+    assert server.get("/caps?account=bio-ml", mgr) == (200, [])  # a local site: every user reads every account
+    status, body = server.post("/budgets/chem-ai/caps/nobody", mgr, {"gpu_hours": None, "reason": "done"})
+    assert status == 200 and body == {"account": "chem-ai", "user": "nobody", "cap_h": None}
+    assert ledger.user_balances() == [] and server.get("/caps", mgr) == (200, [])
+
+
 def test_an_account_manager_grants_only_its_accounts_within_the_sites_limit_and_releases_nothing(roles):
     server, tokens, ledger = roles
     mgr = tokens["games"]

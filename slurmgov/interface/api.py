@@ -29,6 +29,7 @@ traceback in the server's log only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -71,6 +72,7 @@ from slurmgov.ledger.store import Ledger
 from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
 from slurmgov.slurm.commands import coordinator_accounts, user_accounts
+from slurmgov.slurm.governor import user_uid
 
 log = logging.getLogger("slurmgov.api")
 
@@ -83,7 +85,9 @@ USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HOLD_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,200}$")
 # the API's actions, as authz names them (account None: the whole site)
-ACTIONS = {"read": "usage.read", "grant": "budget.grant", "transfer": "budget.transfer", "release": "holds.release"}
+ACTIONS = {"read": "usage.read", "grant": "budget.grant", "transfer": "budget.transfer", "release": "holds.release",
+           "cap": "usercap.set"}
+USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # as `budget user-cap set` takes a user name
 
 
 class ApiError(Exception):
@@ -328,6 +332,13 @@ SCHEMAS: dict[str, dict] = {
                                 "reason": _STR}},
     "Release": {"type": "object", "required": ["reason"], "additionalProperties": False,
                 "properties": {"reason": {"type": "string", "minLength": 1}}},
+    "UserCap": {"type": "object", "required": ["account", "user", "cap_h"], "properties": {
+        "account": _STR, "user": _STR, "period": _STR_N, "cap_h": _NUM_N, "charged_h": _NUM_N, "held_h": _NUM_N,
+        "available_h": _NUM_N}, "description": "A user's cap in an account this period (cap_h null: none)."},
+    "CapChange": {"type": "object", "required": ["gpu_hours"], "additionalProperties": False, "properties": {
+        "gpu_hours": {"type": "number", "minimum": 0, "nullable": True,
+                      "description": "The most the user may spend of the account's budget per period; null removes the cap."},
+        "reason": _STR}},
     "Released": {"type": "object", "required": ["hold_key", "account", "state"], "properties": {
         "hold_key": _STR, "account": _STR, "state": _STR, "released_h": _NUM}},
 }
@@ -362,6 +373,12 @@ OPS: tuple[Op, ...] = (
     Op("POST", "/transfers", "transfer", "Move GPU-hours of budget between accounts, atomically (admins; "
        "operators and, where the site allows, a manager of both up to their limit).",
        _list("Budget"), body=_ref("Transfer"), errors=(400, 401, 403, 404, 409)),
+    Op("GET", "/caps", "caps", "Per-user caps on readable accounts: each user's cap, charged and held this period.",
+       _list("UserCap"), (_ACCOUNT_Q,)),
+    Op("POST", "/budgets/{account}/caps/{user}", "set_cap", "Set or remove a user's cap in an account (admins and "
+       "the account's managers), as `slurmgov budget user-cap set|remove`.", _ref("UserCap"),
+       (_ACCOUNT_P, Param("user", "path", {"type": "string", "pattern": USER.pattern}, "A user name.", True)),
+       body=_ref("CapChange"), errors=(400, 401, 403, 404)),
     Op("POST", "/holds/{hold_key}/release", "release",
        "Release an open hold: what it still reserves goes back to its account (admins, operators).", _ref("Released"),
        (Param("hold_key", "path", {"type": "string"}, "The hold's key, URL-encoded (run:ID, job:ID).", True),),
@@ -574,6 +591,27 @@ class Api:
         log.info("transfer: %s (%s) moved %.3f GPU-h from %s to %s (%s)", who.user, role, hours, source, dest,
                  reason)
         return views.budgets(self.ledger, {source, dest})
+
+    def caps(self, who: Identity, q: dict, body: Any) -> list[dict]:
+        seen = self._readable(who, q.get("account"))
+        return [dataclasses.asdict(u) for u in self.ledger.user_balances() if seen is None or u.account in seen]
+
+    def set_cap(self, who: Identity, q: dict, body: dict) -> dict:
+        account, user = _account(q["account"]), q["user"]
+        if not USER.match(user):
+            raise ApiError(400, f"user: {user[:80]!r} is not a user name")
+        fields = _fields(body, {"gpu_hours": True, "reason": False})
+        hours = None if fields["gpu_hours"] is None else _hours(fields["gpu_hours"])
+        reason = _text(fields.get("reason"), "reason")
+        role = self._require(who, "cap", account)
+        if hours is not None and user_uid(user) is None:  # as the CLI: a cap the submit hook could never enforce
+            raise ApiError(400, f"user: {user!r} has no uid on this host (no passwd entry): the submit hook could "
+                                f"not enforce a cap on it")
+        self._seeded(account)
+        self.ledger.set_user_cap(account, user, hours, actor=who.user, reason=reason, role=role)
+        log.info("cap: %s (%s) set %s's cap in %s to %s (%s)", who.user, role, user, account, hours, reason)
+        got = self.ledger.user_balance(account, user)
+        return {"account": account, "user": user, "cap_h": None} if got is None else dataclasses.asdict(got)
 
     def release(self, who: Identity, q: dict, body: dict) -> dict:
         key = q["hold_key"]
