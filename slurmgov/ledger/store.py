@@ -1434,11 +1434,20 @@ class Bulk:
         (hold_key, gpu_seconds) as recorded ((None, None): no such charge) for each row whose charge
         is missing, on another hold or more than 1 GPU-second apart. The comparison runs in the
         database, so a million rows that agree cost no Python objects (reconcile's common case)."""
-        d, out = self._l._d, {}
+        d = self._l._d
+        out: dict[int, tuple[str | None, float | None]] = {}
+        if d.charge_check is None:
+            had = self.charged(ck for ck, _, _ in rows)
+            for n, (ck, hk, s) in enumerate(rows):
+                got = had.get(ck)
+                if got is None:
+                    out[n] = (None, None)
+                elif got[0] != hk or abs(got[1] - s) > 1:
+                    out[n] = got
+            return out
         for i in range(0, len(rows), _BULK_KEYS):
             part = rows[i:i + _BULK_KEYS]
-            args = (json.dumps(part),) if d.keys_as_json else tuple(map(list, zip(*part)))
-            for n, hk, s in self._l._x(d.charge_check, args).fetchall():
+            for n, hk, s in self._l._x(d.charge_check, (json.dumps(part),)).fetchall():
                 out[i + n] = (hk, s)
         return out
 
