@@ -72,7 +72,7 @@ from slurmgov.ledger.store import Ledger
 from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
 from slurmgov.slurm.commands import coordinator_accounts, user_accounts
-from slurmgov.slurm.governor import user_uid
+from slurmgov.slurm.governor import cap_uid
 
 log = logging.getLogger("slurmgov.api")
 
@@ -604,9 +604,8 @@ class Api:
         hours = None if fields["gpu_hours"] is None else _hours(fields["gpu_hours"])
         reason = _text(fields.get("reason"), "reason")
         role = self._require(who, "cap", account)
-        if hours is not None and user_uid(user) is None:  # as the CLI: a cap the submit hook could never enforce
-            raise ApiError(400, f"user: {user!r} has no uid on this host (no passwd entry): the submit hook could "
-                                f"not enforce a cap on it")
+        if hours is not None:
+            cap_uid(user)  # as the CLI: 400 for a cap the submit hook could never enforce
         self._seeded(account)
         self.ledger.set_user_cap(account, user, hours, actor=who.user, reason=reason, role=role)
         log.info("cap: %s (%s) set %s's cap in %s to %s (%s)", who.user, role, user, account, hours, reason)

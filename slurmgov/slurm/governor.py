@@ -161,6 +161,17 @@ def user_uid(name: str) -> int | None:
         return int(name) if name.isdigit() else None
 
 
+def cap_uid(user: str) -> int:
+    """The uid a cap on ``user`` is enforced under by the submit hook, which knows a job's owner
+    by uid; InputError where this host has none (a typo, a user missing from passwd): that cap
+    would be one nobody enforces."""
+    uid = user_uid(user)
+    if uid is None:
+        raise InputError(f"user-cap: user {user!r} has no uid on this host (no passwd entry): the submit hook "
+                         f"could not enforce a cap on it; give a user name or uid this host knows")
+    return uid
+
+
 DEFAULT_REASON = "default budget (site file default_budget): account {where} without a budget in the ledger"
 
 

@@ -10,7 +10,6 @@ import time
 
 import click
 
-from slurmgov.errors import InputError
 from slurmgov.intent import jobspec
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
@@ -33,7 +32,7 @@ from slurmgov.interface.tables import Table, show, tsv
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.policy import authz
 from slurmgov.policy.forecast import forecasts
-from slurmgov.slurm.governor import user_uid
+from slurmgov.slurm.governor import cap_uid
 
 
 @click.group()
@@ -190,11 +189,7 @@ def user_cap_set(account, user, gpu_hours, reason, site_path):
       slurmgov budget user-cap set chem-ai alice 40 --reason "intern, autumn term"
     """
     ledger, role = _cap_ledger(site_path, account, user)
-    if user_uid(user) is None:
-        # the hook knows a job's owner by uid: a cap on a name this host cannot turn into one
-        # (a typo, a user missing from this host's passwd) would be a cap nobody enforces
-        raise InputError(f"user-cap: user {user!r} has no uid on this host (no passwd entry): the submit hook "
-                         f"could not enforce a cap on it; give a user name or uid this host knows")
+    cap_uid(user)
     ledger.set_user_cap(account, user, gpu_hours, actor=authz.whoami(), reason=reason, role=role)
     _print_cap(ledger, account, user)
 
