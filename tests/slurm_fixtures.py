@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # so "import slurm_harness" works
 
+import slurm_release  # noqa: E402
 from slurm_harness import HarnessError, can_run, start_cluster  # noqa: E402
 
 from slurmgov.ledger.store import Ledger  # noqa: E402
@@ -36,6 +37,10 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
+    try:
+        release = slurm_release.selected()
+    except slurm_release.ReleaseError as e:
+        pytest.exit(str(e), returncode=4)  # a typo in SLURMGOV_SLURM: one line, no test runs
     ok, why = can_run()
     if not ok:
         _unavailable(why)
@@ -43,6 +48,8 @@ def slurm_cluster(tmp_path_factory):
     try:
         cluster = start_cluster(root)
     except HarnessError as e:
+        if release != slurm_release.DEFAULT:  # asked for by name: its failure is an error, never a skip
+            pytest.fail(f"Slurm {release} cluster did not start: {e}", pytrace=False)
         _unavailable(f"Slurm cluster did not start: {e}")
     try:
         yield cluster

@@ -1,4 +1,8 @@
-"""A throw-away Slurm 22.05 cluster for tests: munge, MariaDB, slurmdbd, slurmctld, 4 slurmd.
+"""A throw-away Slurm cluster for tests: munge, MariaDB, slurmdbd, slurmctld, 4 slurmd.
+
+The release is SLURMGOV_SLURM's (tests/slurm_release.py): 22.05 (default) from the host's
+Debian packages, 24.11 or 26.05 from a cached debootstrap chroot that every daemon runs in,
+with wrappers first on the cluster's PATH so clients are that release's own.
 
 Everything (configs, state, spool, logs, database, fake GPU devices) lives under one
 temporary directory.  Daemons run in the foreground (``-D``/``-F``) as children of the
@@ -33,6 +37,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import slurm_release
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGINS_DIR = REPO_ROOT / "plugins"
@@ -245,11 +251,14 @@ class SlurmCluster:
         self.partition = PARTITION
         self.accounts = ACCOUNTS
         self.default_account = DEFAULT_ACCOUNT
+        self.release = slurm_release.selected()
+        self.chroot: slurm_release.Chroot | None = None  # None: the host's Slurm (22.05)
         self._procs: list[tuple[str, subprocess.Popen]] = []
         self.started_pids: list[int] = []  # kept after stop() so callers can check them
         self._logs: list = []
         self.bringup_s: float | None = None  # daemons up to 4 idle nodes, package install excluded
         self.install_s: float | None = None
+        self.chroot_build_s: float | None = None  # seconds spent making the release's chroot, None if cached
         # World-readable dir outside the tmp dir (which may sit under a root-only directory):
         # the private munge socket and a copy of slurm.conf for unprivileged users.
         self.public_dir: Path | None = None
@@ -361,8 +370,20 @@ class SlurmCluster:
                   self.dev_dir, self.work_dir):
             d.mkdir(parents=True, exist_ok=True)
         t_install = time.monotonic()
-        _ensure_packages(self.log_dir / "apt.log")
-        self.jwt_why = _ensure_jwt_plugin(self.log_dir / "apt.log")
+        _ensure_packages(self.log_dir / "apt.log")  # on every release: MariaDB is the host's
+        if slurm_release.RELEASES[self.release] is None:
+            self.jwt_why = _ensure_jwt_plugin(self.log_dir / "apt.log")
+        else:
+            try:
+                chroot_root, self.chroot_build_s = slurm_release.ensure_chroot(
+                    self.release, self.log_dir / f"chroot-{self.release}.log")
+            except slurm_release.ReleaseError as e:
+                raise HarnessError(str(e)) from e
+            self.chroot = slurm_release.Chroot(self.release, chroot_root)
+            plugin_dir = self.chroot.plugin_dir()
+            if plugin_dir is None:
+                raise HarnessError(f"Slurm {self.release} chroot {chroot_root} has no job_submit_lua.so")
+            self.jwt_why = "" if (plugin_dir / JWT_PLUGIN).exists() else f"{JWT_PLUGIN} missing in {plugin_dir}"
         self.install_s = time.monotonic() - t_install
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -370,6 +391,10 @@ class SlurmCluster:
         self.public_dir.chmod(0o755)
         self.munge_socket = self.public_dir / "munge" / "munge.socket"
         try:
+            if self.chroot is not None:
+                self.chroot.mount(self.root, self.public_dir)
+                self.chroot.write_wrappers(self.public_dir / "bin")
+                self.env["PATH"] = f"{self.public_dir / 'bin'}{os.pathsep}{self.env['PATH']}"
             self._write_configs()
             self._start_munge(deadline)
             self._start_mariadb(deadline)
@@ -382,6 +407,15 @@ class SlurmCluster:
             raise
         self.bringup_s = time.monotonic() - t0
         return self
+
+    def _bin(self, name: str) -> list[str]:
+        """argv that runs daemon or tool ``name`` of this cluster's release (inside its chroot)."""
+        if self.chroot is None:
+            return [_which(name) or name]
+        inner = self.chroot.which(name)
+        if inner is None:
+            raise HarnessError(f"Slurm {self.release} chroot {self.chroot.root} has no {name}")
+        return self.chroot.argv(inner, cwd=self.root)
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.stdout", "ab")
@@ -411,7 +445,7 @@ class SlurmCluster:
         return "\n  " + "\n  ".join(lines)
 
     def _write_configs(self) -> None:
-        plugin_dir = _plugin_dir()
+        plugin_dir = self.chroot.plugin_dir() if self.chroot else _plugin_dir()
         (self.ctld_port, self.dbd_port, self.db_port, *self.node_ports) = _free_ports(3 + len(NODES))
         r = self.root
         node_lines, gres_lines = [], []
@@ -491,6 +525,9 @@ PartitionName={PARTITION} Nodes=gpu[01-04] Default=YES DefaultTime={PARTITION_DE
 PartitionName={UNLIMITED_PARTITION} Nodes=gpu[01-04] Default=NO State=UP
 """
         self.slurm_conf.write_text(slurm_conf)
+        if self.chroot is not None:
+            # 24.11+: slurmd dies with "cgroup filesystem not mounted" unless cgroups are off.
+            (self.conf_dir / "cgroup.conf").write_text("CgroupPlugin=disabled\n")
         (self.conf_dir / "gres.conf").write_text("AutoDetect=off\n" + "\n".join(gres_lines) + "\n")
         (self.conf_dir / "topology.conf").write_text(
             "SwitchName=leaf1 Nodes=gpu[01-02]\n"
@@ -532,7 +569,7 @@ StorageLoc=slurm_acct_db
             key.write_bytes(os.urandom(1024))
             key.chmod(0o400)
         log = self.log_dir / "munged.stdout"
-        p = self._spawn("munged", [_which("munged"), "-F", "--force", f"--key-file={key}",
+        p = self._spawn("munged", [*self._bin("munged"), "-F", "--force", f"--key-file={key}",
                                    f"--socket={self.munge_socket}",
                                    f"--pid-file={self.run_dir}/munged.pid",
                                    f"--seed-file={self.run_dir}/munged.seed",
@@ -540,6 +577,8 @@ StorageLoc=slurm_acct_db
         self._wait("munged", lambda: _munge_works(self.env, self.munge_socket), deadline, p, log)
 
     def _start_mariadb(self, deadline: float) -> None:
+        # The host's MariaDB on every release: 24.11's slurmdbd against trixie's MariaDB 11.8 dies in
+        # _check_mysql_concat_is_sane (client error 5027); the database is not what a site's release changes.
         log = self.log_dir / "mariadb-install-db.log"
         with open(log, "wb") as fh:
             r = subprocess.run([_which("mariadb-install-db"), "--no-defaults", f"--datadir={self.db_dir}",
@@ -561,7 +600,7 @@ StorageLoc=slurm_acct_db
     def _start_slurmdbd(self, deadline: float) -> None:
         log = self.log_dir / "slurmdbd.log"
         # slurmdbd has no -f: it reads slurmdbd.conf next to $SLURM_CONF.
-        p = self._spawn("slurmdbd", [_which("slurmdbd"), "-D"])
+        p = self._spawn("slurmdbd", [*self._bin("slurmdbd"), "-D"])
         self._wait("slurmdbd", lambda: _port_open(self.dbd_port), deadline, p, log)
 
     def _setup_accounts(self) -> None:
@@ -578,12 +617,12 @@ StorageLoc=slurm_acct_db
 
     def _start_slurmctld(self, deadline: float) -> None:
         log = self.log_dir / "slurmctld.log"
-        p = self._spawn("slurmctld", [_which("slurmctld"), "-D", "-f", str(self.slurm_conf)])
+        p = self._spawn("slurmctld", [*self._bin("slurmctld"), "-D", "-f", str(self.slurm_conf)])
         self._wait("slurmctld", lambda: self.run("scontrol", "ping", timeout=10).stdout.count("UP") >= 1,
                    deadline, p, log)
 
     def _start_slurmds(self, deadline: float) -> None:
-        procs = [self._spawn(f"slurmd.{n}", [_which("slurmd"), "-D", "-N", n, "-f", str(self.slurm_conf)])
+        procs = [self._spawn(f"slurmd.{n}", [*self._bin("slurmd"), "-D", "-N", n, "-f", str(self.slurm_conf)])
                  for n in NODES]
 
         def all_idle() -> bool:
@@ -601,7 +640,7 @@ StorageLoc=slurm_acct_db
         """slurmstepd and job processes (double-forked by slurmd) holding files under our root."""
         ours = {p.pid for _, p in self._procs}
         found = []
-        root = str(self.root)
+        roots = (str(self.root),) + ((str(self.chroot.inside(self.root)),) if self.chroot else ())
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == os.getpid() or int(entry) in ours:
                 continue
@@ -614,7 +653,7 @@ StorageLoc=slurm_acct_db
                 continue
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
-                if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root) for fd in fds):
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(roots) for fd in fds):
                     found.append(pid)
             except OSError:
                 continue
@@ -653,6 +692,8 @@ StorageLoc=slurm_acct_db
         self._procs.clear()
         # The database files are ~100 MB and useless once the server is gone; logs stay.
         shutil.rmtree(self.db_dir, ignore_errors=True)
+        if self.chroot is not None:
+            self.chroot.unmount()  # daemons are gone: nothing holds the mounts now
         if self.public_dir is not None:
             shutil.rmtree(self.public_dir, ignore_errors=True)
             self.public_dir = None
