@@ -537,7 +537,8 @@ local function user_left(snap, usums, account, uid)
 end
 
 -- GPU entries of one TRES string: list of {type=<string|nil>, count=<number>}.
--- Accepts "gres:gpu:2", "gres:gpu:h100:2", "gres:gpu", "gres/gpu:h100:2", comma lists.
+-- Accepts "gres:gpu:2", "gres:gpu:h100:2", "gres:gpu", "gres/gpu:h100:2", comma lists, and the
+-- count after "=" ("gres/gpu=1", "gres/gpu:h100=1"): Slurm 23.11+ writes tres_per_task so.
 local function gpu_entries(tres)
 	local out = {}
 	if type(tres) ~= "string" or tres == "" then return out end
@@ -547,8 +548,10 @@ local function gpu_entries(tres)
 			rest = string.sub(item, 6)
 		end
 		if rest then
+			-- 24.11/26.05 tres_per_task: "gpu=1", "gpu:h100=1" (TRES style, count after "=").
+			local head, eq = string.match(rest, "^([^=]*)=(.*)$")
 			local parts = {}
-			for p in string.gmatch(rest, "[^:]+") do parts[#parts + 1] = p end
+			for p in string.gmatch(head or rest, "[^:]+") do parts[#parts + 1] = p end
 			if parts[1] == "gpu" then
 				local gtype, cnt = nil, nil
 				local function count_of(s)
@@ -560,7 +563,9 @@ local function gpu_entries(tres)
 					elseif suf == "g" or suf == "G" then n = n * 1073741824 end
 					return n
 				end
-				if #parts == 1 then
+				if eq then
+					if #parts <= 2 then gtype, cnt = parts[2], count_of(eq) end
+				elseif #parts == 1 then
 					cnt = 1
 				elseif #parts == 2 then
 					cnt = count_of(parts[2])

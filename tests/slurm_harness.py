@@ -253,6 +253,8 @@ class SlurmCluster:
         self.default_account = DEFAULT_ACCOUNT
         self.release = slurm_release.selected()
         self.chroot: slurm_release.Chroot | None = None  # None: the host's Slurm (22.05)
+        # How Slurm spells a GRES in TresPerNode & co.: "gres:gpu:1" in 22.05, "gres/gpu:1" from 23.11.
+        self.gres = "gres:" if self.release == "22.05" else "gres/"
         self._procs: list[tuple[str, subprocess.Popen]] = []
         self.started_pids: list[int] = []  # kept after stop() so callers can check them
         self._logs: list = []
@@ -392,7 +394,10 @@ class SlurmCluster:
         self.munge_socket = self.public_dir / "munge" / "munge.socket"
         try:
             if self.chroot is not None:
-                self.chroot.mount(self.root, self.public_dir)
+                # All of /tmp, not just our dirs: tests point the hooks at files in their own tmp_path.
+                shared = [Path(tempfile.gettempdir()).resolve()]
+                shared += [d for d in (self.root, self.public_dir) if not d.resolve().is_relative_to(shared[0])]
+                self.chroot.mount(*shared)
                 self.chroot.write_wrappers(self.public_dir / "bin")
                 self.env["PATH"] = f"{self.public_dir / 'bin'}{os.pathsep}{self.env['PATH']}"
             self._write_configs()

@@ -43,7 +43,7 @@ def test_user_turning_a_cpu_job_into_a_gpu_job_is_priced_and_held(slurm_cluster)
     assert m[3] == f"job-{job}" and m[4] == "chem-ai" and m[5] == "65534"
     assert (float(m[6]), m[7], m[8], m[9]) == (8 * 600.0, "8", "10", "h100")
     assert (m[11], float(m[12]), m[13], m[14]) == ("chem-ai", 0.0, "65534", "0")
-    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:4"
+    assert show_job(c, job)["TresPerNode"] == f"{c.gres}gpu:h100:4"
 
 
 def test_user_cannot_grow_a_cpu_job_onto_an_account_without_budget(slurm_cluster):
@@ -69,7 +69,7 @@ def test_admitted_job_grows_within_budget_and_shrinks_back(slurm_cluster):
     assert r.returncode == 0, r.stderr
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:4")  # +2 more: 0 left... no
     assert r.returncode != 0
-    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:2"
+    assert show_job(c, job)["TresPerNode"] == f"{c.gres}gpu:h100:2"
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:1")  # shrinking: allowed
     assert r.returncode == 0, r.stderr
     grow, shrink = modify_lines(c, job)
@@ -225,7 +225,7 @@ def test_a_change_slurm_rejects_after_the_hook_never_lowers_the_price(slurm_clus
     for _ in range(5):
         r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:1", "NumNodes=2")
         assert r.returncode != 0 and "Node count specification invalid" in r.stderr
-    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:4"
+    assert show_job(c, job)["TresPerNode"] == f"{c.gres}gpu:h100:4"
     assert len(modify_lines(c, job)) == 5  # priced each time; the governor checks each against Slurm
     # 300 GPU-s left, as before the attempts: a 10-minute GPU job still does not fit
     assert c.sbatch(["-H", "--gres=gpu:1", "-t", "10"]).returncode == 1

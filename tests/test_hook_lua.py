@@ -100,6 +100,7 @@ def _tres(rng: random.Random) -> str | None:
             continue
         items.append(rng.choice([
             f"gres:gpu:{n}", f"gres:gpu:{t}:{n}", f"gres:gpu:{t}", "gres:gpu", f"gres/gpu:{t}:{n}",
+            f"gres/gpu={n}", f"gres/gpu:{t}={n}",  # Slurm 24.11+'s tres_per_task
             f"gres:mps:{n}", f"gpu:{n}", f"gres:gpu:{t}:{n}:x", f"gres:gpu::{n}", f"gres:GPU:{n}", "",
         ]))
     return ",".join(items)
@@ -245,6 +246,11 @@ GPU_ENTRIES = [
     ("gres:gpu:h100:x", "cannot parse GPU request gres:gpu:h100:x"),
     ("gres:gpu:1:h100", "cannot parse GPU request gres:gpu:1:h100"),
     ("gres:gpu:h100:2t", "cannot parse GPU request gres:gpu:h100:2t"),
+    # Slurm 24.11/26.05's tres_per_task (--gpus-per-task=1, --gpus-per-task=h100:1): count after "=".
+    ("gres/gpu=1", [("-", 1)]), ("gres/gpu:h100=2", [("h100", 2)]), ("cpu=4,gres/gpu:h100=1", [("h100", 1)]),
+    ("gres/gpu=2k", [("-", 2048)]), ("gres/mps=100,gres/gpu=1", [("-", 1)]),
+    ("gres/gpu=x", "cannot parse GPU request gres/gpu=x"), ("gres/gpu=", "cannot parse GPU request gres/gpu="),
+    ("gres/gpu:h100:1=2", "cannot parse GPU request gres/gpu:h100:1=2"),
 ]
 
 

@@ -301,7 +301,7 @@ def test_unprivileged_user_cannot_grow_an_admitted_job_past_its_budget(slurm_clu
     log = (c.log_dir / "slurmctld.log").read_text()
     assert f"slurmgov: change to job {jobid} by uid 65534 refused: account chem-ai: 0.11 GPU-h left" in log
     show = c.run("scontrol", "show", "job", "-o", jobid).stdout
-    assert "TresPerNode=gres:gpu:1" in show
+    assert f"TresPerNode={c.gres}gpu:1" in show
     # Shrinking is fine (the hold comes down once the governor sees Slurm applied it).
     r = c.run(*as_nobody, "scontrol", "update", f"jobid={jobid}", "TimeLimit=5", cwd="/", env=env)
     assert r.returncode == 0, r.stderr

@@ -224,12 +224,16 @@ def hook_gpu_entries(tres) -> list[tuple[str | None, float]]:
     for item in tres.split(","):
         if not item or item[:5] not in ("gres:", "gres/"):
             continue
-        parts = [p for p in item[5:].split(":") if p]
+        # Slurm 23.11+ (24.11, 26.05) writes tres_per_task TRES-style: "gres/gpu=1", "gres/gpu:h100=1".
+        head, eq, after = item[5:].partition("=")
+        parts = [p for p in head.split(":") if p]
         if not parts or parts[0] != "gpu":
             continue
         gtype: str | None = None
         cnt: float | None
-        if len(parts) == 1:
+        if eq:
+            gtype, cnt = (parts[1] if len(parts) > 1 else None), (_lua_count(after) if len(parts) <= 2 else None)
+        elif len(parts) == 1:
             cnt = 1.0
         elif len(parts) == 2:
             cnt = _lua_count(parts[1])
