@@ -4,7 +4,6 @@ reading or writing the hook files of a test cluster (tests/slurm_harness.py)."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from slurmgov.slurm import commands as slurm_cli
 
 
 def wait_for(pred, timeout: float = 30, what: str = "condition"):
@@ -122,8 +123,8 @@ def governor_sees_final(c, job: str) -> bool:
     """Whether the governor's own sacct query (the last two days' window) shows ``job`` ended:
     slurmdbd lists a job that just ended under `sacct -j` a few seconds before its time window
     does, and a pass in between bills it only on the next pass."""
-    rows = json.loads(c.run("sacct", "--json", "-a", "-S", "now-2days", "-E", "now").stdout)["jobs"]
-    return any(str(j["job_id"]) == job and j["state"]["current"] == "COMPLETED" for j in rows)
+    # slurmgov's own parser: it reads every release's sacct --json (22.05's state is a string, 24.11's a list).
+    return any(j.job_id == job and j.state == "COMPLETED" for j in slurm_cli.sacct_jobs("now-2days", env=c.env))
 
 
 def import_kernels(what: str):

@@ -134,6 +134,34 @@ def _id(value) -> str | None:
     return str(value) if value not in (None, "", 0, "0") else None
 
 
+def _num(value):
+    """A number of the JSON: Slurm 23.11+ (data_parser v0.0.40+, 24.11 and 26.05) wraps it as
+    {"set", "infinite", "number"}; 22.05 (v0.0.38) gives it bare. Unset: None; infinite: INFINITE."""
+    if isinstance(value, dict) and "number" in value:
+        if not value.get("set"):
+            return None
+        return INFINITE if value.get("infinite") else value.get("number")
+    return value
+
+
+def _flags(value) -> str:
+    """A state of the JSON: a list of flags from 23.11 (["PENDING", "REQUEUED"]; 24.11, 26.05), a
+    string in 22.05; "" when missing. The base state comes first either way."""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value or "")
+
+
+def _queued_v38(j: dict) -> dict:
+    """A job of squeue --json with its numbers and flags as 22.05 writes them (see _num, _flags)."""
+    out = {k: _num(v) for k, v in j.items()}
+    out["job_state"] = _flags(j.get("job_state"))
+    # 23.11+ lists "shared" as flags ([] when unset, ["user"], ...); 22.05 gives one word or null.
+    if isinstance(j.get("shared"), list):
+        out["shared"] = j["shared"][0] if j["shared"] else None
+    return out
+
+
 def _gpus(tres: list) -> int:
     return sum(int(t.get("count") or 0) for t in tres or () if t.get("type") == "gres" and t.get("name") == "gpu")
 
@@ -145,19 +173,18 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
     data = json.loads(run(["sacct", "--json", "-a", *window], env=env))
     out = []
     for j in data.get("jobs", []):
-        t = j.get("time", {})
-        state = j.get("state", {}).get("current", "")
+        t = {k: _num(v) for k, v in (j.get("time") or {}).items()}
+        state = _flags((j.get("state") or {}).get("current"))
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
                        int(t.get("end") or 0), int(t.get("elapsed") or 0),
-                       _id((j.get("array") or {}).get("job_id")), j.get("user") or None))
+                       _id(_num((j.get("array") or {}).get("job_id"))), j.get("user") or None))
     return out
 
 
 def squeue_jobs(env=None) -> list[Queued]:
     """Every job slurmctld has (22.05's squeue --json ignores state filters: finished ones too)."""
-    data = json.loads(run(["squeue", "--json", "-a"], env=env))
-    return [_queued(j) for j in data.get("jobs", [])]
+    return [_queued(j) for j in squeue_json(env).get("jobs", [])]
 
 
 def _queued(j: dict) -> Queued:
@@ -171,7 +198,7 @@ _SHARED = {"none": 0, "user": 2, "mcs": 3}  # squeue's "shared" -> job_desc.shar
 
 
 def _view(j: dict) -> HookView:
-    """A queued job's request in the hook's terms (squeue --json, data_parser v0.0.38)."""
+    """A queued job's request in the hook's terms (squeue --json as _queued_v38 gives it)."""
     def text(k):
         v = j.get(k)
         return v if isinstance(v, str) and v else None
@@ -264,8 +291,11 @@ def node_gres_used(env=None) -> str:
 
 
 def squeue_json(env=None) -> dict:
-    """Every job squeue lists, all partitions, as its JSON document."""
-    return json.loads(run(["squeue", "--json", "-a"], env=env))
+    """Every job squeue lists, all partitions, as its JSON document, each job's numbers and
+    flags as 22.05 writes them (_queued_v38) whatever the release."""
+    data = json.loads(run(["squeue", "--json", "-a"], env=env))
+    data["jobs"] = [_queued_v38(j) for j in data.get("jobs") or []]
+    return data
 
 
 SLURM_ROOT_ACCOUNT = "root"  # the parent of every account in slurmdbd; no one's work is governed there
