@@ -199,7 +199,10 @@ def _gpu_limit_and_usage(c, account: str) -> tuple[str, str]:
     for line in out.splitlines():
         if f" Account={account} UserName= " in line:
             tres = next(t for t in line.split() if t.startswith("GrpTRESMins="))
-            lim, usage = tres.rsplit("gres/gpu=", 1)[1].rstrip(")").split("(")
+            # One LIMIT(USAGE) per TRES, comma-separated (22.05: gres/gpu last; 24.11 may list more after it).
+            gpu = [i for i in tres.split("=", 1)[1].split(",") if i.startswith("gres/gpu=")]
+            assert len(gpu) == 1, tres
+            lim, usage = gpu[0].split("=", 1)[1].rstrip(")").split("(")
             return lim, usage
     raise AssertionError(f"no association for {account} in {out!r}")
 
