@@ -119,6 +119,13 @@ def settled(c) -> list[str]:
     return c.settle_path.read_text().splitlines() if c.settle_path.exists() else []
 
 
+def sacct_state(job: dict) -> str:
+    """A job's state in sacct --json, read independently of slurmgov: 22.05 writes a string
+    ("COMPLETED"), 24.11 and 26.05 a list of flags (["COMPLETED"])."""
+    state = job["state"]["current"]
+    return " ".join(state) if isinstance(state, list) else state
+
+
 def governor_sees_final(c, job: str) -> bool:
     """Whether the governor's own sacct query (the last two days' window) shows ``job`` ended:
     slurmdbd lists a job that just ended under `sacct -j` a few seconds before its time window

@@ -34,6 +34,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,6 +166,24 @@ def _ensure_jwt_plugin(log: Path) -> str:
     if plugin_dir is None or not (plugin_dir / JWT_PLUGIN).exists():
         return f"apt-get install {JWT_PACKAGE} did not give {JWT_PLUGIN} (see {log})"
     return ""
+
+
+def _python_dirs(bound: list[Path], base: bool = False) -> tuple[Path, ...]:
+    """What jobs need to run this Python and slurmgov inside a release's chroot, as on a site's
+    compute node: the repository and the venv (``base=False``), or the interpreter's own prefix
+    (``base=True``, bound read-only). A system prefix (/usr...) is never bound over the chroot's own;
+    jobs that run slurmgov then fail there (say a pyenv or a /opt Python is needed)."""
+    system = {Path(p) for p in ("/", "/usr", "/usr/local", "/bin", "/lib", "/opt")}
+    want = [Path(sys.base_prefix)] if base else [REPO_ROOT, Path(sys.prefix)]
+    out: list[Path] = []
+    for d in want:
+        d = d.resolve()
+        if d in system or any(d.is_relative_to(b) for b in [*bound, *out]):
+            continue
+        if not base and d.resolve() == Path(sys.base_prefix).resolve():
+            continue
+        out.append(d)
+    return tuple(out)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -397,7 +416,7 @@ class SlurmCluster:
                 # All of /tmp, not just our dirs: tests point the hooks at files in their own tmp_path.
                 shared = [Path(tempfile.gettempdir()).resolve()]
                 shared += [d for d in (self.root, self.public_dir) if not d.resolve().is_relative_to(shared[0])]
-                self.chroot.mount(*shared)
+                self.chroot.mount(*shared, *_python_dirs(shared), read_only=_python_dirs(shared, base=True))
                 self.chroot.write_wrappers(self.public_dir / "bin")
                 self.env["PATH"] = f"{self.public_dir / 'bin'}{os.pathsep}{self.env['PATH']}"
             self._write_configs()

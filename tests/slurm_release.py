@@ -27,7 +27,9 @@ RELEASES: dict[str, str | None] = {"22.05": None, "24.11": "trixie", "26.05": "s
 CACHE = Path(os.environ.get("SLURMGOV_TEST_CACHE", "/var/cache/slurmgov-test"))
 MIRROR = os.environ.get("SLURMGOV_TEST_MIRROR", "http://deb.debian.org/debian")
 # MariaDB is the host's (see SlurmCluster._start_mariadb): only Slurm and munge come from the suite.
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd")
+# libexpat1 and libffi8: the libraries the tests' own Python (bound in, see Chroot.mount) loads that a
+# minbase system lacks, for jobs that run slurmgov (the Slurm executor's steps).
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "libexpat1", "libffi8")
 OPTIONAL_PACKAGES = ("slurm-wlm-jwt-plugin",)  # auth/jwt: the tests that need tokens skip without it
 # Client commands the project and the tests call; each gets a wrapper that runs the chroot's.
 CLIENTS = ("sbatch", "srun", "salloc", "scancel", "scontrol", "squeue", "sinfo", "sacct", "sacctmgr",
@@ -116,14 +118,30 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
     if suite is None:
         raise ReleaseError(f"Slurm {release} runs from the host's packages, not a chroot")
     dest = chroot_dir(release)
-    if (dest / MARKER).exists():
+    want = _marker_text(release)
+    if _marker(dest) == want:
+        return dest, None
+    if _marker(dest) is not None:  # made with an older package list: add what is missing, in place
+        with _locked(dest.name):
+            if _marker(dest) != want:
+                t0 = time.monotonic()
+                # Only our own mounts: a running cluster of another session may have its own in there.
+                done: list[Path] = []
+                try:
+                    _install(release, dest, log, done)
+                finally:
+                    for where in reversed(done):
+                        if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode:
+                            subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+                (dest / MARKER).write_text(want)
+                return dest, time.monotonic() - t0
         return dest, None
     if shutil.which("debootstrap") is None:
         raise ReleaseError(f"building the Slurm {release} chroot: step 'debootstrap' failed: debootstrap "
                            "is not installed (apt-get install debootstrap)")
     with _locked(dest.name):
-        if (dest / MARKER).exists():
-            return dest, None
+        if _marker(dest) is not None:  # another session made it meanwhile
+            return ensure_chroot(release, log)
         t0 = time.monotonic()
         tmp = CACHE / f"{dest.name}.tmp"
         _umount_all_under(tmp)  # a session killed while making it
@@ -132,31 +150,49 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
             _step(release, "debootstrap", ["debootstrap", "--variant=minbase", suite, str(tmp), MIRROR], log)
-            shutil.copy2("/etc/resolv.conf", tmp / "etc/resolv.conf")
-            # Daemons started by maintainer scripts would be no test's: refuse them.
-            policy = tmp / "usr/sbin/policy-rc.d"
-            policy.write_text("#!/bin/sh\nexit 101\n")
-            policy.chmod(0o755)
-            subprocess.run(["mount", "-t", "proc", "proc", str(tmp / "proc")], check=True, capture_output=True)
-            _make_dev(tmp / "dev")
-            apt = ["apt-get", "-y", "-q", "-o", "APT::Sandbox::User=root", "-o", "Dpkg::Use-Pty=0",
-                   # sid's Release file on the mirror may be past its Valid-Until date.
-                   "-o", "Acquire::Check-Valid-Until=false"]
-            _step(release, "apt-get update", _in_root(tmp, *apt, "update"), log)
-            _step(release, "apt-get install", _in_root(tmp, *apt, "install", "--no-install-recommends", *PACKAGES),
-                  log)
-            with contextlib.suppress(ReleaseError):
-                _step(release, "apt-get install (optional)",
-                      _in_root(tmp, *apt, "install", "--no-install-recommends", *OPTIONAL_PACKAGES), log)
-            _step(release, "apt-get clean", _in_root(tmp, "apt-get", "clean"), log)
+            _install(release, tmp, log, [])
         except BaseException:
             _umount_all_under(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _umount_all_under(tmp)
-        (tmp / MARKER).write_text(f"Slurm {release} from Debian {suite}\n")
+        (tmp / MARKER).write_text(want)
         os.replace(tmp, dest)
         return dest, time.monotonic() - t0
+
+
+def _marker_text(release: str) -> str:
+    return f"Slurm {release} from Debian {RELEASES[release]}: {' '.join(sorted(PACKAGES))}\n"
+
+
+def _marker(root: Path) -> str | None:
+    try:
+        return (root / MARKER).read_text()
+    except OSError:
+        return None
+
+
+def _install(release: str, root: Path, log: Path, mounted: list[Path]) -> None:
+    """apt-get update and install PACKAGES (and what it can of OPTIONAL_PACKAGES) in ``root``,
+    with /proc and a private /dev mounted meanwhile (added to ``mounted``: the caller unmounts them)."""
+    shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
+    # Daemons started by maintainer scripts would be no test's: refuse them.
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True, capture_output=True)
+    mounted.append(root / "proc")
+    _make_dev(root / "dev")
+    mounted.append(root / "dev")
+    apt = ["apt-get", "-y", "-q", "-o", "APT::Sandbox::User=root", "-o", "Dpkg::Use-Pty=0",
+           # sid's Release file on the mirror may be past its Valid-Until date.
+           "-o", "Acquire::Check-Valid-Until=false"]
+    _step(release, "apt-get update", _in_root(root, *apt, "update"), log)
+    _step(release, "apt-get install", _in_root(root, *apt, "install", "--no-install-recommends", *PACKAGES), log)
+    with contextlib.suppress(ReleaseError):
+        _step(release, "apt-get install (optional)",
+              _in_root(root, *apt, "install", "--no-install-recommends", *OPTIONAL_PACKAGES), log)
+    _step(release, "apt-get clean", _in_root(root, "apt-get", "clean"), log)
 
 
 class Chroot:
@@ -177,8 +213,9 @@ class Chroot:
                 return self.root / d
         return None
 
-    def mount(self, *dirs: Path) -> None:
-        """/proc, a private /dev, /etc/hosts, and each of ``dirs`` bound at its own path inside.
+    def mount(self, *dirs: Path, read_only: tuple[Path, ...] = ()) -> None:
+        """/proc, a private /dev, /etc/hosts, and each of ``dirs`` (and ``read_only``) bound at its own
+        path inside.
 
         The chroot's own path also resolves inside it (a link to /), so a path such as PluginDir
         names the same file for daemons inside and for clients run from outside as another user.
@@ -194,11 +231,14 @@ class Chroot:
             self._mount(None, self.root / "dev")
             for d in dirs:
                 self._mount(["--bind", str(d)], self.inside(d))
+            for d in read_only:
+                self._mount(["--bind", str(d)], self.inside(d))
+                self._mount(["-o", "remount,bind,ro"], self.inside(d), again=True)
         except BaseException:
             self.unmount()
             raise
 
-    def _mount(self, args: list[str] | None, where: Path) -> None:
+    def _mount(self, args: list[str] | None, where: Path, again: bool = False) -> None:
         where.mkdir(parents=True, exist_ok=True)
         if args is None:
             _make_dev(where)
@@ -206,7 +246,8 @@ class Chroot:
             r = subprocess.run(["mount", *args, str(where)], capture_output=True, text=True, check=False)
             if r.returncode != 0:
                 raise ReleaseError(f"mount {' '.join(args)} {where}: {r.stderr.strip()}")
-        self.mounted.append(where)
+        if not again:
+            self.mounted.append(where)
 
     def unmount(self) -> None:
         for where in reversed(self.mounted):

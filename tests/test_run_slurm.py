@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import sacct_state
 
 from slurmgov.intent import run_records
 from slurmgov.ledger.store import Ledger
@@ -83,7 +84,7 @@ def sacct(c, job_ids) -> dict[str, dict]:
     out = {}
     for j in data["jobs"]:
         gpus = sum(int(t["count"]) for t in j["tres"]["allocated"] if t["type"] == "gres" and t["name"] == "gpu")
-        out[str(j["job_id"])] = {"gpu_s": gpus * j["time"]["elapsed"], "state": j["state"]["current"],
+        out[str(j["job_id"])] = {"gpu_s": gpus * j["time"]["elapsed"], "state": sacct_state(j),
                                  "nodes": j["nodes"]}
     return out
 
