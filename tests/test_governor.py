@@ -1159,3 +1159,45 @@ def test_sync_while_a_pass_runs_says_so_in_one_line(env, root, tmp_path):
                            check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 5 and len(lines) == 1 and "another governor pass is still running" in lines[0], p.stderr
+
+
+def _wrapped(n, set_=True, infinite=False):
+    return {"set": set_, "infinite": infinite, "number": n}
+
+
+def test_sacct_and_squeue_of_24_11_read_as_22_05s(monkeypatch):
+    """The same jobs as 22.05 (data_parser v0.0.38) and 24.11/26.05 (v0.0.40+: numbers wrapped in
+    {set, infinite, number}, states and "shared" as lists of flags) write them read alike."""
+    import json
+
+    from slurmgov.slurm import commands as slurm_cli
+    sacct_38 = {"jobs": [{"job_id": 7, "account": "physics", "state": {"current": "COMPLETED"}, "user": "alice",
+                          "comment": {"administrator": "slurmgov:hold=1-2-ab", "job": None},
+                          "time": {"start": 5, "end": 14, "elapsed": 9}, "array": {"job_id": 6, "task_id": 1},
+                          "tres": {"allocated": [{"type": "gres", "name": "gpu", "count": 4}]}}]}
+    sacct_40 = {"jobs": [{"job_id": 7, "account": "physics", "state": {"current": ["COMPLETED"], "reason": "None"},
+                          "user": "alice", "comment": {"administrator": "slurmgov:hold=1-2-ab", "job": ""},
+                          "time": {"start": 5, "end": 14, "elapsed": 9, "limit": _wrapped(10)},
+                          "array": {"job_id": 6, "task_id": _wrapped(1), "task": ""},
+                          "tres": {"allocated": [{"type": "gres", "name": "gpu", "id": 1001, "count": 4}]}}]}
+    common = {"job_id": 8, "admin_comment": "slurmgov:hold=3-4-cd", "account": "chem-ai", "partition": "gpu",
+              "tres_per_node": "gres:gpu:h100:2", "tres_per_job": "", "tres_per_task": "", "tres_per_socket": ""}
+    squeue_38 = {"jobs": [{**common, "job_state": "PENDING", "restart_cnt": 2, "array_job_id": 0,
+                           "time_limit": 4294967295, "node_count": 2, "max_nodes": 2, "tasks": 2,
+                           "tasks_per_node": 0, "sockets_per_node": 4294967294, "shared": None}]}
+    squeue_40 = {"jobs": [{**common, "tres_per_node": "gres/gpu:h100:2", "job_state": ["PENDING", "REQUEUED"],
+                           "restart_cnt": 2, "array_job_id": _wrapped(0), "time_limit": _wrapped(0, infinite=True),
+                           "node_count": _wrapped(2), "max_nodes": _wrapped(2), "tasks": _wrapped(2),
+                           "tasks_per_node": _wrapped(0), "sockets_per_node": _wrapped(0, set_=False), "shared": []}]}
+    seen = []
+    for sacct, squeue in ((sacct_38, squeue_38), (sacct_40, squeue_40)):
+        outputs = {"sacct": json.dumps(sacct), "squeue": json.dumps(squeue)}
+        monkeypatch.setattr(slurm_cli, "run", lambda cmd, outputs=outputs, **kw: outputs[cmd[0]])
+        (job,) = slurm_cli.sacct_jobs()
+        (q,) = slurm_cli.squeue_jobs()
+        assert (job.state, job.final, job.gpus, job.elapsed, job.array_job_id, job.token, job.user) == (
+            "COMPLETED", True, 4, 9, "6", "1-2-ab", "alice")
+        assert (q.token, q.live, q.restart_cnt, q.array_job_id, q.view.time_limit, q.view.min_nodes,
+                q.view.sockets_per_node, q.view.shared) == ("3-4-cd", True, 2, None, slurm_cli.UNLIMITED, 2, None, None)
+        seen.append(q.view.tres_per_node)
+    assert seen == ["gres:gpu:h100:2", "gres/gpu:h100:2"]  # as each release spells it; the hook reads both
