@@ -31,8 +31,9 @@ def wait_for(pred, timeout: float = 30, what: str = "condition"):
 
 
 def as_nobody(c, *cmd):
-    """Run a Slurm client command as the unprivileged user ``nobody`` (default account chem-ai)."""
-    return c.run("runuser", "-u", "nobody", "--", *cmd, cwd="/", env=c.unprivileged_env())
+    """Run a Slurm client command as the cluster's unprivileged user ``c.user`` (``nobody``; irc on
+    Slurm 26.05, which refuses nobody), default account chem-ai."""
+    return c.run("runuser", "-u", c.user, "--", *cmd, cwd="/", env=c.unprivileged_env())
 
 
 def python_as(c, user: str) -> tuple[str, dict]:
@@ -64,7 +65,7 @@ def python_as(c, user: str) -> tuple[str, dict]:
 
 
 def nobody_sbatch(c, *args, held: bool = False, wrap: str = "true") -> str:
-    """``nobody`` submits a job; its id (the submission must succeed)."""
+    """The unprivileged ``c.user`` submits a job; its id (the submission must succeed)."""
     r = as_nobody(c, "sbatch", "--parsable", *(["-H"] if held else []), "--chdir=/", "-o", "/dev/null", *args,
                   "--wrap", wrap)
     assert r.returncode == 0, r.stderr

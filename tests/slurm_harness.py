@@ -29,6 +29,7 @@ says why) and only the tests that need tokens skip.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -55,6 +56,9 @@ ACCOUNTS = ("chem-ai", "bio-ml", "physics")
 DEFAULT_ACCOUNT = "chem-ai"
 # root submits most test jobs; nobody is an unprivileged user (e.g. for job-modify checks).
 USERS = ("root", "nobody")
+# Slurm 26.05 maps the user "nobody" to no uid (scontrol show assoc_mgr: nobody(4294967294)) and
+# refuses its jobs: there the unprivileged user is irc (uid 39 in Debian's base-passwd, host and chroot).
+UNPRIVILEGED_USER = {"26.05": "irc"}
 # A user Slurm associates with one account only (bio-ml): charging any other must be impossible.
 LIMITED_USER, LIMITED_ACCOUNT = "daemon", "bio-ml"
 PARTITION = "gpu"
@@ -274,6 +278,9 @@ class SlurmCluster:
         self.chroot: slurm_release.Chroot | None = None  # None: the host's Slurm (22.05)
         # How Slurm spells a GRES in TresPerNode & co.: "gres:gpu:1" in 22.05, "gres/gpu:1" from 23.11.
         self.gres = "gres:" if self.release == "22.05" else "gres/"
+        self.user = UNPRIVILEGED_USER.get(self.release, "nobody")  # the tests' unprivileged submitter
+        self.uid = pwd.getpwnam(self.user).pw_uid
+        self.users = ("root", self.user)
         self._procs: list[tuple[str, subprocess.Popen]] = []
         self.started_pids: list[int] = []  # kept after stop() so callers can check them
         self._logs: list = []
@@ -631,7 +638,7 @@ StorageLoc=slurm_acct_db
         c = CLUSTER_NAME
         self.run("sacctmgr", "-i", "add", "cluster", c, check=True)
         self.run("sacctmgr", "-i", "add", "account", ",".join(ACCOUNTS), f"cluster={c}", check=True)
-        users = ",".join(USERS)
+        users = ",".join(self.users)
         self.run("sacctmgr", "-i", "add", "user", users, f"account={','.join(ACCOUNTS)}",
                  f"cluster={c}", check=True)
         self.run("sacctmgr", "-i", "modify", "user", "where", f"name={users}", "set",

@@ -40,9 +40,9 @@ def test_user_turning_a_cpu_job_into_a_gpu_job_is_priced_and_held(slurm_cluster)
     assert r.returncode == 0, r.stderr
     [m] = modify_lines(c, job)
     # key job-<id> (no token: a user's change cannot set an AdminComment), 8 GPUs x 10 min, nothing held before
-    assert m[3] == f"job-{job}" and m[4] == "chem-ai" and m[5] == "65534"
+    assert m[3] == f"job-{job}" and m[4] == "chem-ai" and m[5] == str(c.uid)
     assert (float(m[6]), m[7], m[8], m[9]) == (8 * 600.0, "8", "10", "h100")
-    assert (m[11], float(m[12]), m[13], m[14]) == ("chem-ai", 0.0, "65534", "0")
+    assert (m[11], float(m[12]), m[13], m[14]) == ("chem-ai", 0.0, str(c.uid), "0")
     assert show_job(c, job)["TresPerNode"] == f"{c.gres}gpu:h100:4"
 
 
@@ -54,7 +54,7 @@ def test_user_cannot_grow_a_cpu_job_onto_an_account_without_budget(slurm_cluster
     assert r.returncode != 0
     assert "TresPerNode" not in show_job(c, job) or "gpu" not in show_job(c, job)["TresPerNode"]
     assert modify_lines(c, job) == []
-    assert f"change to job {job} by uid 65534 refused: account bio-ml: 0.0 GPU-h left" in ctld_log(c)
+    assert f"change to job {job} by uid {c.uid} refused: account bio-ml: 0.0 GPU-h left" in ctld_log(c)
 
 
 # ---------------------------------------------------------------- modify: an admitted job

@@ -289,7 +289,7 @@ def test_cpu_only_job_needs_no_budget(slurm_cluster):
 def test_unprivileged_user_cannot_grow_an_admitted_job_past_its_budget(slurm_cluster):
     c = slurm_cluster
     write_snapshot(c, {"chem-ai": 1000.0})
-    as_nobody = ["runuser", "-u", "nobody", "--"]
+    as_nobody = ["runuser", "-u", c.user, "--"]
     env = c.unprivileged_env()
     r = c.run(*as_nobody, "sbatch", "--parsable", "-H", "--chdir=/", "-o", "/dev/null",
               "--gres=gpu:1", "-t", "10", input="#!/bin/sh\ntrue\n", cwd="/", env=env)
@@ -299,7 +299,7 @@ def test_unprivileged_user_cannot_grow_an_admitted_job_past_its_budget(slurm_clu
     assert r.returncode != 0
     # Refused by the hook (22.05 cannot show a job_modify message to the user; it is logged).
     log = (c.log_dir / "slurmctld.log").read_text()
-    assert f"slurmgov: change to job {jobid} by uid 65534 refused: account chem-ai: 0.11 GPU-h left" in log
+    assert f"slurmgov: change to job {jobid} by uid {c.uid} refused: account chem-ai: 0.11 GPU-h left" in log
     show = c.run("scontrol", "show", "job", "-o", jobid).stdout
     assert f"TresPerNode={c.gres}gpu:1" in show
     # Shrinking is fine (the hold comes down once the governor sees Slurm applied it).
