@@ -325,6 +325,22 @@ class SlurmCluster:
             raise HarnessError(f"sbatch failed rc={cp.returncode}: {cp.stderr.strip()}")
         return cp.stdout.strip().split(";")[0]
 
+    def spelled(self, job_desc: dict) -> dict:
+        """A job_desc as 22.05 hands it to the hook (tests/data/hook_prices.yaml), spelled as this
+        release does: from 23.11 a GRES is ``gres/gpu:...`` and tres_per_task's count follows "="
+        (``gres/gpu=1``, ``gres/gpu:h100=1``)."""
+        if self.release == "22.05":
+            return dict(job_desc)
+        out = {}
+        for k, v in job_desc.items():
+            if k.startswith("tres_per_") and isinstance(v, str):
+                items = [("gres/" + i[5:]) if i.startswith("gres:") else i for i in v.split(",")]
+                if k == "tres_per_task":
+                    items = [i[::-1].replace(":", "=", 1)[::-1] if i.count(":") >= 1 else i for i in items]
+                v = ",".join(items)
+            out[k] = v
+        return out
+
     def unprivileged_env(self) -> dict:
         """Environment for commands run as another user (e.g. ``runuser -u nobody``).
 

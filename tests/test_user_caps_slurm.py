@@ -20,8 +20,8 @@ def test_sbatch_past_a_users_cap_is_refused_while_another_user_is_admitted(gov):
     c, sg, gsbatch, ledger = gov
     ledger.set_budget("physics", 10.0, "quarterly", actor="test", reason="caps")
     sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
-    p = sg("budget", "user-cap", "set", "physics", "nobody", "0.6", "--reason", "e2e")
-    assert "user nobody may spend 0.60 GPU-h per period" in p.stdout
+    p = sg("budget", "user-cap", "set", "physics", c.user, "0.6", "--reason", "e2e")
+    assert f"user {c.user} may spend 0.60 GPU-h per period" in p.stdout
     sync(sg, c, "--no-reconcile")  # the snapshot now carries nobody's cap
 
     first = nobody_sbatch(c, "-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "30")  # 0.5 GPU-h of 0.6
@@ -39,16 +39,16 @@ def test_sbatch_past_a_users_cap_is_refused_while_another_user_is_admitted(gov):
     assert rep["admitted"] == 3 and rep["refused"] == {"over_user_cap": 1}, rep
     holds = {h["hold_key"]: h for h in ledger.holds_open()}
     by_job = {job: next(h for h in holds.values() if h["account"] == "physics" and h["user"] == user)
-              for job, user in ((first, "nobody"), (other, "root"))}
+              for job, user in ((first, c.user), (other, "root"))}
     assert by_job[first]["held_h"] == pytest.approx(0.5) and by_job[other]["held_h"] == pytest.approx(1.0)
-    [u] = [u for u in ledger.user_balances() if u.user == "nobody"]
+    [u] = [u for u in ledger.user_balances() if u.user == c.user]
     assert (u.account, u.held_h, u.available_h) == ("physics", pytest.approx(0.5), pytest.approx(0.1))
 
     # from the ledger's side too (the new snapshot): still refused; with the cap raised, admitted
     r = as_nobody(c, "sbatch", "-H", "--chdir=/", "-o", "/dev/null", "-A", "physics", "--gres=gpu:h100:1", "-t", "30",
                   "--wrap", "true")
     assert r.returncode != 0 and "per-user cap of 0.6 GPU-h" in r.stderr
-    sg("budget", "user-cap", "set", "physics", "nobody", "1.0")
+    sg("budget", "user-cap", "set", "physics", c.user, "1.0")
     sync(sg, c, "--no-reconcile")
     nobody_sbatch(c, "-H", "-A", "physics", "--gres=gpu:h100:1", "-t", "30")
 
@@ -98,7 +98,7 @@ def test_a_capped_user_cannot_get_around_the_cap(gov):
     c, sg, gsbatch, ledger = gov
     ledger.set_budget("physics", 10.0, "quarterly", actor="test", reason="caps")
     sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
-    sg("budget", "user-cap", "set", "physics", "nobody", "0.6", "--reason", "holes")
+    sg("budget", "user-cap", "set", "physics", c.user, "0.6", "--reason", "holes")
     sync(sg, c, "--no-reconcile")
     cap = "of their per-user cap of 0.6 GPU-h"
     for request in (["--gpus=h100:2"], ["--gpus-per-node=h100:2"], ["--gres=gpu:2"], ["-a", "0-1", "--gres=gpu:h100:1"]):
@@ -118,5 +118,5 @@ def test_a_capped_user_cannot_get_around_the_cap(gov):
     assert r.returncode == 0, r.stderr
     r = as_nobody(c, "scontrol", "update", f"jobid={job}", "TresPerNode=gres:gpu:h100:2")  # 0.5 more: past it
     assert r.returncode != 0
-    assert show_job(c, job)["TresPerNode"] == "gres:gpu:h100:1"
+    assert show_job(c, job)["TresPerNode"] == f"{c.gres}gpu:h100:1"
     assert "the change needs up to 0.5 GPU-h more" in (c.log_dir / "slurmctld.log").read_text(errors="replace")
