@@ -395,7 +395,7 @@ def test_the_site_dashboard_page_reads_through_the_api_with_the_token_it_is_give
     page = browser.dom(exe, f"{root_url}/dashboard#token={user}")
     assert accounts(page) == [] and subtitle(page).startswith("error: nobody (user) may not read"), subtitle(page)
     page = browser.dom(exe, f"{root_url}/dashboard")
-    assert accounts(page) == [] and subtitle(page).startswith("no token: open this page as"), subtitle(page)
+    assert accounts(page) == [] and subtitle(page).startswith("no token: open this page at"), subtitle(page)
 
 
 def test_without_a_way_to_check_tokens_the_api_does_not_start(slurmgov_home, tmp_path):
