@@ -126,6 +126,15 @@ def test_flags_do_not_swallow_values():
     assert (r.gpus_total, r.time_limit_min) == (1, 7)
 
 
+def test_newer_releases_options_take_their_values(tmp_path):
+    # --segment N (23.11 on, what the planner asks of a topology/block site) takes a value: the
+    # N must not be taken for the script, nor the options after it for the script's own
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nsrun true\n")
+    r = parse_sbatch_args(["--segment", "2", "-N2", "--gres=gpu:4", "-t", "10", str(script)])
+    assert (r.gpus_total, r.time_limit_min) == (8, 10)
+
+
 def test_sbatch_directives_and_command_line_wins():
     script = """#!/bin/bash
 # a comment

@@ -30,6 +30,7 @@ from slurmgov.site.units import slurm_seconds
 
 # sbatch long options that take a value (``--opt val`` as well as ``--opt=val``).  Options
 # with an optional value (``--exclusive[=user]``) only take one after ``=`` and are absent here.
+# ``segment``: 23.11 on (topology/block), what the planner asks of a block site.
 _LONG_WITH_VALUE = frozenset("""
 account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment
 constraint container core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline
@@ -38,7 +39,7 @@ gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-fla
 input job-name kill-on-invalid-dep licenses mail-type mail-user mcs-label mem mem-bind
 mem-per-cpu mem-per-gpu mincpus network nodefile nodelist nodes ntasks ntasks-per-core
 ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode output partition power prefer
-priority profile qos reservation signal sockets-per-node switches thread-spec
+priority profile qos reservation segment signal sockets-per-node switches thread-spec
 threads-per-core time time-min tmp uid wckey wrap
 """.split())
 _LONG_FLAGS = frozenset("""
