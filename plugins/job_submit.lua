@@ -631,6 +631,8 @@ local function desc_view(d)
 		num_tasks = set_num(d.num_tasks), ntasks_per_node = set_num16(d.ntasks_per_node),
 		sockets_per_node = set_num16(d.sockets_per_node), shared = set_num16(d.shared),
 		time_limit = time_of(d.time_limit), partition = d.partition, array_inx = d.array_inx,
+		cpus_per_task = set_num16(d.cpus_per_task), min_cpus = set_num(d.min_cpus),
+		pn_min_cpus = set_num16(d.pn_min_cpus),
 	}
 end
 
@@ -783,6 +785,51 @@ local function price(v, snap, part_list)
 		types = (#names > 0) and table.concat(names, "+") or "-",
 		tl = tl, pin_time = pin_time, pin_nodes = pin_nodes,
 		cost = best.weighted * arr * tl * 60,
+	}
+end
+
+-- Worst-case CPU price of a view, for an account with a CPU budget: table c, or nil,
+-- reason-code, message (plugins/SNAPSHOT_FORMAT.md, "CPU cost").
+--   c.cpus, c.weighted (per array task), c.nodes, c.tasks, c.tl, c.pin_time, c.pin_nodes,
+--   c.cost (weighted CPU-seconds)
+local function cpu_price(v, snap, part_list)
+	local parts = job_partitions(v.partition, part_list)
+	local max_nodes = v.max_nodes
+	local nodes = math.max(v.min_nodes or 1, max_nodes or 1)
+	local tpn = v.ntasks_per_node
+	if tpn and tpn > 0 and v.num_tasks then nodes = math.max(nodes, math.ceil(v.num_tasks / tpn)) end
+	local cpt = (v.cpus_per_task and v.cpus_per_task > 0) and v.cpus_per_task or 1
+	local tasks = math.max(v.num_tasks or 0, tpn and tpn * nodes or 0, 1)
+	local cpus = math.max(tasks * cpt, v.min_cpus or 0, (v.pn_min_cpus or 0) * nodes, nodes)
+	local whole = (v.shared == 0)
+	for _, p in ipairs(parts) do
+		if p.max_share == 0 then whole = true end
+	end
+	local best, best_cpus = nil, nil
+	local function consider(cpn, w)
+		local c = cpus
+		if whole then c = math.max(cpus, cpn * nodes) end
+		local cand = c * w
+		if not best or cand > best or (cand == best and c > best_cpus) then best, best_cpus = cand, c end
+	end
+	local pcs = snap.partition_cpus or {}
+	for _, p in ipairs(parts) do
+		local pc = pcs[p.name]
+		if pc then consider(pc.n, pc.w) else consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
+	end
+	if not best then consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
+	local arr = v.tasks_in_array
+	if not arr then
+		local aerr
+		arr, aerr = array_count(v.array_inx)
+		if not arr then return nil, "bad_request", aerr end
+	end
+	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, snap.default_time_min)
+	if not tl then return nil, "bad_time", terr end
+	return {
+		cpus = best_cpus, weighted = best, nodes = nodes, tasks = arr, tl = tl, pin_time = pin_time,
+		pin_nodes = (max_nodes == nil) and (whole or tpn ~= nil or v.pn_min_cpus ~= nil),
+		cost = best * arr * tl * 60,
 	}
 end
 
@@ -1160,7 +1207,7 @@ end
 
 -- For the hook's own unit tests (tests/test_hook_lua.py, run with lua5.1 and a stub slurm table).
 slurmgov_hook = {
-	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
+	price = price, cpu_price = cpu_price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
 	lookup_user = lookup_user,
 	pack_accounts = pack_accounts, journal_charge = journal_charge, split_tabs = split_tabs, time_limit_min = time_limit_min, parse_stash = parse_stash,

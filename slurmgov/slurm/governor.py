@@ -396,15 +396,19 @@ def price_params(site: Site) -> PriceParams:
     """What the snapshot tells the hook to price with (write_snapshot), and what the governor prices with."""
     nodes = site.topology.nodes
     per_part = {}
+    per_part_cpus = {}
+    cpu_weight = {p.name: p.cpu_weight for p in site.partitions}
     for name, members in site.topology.partitions.items():
         mine = [nodes[n] for n in members if n in nodes]
         types = {n.gpu_type for n in mine if n.gpus}
         per_part[name] = (max((n.gpus for n in mine), default=0), types.pop() if len(types) == 1 else None)
+        per_part_cpus[name] = (max((n.cpus for n in mine), default=0), cpu_weight.get(name, 1.0))
     return PriceParams(
         weights={t: g.weight for t, g in site.gpu_types.items()}, default_weight=site.weight(None),
         default_time_min=site.partition(None).default_time_s // 60,
         max_gpus_per_node=max((n.gpus for n in nodes.values()), default=0),
-        total_gpus=sum(n.gpus for n in nodes.values()), partition_gpus=per_part)
+        total_gpus=sum(n.gpus for n in nodes.values()), partition_gpus=per_part,
+        partition_cpus=per_part_cpus, max_cpus_per_node=max((n.cpus for n in nodes.values()), default=0))
 
 
 def site_partitions(site: Site) -> list[HookPartition]:

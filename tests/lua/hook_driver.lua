@@ -19,6 +19,8 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
       part=name|default_time|max_time|flag_default|max_share    (part_list, keyed by name)
       w=type|weight  pg=name|gpus|type  default_weight= default_time_min= max_gpus_per_node=
       sockets_per_node=           snapshot pricing parameters (hook defaults when absent)
+      pc=name|cpus|weight  default_cpu_weight= max_cpus_per_node=   CPU pricing parameters
+  cmd=cpu_price                   cpu_price(view, snap, part_list), the view as for price
   cmd=desc_view  d.<field>=...    the view of a job_desc
   cmd=rec_view   r.<field>=...  [stash=1 s.<field>=... | ac=<AdminComment>]
                                   rec_view(job_rec, stash): the s.* table, parse_stash(ac), or nil
@@ -55,11 +57,11 @@ local SEP = "\31"
 local NUMERIC = {
 	min_nodes = true, max_nodes = true, num_tasks = true, ntasks_per_node = true,
 	sockets_per_node = true, shared = true, time_limit = true, tasks_in_array = true,
-	min_cpus = true, array_task_cnt = true, job_id = true,
+	min_cpus = true, array_task_cnt = true, job_id = true, cpus_per_task = true, pn_min_cpus = true,
 }
 local VIEW_FIELDS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "min_nodes",
 	"max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node", "shared", "time_limit", "partition",
-	"array_inx", "tasks_in_array" }
+	"array_inx", "tasks_in_array", "cpus_per_task", "min_cpus", "pn_min_cpus" }
 
 local function unescape(s)
 	return (string.gsub(s, "\\(.)", function(c)
@@ -143,7 +145,13 @@ local function snap_params(c)
 		local f = split(g, SEP)
 		snap.partition_gpus[f[1]] = { n = tonumber(f[2]), type = (f[3] ~= nil and f[3] ~= "") and f[3] or nil }
 	end
-	for _, k in ipairs({ "default_weight", "default_time_min", "max_gpus_per_node", "sockets_per_node" }) do
+	snap.partition_cpus = {}
+	for _, g in ipairs(c.multi.pc or {}) do
+		local f = split(g, SEP)
+		snap.partition_cpus[f[1]] = { n = tonumber(f[2]), w = tonumber(f[3]) }
+	end
+	for _, k in ipairs({ "default_weight", "default_time_min", "max_gpus_per_node", "sockets_per_node",
+		"default_cpu_weight", "max_cpus_per_node" }) do
 		if c.single[k] ~= nil then snap[k] = tonumber(c.single[k]) end
 	end
 	return snap
@@ -171,6 +179,16 @@ function CMDS.price(c)
 		"per_node=" .. num(p.per_node), "nodes=" .. num(p.nodes), "max_nodes=" .. num(p.max_nodes),
 		"tasks=" .. num(p.tasks), "types=" .. clean(p.types), "tl=" .. num(p.tl),
 		"pin_time=" .. b(p.pin_time), "pin_nodes=" .. b(p.pin_nodes), "cost=" .. num(p.cost) }, "\t")
+end
+
+function CMDS.cpu_price(c)
+	local v
+	if next(c.v) ~= nil then v = c.v else v = H.desc_view(c.d) end
+	local p, reason, msg = H.cpu_price(v, snap_params(c), part_list(c))
+	if not p then return "no\t" .. clean(reason) .. "\t" .. clean(msg) end
+	return table.concat({ "ok", "cpus=" .. num(p.cpus), "weighted=" .. num(p.weighted), "nodes=" .. num(p.nodes),
+		"tasks=" .. num(p.tasks), "tl=" .. num(p.tl), "pin_time=" .. b(p.pin_time),
+		"pin_nodes=" .. b(p.pin_nodes), "cost=" .. num(p.cost) }, "\t")
 end
 
 function CMDS.desc_view(c)
