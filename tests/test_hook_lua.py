@@ -346,12 +346,15 @@ def test_rec_view_with_and_without_stash(lua51):
     )
     views = [dict(f.split("=", 1) for f in row[1:]) for row in rows]
     base = {"tres_per_node": "gres:gpu:2", "min_nodes": "2", "time_limit": "30", "partition": "gpu",
-            "tasks_in_array": "4"}
+            "tasks_in_array": "4", "min_cpus": "8"}  # the job's CPUs bound its CPU price from below
     assert views[0] == {**base, "num_tasks": "8"}
     assert views[1] == {**base, "num_tasks": "3", "sockets_per_node": "2", "shared": "0"}
     assert views[2] == base
     assert views[3] == {**base, "num_tasks": "8"}
     assert views[4] == {**base, "num_tasks": "5", "shared": "0"}
+    cpt = _run(lua51, [("cmd", "rec_view"), *rec, ("ac", "slurmgov:hold=1-2-ab12 slurmgov:req=3,-,2,0,4 note")])
+    assert dict(f.split("=", 1) for f in cpt[0][1:]) == {**base, "num_tasks": "3", "sockets_per_node": "2",
+                                                           "shared": "0", "cpus_per_task": "4"}  # the fifth: -c
     assert views[5] == {"time_limit": "unlimited", "tasks_in_array": "1"}
     assert views[6] == {"time_limit": "unlimited", "tasks_in_array": "1"}
 

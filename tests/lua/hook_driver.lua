@@ -31,7 +31,8 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
                                   these account lines (in this order), then lookup_account
   cmd=parse_snapshot data=<text> lookup=name ...          parse_snapshot, then lookup_account
   cmd=snapshot_file file=<path>   parse_snapshot of a file: every value read (golden files)
-  cmd=journal_file file=<path>    journal_charge of each line of a file (golden files)
+  cmd=journal_file file=<path>    journal_charge of each line of a file (golden files): account,
+                                  GPU amount, uid, CPU amount
   cmd=submit d.<field>=... part=... uid=   slurm_job_submit (its files: the hook's own dir)
   budget=<n>                      VM instructions before the case is stopped (default 2e8)
 
@@ -281,14 +282,21 @@ function CMDS.snapshot_file(c)
 		local avail, cap = H.lookup_user(snap.users, acct, uid)
 		u[#u + 1] = clean(acct) .. SEP .. uid .. SEP .. num(avail) .. SEP .. num(cap)
 	end
-	table.sort(w); table.sort(g); table.sort(o); table.sort(a); table.sort(u)
+	local ca, pc = {}, {}
+	for name in string.gmatch(snap.cpu_accounts, "\ncpu_account\t([^\t]*)\t") do
+		ca[#ca + 1] = clean(name) .. SEP .. num(H.cpu_budget(snap, name))
+	end
+	for n, x in pairs(snap.partition_cpus) do pc[#pc + 1] = clean(n) .. SEP .. num(x.n) .. SEP .. num(x.w) end
+	table.sort(w); table.sort(g); table.sort(o); table.sort(a); table.sort(u); table.sort(ca); table.sort(pc)
 	return table.concat({ "ok", "serial=" .. clean(snap.serial_str), "written=" .. num(snap.written),
 		"max_age_s=" .. num(snap.max_age_s), "fail_policy=" .. clean(snap.fail_policy),
 		"default_time_min=" .. num(snap.default_time_min), "default_weight=" .. num(snap.default_weight),
 		"sockets_per_node=" .. num(snap.sockets_per_node), "max_gpus_per_node=" .. num(snap.max_gpus_per_node),
 		"total_gpus=" .. num(snap.total_gpus), "journal_offset=" .. num(snap.journal_offset),
 		"weights=" .. table.concat(w, ","), "partition_gpus=" .. table.concat(g, ","),
-		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ","), "users=" .. table.concat(u, ",") }, "\t")
+		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ","), "users=" .. table.concat(u, ","),
+		"cpu_accounts=" .. table.concat(ca, ","), "partition_cpus=" .. table.concat(pc, ","),
+		"default_cpu_weight=" .. num(snap.default_cpu_weight), "max_cpus_per_node=" .. num(snap.max_cpus_per_node) }, "\t")
 end
 
 -- cmd=journal_file file=<path>: per whole line of the file (as charged_since splits them), what
@@ -296,8 +304,8 @@ end
 function CMDS.journal_file(c)
 	local out = { "ok" }
 	for line in string.gmatch(slurp(c.single.file), "([^\n]*)\n") do
-		local acct, add, uid = H.journal_charge(H.split_tabs(line))
-		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add) .. SEP .. clean(uid)) or "-"
+		local acct, add, uid, cpu = H.journal_charge(H.split_tabs(line))
+		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add) .. SEP .. clean(uid) .. SEP .. num(cpu)) or "-"
 	end
 	return table.concat(out, "\t")
 end
