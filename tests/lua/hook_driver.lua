@@ -34,6 +34,7 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
   cmd=journal_file file=<path>    journal_charge of each line of a file (golden files): account,
                                   GPU amount, uid, CPU amount
   cmd=submit d.<field>=... part=... uid=   slurm_job_submit (its files: the hook's own dir)
+  cmd=modify d.<field>=... r.<field>=... part=... uid=   slurm_job_modify (its files: the same)
   budget=<n>                      VM instructions before the case is stopped (default 2e8)
 
 Output line: id TAB status TAB fields.  status is ok, no (the function's own refusal or
@@ -319,6 +320,15 @@ function CMDS.submit(c)
 	local rc = slurm_job_submit(c.d, parts, tonumber(c.single.uid or "0"))
 	local said = (#user_msgs > 0) and table.concat(user_msgs, " | ") or "-"
 	return "ok\t" .. num(rc) .. "\t" .. clean(c.d.admin_comment or "-") .. "\t" .. clean(said)
+end
+
+-- cmd=modify d.<field>=... r.<field>=... part=... uid=<n>: slurm_job_modify (job_desc d, job_rec r)
+-- with the files of the hook's directory, as cmd=submit. Result: rc, the change's time limit and
+-- maximum node count after the hook (or "-").
+function CMDS.modify(c)
+	local parts = part_list(c)
+	local rc = slurm_job_modify(c.d, c.r, parts, tonumber(c.single.uid or "0"))
+	return "ok\t" .. num(rc) .. "\t" .. num(c.d.time_limit) .. "\t" .. num(c.d.max_nodes)
 end
 
 local function budget_exceeded() error("instruction budget exceeded", 2) end
