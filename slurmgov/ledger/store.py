@@ -940,6 +940,10 @@ class Ledger:
         ts = _epoch(now, "now")
         return self._read(lambda: self._balance(account, ts))
 
+    def account_names(self) -> list[str]:
+        """Every account the ledger has a budget for, sorted (GPU accounts and ``cpu:`` ones)."""
+        return self._read(lambda: [a for (a,) in self._x(S.ACCOUNT_NAMES).fetchall()])
+
     def balances(self, now=None) -> list[Balance]:
         ts = _epoch(now, "now")
         return self._read(lambda: [self._balance(a, ts) for (a,) in self._x(S.ACCOUNT_NAMES).fetchall()])
