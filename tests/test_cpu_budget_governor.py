@@ -130,3 +130,44 @@ def test_a_change_re_prices_the_cpu_hold(env):
     assert not rep.problems and rep.modified == 1
     assert ledger.hold(f"slurm:cpu:{token}").amount_h == 6.0
     assert any("CPU-h" in a.get("reason", "") for a in ledger.audit(["cpu:chem-ai"]))  # the override, audited
+
+
+class StandInSlurm:
+    """sacct and squeue rows as slurm/commands.py parses them (a stand-in: the real ones run in
+    tests/test_cpu_budget_slurm.py)."""
+
+    def __init__(self, jobs=(), queued=()):
+        self.jobs, self.queued = list(jobs), list(queued)
+
+    def sacct_jobs(self):
+        return self.jobs
+
+    def squeue_jobs(self):
+        return self.queued
+
+
+def test_reconcile_bills_cpus_from_sacct_where_settle_lines_were_lost(env):
+    from slurmgov.slurm.commands import Job
+
+    site, conf, state, ledger = env
+    governor.sync_once(ledger, site, conf, state)
+    token = token_of(submit(conf, "chem-ai", num_tasks=2, time_limit=60)[3])
+    governor.sync_once(ledger, site, conf, state)
+    start = int(time.time()) - 3600
+    jobs = [Job("4400", "chem-ai", "COMPLETED", token, 0, start, start + 1800, 1800, cpus=2),  # held, line lost
+            Job("4401", "chem-ai", "COMPLETED", None, 0, start, start + 900, 900, cpus=4),  # never held
+            Job("4402", "physics", "COMPLETED", None, 0, start, start + 900, 900, cpus=4)]  # no CPU budget
+    rep = governor.sync_once(ledger, site, conf, state, slurm=StandInSlurm(jobs))
+    assert ledger.hold(f"slurm:cpu:{token}").state == "done"
+    assert [c["charge_key"] for c in ledger.charges(f"slurm:cpu:{token}")] == [f"slurm:job:cpu:4400@{start}"]
+    assert ledger.hold("slurm:job-cpu:4401").state == "done"
+    # 2 CPUs x 30 min x 2.0 (the priced weight) + 4 CPUs x 15 min x 2.0 (the dearest partition's)
+    assert ledger.balance("cpu:chem-ai").charged_h == 4.0
+    assert any("job cpu:4400: no settle line" in d for d in rep.drift)
+    # the settle line comes after all: the charge is the one reconcile made, not a second
+    (conf / governor.SETTLES).write_text(
+        f"settle\t4400\t{token}\tchem-ai\t0\t{start}\t{start + 1800}\tCOMPLETED\t-\t-\t0\t2\n")
+    rep = governor.sync_once(ledger, site, conf, state, slurm=StandInSlurm(jobs))
+    assert not rep.problems
+    assert ledger.balance("cpu:chem-ai").charged_h == 4.0
+    assert ledger.find_hold("slurm:job-cpu:4402") is None

@@ -15,6 +15,7 @@ own, between the batches before and after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import grp
@@ -356,6 +357,7 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
     unbilled: dict[str, set[str]] = {}  # account without a budget -> its jobs without a hold, unbilled
     chunk: list = []
     final: dict[str, bool] = {}  # state -> Job.final; a few states, a million rows
+    cpu_budgeted = {of_cpu_account(a) for a in ledger.account_names() if is_cpu_account(a)}
     for job in jobs:
         if job.token:
             seen.add(job.token)
@@ -365,9 +367,11 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
             f = final[job.state] = job.final
         if f and (job.token or job.gpus):
             chunk.append(job)
-            if len(chunk) >= RECONCILE_CHUNK:
-                _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
-                chunk = []
+        if f and job.cpus and job.account in cpu_budgeted:
+            chunk.append(cpu_job(job))  # its CPUs, on its account's CPU budget, by the same rules
+        if len(chunk) >= RECONCILE_CHUNK:
+            _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
+            chunk = []
     if chunk:
         _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
     drift.extend(f"account {a} has no budget in the ledger: {len(ids)} GPU job(s) without a hold left unbilled"
@@ -517,6 +521,14 @@ def release_ended(ledger: Ledger, jobs: list, seen: set[str], queued: list[Queue
             drift.append(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released")
     ledger.close_holds(closing)
     return drift
+
+
+def cpu_job(job: Job) -> Job:
+    """A sacct row's CPUs as a row of the CPU budget's ledger account (ledger/cpu.py): the same
+    charge key and hold the settle line's CPU event has (job id ``cpu:<id>``, token ``cpu:<token>``)."""
+    return dataclasses.replace(job, job_id=cpu_token(job.job_id), account=cpu_account(job.account),
+                               token=cpu_token(job.token) if job.token else None, gpus=job.cpus, cpus=0,
+                               array_job_id=cpu_token(job.array_job_id) if job.array_job_id else None)
 
 
 def sacct_settle(job) -> journal.Settle:
