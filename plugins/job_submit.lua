@@ -684,9 +684,14 @@ local function desc_view(d)
 		num_tasks = set_num(d.num_tasks), ntasks_per_node = set_num16(d.ntasks_per_node),
 		sockets_per_node = set_num16(d.sockets_per_node), shared = set_num16(d.shared),
 		time_limit = time_of(d.time_limit), partition = d.partition, array_inx = d.array_inx,
-		cpus_per_task = set_num16(d.cpus_per_task), min_cpus = set_num(d.min_cpus),
-		pn_min_cpus = set_num16(d.pn_min_cpus),
 	}
+end
+
+-- The CPU fields of a submission, added to its view ``v`` only where CPUs are priced (an account
+-- with a CPU budget): each job_desc field the hook reads is a call into slurmctld.
+local function add_cpu_view(v, d)
+	v.cpus_per_task, v.min_cpus, v.pn_min_cpus = set_num16(d.cpus_per_task), set_num(d.min_cpus), set_num16(d.pn_min_cpus)
+	return v
 end
 
 -- Partition records the job may run in (named ones, else the default partition).
@@ -946,8 +951,10 @@ local function admit(job_desc, v, journal, serial, account, p, c)
 		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
 		field(job_desc.user_id), gpu and string.format("%.3f", p.cost) or "0.000", string.format("%d", gpu and p.gpus or 0),
 		string.format("%d", gpu and p.tl or c.tl), gpu and field(p.types) or "-", string.format("%d", gpu and p.tasks or c.tasks),
-		c and string.format("%.3f", c.cost) or "0.000", c and string.format("%d", c.cpus) or "0",
-	}, "\t") .. "\n"
+	}, "\t")
+	-- the CPU fields only where the account has a CPU budget: other GPU jobs' lines stay 11 fields
+	if c then line = line .. "\t" .. string.format("%.3f", c.cost) .. "\t" .. string.format("%d", c.cpus) end
+	line = line .. "\n"
 	local ok, err
 	if type(journal) == "table" then ok, err = append_line(journal, line) else ok, err = append_journal(journal, line) end
 	if not ok then
@@ -1097,7 +1104,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	if not p.any_gpu and not cbudget then return slurm.SUCCESS end
 	local c = nil
 	if cbudget then
-		c, reason, msg = cpu_price(v, ps, part_list)
+		c, reason, msg = cpu_price(add_cpu_view(v, job_desc), ps, part_list)
 		if not c then return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg) end
 	end
 	if not p.any_gpu then return admit_cpu_only(conf, job_desc, v, snap, snap_err, account, cbudget, c) end
@@ -1348,7 +1355,7 @@ end
 
 -- For the hook's own unit tests (tests/test_hook_lua.py, run with lua5.1 and a stub slurm table).
 slurmgov_hook = {
-	price = price, cpu_price = cpu_price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
+	price = price, cpu_price = cpu_price, desc_view = desc_view, add_cpu_view = add_cpu_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
 	lookup_user = lookup_user, cpu_budget = cpu_budget,
 	pack_accounts = pack_accounts, journal_charge = journal_charge, split_tabs = split_tabs, time_limit_min = time_limit_min, parse_stash = parse_stash,

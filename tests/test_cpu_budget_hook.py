@@ -94,9 +94,11 @@ def test_gpu_jobs_pay_cpus_too_where_the_account_has_a_cpu_budget(lua51, hook_di
     )
     assert rows[0][2] == "-1" and rows[0][4] == "slurmgov: account chem-ai: 10.0 CPU-h left, job needs up to 16.0 CPU-h"
     assert rows[1][2] == "0" and rows[2][2] == "0"
-    a, b = (journal.parse(x) for x in journal_lines(hook_dir))
+    lines = journal_lines(hook_dir)
+    a, b = (journal.parse(x) for x in lines)
     assert (a.account, a.cost_gpu_s, a.cpu_cost_s, a.cpus) == ("chem-ai", 3600.0, 2 * 3600.0, 2)
     assert (b.account, b.cost_gpu_s, b.cpu_cost_s, b.cpus) == ("physics", 3600.0, 0.0, 0)
+    assert [len(x.split("\t")) for x in lines] == [13, 11]  # no CPU budget: the line as before CPU budgets
 
 
 def test_exclusive_takes_the_partitions_whole_nodes_and_pins_them(lua51, hook_dir):

@@ -185,7 +185,7 @@ end
 
 function CMDS.cpu_price(c)
 	local v
-	if next(c.v) ~= nil then v = c.v else v = H.desc_view(c.d) end
+	if next(c.v) ~= nil then v = c.v else v = H.add_cpu_view(H.desc_view(c.d), c.d) end
 	local p, reason, msg = H.cpu_price(v, snap_params(c), part_list(c))
 	if not p then return "no\t" .. clean(reason) .. "\t" .. clean(msg) end
 	return table.concat({ "ok", "cpus=" .. num(p.cpus), "weighted=" .. num(p.weighted), "nodes=" .. num(p.nodes),
@@ -194,7 +194,7 @@ function CMDS.cpu_price(c)
 end
 
 function CMDS.desc_view(c)
-	return "ok\t" .. view_fields(H.desc_view(c.d))
+	return "ok\t" .. view_fields(H.add_cpu_view(H.desc_view(c.d), c.d))
 end
 
 function CMDS.rec_view(c)
