@@ -930,8 +930,10 @@ end
 -- (the fifth since CPU budgets; a stash of four is read with no CPUs per task).
 local function stash_of(v)
 	local function s(x) return x and string.format("%d", x) or "-" end
-	return "slurmgov:req=" .. s(v.num_tasks) .. "," .. s(v.ntasks_per_node) .. ","
-		.. s(v.sockets_per_node) .. "," .. s(v.shared) .. "," .. s(v.cpus_per_task)
+	local stash = "slurmgov:req=" .. s(v.num_tasks) .. "," .. s(v.ntasks_per_node) .. ","
+		.. s(v.sockets_per_node) .. "," .. s(v.shared)
+	if v.cpus_per_task then stash = stash .. "," .. s(v.cpus_per_task) end -- read only where CPUs are priced
+	return stash
 end
 
 local function parse_stash(ac)
@@ -947,14 +949,22 @@ end
 local function admit(job_desc, v, journal, serial, account, p, c)
 	local token = new_token()
 	local gpu = p.any_gpu
-	local line = table.concat({
-		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
-		field(job_desc.user_id), gpu and string.format("%.3f", p.cost) or "0.000", string.format("%d", gpu and p.gpus or 0),
-		string.format("%d", gpu and p.tl or c.tl), gpu and field(p.types) or "-", string.format("%d", gpu and p.tasks or c.tasks),
-	}, "\t")
-	-- the CPU fields only where the account has a CPU budget: other GPU jobs' lines stay 11 fields
-	if c then line = line .. "\t" .. string.format("%.3f", c.cost) .. "\t" .. string.format("%d", c.cpus) end
-	line = line .. "\n"
+	local line
+	if not c then -- a GPU job of an account without a CPU budget: the line as before CPU budgets (11 fields)
+		line = table.concat({
+			"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
+			field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
+			string.format("%d", p.tl), field(p.types), string.format("%d", p.tasks),
+		}, "\t") .. "\n"
+	else
+		line = table.concat({
+			"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
+			field(job_desc.user_id), gpu and string.format("%.3f", p.cost) or "0.000",
+			string.format("%d", gpu and p.gpus or 0), string.format("%d", gpu and p.tl or c.tl),
+			gpu and field(p.types) or "-", string.format("%d", gpu and p.tasks or c.tasks),
+			string.format("%.3f", c.cost), string.format("%d", c.cpus),
+		}, "\t") .. "\n"
+	end
 	local ok, err
 	if type(journal) == "table" then ok, err = append_line(journal, line) else ok, err = append_journal(journal, line) end
 	if not ok then
@@ -962,11 +972,14 @@ local function admit(job_desc, v, journal, serial, account, p, c)
 		return slurm.ERROR
 	end
 	-- Pin what was priced: the job cannot outlast or outgrow its hold.
-	if gpu and p.pin_time then job_desc.time_limit = p.tl end
-	if c and c.pin_time then job_desc.time_limit = c.tl end -- the same minutes where both pin
-	local pin = gpu and p.pin_nodes and p.nodes or nil
-	if c and c.pin_nodes and (not pin or c.nodes < pin) then pin = c.nodes end
-	if pin then job_desc.max_nodes = pin end
+	if gpu then
+		if p.pin_time then job_desc.time_limit = p.tl end
+		if p.pin_nodes then job_desc.max_nodes = p.nodes end
+	end
+	if c then
+		if c.pin_time then job_desc.time_limit = c.tl end -- the same minutes where both pin
+		if c.pin_nodes and not (gpu and p.pin_nodes and p.nodes <= c.nodes) then job_desc.max_nodes = c.nodes end
+	end
 	local old = job_desc.admin_comment
 	local hold = "slurmgov:hold=" .. token .. " " .. stash_of(v)
 	if old and old ~= "" then hold = hold .. " " .. old end
@@ -1100,7 +1113,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg)
 	end
 	-- CPUs are priced only for an account with a CPU budget (none in the snapshot: not looked up).
-	local cbudget = cpu_budget(snap, account)
+	local cbudget = snap and snap.cpu_accounts ~= "" and cpu_budget(snap, account) or nil
 	if not p.any_gpu and not cbudget then return slurm.SUCCESS end
 	local c = nil
 	if cbudget then
