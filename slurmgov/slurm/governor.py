@@ -778,8 +778,8 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         flat.append((i, event))
         flat += [(i, e) for e in cpu.of(event)]
     errors: dict[int, SlurmgovError] = {}
-    for j, exc in _apply_events(ledger, site, [e for _, e in flat], one_by_one, rep).items():
-        errors.setdefault(flat[j][0], exc)
+    for j, failure in _apply_events(ledger, site, [e for _, e in flat], one_by_one, rep).items():
+        errors.setdefault(flat[j][0], failure)
     for i, (offset, event) in enumerate(events):
         if i in errors:
             problems.append((offset, f"{path}@{offset}: {errors[i]}"))
