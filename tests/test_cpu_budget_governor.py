@@ -171,3 +171,23 @@ def test_reconcile_bills_cpus_from_sacct_where_settle_lines_were_lost(env):
     assert not rep.problems
     assert ledger.balance("cpu:chem-ai").charged_h == 4.0
     assert ledger.find_hold("slurm:job-cpu:4402") is None
+
+
+def test_a_job_held_before_its_account_had_a_cpu_budget_is_billed_once(env):
+    """Its admit line carries no CPUs (11 fields): the settle line and sacct both bill its CPUs on the
+    one hold cpu:<token>, never on two."""
+    from slurmgov.slurm.commands import Job
+
+    site, conf, state, ledger = env
+    governor.sync_once(ledger, site, conf, state)
+    now, start = int(time.time()), int(time.time()) - 3600
+    (conf / governor.ADMITS).write_text(f"admit\t{now}\t0\told-1\tchem-ai\t1000\t600.000\t1\t10\t-\t1\n")
+    (conf / governor.SETTLES).write_text(
+        f"settle\t4500\told-1\tchem-ai\t1\t{start}\t{start + 900}\tCOMPLETED\t-\t-\t0\t4\n")
+    jobs = [Job("4500", "chem-ai", "COMPLETED", "old-1", 1, start, start + 900, 900, cpus=4)]
+    rep = governor.sync_once(ledger, site, conf, state, slurm=StandInSlurm(jobs))
+    assert not rep.problems, rep.problems
+    [charge] = ledger.charges("slurm:cpu:old-1")
+    assert charge["gpu_seconds"] == 4 * 900 and ledger.hold("slurm:cpu:old-1").state == "done"
+    assert ledger.balance("cpu:chem-ai").charged_h == 4 * 900 * 2.0 / 3600  # at the dearest CPU weight
+    assert not any("cpu" in d for d in rep.drift), rep.drift

@@ -773,7 +773,7 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
     rep.seeded += seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
     # each event, then what it means for its account's CPU budget (where it has one), in file order
     flat: list[tuple[int, object]] = []
-    cpu = _CpuEvents(ledger)
+    cpu = _CpuEvents(ledger, site)
     for i, (_, event) in enumerate(events):
         flat.append((i, event))
         flat += [(i, e) for e in cpu.of(event)]
@@ -798,8 +798,8 @@ class _CpuEvents:
     ``cpu:<token>``), applied by the same code as GPU events: none where the account has no CPU
     budget in the ledger, or the line carries no CPUs (a hook or jobcomp older than CPU budgets)."""
 
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger, site: Site):
+        self.ledger, self.site = ledger, site
         self.budgeted = {of_cpu_account(a) for a in ledger.account_names() if is_cpu_account(a)}
         self.held: set[str] = set()  # CPU tokens admitted in this batch
 
@@ -824,7 +824,14 @@ class _CpuEvents:
                                    e.cpus, e.time_limit_min, None, e.job_id, old, e.old_cpu_cost_s, e.modify_uid,
                                    e.override, cpu_token(e.mod_id), e.tasks)]
         if isinstance(e, journal.Settle):
-            token = cpu_token(e.token) if e.token and self._has_hold(cpu_token(e.token)) else None
+            token = cpu_token(e.token) if e.token else None
+            if token is not None and not self._has_hold(token):
+                if not e.cpus:
+                    return []  # nothing held for its CPUs (held before its account had a CPU budget), none used
+                # its CPU hold, from what it used, under the key reconcile gives it too (cpu_job)
+                row = _usage_hold(self.site, token, cpu_account(e.account), e.cpu_seconds, e.start or e.end or time.time())
+                self.ledger.admit(*row[:4], user=row[4], run_id=row[5], now=row[6], enforce=False)
+                self.held.add(token)
             if token is None and not e.cpus:
                 return []  # nothing held for its CPUs, and it used none
             # job id cpu:<id>: its charge and, without a CPU hold, its usage hold are keyed apart from the GPU ones
