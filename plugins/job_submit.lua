@@ -691,7 +691,19 @@ end
 -- with a CPU budget): each job_desc field the hook reads is a call into slurmctld.
 local function add_cpu_view(v, d)
 	v.cpus_per_task, v.min_cpus, v.pn_min_cpus = set_num16(d.cpus_per_task), set_num(d.min_cpus), set_num16(d.pn_min_cpus)
+	v.cpus_per_tres = d.cpus_per_tres
 	return v
+end
+
+-- CPUs per GPU of a view's cpus_per_tres (--cpus-per-gpu: "gres:gpu:8" or "gres/gpu:8"), or nil.
+local function cpus_per_gpu(tres)
+	if type(tres) ~= "string" then return nil end
+	local n = nil
+	for item in string.gmatch(tres, "[^,]+") do
+		local c = string.match(item, "^gres[:/]gpu:(%d+)$")
+		if c then n = math.max(n or 0, tonumber(c)) end
+	end
+	return n
 end
 
 -- Partition records the job may run in (named ones, else the default partition).
@@ -850,7 +862,7 @@ end
 -- reason-code, message (plugins/SNAPSHOT_FORMAT.md, "CPU cost").
 --   c.cpus, c.weighted (per array task), c.nodes, c.tasks, c.tl, c.pin_time, c.pin_nodes,
 --   c.cost (weighted CPU-seconds)
-local function cpu_price(v, snap, part_list)
+local function cpu_price(v, snap, part_list, gpus)
 	local parts = job_partitions(v.partition, part_list)
 	local max_nodes = v.max_nodes
 	local nodes = math.max(v.min_nodes or 1, max_nodes or 1)
@@ -859,6 +871,8 @@ local function cpu_price(v, snap, part_list)
 	local cpt = (v.cpus_per_task and v.cpus_per_task > 0) and v.cpus_per_task or 1
 	local tasks = math.max(v.num_tasks or 0, tpn and tpn * nodes or 0, 1)
 	local cpus = math.max(tasks * cpt, v.min_cpus or 0, (v.pn_min_cpus or 0) * nodes, nodes)
+	local cpg = cpus_per_gpu(v.cpus_per_tres)
+	if cpg then cpus = math.max(cpus, cpg * gpus) end -- --cpus-per-gpu x the GPUs priced
 	local whole = (v.shared == 0)
 	for _, p in ipairs(parts) do
 		if p.max_share == 0 then whole = true end
@@ -1117,7 +1131,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	if not p.any_gpu and not cbudget then return slurm.SUCCESS end
 	local c = nil
 	if cbudget then
-		c, reason, msg = cpu_price(add_cpu_view(v, job_desc), ps, part_list)
+		c, reason, msg = cpu_price(add_cpu_view(v, job_desc), ps, part_list, p.any_gpu and p.gpus or 0)
 		if not c then return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg) end
 	end
 	if not p.any_gpu then return admit_cpu_only(conf, job_desc, v, snap, snap_err, account, cbudget, c) end
@@ -1268,10 +1282,10 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	local new_cost = newp.any_gpu and newp.cost or 0
 	local newc, oldc = nil, nil
 	if new_cb then
-		newc, reason, msg = cpu_price(new_v, ps, part_list)
+		newc, reason, msg = cpu_price(new_v, ps, part_list, newp.any_gpu and newp.gpus or 0)
 		if not newc then return modify_refuse(conf, reason, new_acct, r, modify_uid, msg) end
 	end
-	if old_cb and token then oldc = cpu_price(old_v, ps, part_list) end -- what its admission held
+	if old_cb and token then oldc = cpu_price(old_v, ps, part_list, oldp.any_gpu and oldp.gpus or 0) end -- what its admission held
 	local new_cpu = newc and newc.cost or 0
 	local old_cpu = oldc and oldc.cost or 0
 	local root = (modify_uid == 0)

@@ -26,6 +26,8 @@ from slurmgov.slurm.gpu_request import (
     HookRefusal,
     HookView,
     PriceParams,
+    hook_cpu_price,
+    hook_price,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,6 +296,12 @@ def py_cpu_result(p: HookCpuPrice | HookRefusal) -> dict:
     for k in _CPU_FLOATS:
         out[k] = float(getattr(p, k))
     return out
+
+
+def py_cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartition]) -> HookCpuPrice | HookRefusal:
+    """hook_cpu_price with the GPUs the view's GPU price counts, as the hook passes them."""
+    g = hook_price(view, params, partitions)
+    return hook_cpu_price(view, params, partitions, g.gpus if isinstance(g, HookPrice) and g.any_gpu else 0)
 
 
 def expected_cpu_result(case: Case) -> dict | None:

@@ -22,6 +22,7 @@ from hook_cases import (
     lua_cpu_result,
     lua_price_result,
     price_line,
+    py_cpu_price,
     py_cpu_result,
     py_price_result,
     run_lua,
@@ -43,7 +44,6 @@ from slurmgov.slurm.gpu_request import (
     PriceParams,
     _Refused,
     hook_array_count,
-    hook_cpu_price,
     hook_gpu_entries,
     hook_price,
     hook_time_limit_min,
@@ -74,7 +74,7 @@ def test_table_cpu_prices_in_lua_and_python(lua51):
         want = expected_cpu_result(case)
         assert want is not None
         lua = lua_cpu_result(row[1:])
-        py = py_cpu_result(hook_cpu_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
+        py = py_cpu_result(py_cpu_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
         assert subset(lua, want) == want, (case.id, lua)
         assert py == lua, case.id
 
@@ -136,6 +136,8 @@ def _job_desc(rng: random.Random) -> dict:
     d["cpus_per_task"] = rng.choice(NUMS16)
     d["pn_min_cpus"] = rng.choice(NUMS16)
     d["min_cpus"] = rng.choice(NUMS32)
+    d["cpus_per_tres"] = rng.choice([None, None, None, "gres:gpu:8", "gres/gpu:2", "gres:gpu:4,gres:gpu:16",
+                                     "gres:gpu:x", "", "gres:mps:3"])
     return d
 
 
@@ -199,7 +201,7 @@ def cpu_disagreements(lua: str, cases) -> list[tuple]:
     bad = []
     for (req, parts, params), row in zip(cases, run_lua(lua, lines)):
         got = lua_cpu_result(row[1:])
-        want = py_cpu_result(hook_cpu_price(_as_view(req), params, parts))
+        want = py_cpu_result(py_cpu_price(_as_view(req), params, parts))
         if got != want:
             bad.append((req, parts, params, got, want))
     return bad
@@ -207,7 +209,7 @@ def cpu_disagreements(lua: str, cases) -> list[tuple]:
 
 def test_lua_and_python_agree_on_cpu_prices_of_10000_generated_requests(lua51):
     cases = generated_cases(PROPERTY_CASES, seed=20261201)
-    kinds = [py_cpu_result(hook_cpu_price(_as_view(req), params, parts)) for req, parts, params in cases]
+    kinds = [py_cpu_result(py_cpu_price(_as_view(req), params, parts)) for req, parts, params in cases]
     # every outcome is reached: priced (whole nodes, several CPUs, pinned or not) and each refusal
     assert {k.get("reason") for k in kinds if k["status"] == "no"} == {"bad_request", "bad_time"}
     assert sum(k["status"] == "ok" and k["cpus"] > 1 for k in kinds) > PROPERTY_CASES // 4
@@ -239,7 +241,7 @@ _small_desc = st.fixed_dictionaries({
     "shared": st.sampled_from([None, 0, 1, 2, NO_VAL16]), "time_limit": st.sampled_from(TIMES),
     "partition": st.sampled_from(PARTITIONS), "array_inx": st.sampled_from(ARRAYS[:12] + BAD_ARRAYS[:4]),
     "cpus_per_task": st.sampled_from(NUMS16), "pn_min_cpus": st.sampled_from(NUMS16),
-    "min_cpus": st.sampled_from(NUMS32),
+    "min_cpus": st.sampled_from(NUMS32), "cpus_per_tres": st.sampled_from([None, "gres:gpu:8", "gres/gpu:2,gres:gpu:3"]),
 })
 
 

@@ -108,6 +108,7 @@ class HookView:
     cpus_per_task: int | None = None
     min_cpus: int | None = None
     pn_min_cpus: int | None = None
+    cpus_per_tres: str | None = None  # --cpus-per-gpu: "gres:gpu:8"
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def view_from_job_desc(d: Mapping) -> HookView:
         sockets_per_node=_set_num16(d.get("sockets_per_node")), shared=_set_num16(d.get("shared")),
         time_limit=_time_of(d.get("time_limit")), partition=d.get("partition"), array_inx=d.get("array_inx"),
         cpus_per_task=_set_num16(d.get("cpus_per_task")), min_cpus=_set_num(d.get("min_cpus")),
-        pn_min_cpus=_set_num16(d.get("pn_min_cpus")),
+        pn_min_cpus=_set_num16(d.get("pn_min_cpus")), cpus_per_tres=d.get("cpus_per_tres"),
     )
 
 
@@ -451,15 +452,27 @@ def _price(view: HookView, params: PriceParams, partitions: list[HookPartition])
     )
 
 
-def hook_cpu_price(view: HookView, params: PriceParams, partitions) -> HookCpuPrice | HookRefusal:
-    """The hook's worst-case CPU price of a view (cpu_price in plugins/job_submit.lua)."""
+def hook_cpu_price(view: HookView, params: PriceParams, partitions, gpus: float = 0) -> HookCpuPrice | HookRefusal:
+    """The hook's worst-case CPU price of a view (cpu_price in plugins/job_submit.lua); ``gpus``:
+    the GPUs per array task its GPU price counts (``hook_price``), which --cpus-per-gpu multiplies."""
     try:
-        return _cpu_price(view, params, list(partitions))
+        return _cpu_price(view, params, list(partitions), gpus)
     except _Refused as r:
         return HookRefusal(r.reason, r.message)
 
 
-def _cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartition]) -> HookCpuPrice:
+_CPUS_PER_GPU = re.compile(r"gres[:/]gpu:([0-9]+)")
+
+
+def _cpus_per_gpu(tres) -> int | None:
+    """CPUs per GPU of a cpus_per_tres string (cpus_per_gpu), or None."""
+    if not isinstance(tres, str):
+        return None
+    found = [int(m[1]) for item in tres.split(",") if item and (m := _CPUS_PER_GPU.fullmatch(item))]
+    return max(found) if found else None
+
+
+def _cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartition], gpus: float) -> HookCpuPrice:
     parts = _job_partitions(view.partition, partitions)
     max_nodes = view.max_nodes
     nodes = max(1 if view.min_nodes is None else view.min_nodes, 1 if max_nodes is None else max_nodes)
@@ -469,6 +482,9 @@ def _cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartiti
     cpt = view.cpus_per_task if view.cpus_per_task is not None and view.cpus_per_task > 0 else 1
     tasks = max(view.num_tasks or 0, tpn * nodes if tpn is not None else 0, 1)
     cpus = max(float(tasks) * cpt, view.min_cpus or 0, float(view.pn_min_cpus or 0) * nodes, nodes)
+    cpg = _cpus_per_gpu(view.cpus_per_tres)
+    if cpg is not None:
+        cpus = max(cpus, cpg * gpus)  # --cpus-per-gpu x the GPUs priced
     whole = view.shared == 0 or any(p.max_share == 0 for p in parts)
     best: tuple[float, float] | None = None  # (weighted, cpus)
 

@@ -20,7 +20,8 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
       w=type|weight  pg=name|gpus|type  default_weight= default_time_min= max_gpus_per_node=
       sockets_per_node=           snapshot pricing parameters (hook defaults when absent)
       pc=name|cpus|weight  default_cpu_weight= max_cpus_per_node=   CPU pricing parameters
-  cmd=cpu_price                   cpu_price(view, snap, part_list), the view as for price
+  cmd=cpu_price                   cpu_price(view, snap, part_list, GPUs of price(view, ...)), the view
+                                  as for price (desc_view and add_cpu_view of d.*)
   cmd=desc_view  d.<field>=...    the view of a job_desc
   cmd=rec_view   r.<field>=...  [stash=1 s.<field>=... | ac=<AdminComment>]
                                   rec_view(job_rec, stash): the s.* table, parse_stash(ac), or nil
@@ -63,7 +64,7 @@ local NUMERIC = {
 }
 local VIEW_FIELDS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "min_nodes",
 	"max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node", "shared", "time_limit", "partition",
-	"array_inx", "tasks_in_array", "cpus_per_task", "min_cpus", "pn_min_cpus" }
+	"array_inx", "tasks_in_array", "cpus_per_task", "min_cpus", "pn_min_cpus", "cpus_per_tres" }
 
 local function unescape(s)
 	return (string.gsub(s, "\\(.)", function(c)
@@ -186,7 +187,8 @@ end
 function CMDS.cpu_price(c)
 	local v
 	if next(c.v) ~= nil then v = c.v else v = H.add_cpu_view(H.desc_view(c.d), c.d) end
-	local p, reason, msg = H.cpu_price(v, snap_params(c), part_list(c))
+	local g = H.price(v, snap_params(c), part_list(c)) -- the GPUs --cpus-per-gpu multiplies
+	local p, reason, msg = H.cpu_price(v, snap_params(c), part_list(c), (g and g.any_gpu) and g.gpus or 0)
 	if not p then return "no\t" .. clean(reason) .. "\t" .. clean(msg) end
 	return table.concat({ "ok", "cpus=" .. num(p.cpus), "weighted=" .. num(p.weighted), "nodes=" .. num(p.nodes),
 		"tasks=" .. num(p.tasks), "tl=" .. num(p.tl), "pin_time=" .. b(p.pin_time),
