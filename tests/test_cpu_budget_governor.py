@@ -67,6 +67,8 @@ def test_cpu_budget_from_site_file_to_snapshot_hold_and_charge(env):
     assert snap.available_cpu_s == {"chem-ai": 36000.0}  # physics has no CPU budget
     assert snap.partition_cpus == {"gpu": (16, 2.0)} and snap.max_cpus_per_node == 16
     assert set(snap.available_gpu_s) == {"chem-ai", "physics"}  # cpu:chem-ai is no GPU account
+    from slurmgov.interface import views
+    assert {b["account"] for b in views.budgets(ledger)} == {"chem-ai", "physics"}  # the API's and dashboard's too
 
     row = submit(conf, "chem-ai", num_tasks=2, time_limit=60)  # 2 CPUs x 1 h x 2.0 = 4 CPU-h
     assert row[2] == "0", row

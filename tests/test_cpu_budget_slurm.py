@@ -4,7 +4,7 @@ jobcomp writes charges its CPUs x elapsed, `scontrol update` growth (NumCPUs, Ti
 reconcile bills from sacct's AllocCPUS, and an account without a CPU budget is untouched.
 
 Paths around the rule tested here: other spellings of a CPU request (-c, --ntasks-per-node x -N,
---mincpus, --exclusive, an array), a change after submission (NumCPUs, TimeLimit, as the owner
+--mincpus, --exclusive, an array, --cpus-per-gpu of a GPU job), a change after submission (NumCPUs, TimeLimit, as the owner
 and as root), an account without a CPU budget, a lost settle line (sacct)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_cpu_only_jobs_against_a_cpu_budget(gov):
     assert r.stderr.splitlines()[0] == \
         "sbatch: error: slurmgov: account physics: 2.0 CPU-h left, job needs up to 4.0 CPU-h"
     for request in (["-c", "8"], ["-N", "2", "--ntasks-per-node=4"], ["-N", "2", "--mincpus=4"], ["--exclusive"],
-                    ["-a", "0-7"]):
+                    ["-a", "0-7"], ["--gpus=1", "--cpus-per-gpu=8"]):
         r = c.sbatch(["-H", "-A", "physics", "-t", "30", *request, "--wrap", "true"])
         assert r.returncode != 0 and "CPU-h left, job needs up to" in r.stderr, (request, r.stderr)
 

@@ -830,7 +830,8 @@ class _CpuEvents:
                     return []  # nothing held for its CPUs (held before its account had a CPU budget), none used
                 # its CPU hold, from what it used, under the key reconcile gives it too (cpu_job)
                 row = _usage_hold(self.site, token, cpu_account(e.account), e.cpu_seconds, e.start or e.end or time.time())
-                self.ledger.admit(*row[:4], user=row[4], run_id=row[5], now=row[6], enforce=False)
+                key, account, workflow, shares, user, run_id, ts = row
+                self.ledger.admit(key, account, workflow, shares, user=user, run_id=run_id, now=ts, enforce=False)
                 self.held.add(token)
             if token is None and not e.cpus:
                 return []  # nothing held for its CPUs, and it used none
