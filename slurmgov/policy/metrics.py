@@ -6,7 +6,6 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from slurmgov.ledger.cpu import is_cpu_account
 from slurmgov.policy.forecast import forecasts
 
 
@@ -51,7 +50,7 @@ class GovernorMetrics:
             self.snapshot_age.set(max(0.0, now - snapshot_written))
         alerts = []
         # GPU budgets (a CPU budget, ledger account cpu:<account>, is no GPU account)
-        balances = {b.account: b for b in ledger.balances(now=now) if not is_cpu_account(b.account)}
+        balances = {b.account: b for b in ledger.gpu_balances(now=now)}
         for f in forecasts(ledger, now, balances=list(balances.values())):
             b = balances[f.account]
             for gauge, value in ((self.budget, b.budget_h), (self.charged, b.charged_h), (self.held, b.held_h),
