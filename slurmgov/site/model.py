@@ -112,6 +112,9 @@ class Partition(Strict):
     default: bool = False
     default_time_s: int = Field(3600, alias="default_time")
     max_time_s: int | None = Field(None, alias="max_time")
+    # price weight per CPU-hour of this partition's CPUs, for accounts with a CPU budget (as
+    # Slurm's TRESBillingWeights are per partition: the hook knows the partitions, not the nodes)
+    cpu_weight: float = Field(1.0, ge=0, le=1e6)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @field_validator("default_time_s", "max_time_s", mode="before")
@@ -122,6 +125,8 @@ class Partition(Strict):
 
 class Account(Strict):
     budget_gpu_hours: float = Field(ge=0, le=1e12)
+    # optional budget of weighted CPU-hours per period (absent: this account's CPUs are not budgeted)
+    budget_cpu_hours: float | None = Field(None, ge=0, le=1e12)
     period: Literal["monthly", "quarterly", "none"] = "monthly"
     # last period's unused budget carries over, up to this share of the budget (0: none)
     rollover_pct: int = Field(0, ge=0, le=100)
