@@ -149,6 +149,7 @@ local function read_hook_conf()
 		refusals_path = HOOK_DIR .. "/" .. REFUSALS_NAME,
 		fail_policy = "closed",
 		default_time_min = 60,
+		cpu_budgets = false,
 	}
 	st.conf, st.conf_data = conf, data
 	for _, line in ipairs(lines_of(data)) do
@@ -161,6 +162,8 @@ local function read_hook_conf()
 			elseif key == "default_time_min" then
 				local n = parse_int(value)
 				if n and n > 0 then conf.default_time_min = n end
+			elseif key == "cpu_budgets" then
+				conf.cpu_budgets = (value == "yes")
 			end
 		end
 	end
@@ -1128,7 +1131,15 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	end
 	-- CPUs are priced only for an account with a CPU budget (none in the snapshot: not looked up).
 	local cbudget = snap and snap.cpu_accounts ~= "" and cpu_budget(snap, account) or nil
-	if not p.any_gpu and not cbudget then return slurm.SUCCESS end
+	if not p.any_gpu and not cbudget then
+		-- Without a snapshot the hook cannot tell which accounts have CPU budgets: where the site
+		-- says it has some (cpu_budgets yes), fail_policy closed refuses CPU jobs too.
+		if not snap and conf.cpu_budgets and conf.fail_policy == "closed" then
+			return refuse(conf, "snapshot_unreadable", account, job_desc, "slurmgov: budget snapshot unreadable: "
+				.. printable(snap_err) .. "; CPU jobs are refused until it is refreshed (fail_policy closed, cpu_budgets yes)")
+		end
+		return slurm.SUCCESS
+	end
 	local c = nil
 	if cbudget then
 		c, reason, msg = cpu_price(add_cpu_view(v, job_desc), ps, part_list, p.any_gpu and p.gpus or 0)
@@ -1277,7 +1288,19 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	local oldp = price(old_v, ps, part_list) or { any_gpu = false }
 	-- CPUs count where the job's account (before or after) has a CPU budget
 	local new_cb, old_cb = cpu_budget(snap, new_acct), cpu_budget(snap, old_acct)
-	if not newp.any_gpu and not oldp.any_gpu and not new_cb and not old_cb then return slurm.SUCCESS end
+	if not newp.any_gpu and not oldp.any_gpu and not new_cb and not old_cb then
+		-- No snapshot on a site with CPU budgets, fail_policy closed: a CPU job may not grow
+		-- (priced with the defaults; root may), as a GPU job may not.
+		if not snap and conf.cpu_budgets and conf.fail_policy == "closed" and modify_uid ~= 0 then
+			local newc = cpu_price(new_v, ps, part_list, 0)
+			local oldc = cpu_price(old_v, ps, part_list, 0)
+			if not newc or not oldc or newc.cost > oldc.cost or new_acct ~= old_acct then
+				return modify_refuse(conf, "snapshot_unreadable", new_acct, r, modify_uid, "budget snapshot unreadable: "
+					.. printable(snap_err) .. "; CPU jobs may not grow until it is refreshed (fail_policy closed, cpu_budgets yes)")
+			end
+		end
+		return slurm.SUCCESS
+	end
 	local old_cost = oldp.any_gpu and oldp.cost or 0
 	local new_cost = newp.any_gpu and newp.cost or 0
 	local newc, oldc = nil, nil

@@ -155,6 +155,25 @@ def test_stale_snapshot_and_fail_policy(lua51, hook_dir):
     assert (a.serial, a.cpu_cost_s) == (0, 600.0)  # journaled as a fail-open admission
 
 
+def test_without_a_snapshot_a_site_with_cpu_budgets_fails_closed_for_cpu_jobs_too(lua51, hook_dir):
+    """The hook cannot tell which accounts have CPU budgets without a snapshot: `cpu_budgets yes`
+    in slurmgov_hook.conf says the site has some, and fail_policy closed then holds CPU jobs too."""
+    (hook_dir / "slurmgov_snapshot.txt").unlink()
+    rec = {"job_id": 79, "account": "chem-ai", "user_id": "1000", "min_cpus": 2, "time_limit": 60, "partition": "gpu"}
+    cmds = (submit("chem-ai", num_tasks=1, time_limit=10), modify(rec, 1000, min_cpus=4),
+            modify(rec, 1000, time_limit=30), modify(rec, 0, min_cpus=64), modify(rec, 1000, account="physics"))
+    assert [r[2] for r in run(hook_dir, *cmds)] == ["0"] * 5  # not said: CPU jobs pass, as before CPU budgets
+    (hook_dir / "slurmgov_hook.conf").write_text("cpu_budgets yes\n")
+    rows = run(hook_dir, *cmds)
+    assert rows[0][2] == "-1" and rows[0][4].startswith("slurmgov: budget snapshot unreadable: ") and \
+        rows[0][4].endswith("; CPU jobs are refused until it is refreshed (fail_policy closed, cpu_budgets yes)")
+    assert [r[2] for r in rows[1:]] == ["-1", "0", "0", "-1"]  # growth and moves refused; a shrink and root pass
+    assert journal_lines(hook_dir) == []
+    assert refusals(hook_dir) == ["snapshot_unreadable"] * 3
+    (hook_dir / "slurmgov_hook.conf").write_text("cpu_budgets yes\nfail_policy open\n")
+    assert [r[2] for r in run(hook_dir, *cmds)] == ["0"] * 5
+
+
 def test_an_older_hook_ignores_cpu_budgets(lua51, hook_dir):
     """The snapshot's CPU keys are unknown keys to a hook before them: the same file still reads."""
     text = (hook_dir / "slurmgov_snapshot.txt").read_text()
