@@ -149,6 +149,7 @@ local function read_hook_conf()
 		refusals_path = HOOK_DIR .. "/" .. REFUSALS_NAME,
 		fail_policy = "closed",
 		default_time_min = 60,
+		cpu_budgets = false,
 	}
 	st.conf, st.conf_data = conf, data
 	for _, line in ipairs(lines_of(data)) do
@@ -161,6 +162,8 @@ local function read_hook_conf()
 			elseif key == "default_time_min" then
 				local n = parse_int(value)
 				if n and n > 0 then conf.default_time_min = n end
+			elseif key == "cpu_budgets" then
+				conf.cpu_budgets = (value == "yes")
 			end
 		end
 	end
@@ -254,6 +257,24 @@ local function account_budget(snap, name)
 	return b or nil
 end
 
+-- Available weighted CPU-seconds of an account with a CPU budget, or nil (no CPU budget), memoized
+-- for the snapshot's life as account_budget is.
+local function cpu_budget(snap, name)
+	if name == nil or snap == nil or snap.cpu_accounts == nil or snap.cpu_accounts == "" then return nil end
+	local memo = snap.cpu_memo
+	if not memo or snap.cpu_memo_n >= 256 then
+		memo = {}
+		snap.cpu_memo, snap.cpu_memo_n = memo, 0
+	end
+	local b = memo[name]
+	if b == nil then
+		b = tonumber(lookup_record(snap.cpu_accounts, name, 13)) or false -- after "\ncpu_account\t"
+		memo[name] = b
+		snap.cpu_memo_n = snap.cpu_memo_n + 1
+	end
+	return b or nil
+end
+
 -- One non-account key line into ``snap``; true if it is malformed.
 local function parse_key_line(snap, line)
 	local f = split_tabs(line)
@@ -289,6 +310,15 @@ local function parse_key_line(snap, line)
 		local n = parse_int(f[3])
 		bad = (#f ~= 4 or f[2] == "" or n == nil)
 		if not bad then snap.partition_gpus[f[2]] = { n = n, type = (f[4] ~= "-") and f[4] or nil } end
+	elseif key == "partition_cpus" then
+		local n, w = parse_int(f[3]), parse_num(f[4])
+		bad = (#f ~= 4 or f[2] == "" or n == nil or w == nil or w < 0)
+		if not bad then snap.partition_cpus[f[2]] = { n = n, w = w } end
+	elseif key == "default_cpu_weight" then
+		snap.default_cpu_weight = parse_num(f[2])
+		bad = (snap.default_cpu_weight == nil or snap.default_cpu_weight < 0 or #f ~= 2)
+	elseif key == "max_cpus_per_node" then
+		snap.max_cpus_per_node = parse_int(f[2]); bad = (snap.max_cpus_per_node == nil or #f ~= 2)
 	end
 	return bad, key
 end
@@ -301,10 +331,11 @@ local function parse_snapshot(data)
 	local snap = {
 		fail_policy = "closed", default_time_min = 60, sockets_per_node = 1,
 		default_weight = 1.0, weights = {}, operators = {}, partition_gpus = {},
+		default_cpu_weight = 1.0, partition_cpus = {},
 	}
 	local pos, n, i = 1, #data, 0
 	local ended, first_acc, last_acc, prev, in_order = false, nil, nil, nil, true
-	local users = {}
+	local users, cpu_accounts = {}, {}
 	while pos <= n do
 		local nl = string.find(data, "\n", pos, true) or (n + 1)
 		local line = string.sub(data, pos, nl - 1)
@@ -332,6 +363,11 @@ local function parse_snapshot(data)
 			end
 			local uid_s = string.format("%d", u)
 			users[#users + 1] = { user_key(acct, uid_s), acct, uid_s, avail .. "\t" .. cap }
+		elseif string.sub(line, 1, 12) == "cpu_account\t" or line == "cpu_account" then
+			-- cpu_account<TAB>account<TAB>available weighted CPU-seconds: an account with a CPU budget
+			local name, val = string.match(line, "^cpu_account\t([^\t]+)\t([^\t]+)$")
+			if not name or not parse_num(val) then return nil, "bad line " .. i .. " (cpu_account)" end
+			cpu_accounts[#cpu_accounts + 1] = { name, val }
 		elseif line ~= "" and string.sub(line, 1, 1) ~= "#" then
 			local bad, key = parse_key_line(snap, line)
 			if bad then return nil, "bad line " .. i .. " (" .. printable(key) .. ")" end
@@ -362,6 +398,14 @@ local function parse_snapshot(data)
 		parts[k] = "\nuser\t" .. u[1] .. "\t" .. u[4]
 	end
 	snap.users = table.concat(parts)
+	-- Accounts with a CPU budget, one sorted string too ("" when none: CPU jobs pass untouched).
+	table.sort(cpu_accounts, function(a, b) return a[1] < b[1] end)
+	parts = {}
+	for k, a in ipairs(cpu_accounts) do
+		if k > 1 and cpu_accounts[k - 1][1] == a[1] then return nil, "duplicate cpu_account " .. printable(a[1]) end
+		parts[k] = "\ncpu_account\t" .. a[1] .. "\t" .. a[2]
+	end
+	snap.cpu_accounts = table.concat(parts)
 	return snap
 end
 
@@ -421,7 +465,7 @@ local function is_key(s) return s ~= nil and string.match(s, "^[%w_.:%-]+$") ~= 
 -- is what the governor holds.
 local function journal_charge(t)
 	local kind, n = t[1], #t
-	if kind == "admit" and n >= 10 then
+	if kind == "admit" and n >= 10 and n ~= 12 then -- 10, 11, 13 fields and on (12: never written)
 		if not (nonneg(t[2]) and parse_int(t[3]) and is_key(t[4]) and parse_int(t[8]) and parse_int(t[9])) then
 			return nil
 		end
@@ -431,16 +475,26 @@ local function journal_charge(t)
 		end
 		local cost = nonneg(t[7])
 		if not cost then return nil end
-		return t[5], cost, t[6]
-	elseif kind == "modify" and n >= 17 then
+		local cpu = 0
+		if n >= 13 then -- 13 fields on: the CPU cost (weighted CPU-seconds) and CPUs
+			cpu = nonneg(t[12])
+			if not cpu or not parse_int(t[13]) then return nil end
+		end
+		return t[5], cost, t[6], cpu
+	elseif kind == "modify" and n >= 17 and n ~= 18 and n ~= 19 then -- 17, 20 and on
 		local new, old = nonneg(t[7]), nonneg(t[13])
 		if not (nonneg(t[2]) and parse_int(t[3]) and is_key(t[4]) and new and parse_int(t[8]) and parse_int(t[9])
 		        and string.find(t[11], "%S") and old and (t[15] == "0" or t[15] == "1") and is_key(t[16])
 		        and parse_int(t[17])) then
 			return nil
 		end
-		if t[5] == t[12] then return t[5], math.max(0, new - old), t[6] end
-		return t[5], new, t[6]
+		local cnew, cold = 0, 0
+		if n >= 20 then -- 20 fields on: new and old CPU cost, CPUs
+			cnew, cold = nonneg(t[18]), nonneg(t[19])
+			if not (cnew and cold and parse_int(t[20])) then return nil end
+		end
+		if t[5] == t[12] then return t[5], math.max(0, new - old), t[6], math.max(0, cnew - cold) end
+		return t[5], new, t[6], cnew
 	end
 	return nil
 end
@@ -465,9 +519,10 @@ local function charged_since(snap, j)
 	-- per-user sums are kept only while the snapshot caps someone
 	local per_user = (snap.users ~= nil and snap.users ~= "")
 	if not c or c.path ~= j.path or c.mode ~= mode or c.serial ~= snap.serial_str
-	   or c.start ~= start or size < c.offset or c.per_user ~= per_user then -- (nil: kept from an older hook)
+	   or c.start ~= start or size < c.offset or c.per_user ~= per_user
+	   or c.csums == nil then -- (nil: kept from an older hook)
 		c = { path = j.path, mode = mode, serial = snap.serial_str, start = start,
-		      offset = start, sums = {}, usums = {}, per_user = per_user }
+		      offset = start, sums = {}, usums = {}, csums = {}, per_user = per_user }
 	end
 	if size > c.offset then
 		f:seek("set", c.offset)
@@ -483,13 +538,14 @@ local function charged_since(snap, j)
 		end
 		if last_nl then
 			local chunk = string.sub(data, 1, last_nl)
-			local sums, usums = c.sums, c.usums
+			local sums, usums, csums = c.sums, c.usums, c.csums
 			for line in string.gmatch(chunk, "([^\n]*)\n") do
 				local t = split_tabs(line)
 				if (mode == "offset" or t[3] == snap.serial_str) then
-					local acct, add, uid = journal_charge(t)
+					local acct, add, uid, cadd = journal_charge(t)
 					if acct then
 						sums[acct] = (sums[acct] or 0) + add
+						if cadd > 0 then csums[acct] = (csums[acct] or 0) + cadd end
 						if c.per_user then
 							local uk = user_key(acct, uid)
 							usums[uk] = (usums[uk] or 0) + add
@@ -503,7 +559,7 @@ local function charged_since(snap, j)
 	-- Read up to its end, line by line: it ends with a newline (an empty journal does too).
 	if size == 0 or (c.offset == size and c.offset > c.start) then j.ends_nl = true end
 	st.journal = c
-	return c.sums, c.usums
+	return c.sums, c.usums, c.csums
 end
 
 -- "user alice (uid 1000)", or "uid 1000" where Slurm did not give the name.
@@ -637,6 +693,25 @@ local function desc_view(d)
 		sockets_per_node = set_num16(d.sockets_per_node), shared = set_num16(d.shared),
 		time_limit = time_of(d.time_limit), partition = d.partition, array_inx = d.array_inx,
 	}
+end
+
+-- The CPU fields of a submission, added to its view ``v`` only where CPUs are priced (an account
+-- with a CPU budget): each job_desc field the hook reads is a call into slurmctld.
+local function add_cpu_view(v, d)
+	v.cpus_per_task, v.min_cpus, v.pn_min_cpus = set_num16(d.cpus_per_task), set_num(d.min_cpus), set_num16(d.pn_min_cpus)
+	v.cpus_per_tres = d.cpus_per_tres
+	return v
+end
+
+-- CPUs per GPU of a view's cpus_per_tres (--cpus-per-gpu: "gres:gpu:8" or "gres/gpu:8"), or nil.
+local function cpus_per_gpu(tres)
+	if type(tres) ~= "string" then return nil end
+	local n = nil
+	for item in string.gmatch(tres, "[^,]+") do
+		local c = string.match(item, "^gres[:/]gpu:(%d+)$")
+		if c then n = math.max(n or 0, tonumber(c)) end
+	end
+	return n
 end
 
 -- Partition records the job may run in (named ones, else the default partition).
@@ -791,6 +866,53 @@ local function price(v, snap, part_list)
 	}
 end
 
+-- Worst-case CPU price of a view, for an account with a CPU budget: table c, or nil,
+-- reason-code, message (plugins/SNAPSHOT_FORMAT.md, "CPU cost").
+--   c.cpus, c.weighted (per array task), c.nodes, c.tasks, c.tl, c.pin_time, c.pin_nodes,
+--   c.cost (weighted CPU-seconds)
+local function cpu_price(v, snap, part_list, gpus)
+	local parts = job_partitions(v.partition, part_list)
+	local max_nodes = v.max_nodes
+	local nodes = math.max(v.min_nodes or 1, max_nodes or 1)
+	local tpn = v.ntasks_per_node
+	if tpn and tpn > 0 and v.num_tasks then nodes = math.max(nodes, math.ceil(v.num_tasks / tpn)) end
+	local cpt = (v.cpus_per_task and v.cpus_per_task > 0) and v.cpus_per_task or 1
+	local tasks = math.max(v.num_tasks or 0, tpn and tpn * nodes or 0, 1)
+	local cpus = math.max(tasks * cpt, v.min_cpus or 0, (v.pn_min_cpus or 0) * nodes, nodes)
+	local cpg = cpus_per_gpu(v.cpus_per_tres)
+	if cpg then cpus = math.max(cpus, cpg * gpus) end -- --cpus-per-gpu x the GPUs priced
+	local whole = (v.shared == 0)
+	for _, p in ipairs(parts) do
+		if p.max_share == 0 then whole = true end
+	end
+	local best, best_cpus = nil, nil
+	local function consider(cpn, w)
+		local c = cpus
+		if whole then c = math.max(cpus, cpn * nodes) end
+		local cand = c * w
+		if not best or cand > best or (cand == best and c > best_cpus) then best, best_cpus = cand, c end
+	end
+	local pcs = snap.partition_cpus or {}
+	for _, p in ipairs(parts) do
+		local pc = pcs[p.name]
+		if pc then consider(pc.n, pc.w) else consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
+	end
+	if not best then consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
+	local arr = v.tasks_in_array
+	if not arr then
+		local aerr
+		arr, aerr = array_count(v.array_inx)
+		if not arr then return nil, "bad_request", aerr end
+	end
+	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, snap.default_time_min)
+	if not tl then return nil, "bad_time", terr end
+	return {
+		cpus = best_cpus, weighted = best, nodes = nodes, tasks = arr, tl = tl, pin_time = pin_time,
+		pin_nodes = (max_nodes == nil) and (whole or tpn ~= nil or v.pn_min_cpus ~= nil),
+		cost = best * arr * tl * 60,
+	}
+end
+
 local function new_token()
 	slurmgov_state.counter = (slurmgov_state.counter or 0) + 1
 	return string.format("%d-%d-%04x", os.time(), slurmgov_state.counter, math.random(0, 65535))
@@ -826,29 +948,45 @@ local function append_journal(journal_path, line)
 end
 
 -- What a modify cannot read back from job_rec (Slurm does not expose them there), kept in the
--- AdminComment beside the token: tasks, tasks per node, sockets per node, shared.
+-- AdminComment beside the token: tasks, tasks per node, sockets per node, shared, CPUs per task
+-- (the fifth since CPU budgets; a stash of four is read with no CPUs per task).
 local function stash_of(v)
 	local function s(x) return x and string.format("%d", x) or "-" end
-	return "slurmgov:req=" .. s(v.num_tasks) .. "," .. s(v.ntasks_per_node) .. ","
+	local stash = "slurmgov:req=" .. s(v.num_tasks) .. "," .. s(v.ntasks_per_node) .. ","
 		.. s(v.sockets_per_node) .. "," .. s(v.shared)
+	if v.cpus_per_task then stash = stash .. "," .. s(v.cpus_per_task) end -- read only where CPUs are priced
+	return stash
 end
 
 local function parse_stash(ac)
-	local a, b, c, d = string.match(ac or "", "slurmgov:req=([%d-]+),([%d-]+),([%d-]+),([%d-]+)")
+	local a, b, c, d, e = string.match(ac or "", "slurmgov:req=([%d-]+),([%d-]+),([%d-]+),([%d-]+),?([%d-]*)")
 	if not a then return nil end
 	return { num_tasks = tonumber(a), ntasks_per_node = tonumber(b), sockets_per_node = tonumber(c),
-	         shared = tonumber(d) }
+	         shared = tonumber(d), cpus_per_task = tonumber(e) }
 end
 
 -- Journal the hold and pin the job to it. ``journal``: an open journal (open_journal), or the
 -- journal's path.
-local function admit(job_desc, v, journal, serial, account, p)
+-- ``p``: the GPU price; ``c``: the CPU price where the account has a CPU budget, else nil.
+local function admit(job_desc, v, journal, serial, account, p, c)
 	local token = new_token()
-	local line = table.concat({
-		"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
-		field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
-		string.format("%d", p.tl), field(p.types), string.format("%d", p.tasks),
-	}, "\t") .. "\n"
+	local gpu = p.any_gpu
+	local line
+	if not c then -- a GPU job of an account without a CPU budget: the line as before CPU budgets (11 fields)
+		line = table.concat({
+			"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
+			field(job_desc.user_id), string.format("%.3f", p.cost), string.format("%d", p.gpus),
+			string.format("%d", p.tl), field(p.types), string.format("%d", p.tasks),
+		}, "\t") .. "\n"
+	else
+		line = table.concat({
+			"admit", string.format("%d", os.time()), field(serial), field(token), field(account),
+			field(job_desc.user_id), gpu and string.format("%.3f", p.cost) or "0.000",
+			string.format("%d", gpu and p.gpus or 0), string.format("%d", gpu and p.tl or c.tl),
+			gpu and field(p.types) or "-", string.format("%d", gpu and p.tasks or c.tasks),
+			string.format("%.3f", c.cost), string.format("%d", c.cpus),
+		}, "\t") .. "\n"
+	end
 	local ok, err
 	if type(journal) == "table" then ok, err = append_line(journal, line) else ok, err = append_journal(journal, line) end
 	if not ok then
@@ -856,8 +994,14 @@ local function admit(job_desc, v, journal, serial, account, p)
 		return slurm.ERROR
 	end
 	-- Pin what was priced: the job cannot outlast or outgrow its hold.
-	if p.pin_time then job_desc.time_limit = p.tl end
-	if p.pin_nodes then job_desc.max_nodes = p.nodes end
+	if gpu then
+		if p.pin_time then job_desc.time_limit = p.tl end
+		if p.pin_nodes then job_desc.max_nodes = p.nodes end
+	end
+	if c then
+		if c.pin_time then job_desc.time_limit = c.tl end -- the same minutes where both pin
+		if c.pin_nodes and not (gpu and p.pin_nodes and p.nodes <= c.nodes) then job_desc.max_nodes = c.nodes end
+	end
 	local old = job_desc.admin_comment
 	local hold = "slurmgov:hold=" .. token .. " " .. stash_of(v)
 	if old and old ~= "" then hold = hold .. " " .. old end
@@ -938,6 +1082,44 @@ local function pricing_snapshot(conf, snap)
 		partition_gpus = {}, default_time_min = conf.default_time_min }
 end
 
+-- The refusal (without "slurmgov: ") when a CPU cost of ``need`` weighted CPU-seconds exceeds
+-- what account's CPU budget ``cbudget`` leaves after the journal's CPU sums ``csums``, or nil.
+local function cpu_short(account, cbudget, csums, need, what)
+	local left = cbudget - (csums[account] or 0)
+	if need <= left then return nil end
+	return string.format("account %s: %s CPU-h left, %s %s CPU-h", printable(account), fmt_gpuh(left), what,
+		fmt_gpuh(need))
+end
+
+-- A job without GPUs of an account with a CPU budget (CPU price ``c``): admitted, journaled and
+-- pinned as a GPU job is, against the account's CPU budget alone.
+local function admit_cpu_only(conf, job_desc, v, snap, snap_err, account, cbudget, c)
+	local problem, policy, why = snapshot_problem(conf, snap, snap_err)
+	if problem then
+		if policy == "open" then
+			log_info("slurmgov: " .. problem .. "; admitting CPU job of account " .. printable(account)
+				.. " (fail_policy open)")
+			return admit(job_desc, v, conf.journal_path, "0", account, { any_gpu = false }, c)
+		end
+		return refuse(conf, why, account, job_desc, "slurmgov: " .. problem
+			.. "; jobs of accounts with a CPU budget are refused until it is refreshed (fail_policy closed)")
+	end
+	local j, jerr = open_journal(conf.journal_path)
+	if not j then
+		return refuse(conf, "journal_unreadable", account, job_desc,
+			"slurmgov: cannot open the hold journal (" .. printable(jerr) .. "); job refused")
+	end
+	local _, _, csums = charged_since(snap, j)
+	local cmsg = cpu_short(account, cbudget, csums, c.cost, "job needs up to")
+	if cmsg then
+		close_journal(j)
+		return refuse(conf, "over_cpu_budget", account, job_desc, "slurmgov: " .. cmsg)
+	end
+	local rc = admit(job_desc, v, j, snap.serial_str, account, { any_gpu = false }, c)
+	close_journal(j)
+	return rc
+end
+
 function slurm_job_submit(job_desc, part_list, submit_uid)
 	local conf = read_hook_conf()
 	local snap, snap_err = read_snapshot(conf.snapshot_path)
@@ -952,7 +1134,23 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	if not p then
 		return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg)
 	end
-	if not p.any_gpu then return slurm.SUCCESS end
+	-- CPUs are priced only for an account with a CPU budget (none in the snapshot: not looked up).
+	local cbudget = snap and snap.cpu_accounts ~= "" and cpu_budget(snap, account) or nil
+	if not p.any_gpu and not cbudget then
+		-- Without a snapshot the hook cannot tell which accounts have CPU budgets: where the site
+		-- says it has some (cpu_budgets yes), fail_policy closed refuses CPU jobs too.
+		if not snap and conf.cpu_budgets and conf.fail_policy == "closed" then
+			return refuse(conf, "snapshot_unreadable", account, job_desc, "slurmgov: budget snapshot unreadable: "
+				.. printable(snap_err) .. "; CPU jobs are refused until it is refreshed (fail_policy closed, cpu_budgets yes)")
+		end
+		return slurm.SUCCESS
+	end
+	local c = nil
+	if cbudget then
+		c, reason, msg = cpu_price(add_cpu_view(v, job_desc), ps, part_list, p.any_gpu and p.gpus or 0)
+		if not c then return refuse(conf, reason, account, job_desc, "slurmgov: " .. msg) end
+	end
+	if not p.any_gpu then return admit_cpu_only(conf, job_desc, v, snap, snap_err, account, cbudget, c) end
 
 	-- Never-placeable requests are refused whatever the budget says.
 	if snap and snap.max_gpus_per_node then
@@ -978,7 +1176,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	if problem then
 		if policy == "open" then
 			log_info("slurmgov: " .. problem .. "; admitting GPU job of " .. who .. " (fail_policy open)")
-			return admit(job_desc, v, conf.journal_path, "0", account, p)
+			return admit(job_desc, v, conf.journal_path, "0", account, p, c)
 		end
 		return refuse(conf, why, account, job_desc,
 			"slurmgov: " .. problem .. "; GPU jobs are refused until it is refreshed (fail_policy closed)")
@@ -998,13 +1196,20 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return refuse(conf, "journal_unreadable", account, job_desc,
 			"slurmgov: cannot open the hold journal (" .. printable(jerr) .. "); job refused")
 	end
-	local sums, usums = charged_since(snap, j)
+	local sums, usums, csums = charged_since(snap, j)
 	local available = budget - (sums[account] or 0)
 	if p.cost > available then
 		close_journal(j)
 		return refuse(conf, "over_budget", account, job_desc, string.format(
 			"slurmgov: account %s: %s GPU-h left, job needs up to %s GPU-h",
 			printable(account), fmt_gpuh(available), fmt_gpuh(p.cost)))
+	end
+	if c then
+		local cmsg = cpu_short(account, cbudget, csums, c.cost, "job needs up to")
+		if cmsg then
+			close_journal(j)
+			return refuse(conf, "over_cpu_budget", account, job_desc, "slurmgov: " .. cmsg)
+		end
 	end
 	local uleft, ucap = user_left(snap, usums, account, job_desc.user_id)
 	if uleft and p.cost > uleft then
@@ -1014,7 +1219,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 			printable(account), user_words(job_desc.user_name, job_desc.user_id), fmt_gpuh(math.max(0, uleft)),
 			fmt_gpuh(ucap), fmt_gpuh(p.cost)))
 	end
-	local rc = admit(job_desc, v, j, snap.serial_str, account, p)
+	local rc = admit(job_desc, v, j, snap.serial_str, account, p, c)
 	close_journal(j)
 	return rc
 end
@@ -1034,15 +1239,18 @@ local function rec_view(r, stash)
 		sockets_per_node = stash.sockets_per_node, shared = stash.shared,
 		time_limit = time_of(r.time_limit), partition = r.partition,
 		tasks_in_array = pos(r.array_task_cnt) or 1,
+		cpus_per_task = stash.cpus_per_task, min_cpus = pos(r.min_cpus), pn_min_cpus = set_num16(r.pn_min_cpus),
 	}
 end
 
 -- Fields of an update (job_desc) that can change a job's price. An update's array_inx is
 -- only ArrayTaskThrottle in Slurm 22.05: it changes no price.
 local MODIFY_NUMS = { min_nodes = set_num, max_nodes = set_num, num_tasks = set_num, ntasks_per_node = set_num16,
-	sockets_per_node = set_num16, shared = set_num16 }
+	sockets_per_node = set_num16, shared = set_num16, min_cpus = set_num, pn_min_cpus = set_num16,
+	cpus_per_task = set_num16 }
 local MODIFY_STRS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "partition" }
-local STASHED = { num_tasks = true, ntasks_per_node = true, sockets_per_node = true, shared = true }
+local STASHED = { num_tasks = true, ntasks_per_node = true, sockets_per_node = true, shared = true,
+	cpus_per_task = true }
 
 local function modify_refuse(conf, reason, account, job_rec, modify_uid, msg)
 	-- Slurm 22.05 discards log_user messages from job_modify: log for the admins instead.
@@ -1083,9 +1291,31 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 	local newp, reason, msg = price(new_v, ps, part_list)
 	if not newp then return modify_refuse(conf, reason, new_acct, r, modify_uid, msg) end
 	local oldp = price(old_v, ps, part_list) or { any_gpu = false }
-	if not newp.any_gpu and not oldp.any_gpu then return slurm.SUCCESS end
+	-- CPUs count where the job's account (before or after) has a CPU budget
+	local new_cb, old_cb = cpu_budget(snap, new_acct), cpu_budget(snap, old_acct)
+	if not newp.any_gpu and not oldp.any_gpu and not new_cb and not old_cb then
+		-- No snapshot on a site with CPU budgets, fail_policy closed: a CPU job may not grow
+		-- (priced with the defaults; root may), as a GPU job may not.
+		if not snap and conf.cpu_budgets and conf.fail_policy == "closed" and modify_uid ~= 0 then
+			local newc = cpu_price(new_v, ps, part_list, 0)
+			local oldc = cpu_price(old_v, ps, part_list, 0)
+			if not newc or not oldc or newc.cost > oldc.cost or new_acct ~= old_acct then
+				return modify_refuse(conf, "snapshot_unreadable", new_acct, r, modify_uid, "budget snapshot unreadable: "
+					.. printable(snap_err) .. "; CPU jobs may not grow until it is refreshed (fail_policy closed, cpu_budgets yes)")
+			end
+		end
+		return slurm.SUCCESS
+	end
 	local old_cost = oldp.any_gpu and oldp.cost or 0
 	local new_cost = newp.any_gpu and newp.cost or 0
+	local newc, oldc = nil, nil
+	if new_cb then
+		newc, reason, msg = cpu_price(new_v, ps, part_list, newp.any_gpu and newp.gpus or 0)
+		if not newc then return modify_refuse(conf, reason, new_acct, r, modify_uid, msg) end
+	end
+	if old_cb and token then oldc = cpu_price(old_v, ps, part_list, oldp.any_gpu and oldp.gpus or 0) end -- what its admission held
+	local new_cpu = newc and newc.cost or 0
+	local old_cpu = oldc and oldc.cost or 0
 	local root = (modify_uid == 0)
 	local operator = root or (snap ~= nil and snap.operators[modify_uid] == true)
 	if stash_changed and token and not root then
@@ -1096,24 +1326,30 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 
 	-- What the change asks of the (new) account beyond what is held for the job already.
 	local need = (new_acct == old_acct) and (new_cost - old_cost) or new_cost
+	local need_cpu = (new_acct == old_acct) and (new_cpu - old_cpu) or new_cpu
 	local override, serial = false, snap and snap.serial_str or "0"
 	local j, jerr = open_journal(conf.journal_path)
 	if not j then
 		return modify_refuse(conf, "journal_unreadable", new_acct, r, modify_uid,
 			"cannot open the hold journal (" .. printable(jerr) .. ")")
 	end
-	if need > 0 then
+	if need > 0 or need_cpu > 0 then
 		local problem, policy, why = snapshot_problem(conf, snap, snap_err)
 		local short = nil
 		if problem then
 			if policy == "open" then serial = "0" else short, reason = problem, why end
 		elseif new_acct == nil then
 			short, reason = "the job has no account", "no_account"
+		elseif need <= 0 then -- CPUs alone grow
+			local _, _, csums = charged_since(snap, j)
+			short = cpu_short(new_acct, new_cb, csums, need_cpu, "the change needs up to")
+			if short then short = short .. " more"; reason = "over_cpu_budget" end
 		else
 			local budget = account_budget(snap, new_acct)
-			local sums, usums = charged_since(snap, j)
+			local sums, usums, csums = charged_since(snap, j)
 			local available = budget and (budget - (sums[new_acct] or 0))
 			local uleft, ucap = user_left(snap, usums, new_acct, r.user_id)
+			local cshort = need_cpu > 0 and cpu_short(new_acct, new_cb, csums, need_cpu, "the change needs up to")
 			if budget == nil then
 				short, reason = string.format("account %s has no GPU budget", printable(new_acct)), "no_budget"
 			elseif need > available then
@@ -1124,6 +1360,8 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 					"account %s: uid %s has %s GPU-h left of their per-user cap of %s GPU-h, the change needs up to %s GPU-h more",
 					printable(new_acct), tostring(r.user_id), fmt_gpuh(math.max(0, uleft)), fmt_gpuh(ucap),
 					fmt_gpuh(need)), "over_user_cap"
+			elseif cshort then
+				short, reason = cshort .. " more", "over_cpu_budget"
 			end
 		end
 		if short then
@@ -1145,6 +1383,7 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 		string.format("%d", r.job_id), field(old_acct), string.format("%.3f", old_cost),
 		field(modify_uid), override and "1" or "0", new_token(),
 		string.format("%d", newp.any_gpu and newp.tasks or 1),
+		string.format("%.3f", new_cpu), string.format("%.3f", old_cpu), string.format("%d", newc and newc.cpus or 0),
 	}, "\t") .. "\n"
 	local ok, err = append_line(j, line)
 	close_journal(j)
@@ -1152,10 +1391,16 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 		return modify_refuse(conf, "journal_unreadable", new_acct, r, modify_uid,
 			"cannot record the re-priced hold (" .. printable(err) .. ")")
 	end
+	local pin = nil
 	if newp.any_gpu then
 		if newp.pin_time then d.time_limit = newp.tl end
-		if newp.pin_nodes then d.max_nodes = newp.nodes end
+		if newp.pin_nodes then pin = newp.nodes end
 	end
+	if newc then
+		if newc.pin_time then d.time_limit = newc.tl end
+		if newc.pin_nodes and (not pin or newc.nodes < pin) then pin = newc.nodes end
+	end
+	if pin then d.max_nodes = pin end
 	if stash_changed and token and root then
 		-- root may set the AdminComment: keep the stash in step for the next change.
 		d.admin_comment = string.gsub(ac, "slurmgov:req=[%d,-]+", (string.gsub(stash_of(new_v), "%%", "%%%%")))
@@ -1165,9 +1410,9 @@ end
 
 -- For the hook's own unit tests (tests/test_hook_lua.py, run with lua5.1 and a stub slurm table).
 slurmgov_hook = {
-	price = price, desc_view = desc_view, rec_view = rec_view, array_count = array_count,
+	price = price, cpu_price = cpu_price, desc_view = desc_view, add_cpu_view = add_cpu_view, rec_view = rec_view, array_count = array_count,
 	gpu_entries = gpu_entries, parse_snapshot = parse_snapshot, lookup_account = lookup_account,
-	lookup_user = lookup_user,
+	lookup_user = lookup_user, cpu_budget = cpu_budget,
 	pack_accounts = pack_accounts, journal_charge = journal_charge, split_tabs = split_tabs, time_limit_min = time_limit_min, parse_stash = parse_stash,
 }
 

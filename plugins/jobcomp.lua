@@ -6,7 +6,7 @@ carries a slurmgov hold token (AdminComment "slurmgov:hold=<token>", set by
 job_submit.lua) or that was allocated GPUs, it appends one TAB-separated line to
 slurmgov_settle.log in the same directory as this script:
 
-  settle jobid token account gpus start end state gpu_type array restart_cnt
+  settle jobid token account gpus start end state gpu_type array restart_cnt cpus
 
 The fields, and the field counts earlier versions wrote, are specified in
 plugins/SNAPSHOT_FORMAT.md ("Settlement", "Versions"), the one specification; fields are
@@ -63,11 +63,13 @@ function slurm_jobcomp_log_record(job)
 	local ac = job.admin_comment
 	local token = ac and string.match(ac, "slurmgov:hold=([^%s]+)")
 	local alloc = job.tres_fmt_alloc_str
-	local gpus = 0
+	local gpus, cpus = 0, 0
 	if alloc then
 		for item in string.gmatch(alloc, "[^,]+") do
 			local n = string.match(item, "^gres/gpu=(%d+)$")
 			if n then gpus = tonumber(n) end
+			n = string.match(item, "^cpu=(%d+)$")
+			if n then cpus = tonumber(n) end
 		end
 	end
 	if not token and gpus == 0 then return slurm.SUCCESS end
@@ -85,7 +87,7 @@ function slurm_jobcomp_log_record(job)
 	local line = table.concat({
 		"settle", num(job.job_id), field(token), field(job.account), string.format("%d", gpus),
 		num(job.start_time), num(job.end_time), state_name(job.job_state), "-", array,
-		num(job.restart_cnt),
+		num(job.restart_cnt), string.format("%d", cpus),
 	}, "\t") .. "\n"
 	-- "a+": writes go to the end; a half line left by a crash mid-append is ended first so
 	-- that this settlement is not glued onto it (unparseable, hence lost).

@@ -20,11 +20,14 @@ from slurm_fixtures import _unavailable
 
 from slurmgov.slurm.gpu_request import (
     INFINITE,
+    HookCpuPrice,
     HookPartition,
     HookPrice,
     HookRefusal,
     HookView,
     PriceParams,
+    hook_cpu_price,
+    hook_price,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +50,7 @@ class Case:
     snapshot: dict  # the case's snapshot parameters, as in the file
     job_desc: dict  # as in the file (time_limit may be "UNLIMITED")
     expect: dict = field(default_factory=dict)
+    expect_cpu: dict | None = None  # the CPU price (what an account with a CPU budget pays)
 
     @property
     def raw_job_desc(self) -> dict:
@@ -65,6 +69,8 @@ def params_of(snap: dict) -> PriceParams:
         default_time_min=int(snap.get("default_time_min", 60)), max_gpus_per_node=snap.get("max_gpus_per_node"),
         total_gpus=snap.get("total_gpus"), sockets_per_node=int(snap.get("sockets_per_node", 1)),
         partition_gpus={k: (int(v[0]), v[1]) for k, v in (snap.get("partition_gpus") or {}).items()},
+        partition_cpus={k: (int(v[0]), float(v[1])) for k, v in (snap.get("partition_cpus") or {}).items()},
+        default_cpu_weight=float(snap.get("default_cpu_weight", 1.0)), max_cpus_per_node=snap.get("max_cpus_per_node"),
     )
 
 
@@ -78,6 +84,7 @@ def load_cases() -> list[Case]:
             id=c["id"], args=c.get("args"), script=c.get("script"), env=dict(c.get("env") or {}),
             partition_set=pset, partitions=partitions_of(doc["partition_sets"][pset]), params=params_of(snap),
             snapshot=snap, job_desc=dict(c["job_desc"]), expect=dict(c["expect"]),
+            expect_cpu=c.get("expect_cpu"),
         ))
     return out
 
@@ -185,6 +192,11 @@ def context_fields(params: PriceParams, partitions: list[HookPartition]) -> list
         out.append(("w", f"{t}{SEP}{_num(float(w))}"))
     for name, (n, t) in params.partition_gpus.items():
         out.append(("pg", SEP.join([name, _num(n), t or ""])))
+    for name, (n, w) in params.partition_cpus.items():
+        out.append(("pc", SEP.join([name, _num(n), _num(float(w))])))
+    out.append(("default_cpu_weight", _num(float(params.default_cpu_weight))))
+    if params.max_cpus_per_node is not None:
+        out.append(("max_cpus_per_node", _num(params.max_cpus_per_node)))
     out += [("default_weight", _num(float(params.default_weight))), ("default_time_min", _num(params.default_time_min)),
             ("sockets_per_node", _num(params.sockets_per_node))]
     if params.max_gpus_per_node is not None:
@@ -203,6 +215,16 @@ def view_line(case_id: str, view: HookView, params: PriceParams, partitions: lis
     """Driver line: price ``view`` as it is (as job_modify prices a rec_view)."""
     fields: list[tuple[str, object]] = [("id", case_id), ("cmd", "price")]
     fields += [(f"v.{k}", v) for k, v in vars(view).items() if v is not None]
+    return line(fields + context_fields(params, partitions))
+
+
+def cpu_price_line(case_id: str, req: dict | HookView, params: PriceParams, partitions: list[HookPartition]) -> str:
+    """Driver line: the CPU price of a job_desc (raw Slurm values) or of a view as it is."""
+    fields: list[tuple[str, object]] = [("id", case_id), ("cmd", "cpu_price")]
+    if isinstance(req, HookView):
+        fields += [(f"v.{k}", v) for k, v in vars(req).items() if v is not None]
+    else:
+        fields += [(f"d.{k}", v) for k, v in req.items() if v is not None]
     return line(fields + context_fields(params, partitions))
 
 
@@ -248,6 +270,50 @@ def py_price_result(p: HookPrice | HookRefusal) -> dict:
     for k in _FLOATS:
         out[k] = float(getattr(p, k))
     return out
+
+
+_CPU_FLOATS = ("cpus", "weighted", "nodes", "tasks", "tl", "cost")
+
+
+def lua_cpu_result(row: list[str]) -> dict:
+    """A driver cpu_price row (without its id) as a comparable dict."""
+    if row[0] == "no":
+        return {"status": "no", "reason": row[1], "message": row[2]}
+    if row[0] != "ok":
+        return {"status": row[0], "message": "\t".join(row[1:])}
+    kv = dict(f.split("=", 1) for f in row[1:])
+    out: dict = {"status": "ok", "pin_time": kv["pin_time"] == "1", "pin_nodes": kv["pin_nodes"] == "1"}
+    for k in _CPU_FLOATS:
+        out[k] = float(kv[k])
+    return out
+
+
+def py_cpu_result(p: HookCpuPrice | HookRefusal) -> dict:
+    """hook_cpu_price()'s answer as a comparable dict."""
+    if isinstance(p, HookRefusal):
+        return {"status": "no", "reason": p.reason, "message": p.message}
+    out: dict = {"status": "ok", "pin_time": p.pin_time, "pin_nodes": p.pin_nodes}
+    for k in _CPU_FLOATS:
+        out[k] = float(getattr(p, k))
+    return out
+
+
+def py_cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartition]) -> HookCpuPrice | HookRefusal:
+    """hook_cpu_price with the GPUs the view's GPU price counts, as the hook passes them."""
+    g = hook_price(view, params, partitions)
+    return hook_cpu_price(view, params, partitions, g.gpus if isinstance(g, HookPrice) and g.any_gpu else 0)
+
+
+def expected_cpu_result(case: Case) -> dict | None:
+    """The case's expect_cpu (None: the case does not state its CPU price)."""
+    e = case.expect_cpu
+    if e is None:
+        return None
+    if "refused" in e:
+        return {"status": "no", "reason": e["refused"]}
+    return {"status": "ok", "cost": float(e["cost"]), "cpus": float(e["cpus"]), "tl": float(e["minutes"]),
+            "tasks": float(e["tasks"]), "nodes": float(e["nodes"]), "pin_time": e["pin_time"],
+            "pin_nodes": e["pin_nodes"]}
 
 
 def subset(result: dict, keys) -> dict:

@@ -276,6 +276,9 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(local):
                        (b'{"gpu_hours": 1, "hours": 2}', "hours")):
         status, body = server.post("/budgets/chem-ai/grant", admin, raw=raw)
         assert status == 400 and body["error"].startswith(f"{field}:"), (raw, body)
+    big = {"gpu_hours": 1, "reason": "x" * (64 * 1024)}  # a body over the API's 64 KiB is not read
+    status, body = server.post("/budgets/chem-ai/grant", admin, big)
+    assert status == 413 and body["error"] == "body: more than 65,536 bytes", body
     status, body = server.post("/budgets/Bad$Name/grant", admin, {"gpu_hours": 1})
     assert status == 400 and body["error"].startswith("account:")
     status, body = server.post("/transfers", admin, {"source": "chem-ai", "gpu_hours": 1})
@@ -395,7 +398,7 @@ def test_the_site_dashboard_page_reads_through_the_api_with_the_token_it_is_give
     page = browser.dom(exe, f"{root_url}/dashboard#token={user}")
     assert accounts(page) == [] and subtitle(page).startswith("error: nobody (user) may not read"), subtitle(page)
     page = browser.dom(exe, f"{root_url}/dashboard")
-    assert accounts(page) == [] and subtitle(page).startswith("no token: open this page as"), subtitle(page)
+    assert accounts(page) == [] and subtitle(page).startswith("no token: open this page at"), subtitle(page)
 
 
 def test_without_a_way_to_check_tokens_the_api_does_not_start(slurmgov_home, tmp_path):

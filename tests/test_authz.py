@@ -310,6 +310,10 @@ def test_on_a_local_site_each_role_does_what_it_may_and_is_refused_the_rest_in_o
     assert "games (user) may not read the usage, budget, holds or audit trail of account secret" in sg(
         "games", "budget", "show", "secret", env=SPOOF, check=6).stderr
     assert "secret" in {b["account"] for b in sg.json("daemon", "budget", "show")}  # operators see all
+    # the site-wide dashboard shows every account: a manager or a user may not start it
+    for user, role in (("nobody", "manager"), ("games", "user")):
+        assert f"{user} ({role}) may not read the usage, budget, holds or audit trail of site roles" in sg(
+            user, "dashboard", "--port", "0", env=SPOOF, check=6).stderr
     # the operator releases the hold: audited with its role
     sg("daemon", "holds", "release", "run:held", "--reason", "run gone", check=0)
     _audit_row(sg, actor="daemon", role="operator", account="chem-ai", action="release")

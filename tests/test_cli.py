@@ -158,7 +158,7 @@ def test_shell_completion_of_commands_and_the_sites_accounts(root):
         return [ln.split(",", 1)[1] for ln in sg(env=env, check=0).stdout.splitlines()]
 
     assert complete("slurmgov bud") == ["budget"]
-    assert complete("slurmgov budget s") == ["set", "show"]
+    assert complete("slurmgov budget s") == ["set", "set-cpu", "show"]
     assert complete("slurmgov budget show p") == ["physics"]
     assert complete("slurmgov budget transfer chem-ai b") == ["bio-ml"]
 

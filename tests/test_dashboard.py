@@ -88,6 +88,8 @@ def test_site_dashboard_shows_every_account_and_recent_workflows(root, tmp_path,
     import os
     import subprocess
     import sys
+    import urllib.error
+    import urllib.request
 
     exe = browser.ensure()
     bin_dir = Path(sys.executable).parent
@@ -100,7 +102,16 @@ def test_site_dashboard_shows_every_account_and_recent_workflows(root, tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
-        url = re.search(r"(http://\S+/)", line).group(1)
+        url = re.search(r"(http://\S+/#token=\S+)", line).group(1)
+        base, token = url.split("#token=")
+        # the page's data goes only to a request with this start's token: any local user reaches the port
+        for headers in ({}, {"Authorization": "Bearer " + token[:-1]}, {"Authorization": token}):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(base + "state.json", headers=headers), timeout=30)
+            assert refused.value.code == 401 and "token" in json.loads(refused.value.read())["error"]
+        with urllib.request.urlopen(urllib.request.Request(
+                base + "state.json", headers={"Authorization": "Bearer " + token}), timeout=30) as r:
+            assert {a["account"] for a in json.loads(r.read())["accounts"]} >= {"chem-ai", "bio-ml", "physics"}
         html = browser.dom(exe, url).split("<script>")[0]  # the rendered page, not the script's templates
         ledger = Ledger.open(site_mod.load(root / "site_configs" / "local.yaml").ledger_url())
         for b in ledger.balances():  # every account, with the ledger's own numbers

@@ -485,7 +485,7 @@ def test_admission_after_a_torn_journal_line_is_not_lost(fresh):
     with open(c.settle_path, "a") as fh:
         fh.write(f"settle\t{job}\t{token}\tphys")
     c.run("scancel", job, check=True)
-    wait_for(lambda: any(r[1] == job and len(r) == 11 for r in settle_rows(c)), 15, "the settle line")
+    wait_for(lambda: any(r[1] == job and len(r) == 12 for r in settle_rows(c)), 15, "the settle line")
     rep = g.sync("--no-reconcile")
     assert (rep["admitted"], rep["settled"]) == (0, 1), rep
     assert len(rep["problems"]) == 1 and "unrecognised journal line" in rep["problems"][0]

@@ -4,7 +4,15 @@ tests/data/hook_prices.yaml is the table both are held to."""
 import dataclasses
 
 import pytest
-from hook_cases import expected_result, load_cases, py_price_result, subset
+from hook_cases import (
+    expected_cpu_result,
+    expected_result,
+    load_cases,
+    py_cpu_price,
+    py_cpu_result,
+    py_price_result,
+    subset,
+)
 
 from slurmgov.errors import InputError
 from slurmgov.slurm.gpu_request import (
@@ -126,6 +134,15 @@ def test_flags_do_not_swallow_values():
     assert (r.gpus_total, r.time_limit_min) == (1, 7)
 
 
+def test_newer_releases_options_take_their_values(tmp_path):
+    # --segment N (23.11 on, what the planner asks of a topology/block site) takes a value: the
+    # N must not be taken for the script, nor the options after it for the script's own
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\nsrun true\n")
+    r = parse_sbatch_args(["--segment", "2", "-N2", "--gres=gpu:4", "-t", "10", str(script)])
+    assert (r.gpus_total, r.time_limit_min) == (8, 10)
+
+
 def test_sbatch_directives_and_command_line_wins():
     script = """#!/bin/bash
 # a comment
@@ -230,6 +247,13 @@ def test_table_prices(case):
     assert subset(got, want) == want
 
 
+@pytest.mark.parametrize("case", [c for c in TABLE if c.expect_cpu is not None], ids=lambda c: c.id)
+def test_table_cpu_prices(case):
+    want = expected_cpu_result(case)
+    got = py_cpu_result(py_cpu_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
+    assert want is not None and subset(got, want) == want
+
+
 def test_table_covers_every_form():
     descs = [c.raw_job_desc for c in TABLE]
     for f in ("tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "array_inx"):
@@ -239,6 +263,11 @@ def test_table_covers_every_form():
         assert any(d.get("time_limit") == INFINITE and d.get("partition", "gpu") == p for d in descs), p
     assert any(c.expect.get("refused") == "bad_time" for c in TABLE)
     assert any(c.expect.get("pin_time") for c in TABLE) and any(c.expect.get("pin_nodes") for c in TABLE)
+    cpu = [c for c in TABLE if c.expect_cpu is not None]
+    for f in ("cpus_per_task", "min_cpus", "pn_min_cpus", "cpus_per_tres", "ntasks_per_node", "shared", "array_inx"):
+        assert any(f in c.job_desc for c in cpu), f
+    assert any(c.expect_cpu.get("pin_nodes") for c in cpu) and any(c.expect_cpu.get("pin_time") for c in cpu)
+    assert any("refused" in c.expect_cpu for c in cpu)
 
 
 def test_worst_case_gpu_seconds_is_the_hook_price_in_one_partition():

@@ -225,7 +225,8 @@ def test_site_partitions_and_prices():
     # the snapshot's parameters for the site: what the governor writes, and gsbatch falls back on
     assert governor.price_params(demo) == PriceParams(
         weights={"h100": 1.0}, default_weight=1.0, default_time_min=30, max_gpus_per_node=4, total_gpus=16,
-        partition_gpus={"gpu": (4, "h100"), "nolimit": (4, "h100")})
+        partition_gpus={"gpu": (4, "h100"), "nolimit": (4, "h100")},
+        partition_cpus={"gpu": (16, 1.0), "nolimit": (16, 1.0)}, max_cpus_per_node=16)  # CPU weights: 1.0 unless set
 
 
 def test_parse_scontrol_partitions():

@@ -39,12 +39,16 @@ def _py_snapshot_values(s: snapshot.Snapshot) -> dict:
         "operators": sorted({_g(u) for u in s.operator_uids}),
         "accounts": sorted(f"{a}{SEP}{_g(v)}" for a, v in s.available_gpu_s.items()),
         "users": sorted(f"{a}{SEP}{u}{SEP}{_g(av)}{SEP}{_g(cap)}" for (a, u), (av, cap) in s.user_caps.items()),
+        "cpu_accounts": sorted(f"{a}{SEP}{_g(v)}" for a, v in s.available_cpu_s.items()),
+        "partition_cpus": sorted(f"{p}{SEP}{_g(n)}{SEP}{_g(w)}" for p, (n, w) in s.partition_cpus.items()),
+        "default_cpu_weight": _g(1.0 if s.default_cpu_weight is None else s.default_cpu_weight),
+        "max_cpus_per_node": _g(s.max_cpus_per_node),
     }
 
 
 def _lua_snapshot_values(fields: list[str]) -> dict:
     got: dict = dict(f.split("=", 1) for f in fields)
-    for k in ("weights", "partition_gpus", "operators", "accounts", "users"):
+    for k in ("weights", "partition_gpus", "operators", "accounts", "users", "cpu_accounts", "partition_cpus"):
         got[k] = sorted(x for x in got[k].split(",") if x)
     got["serial"] = str(int(got["serial"]))
     return got
@@ -126,15 +130,17 @@ def test_the_writer_refuses_what_the_hook_would_refuse(change, tmp_path):
 
 
 # --------------------------------------------------------------------------- journal lines
-def _py_charge(event) -> tuple[str, float, str] | None:
+def _py_charge(event) -> tuple[str, float, str, float] | None:
     """What the hook counts against a budget at once for an event (SNAPSHOT_FORMAT.md, "What is
-    subtracted"), and whose (the uid, for that user's cap in the account)."""
+    subtracted"), whose (the uid, for that user's cap in the account), and against the account's
+    CPU budget."""
     if isinstance(event, journal.Admit):
-        return event.account, event.cost_gpu_s, event.user
+        return event.account, event.cost_gpu_s, event.user, event.cpu_cost_s
     if isinstance(event, journal.Modify):
         if event.account == event.old_account:
-            return event.account, max(0.0, event.new_cost_gpu_s - event.old_cost_gpu_s), event.user
-        return event.account, event.new_cost_gpu_s, event.user
+            return (event.account, max(0.0, event.new_cost_gpu_s - event.old_cost_gpu_s), event.user,
+                    max(0.0, event.new_cpu_cost_s - event.old_cpu_cost_s))
+        return event.account, event.new_cost_gpu_s, event.user, event.new_cpu_cost_s
     return None
 
 
@@ -162,10 +168,14 @@ def test_journal_lines_lua_and_python_agree(lua51, tmp_path):
                 assert event is not None and kinds[type(event)] == want["kind"], (name, text)
                 if "tasks" in want:
                     assert event.tasks == want["tasks"], (name, text)
+                if "cpus" in want:
+                    assert event.cpus == want["cpus"], (name, text)
+                if "cpu_cost" in want:
+                    assert _py_charge(event)[3] == want["cpu_cost"], (name, text)
                 seen.add(want["kind"])
             charge = _py_charge(event)
-            assert lua == ("-" if charge is None else f"{charge[0]}{SEP}{_g(charge[1])}{SEP}{charge[2]}"), \
-                (name, text, lua)
+            assert lua == ("-" if charge is None else
+                           f"{charge[0]}{SEP}{_g(charge[1])}{SEP}{charge[2]}{SEP}{_g(charge[3])}"), (name, text, lua)
     assert seen == set(kinds.values())
 
 

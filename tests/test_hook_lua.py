@@ -14,11 +14,16 @@ import pytest
 from hook_cases import (
     SEP,
     context_fields,
+    cpu_price_line,
+    expected_cpu_result,
     expected_result,
     line,
     load_cases,
+    lua_cpu_result,
     lua_price_result,
     price_line,
+    py_cpu_price,
+    py_cpu_result,
     py_price_result,
     run_lua,
     subset,
@@ -57,6 +62,19 @@ def test_table_prices_in_lua_and_python(lua51):
         want = expected_result(case)
         lua = lua_price_result(row[1:])
         py = py_price_result(hook_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
+        assert subset(lua, want) == want, (case.id, lua)
+        assert py == lua, case.id
+
+
+def test_table_cpu_prices_in_lua_and_python(lua51):
+    cases = [c for c in CASES if c.expect_cpu is not None]
+    assert len(cases) >= 15
+    rows = run_lua(lua51, [cpu_price_line(c.id, c.raw_job_desc, c.params, c.partitions) for c in cases])
+    for case, row in zip(cases, rows):
+        want = expected_cpu_result(case)
+        assert want is not None
+        lua = lua_cpu_result(row[1:])
+        py = py_cpu_result(py_cpu_price(view_from_job_desc(case.raw_job_desc), case.params, case.partitions))
         assert subset(lua, want) == want, (case.id, lua)
         assert py == lua, case.id
 
@@ -116,6 +134,11 @@ def _job_desc(rng: random.Random) -> dict:
     d["time_limit"] = rng.choice(TIMES)
     d["partition"] = rng.choice(PARTITIONS)
     d["array_inx"] = rng.choice(BAD_ARRAYS if rng.random() < 0.04 else ARRAYS)
+    d["cpus_per_task"] = rng.choice(NUMS16)
+    d["pn_min_cpus"] = rng.choice(NUMS16)
+    d["min_cpus"] = rng.choice(NUMS32)
+    d["cpus_per_tres"] = rng.choice([None, None, None, "gres:gpu:8", "gres/gpu:2", "gres:gpu:4,gres:gpu:16",
+                                     "gres:gpu:x", "", "gres:mps:3"])
     return d
 
 
@@ -133,7 +156,12 @@ def _params(rng: random.Random) -> PriceParams:
     # GPUs by pairs() order (see test_exclusive_tie_between_partitions_prices_the_dearest).
     counts = rng.sample([1, 2, 4, 8, 16], 5)
     pg = {n: (counts[i], rng.choice([None, "h100", "a100"])) for i, n in enumerate(PART_NAMES) if rng.random() < 0.3}
+    cpu_counts = rng.sample([1, 2, 4, 16, 64, 128], 5)
+    pc = {n: (cpu_counts[i], rng.choice([0.0, 0.25, 1.0, 2.0, 1e6])) for i, n in enumerate(PART_NAMES)
+          if rng.random() < 0.4}
     return PriceParams(weights=weights, default_weight=rng.choice([0.0, 0.5, 1.0, 2.5]),
+                       partition_cpus=pc, default_cpu_weight=rng.choice([0.0, 0.5, 1.0, 3.0]),
+                       max_cpus_per_node=rng.choice([None, 0, 8, 96]),
                        default_time_min=rng.choice([1, 30, 45, 60, 600]),
                        max_gpus_per_node=rng.choice([None, 0, 1, 4, 8]), sockets_per_node=rng.choice([1, 1, 2, 4]),
                        partition_gpus=pg)
@@ -169,6 +197,28 @@ def disagreements(lua: str, cases) -> list[tuple]:
     return bad
 
 
+def cpu_disagreements(lua: str, cases) -> list[tuple]:
+    lines = [cpu_price_line(str(i), req, params, parts) for i, (req, parts, params) in enumerate(cases)]
+    bad = []
+    for (req, parts, params), row in zip(cases, run_lua(lua, lines)):
+        got = lua_cpu_result(row[1:])
+        want = py_cpu_result(py_cpu_price(_as_view(req), params, parts))
+        if got != want:
+            bad.append((req, parts, params, got, want))
+    return bad
+
+
+def test_lua_and_python_agree_on_cpu_prices_of_10000_generated_requests(lua51):
+    cases = generated_cases(PROPERTY_CASES, seed=20261201)
+    kinds = [py_cpu_result(py_cpu_price(_as_view(req), params, parts)) for req, parts, params in cases]
+    # every outcome is reached: priced (whole nodes, several CPUs, pinned or not) and each refusal
+    assert {k.get("reason") for k in kinds if k["status"] == "no"} == {"bad_request", "bad_time"}
+    assert sum(k["status"] == "ok" and k["cpus"] > 1 for k in kinds) > PROPERTY_CASES // 4
+    assert any(k.get("pin_time") for k in kinds) and any(k.get("pin_nodes") for k in kinds)
+    bad = cpu_disagreements(lua51, cases)
+    assert not bad, f"{len(bad)} of {PROPERTY_CASES} disagree; first: {bad[0]}"
+
+
 def test_lua_and_python_agree_on_10000_generated_requests(lua51):
     cases = generated_cases(PROPERTY_CASES, seed=20240522)
     kinds = [py_price_result(hook_price(_as_view(req), params, parts)) for req, parts, params in cases]
@@ -191,6 +241,8 @@ _small_desc = st.fixed_dictionaries({
     "ntasks_per_node": st.sampled_from(NUMS16), "sockets_per_node": st.sampled_from(NUMS16),
     "shared": st.sampled_from([None, 0, 1, 2, NO_VAL16]), "time_limit": st.sampled_from(TIMES),
     "partition": st.sampled_from(PARTITIONS), "array_inx": st.sampled_from(ARRAYS[:12] + BAD_ARRAYS[:4]),
+    "cpus_per_task": st.sampled_from(NUMS16), "pn_min_cpus": st.sampled_from(NUMS16),
+    "min_cpus": st.sampled_from(NUMS32), "cpus_per_tres": st.sampled_from([None, "gres:gpu:8", "gres/gpu:2,gres:gpu:3"]),
 })
 
 
@@ -201,6 +253,7 @@ def test_lua_and_python_agree_hypothesis(lua51, descs, seed):
     rng = random.Random(seed)
     cases = [(d, _partitions(rng), _params(rng)) for d in descs]
     assert disagreements(lua51, cases) == []
+    assert cpu_disagreements(lua51, cases) == []
 
 
 # --------------------------------------------------------------------------- unit tests
@@ -301,12 +354,15 @@ def test_rec_view_with_and_without_stash(lua51):
     )
     views = [dict(f.split("=", 1) for f in row[1:]) for row in rows]
     base = {"tres_per_node": "gres:gpu:2", "min_nodes": "2", "time_limit": "30", "partition": "gpu",
-            "tasks_in_array": "4"}
+            "tasks_in_array": "4", "min_cpus": "8"}  # the job's CPUs bound its CPU price from below
     assert views[0] == {**base, "num_tasks": "8"}
     assert views[1] == {**base, "num_tasks": "3", "sockets_per_node": "2", "shared": "0"}
     assert views[2] == base
     assert views[3] == {**base, "num_tasks": "8"}
     assert views[4] == {**base, "num_tasks": "5", "shared": "0"}
+    cpt = _run(lua51, [("cmd", "rec_view"), *rec, ("ac", "slurmgov:hold=1-2-ab12 slurmgov:req=3,-,2,0,4 note")])
+    assert dict(f.split("=", 1) for f in cpt[0][1:]) == {**base, "num_tasks": "3", "sockets_per_node": "2",
+                                                           "shared": "0", "cpus_per_task": "4"}  # the fifth: -c
     assert views[5] == {"time_limit": "unlimited", "tasks_in_array": "1"}
     assert views[6] == {"time_limit": "unlimited", "tasks_in_array": "1"}
 

@@ -229,6 +229,24 @@ def test_fake_inactive_hook_is_reported_and_probes_cancelled(hook_dir):
     assert cancel[1:] == [str(100 + i) for i in range(1, 11)]
 
 
+def test_a_site_with_cpu_budgets_is_told_to_say_so_in_the_hook_conf(hook_dir):
+    """Without a snapshot the hook cannot tell which accounts have CPU budgets: `hooks check`
+    says so where the snapshot has some and slurmgov_hook.conf lacks `cpu_budgets yes`."""
+    clock = FakeClock()
+    (hook_dir / hooks_check.SNAPSHOT).write_text(
+        f"slurmgov-snapshot\t1\nserial\t7\nwritten\t{int(clock.t)}\nmax_age_s\t600\n"
+        "account\tchem-ai\t1\ncpu_account\tchem-ai\t3600\nend\n")
+
+    def warned() -> list[str]:
+        rep = hooks_check.check(hook_dir, "chem-ai", "h100", FakeSlurm(), clock=clock, sleep=clock.sleep)
+        return [w for w in rep.warnings if "cpu_budgets yes" in w]
+
+    [w] = warned()
+    assert "gives 1 account(s) a CPU budget but slurmgov_hook.conf does not say `cpu_budgets yes`" in w
+    (hook_dir / "slurmgov_hook.conf").write_text("cpu_budgets yes\n")
+    assert warned() == []
+
+
 def test_fake_interrupt_still_cancels_what_was_submitted(hook_dir):
     fake = FakeSlurm(interrupt_at=4)
     with pytest.raises(hooks_check.Interrupted) as exc:
@@ -250,6 +268,9 @@ def test_hook_conf_is_read_as_the_hook_reads_it(tmp_path):
     assert conf.fail_policy == "open"
     [why] = conf.ignored
     assert "default_time_min 'soon' is not a whole number; the hook ignores it" in why
+    assert not conf.cpu_budgets
+    (tmp_path / "slurmgov_hook.conf").write_text("cpu_budgets yes  # this site budgets CPUs\n")
+    assert hooks_check.read_hook_conf(tmp_path).cpu_budgets
 
 
 def test_snapshot_header_fresh_stale_unreadable(tmp_path):
@@ -262,6 +283,9 @@ def test_snapshot_header_fresh_stale_unreadable(tmp_path):
     path.write_text(path.read_text().replace("end\n", ""))
     s = hooks_check.read_snapshot(path, now=1500)
     assert not s.readable and "no end line" in s.error
+    path.write_text("slurmgov-snapshot\t1\nserial\t7\nwritten\t1000\nmax_age_s\t600\n"
+                    "account\ta\t1\ncpu_account\ta\t3600\nend\n")
+    assert hooks_check.read_snapshot(path, now=1500).cpu_accounts == 1
 
 
 def test_unset_fields_are_left_out_of_the_table():

@@ -1364,3 +1364,25 @@ def test_an_actors_daily_limit_counts_its_grants_and_transfers_of_the_last_24_ho
     led.grant("chem", 50, actor="op", role="admin")  # as an admin: no daily limit
     assert led.balance("chem").budget_h == pytest.approx(10 + 8 + 6 - 3 + 1 + 5 + 50)
     assert led.balance("bio").budget_h == pytest.approx(13)
+
+
+def test_an_actors_changes_at_once_on_different_accounts_cannot_pass_its_daily_limit(led, db):
+    """Grants to different accounts lock different account rows (PostgreSQL), so nothing but the
+    actor's own turn-taking stops eight at once from each reading the same audit trail: 8 x 3
+    GPU-h against a 10 GPU-h daily limit lets exactly 3 through, on either backend."""
+    from slurmgov.errors import PermissionDenied
+
+    names = [f"acct{i}" for i in range(8)]
+    for name in names:
+        led.ensure_account(name, 1.0)
+    ledgers = [Ledger.open(db) for _ in names]  # opened first, so the grants start together
+    try:
+        out = _race(8, lambda i: ledgers[i].grant(names[i], 3, actor="op", role="operator", daily_limit_h=10))
+    finally:
+        for mine in ledgers:
+            mine.disconnect()
+    assert all(r is None or isinstance(r, PermissionDenied) for r in out), out
+    granted = [n for n, r in zip(names, out) if r is None]
+    assert len(granted) == 3, out
+    assert sorted(b.account for b in led.balances() if b.budget_h == 4.0) == sorted(granted)
+    assert sum(1 for r in led.audit() if r["actor"] == "op") == 3

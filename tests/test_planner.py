@@ -232,6 +232,50 @@ def test_multi_node_nvlink_domain_becomes_a_matching_or_constraint():
     assert a.constraint == "[nvlA|nvlB]" and "--constraint=[nvlA|nvlB]" in a.slurm_options("w", "x")
 
 
+BLOCKS = (
+    "site: nvl\ngpu_types: {gb200: {memory_gb: 186}}\n"
+    "nodes:\n  - {names: 'r[01-10]', gpus: 4, gpu_type: gb200}\n"
+    "nvlink_blocks: true\nSIZES"
+    "nvlink_domains:\n  - {name: nvlA, nodes: 'r[01-04]'}\n  - {name: nvlB, nodes: 'r[05-06]'}\n"
+    "partitions:\n  - {name: gpu, nodes: 'r[01-10]'}\n"
+)
+
+
+def test_on_a_topology_block_site_an_nvlink_domain_step_asks_for_one_segment():
+    """Slurm 23.11+ with topology/block: the domains are Slurm's blocks; the allocation asks
+    --segment=<its nodes> (one segment, which Slurm keeps inside one block), not node features."""
+    s = site_mod.parse(yamlfile.load_text(BLOCKS.replace("SIZES", ""), "nvl.yaml"))
+    p = planner.plan(wf("  - {id: tp8, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n"), s)
+    (a,) = p.allocations
+    opts = a.slurm_options("w", "x")
+    assert a.constraint is None and a.segment == 2 and "--segment=2" in opts and "--nodes=2" in opts
+    assert not any(o.startswith("--constraint") for o in opts)
+    # two steps at once: side by side inside the largest block (4 nodes), still one segment
+    p = planner.plan(wf("  - {id: a, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n"
+                        "  - {id: b, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n"), s)
+    (a,) = p.allocations
+    assert (a.nodes, a.segment) == (4, 4)
+    # other placements on the same site ask for no segment
+    p = planner.plan(wf("  - {id: any, run: x, resources: {gpus: 8, nodes: 2}}\n"), s)
+    assert all(x.segment is None and "--segment" not in " ".join(x.slurm_options("w", "x")) for x in p.allocations)
+
+
+def test_on_a_topology_block_site_a_step_larger_than_any_block_is_refused_before_anything_queues():
+    s = site_mod.parse(yamlfile.load_text(BLOCKS.replace("SIZES", ""), "nvl.yaml"))
+    with pytest.raises(InfeasibleError, match="needs 20 GPUs in one NVLink domain; the largest NVLink domain in "
+                                              "partition gpu has 16 gb200"):
+        planner.plan(wf("  - {id: big, run: x, within: nvlink-domain, resources: {gpus: 20, nodes: 5}}\n"), s)
+    # BlockSizes' base size bounds what Slurm keeps inside one block, though nvlA has 4 nodes
+    s = site_mod.parse(yamlfile.load_text(BLOCKS.replace("SIZES", "block_sizes: [2, 4]\n"), "nvl.yaml"))
+    assert s.topology.domain_gpus("gpu", "gb200") == 8
+    with pytest.raises(InfeasibleError, match="needs 12 GPUs in one NVLink domain; the largest NVLink domain in "
+                                              "partition gpu has 8 gb200"):
+        planner.plan(wf("  - {id: tp12, run: x, within: nvlink-domain, resources: {gpus: 12, nodes: 3}}\n"), s)
+    p = planner.plan(wf("  - {id: a, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n"
+                        "  - {id: b, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n"), s)
+    assert [(x.nodes, x.segment) for x in p.allocations] == [(2, 2)]  # one block's base at a time: they queue
+
+
 def test_plan_json_round_trips(root, demo):
     import json
 

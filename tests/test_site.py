@@ -70,6 +70,16 @@ SITE = site_text()
     (dict(extra="accounts: {PHYSICS: {budget_gpu_hours: 5}}\n"),
      "'PHYSICS': Slurm account names are lower case; write 'physics'"),
     (dict(partitions="  - {name: a, nodes: n1, default_time: forever}"), "partitions[a]: default_time: not a Slurm time limit"),
+    # topology/block: what slurmctld itself would refuse, said with the site file's line
+    (dict(extra="block_sizes: [2]\n"), "s.yaml:9: block_sizes: block sizes are for nvlink_blocks: true"),
+    (dict(extra="nvlink_blocks: true\n"), "s.yaml:9: nvlink_blocks: no nvlink_domains"),
+    (dict(extra="nvlink_blocks: true\nblock_sizes: [2, 2]\nnvlink_domains:\n  - {name: b1, nodes: 'n[1-2]'}\n"),
+     "block_sizes: [2, 2]: sizes in nodes, each larger than the one before"),
+    (dict(extra="nvlink_blocks: true\nblock_sizes: [0]\nnvlink_domains:\n  - {name: b1, nodes: 'n[1-2]'}\n"),
+     "block_sizes: [0]: sizes in nodes"),
+    (dict(extra="nvlink_blocks: true\nblock_sizes: [2]\nnvlink_domains:\n  - {name: b1, nodes: 'n[1-2]'}\n"
+                "  - {name: b2, nodes: n3}\n"),
+     "s.yaml:13: nvlink_domains[b2]: nodes: block b2 has 1 nodes, fewer than the base block size 2"),
 ])
 def test_bad_site_files(parts, fragment):
     with pytest.raises(InputError) as exc:

@@ -168,7 +168,87 @@ def test_topology_with_unknown_nodes_is_pruned(tmp_path):
     assert sum("not in slurm.conf" in w for w in warnings) == 3
 
 
+NVL_CONF = """
+    ClusterName=nvl
+    TopologyPlugin=topology/block
+    NodeName=r[01-06] Gres=gpu:gb200:4 CPUs=72 RealMemory=480000
+    PartitionName=gpu Nodes=r[01-06] Default=YES
+    """
+
+
+def test_topology_block_becomes_nvlink_domains_a_step_asks_with_segment(tmp_path):
+    """Slurm 23.11+ topology/block: BlockName lines are the site's NVLink domains, BlockSizes
+    its block_sizes; a step that must stay inside one asks --segment, not node features."""
+    from slurmgov.intent import jobspec, planner
+
+    write(tmp_path, "slurm.conf", NVL_CONF)
+    write(tmp_path, "topology.conf", """
+        BlockName=nvl1 Nodes=r[01-03]
+        BlockName=nvl2 Nodes=r[04-06],gone7
+        BlockSizes=2,4
+        """)
+    doc, warnings = import_site(tmp_path)
+    assert (doc["nvlink_blocks"], doc["block_sizes"]) == (True, [2, 4])
+    assert doc["nvlink_domains"] == [{"name": "nvl1", "nodes": "r[01-03]"}, {"name": "nvl2", "nodes": "r[04-06]"}]
+    assert any("block nvl2: node gone7 is not in slurm.conf" in w for w in warnings), warnings
+    assert not any("leaf-switch placement" in w for w in warnings)  # a block site has no tree to miss
+    site = Site.model_validate(doc)
+    w = jobspec.loads("workflow: w\naccount: a\nsteps:\n"
+                      "  - {id: tp, run: x, within: nvlink-domain, resources: {gpus: 8, nodes: 2}}\n", "w.yaml")
+    (a,) = planner.plan(w, site).allocations
+    assert "--segment=2" in a.slurm_options("w", "a") and a.constraint is None
+    # the same lines under topology/tree (or no TopologyPlugin): left out, and said so
+    write(tmp_path, "slurm.conf", NVL_CONF.replace("topology/block", "topology/tree"))
+    doc, warnings = import_site(tmp_path)
+    assert "nvlink_domains" not in doc and "nvlink_blocks" not in doc
+    assert sum("topology/block lines are not imported" in w for w in warnings) == 3
+
+
+def test_topology_yaml_is_read_instead_of_topology_conf(tmp_path):
+    """25.05+: topology.yaml, when present, is what Slurm reads: its block topology's blocks and
+    its tree topology's switches are imported, topology.conf is not."""
+    write(tmp_path, "slurm.conf", NVL_CONF.replace("TopologyPlugin=topology/block\n", ""))
+    write(tmp_path, "topology.conf", "SwitchName=old Nodes=r[01-06]\n")
+    write(tmp_path, "topology.yaml", """
+        - topology: nvl
+          cluster_default: false
+          block:
+            block_sizes: [2]
+            blocks:
+              - {block: b1, nodes: "r[01-02]"}
+              - {block: b2, nodes: "r[03-04]"}
+              - {block: b3, nodes: "r05"}
+        - topology: fabric
+          cluster_default: true
+          tree:
+            switches:
+              - {switch: leaf1, nodes: "r[01-03]"}
+              - {switch: leaf2, nodes: "r[04-06]"}
+              - {switch: spine, children: "leaf[1-2]"}
+        """)
+    doc, warnings = import_site(tmp_path)
+    assert doc["nvlink_domains"] == [{"name": "b1", "nodes": "r[01-02]"}, {"name": "b2", "nodes": "r[03-04]"}]
+    assert doc["block_sizes"] == [2] and doc["nvlink_blocks"] is True
+    assert doc["switches"] == [{"name": "leaf1", "nodes": "r[01-03]"}, {"name": "leaf2", "nodes": "r[04-06]"},
+                               {"name": "spine", "switches": "leaf[1-2]"}]
+    assert any("block b3 has 1 known nodes, fewer than the base block size 2; left out" in w for w in warnings)
+    assert any("topology.conf: not read: topology.yaml is there" in w for w in warnings)
+    Site.model_validate(doc)
+
+
 @pytest.mark.parametrize("files,where,fragment", [
+    ({"slurm.conf": "NodeName=n[1-2]\nTopologyPlugin=topology/block\n", "topology.conf": "BlockSizes=4,2\n"},
+     "topology.conf:1", "BlockSizes=4,2: sizes in nodes, each larger than the one before"),
+    ({"slurm.conf": "NodeName=n[1-2]\nTopologyPlugin=topology/block\n",
+      "topology.conf": "BlockName=b Nodes=n1\nBlockName=b Nodes=n2\n"}, "topology.conf:2", "block already defined"),
+    ({"slurm.conf": "NodeName=n[1-2]\n", "topology.yaml": "- topology: t\n  block:\n    block_sizes: [2, 1]\n"},
+     "topology.yaml:3", "block_sizes: sizes in nodes"),
+    ({"slurm.conf": "NodeName=n[1-2]\n", "topology.yaml": "- topology: t\n  block:\n    blocks:\n      - {nodes: n1}\n"},
+     "topology.yaml:4", "each block needs `block: NAME`"),
+    ({"slurm.conf": "NodeName=n[1-2]\n", "topology.yaml": "topology: t\n"}, "topology.yaml", "expected a list of topologies"),
+    ({"slurm.conf": "NodeName=n[1-2]\n", "topology.yaml": "- topology: t\n  tree: {switches: [{nodes: n1}]}\n"},
+     "topology.yaml:2", "each switch needs `switch: NAME`"),
+    ({"slurm.conf": "NodeName=n[1-2]\n", "topology.yaml": "- topology: [t\n"}, "topology.yaml:", "not valid YAML"),
     ({"slurm.conf": "ClusterName=c\nNodeName=n1 CPUs=four\n"}, "slurm.conf:2", "CPUs=four is not a whole number"),
     ({"slurm.conf": "NodeName=n1 CPUs=4 \\\n  RealMemory=1G0\n"}, "slurm.conf:1", "RealMemory=1G0"),
     ({"slurm.conf": "NodeName=n1\nPartitionName=p Nodes=n1 MaxTime=soon\n"}, "slurm.conf:2", "MaxTime=soon is not a Slurm time limit"),

@@ -9,7 +9,9 @@ A request that can never be placed is refused here, with the reason, before anyt
 
 Pure: no I/O. On Slurm 22.05 an NVLink domain is a node unless the site declares multi-node
 domains; those are requested with a matching-OR constraint (``--constraint=[nvl1|nvl2]``),
-which Slurm satisfies with nodes that all carry the same one of the features.
+which Slurm satisfies with nodes that all carry the same one of the features. A site whose
+Slurm runs topology/block (23.11 on, ``nvlink_blocks``) has its domains as Slurm's blocks: the
+allocation asks ``--segment=<its nodes>``, one segment, which Slurm keeps inside one block.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Allocation:
     end_s: int
     steps: list[str] = field(default_factory=list)
     constraint: str | None = None
+    segment: int | None = None  # topology/block: nodes Slurm keeps inside one block (--segment)
     cost_h: float = 0.0
     notes: list[str] = field(default_factory=list)
     queue_s: int = 0  # how long a step may wait for room (its peak needs more nodes than it gets)
@@ -112,6 +115,8 @@ class Allocation:
             opts.append(f"--switches=1@{SWITCH_WAIT}")
         if self.constraint:
             opts.append(f"--constraint={self.constraint}")
+        if self.segment:
+            opts.append(f"--segment={self.segment}")
         # what the job asked of the topology, so placement reports can tell whether it got it
         opts.append(f"--comment=slurmgov:wf={workflow},alloc={self.id},within={self.within}")
         return opts
@@ -477,8 +482,9 @@ def _size(key: tuple, window: list[PlannedStep], site: Site, partition, fitting:
             room, _ = topo.max_per_group(pname, gpu_type, gpn, "leaf-switch")
         elif within == "nvlink-domain":
             doms = topo.domains_with(pname, gpu_type, step_nodes, gpn)
-            room = max(len(topo.domains[d]) for d in doms)
-            constraint = "[" + "|".join(doms) + "]"
+            room = max(topo.domain_room(d) for d in doms)
+            if not site.nvlink_blocks:
+                constraint = "[" + "|".join(doms) + "]"
         else:
             room = len(topo.eligible(pname, gpu_type, gpn))
         at_once = max(1, room // step_nodes)  # steps the partition can place side by side
@@ -504,9 +510,10 @@ def _size(key: tuple, window: list[PlannedStep], site: Site, partition, fitting:
     node_mem = max(need_mem, min((topo.nodes[n].memory_mb for n in fit), default=0))
     if node_mem and mem > node_mem:  # steps sharing a node share its memory; ask for no more than it has
         mem = node_mem
+    segment = nodes if within == "nvlink-domain" and site.nvlink_blocks and key[0] != "single" else None
     a = Allocation(
         alloc_id, "gpu", pname, gpu_type, nodes, gpn, cpus, mem, time_s, within, weight, start, end, ids,
-        constraint=constraint, notes=notes, queue_s=queue_s,
+        constraint=constraint, segment=segment, notes=notes, queue_s=queue_s,
     )
     a.cost_h = gpu_hours(a.gpus, time_s, weight)
     return a

@@ -194,9 +194,15 @@ def run_tables(rep, balance, console: Console) -> None:
         )
 
 
-def balance_table(balances, console: Console, forecasts: dict | None = None, fmt: str = "table") -> None:
+def balance_table(balances, console: Console, forecasts: dict | None = None, fmt: str = "table",
+                  cpu: dict | None = None) -> None:
+    """``cpu``: account -> the Balance of its CPU budget, for the accounts that have one (their
+    columns come last, and only when some account has one: other sites' output is unchanged)."""
     t = Table(title="budgets")
-    for col in ("account", "period", "budget GPU-h", "charged", "held", "available", "used %", "burn/day", "runs out"):
+    cols = ["account", "period", "budget GPU-h", "charged", "held", "available", "used %", "burn/day", "runs out"]
+    if cpu:
+        cols += ["CPU budget CPU-h", "CPU held", "CPU available"]
+    for col in cols:
         t.add_column(col, justify="right" if col != "account" else "left")
     for b in balances:
         f = (forecasts or {}).get(b.account)
@@ -204,8 +210,13 @@ def balance_table(balances, console: Console, forecasts: dict | None = None, fmt
         style = "red" if f and f.alert else None
         budget = _h(b.budget_h) + (f" (+{_h(b.carried_h)} rolled over)" if b.carried_h else "")
         period = b.period + (f", expires {b.expires}" if b.expires else "")
+        extra = []
+        if cpu:
+            c = cpu.get(b.account)
+            extra = [_h(c.budget_h), _h(c.held_h), _h(c.available_h)] if c else ["-", "-", "-"]
         t.add_row(b.account, period, budget, _h(b.charged_h), _h(b.held_h), _h(b.available_h),
-                  f"{used:.1f}%", _h(f.burn_h_per_day) if f else "-", (f.runs_out or "-") if f else "-", style=style)
+                  f"{used:.1f}%", _h(f.burn_h_per_day) if f else "-", (f.runs_out or "-") if f else "-", *extra,
+                  style=style)
     show(t, console, fmt)
     for f in (forecasts or {}).values() if fmt == "table" else ():  # tsv is the table alone
         if f.runs_out and any(b.account == f.account for b in balances):

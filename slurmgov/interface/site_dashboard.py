@@ -1,7 +1,10 @@
 """`slurmgov dashboard`: the site-wide page (every account, recent workflows, waste, topology).
 
 A small tornado server (tornado comes with Dask) with two routes: ``/`` (the page) and
-``/state.json`` (what the page polls every few seconds). Everything is read from the ledger,
+``/state.json`` (what the page polls every few seconds). The page shows every account, so
+state.json answers only a request that carries the token this server was started with (a
+bearer token, given to the browser once in the address: ``/#token=...``): any local user can
+reach a port on 127.0.0.1, and the site's users may read only their own accounts. Everything is read from the ledger,
 the run records under ``$SLURMGOV_HOME/runs`` and the governor's placement log; nothing here
 writes anywhere. Budgets, runs and waste come from `views`, the functions `slurmgov api` serves
 (/api/v1/budgets, /api/v1/runs), so the page and the API never disagree.
@@ -9,7 +12,9 @@ writes anywhere. Budgets, runs and waste come from `views`, the functions `slurm
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import time
 from datetime import datetime, timezone
 from importlib import resources
@@ -85,19 +90,26 @@ def site_state(site, ledger, home: Path, now: float | None = None) -> dict:
 class _Page(web.RequestHandler):
     def get(self):
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.write(resources.files("slurmgov.interface").joinpath("site_dashboard.html").read_text())
+        page = resources.files("slurmgov.interface").joinpath("site_dashboard.html").read_text()
+        self.write(page.replace("<body>", '<body data-src="state.json" data-auth="bearer">', 1))  # no data in it
 
 
 class _State(web.RequestHandler):
     CACHE_S = 2.0  # many open pages cost the ledger one read every CACHE_S, not one each
     _cache: dict = {}
 
-    def initialize(self, site, ledger, home):
+    def initialize(self, site, ledger, home, token):
         self.args = (site, ledger, home)
+        self.token = token
 
     def get(self):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+        given = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            self.set_status(401)
+            self.write(json.dumps({"error": "this page needs the token `slurmgov dashboard` printed (its address: /#token=...)"}))
+            return
         at, text = self._cache.get("state", (0.0, ""))
         if time.time() - at > self.CACHE_S:
             try:
@@ -110,12 +122,15 @@ class _State(web.RequestHandler):
 
 
 def serve(site, ledger, home: Path, host: str, port: int, ready=None) -> None:
-    """Serve until interrupted; ``ready(url)`` is called once the socket listens."""
-    app = web.Application([(r"/", _Page), (r"/state\.json", _State, {"site": site, "ledger": ledger, "home": home})])
+    """Serve until interrupted; ``ready(url)`` is called once the socket listens, with the
+    address that carries this server's token (a new one each start)."""
+    token = secrets.token_urlsafe(32)
+    app = web.Application([(r"/", _Page), (r"/state\.json", _State,
+                                          {"site": site, "ledger": ledger, "home": home, "token": token})])
     sockets = bind_sockets(port, host)
     server = HTTPServer(app)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()
     if ready:
-        ready(f"http://{host if ':' not in host else '[' + host + ']'}:{bound[1]}/")
+        ready(f"http://{host if ':' not in host else '[' + host + ']'}:{bound[1]}/#token={token}")
     IOLoop.current().start()

@@ -15,6 +15,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from slurmgov.intent import run_records
+from slurmgov.ledger.cpu import is_cpu_account
 from slurmgov.ledger.store import Ledger, per_1k_tokens
 from slurmgov.policy.forecast import forecasts
 
@@ -31,7 +32,7 @@ def budgets(ledger: Ledger, accounts: Collection[str] | None = None, now: float 
     """Each account's budget this period: budget, charged, held, available and used share, with
     its forecast (burn per day, run-out date, alert), as `slurmgov budget show --json` has them."""
     now = time.time() if now is None else now
-    balances = [b for b in ledger.balances(now) if _seen(b.account, accounts)]
+    balances = [b for b in ledger.balances(now) if _seen(b.account, accounts) and not is_cpu_account(b.account)]
     fc = {f.account: f for f in forecasts(ledger, now, balances=balances)}
     out = []
     for b in balances:

@@ -54,6 +54,7 @@ from slurmgov.errors import (
 )
 from slurmgov.ledger import rules as R
 from slurmgov.ledger import schema as S
+from slurmgov.ledger.cpu import is_cpu_account
 from slurmgov.ledger.rules import (  # the rules, written once (rules.py); re-exported where callers use them
     CLOSED_STATES,
     MAX_GPU_HOURS,
@@ -939,6 +940,14 @@ class Ledger:
     def balance(self, account: str, now=None) -> Balance:
         ts = _epoch(now, "now")
         return self._read(lambda: self._balance(account, ts))
+
+    def account_names(self) -> list[str]:
+        """Every account the ledger has a budget for, sorted (GPU accounts and ``cpu:`` ones)."""
+        return self._read(lambda: [a for (a,) in self._x(S.ACCOUNT_NAMES).fetchall()])
+
+    def gpu_balances(self, now=None) -> list[Balance]:
+        """balances() of the GPU budgets alone: without the CPU budgets' accounts (ledger/cpu.py)."""
+        return [b for b in self.balances(now) if not is_cpu_account(b.account)]
 
     def balances(self, now=None) -> list[Balance]:
         ts = _epoch(now, "now")

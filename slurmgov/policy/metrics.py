@@ -49,7 +49,8 @@ class GovernorMetrics:
         if snapshot_written is not None:
             self.snapshot_age.set(max(0.0, now - snapshot_written))
         alerts = []
-        balances = {b.account: b for b in ledger.balances(now=now)}
+        # GPU budgets (a CPU budget, ledger account cpu:<account>, is no GPU account)
+        balances = {b.account: b for b in ledger.gpu_balances(now=now)}
         for f in forecasts(ledger, now, balances=list(balances.values())):
             b = balances[f.account]
             for gauge, value in ((self.budget, b.budget_h), (self.charged, b.charged_h), (self.held, b.held_h),

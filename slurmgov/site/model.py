@@ -112,6 +112,9 @@ class Partition(Strict):
     default: bool = False
     default_time_s: int = Field(3600, alias="default_time")
     max_time_s: int | None = Field(None, alias="max_time")
+    # price weight per CPU-hour of this partition's CPUs, for accounts with a CPU budget (as
+    # Slurm's TRESBillingWeights are per partition: the hook knows the partitions, not the nodes)
+    cpu_weight: float = Field(1.0, ge=0, le=1e6)
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @field_validator("default_time_s", "max_time_s", mode="before")
@@ -122,6 +125,8 @@ class Partition(Strict):
 
 class Account(Strict):
     budget_gpu_hours: float = Field(ge=0, le=1e12)
+    # optional budget of weighted CPU-hours per period (absent: this account's CPUs are not budgeted)
+    budget_cpu_hours: float | None = Field(None, ge=0, le=1e12)
     period: Literal["monthly", "quarterly", "none"] = "monthly"
     # last period's unused budget carries over, up to this share of the budget (0: none)
     rollover_pct: int = Field(0, ge=0, le=100)
@@ -194,6 +199,12 @@ class Site(Strict):
     gpu_types: dict[str, GpuType] = Field(default_factory=dict)
     nodes: tuple[NodeGroup, ...] = Field(min_length=1)
     nvlink_domains: tuple[Domain, ...] = ()
+    # Slurm's topology/block (23.11 on): the nvlink_domains are Slurm's blocks (topology.conf's
+    # BlockName lines), and a step that must stay inside one asks Slurm with --segment instead of
+    # node features. block_sizes: Slurm's BlockSizes; the first, the base block size, is the most
+    # nodes Slurm keeps inside one block (a block may have more).
+    nvlink_blocks: bool = False
+    block_sizes: tuple[int, ...] = ()
     switches: tuple[Switch, ...] = ()
     partitions: tuple[Partition, ...] = ()  # at least one: checked in _consistent, to say so plainly
     accounts: dict[str, Account] = Field(default_factory=dict)
@@ -237,8 +248,24 @@ class Site(Strict):
                       f"more than one partition is marked default ({self.partitions[defaults[0]].name} already is)")
         for i, p in enumerate(self.partitions):
             _check_times(i, p)
+        self._check_blocks()
         _ = self.topology  # builds and cross-checks names; raises _At
         return self
+
+    def _check_blocks(self) -> None:
+        """What Slurm's topology/block insists on, said here with the site file's line."""
+        if self.block_sizes and not self.nvlink_blocks:
+            raise _At(("block_sizes",), "block sizes are for nvlink_blocks: true (Slurm's topology/block)")
+        if self.nvlink_blocks and not self.nvlink_domains:
+            raise _At(("nvlink_blocks",), "no nvlink_domains: list Slurm's blocks there (topology.conf BlockName lines)")
+        for i, size in enumerate(self.block_sizes):
+            if size < 1 or (i and size <= self.block_sizes[i - 1]):
+                raise _At(("block_sizes",), f"{list(self.block_sizes)}: sizes in nodes, each larger than the one before")
+        if self.block_sizes:
+            for i, d in enumerate(self.nvlink_domains):
+                if len(_expand(d.nodes)) < self.block_sizes[0]:  # slurmctld will not start with such a block
+                    raise _At(("nvlink_domains", i, "nodes"), f"block {d.name} has {len(_expand(d.nodes))} nodes, "
+                              f"fewer than the base block size {self.block_sizes[0]} (block_sizes)")
 
     @cached_property
     def topology(self) -> Topology:
@@ -253,7 +280,8 @@ class Site(Strict):
         uppers = {s.name: _expand(s.switches) for s in self.switches if s.switches}
         parts = {p.name: _expand(p.nodes) for p in self.partitions}
         try:
-            return Topology(nodes, domains, leaves, uppers, parts)
+            cap = self.block_sizes[0] if self.nvlink_blocks and self.block_sizes else None
+            return Topology(nodes, domains, leaves, uppers, parts, domain_cap=cap)
         except TopologyError as exc:
             index = next(i for i, e in enumerate(getattr(self, exc.kind)) if e.name == exc.name)
             raise _At((exc.kind, index, exc.field), exc.msg) from None

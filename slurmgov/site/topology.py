@@ -30,8 +30,11 @@ class Node:
 
 
 class Topology:
-    def __init__(self, nodes, domains, leaves, uppers, partitions):
+    def __init__(self, nodes, domains, leaves, uppers, partitions, domain_cap: int | None = None):
         self.nodes: dict[str, Node] = {n: Node(n, *v) for n, v in nodes.items()}
+        # the most nodes one job keeps inside one domain (Slurm's base block size on a
+        # topology/block site, where a block may have more nodes than that); None: all of them
+        self.domain_cap = domain_cap
         self.partitions: dict[str, list[str]] = partitions
         self.leaves: dict[str, list[str]] = leaves
         self.uppers: dict[str, list[str]] = uppers
@@ -107,18 +110,24 @@ class Topology:
         """GPUs in the largest NVLink domain (of the type) within the partition."""
         best = 0
         for _name, members in self.domains.items():
-            total = sum(
+            gpus = sorted((
                 self.nodes[n].gpus
                 for n in members
                 if n in self.partitions.get(partition, ()) and (gpu_type is None or self.nodes[n].gpu_type == gpu_type)
-            )
-            best = max(best, total)
+            ), reverse=True)
+            best = max(best, sum(gpus[:self.domain_cap]))
         return best
+
+    def domain_room(self, domain: str) -> int:
+        """How many of the domain's nodes one job can have inside it."""
+        members = len(self.domains[domain])
+        return members if self.domain_cap is None else min(members, self.domain_cap)
 
     def domains_with(self, partition: str, gpu_type: str | None, nodes: int, gpus_per_node: int) -> list[str]:
         """Multi-node NVLink domains with at least ``nodes`` eligible nodes."""
         elig = set(self.eligible(partition, gpu_type, gpus_per_node))
-        return sorted(d for d, m in self.domains.items() if len(m) > 1 and sum(n in elig for n in m) >= nodes)
+        return sorted(d for d, m in self.domains.items()
+                      if len(m) > 1 and sum(n in elig for n in m) >= nodes and self.domain_room(d) >= nodes)
 
     @cache
     def node_gpus(self, partition: str, gpu_type: str | None) -> int:

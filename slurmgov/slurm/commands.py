@@ -62,6 +62,7 @@ class Job:
     elapsed: int
     array_job_id: str | None = None
     user: str | None = None  # whose job it is (sacct's user name)
+    cpus: int = 0  # allocated (sacct's AllocCPUS: the cpu count of its allocated TRES)
 
     @property
     def final(self) -> bool:
@@ -166,6 +167,11 @@ def _gpus(tres: list) -> int:
     return sum(int(t.get("count") or 0) for t in tres or () if t.get("type") == "gres" and t.get("name") == "gpu")
 
 
+def _cpus(tres: list) -> int:
+    """AllocCPUS, as sacct --json gives it: the ``cpu`` entry of the allocated TRES."""
+    return sum(int(t.get("count") or 0) for t in tres or () if t.get("type") == "cpu")
+
+
 def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
     """Jobs of every user that ended or ran since ``since`` (sacct's -S syntax), or just the
     jobs ``job_ids`` (whenever they ran: sacct's -j reaches back to the epoch)."""
@@ -178,7 +184,8 @@ def sacct_jobs(since: str = "now-2days", env=None, job_ids=None) -> list[Job]:
         out.append(Job(str(j["job_id"]), j.get("account") or "", state, _token(j.get("comment")),
                        _gpus(j.get("tres", {}).get("allocated")), int(t.get("start") or 0),
                        int(t.get("end") or 0), int(t.get("elapsed") or 0),
-                       _id(_num((j.get("array") or {}).get("job_id"))), j.get("user") or None))
+                       _id(_num((j.get("array") or {}).get("job_id"))), j.get("user") or None,
+                       _cpus(j.get("tres", {}).get("allocated"))))
     return out
 
 

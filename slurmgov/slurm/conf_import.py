@@ -1,14 +1,16 @@
 """Import a site description from a Slurm configuration directory.
 
 ``import_site(conf_dir)`` reads ``slurm.conf`` (nodes, partitions, ``Include`` files),
-``topology.conf`` (the switch tree, optional) and ``gres.conf`` (optional; only to cross-check
-GPU types and counts) and returns ``(doc, warnings)``: ``doc`` is a plain dict that
+``topology.conf`` (the switch tree and, where slurm.conf says ``TopologyPlugin=topology/block``,
+the blocks; optional), ``topology.yaml`` (25.05 on: read instead of topology.conf, as Slurm
+does) and ``gres.conf`` (optional; only to cross-check GPU types and counts) and returns ``(doc, warnings)``: ``doc`` is a plain dict that
 ``Site.model_validate`` accepts (no accounts, executor slurm), ``warnings`` a list of
 one-line strings about what was guessed or left out.  ``to_yaml(doc, warnings)`` writes it
 as a site file with a header saying where it came from.
 
-What Slurm 22.05 cannot say is left to the site file: accounts and budgets, price weights
-(every GPU type gets 1.0), multi-node NVLink domains (every GPU node is its own domain), and
+What Slurm cannot say is left to the site file: accounts and budgets, price weights
+(every GPU type gets 1.0), multi-node NVLink domains where the site does not run topology/block
+(every GPU node is its own domain; Slurm's blocks become ``nvlink_domains``), and
 GPU memory (a small table of known types; others get ``gpu_memory_gb`` or 80 GB, with a
 warning).  Nodes with the same GPUs, CPUs, memory and features become one ``nodes`` entry
 with a collapsed hostlist.
@@ -459,7 +461,40 @@ def _check_gres(lines: list[Line], nodes: dict[str, _Node], warnings: list[str])
 
 
 # ------------------------------------------------------------------------- topology.conf
-def _parse_topology(lines: list[Line], nodes: dict[str, _Node], warnings: list[str]) -> list[dict]:
+@dataclass
+class _Blocks:
+    """topology/block's blocks (23.11 on): each block's known nodes, and BlockSizes."""
+
+    blocks: dict[str, list[str]] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+
+
+def _parse_block(line: Line, key: str, value: str, nodes: dict[str, _Node], out: _Blocks,
+                 warnings: list[str]) -> None:
+    if key == "blocksizes":
+        sizes = [_int(v.strip(), line, "BlockSizes", "BlockSizes") for v in value.split(",")]
+        if not sizes or any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            raise line.fail(f"BlockSizes={value}: sizes in nodes, each larger than the one before")
+        out.sizes = sizes
+        return
+    what = f"BlockName={value}"
+    if not NAME.match(value):
+        raise line.fail(f"{what}: slurmgov block names match {NAME.pattern}")
+    if value in out.blocks:
+        raise line.fail(f"{what}: block already defined")
+    members = []
+    for n in _expand(line.get("nodes") or "", line, what) if line.get("nodes") else []:
+        if n in nodes:
+            members.append(n)
+        else:
+            warnings.append(f"{line.where}: block {value}: node {n} is not in slurm.conf; left out")
+    out.blocks[value] = members
+
+
+def _parse_topology(lines: list[Line], nodes: dict[str, _Node], warnings: list[str],
+                    blocks: _Blocks | None = None) -> list[dict]:
+    """The switches of topology.conf; with ``blocks`` (slurm.conf says topology/block), its
+    BlockName and BlockSizes lines go there, else they are left out with a warning."""
     leaves: dict[str, list[str]] = {}
     uppers: dict[str, list[str]] = {}
     where: dict[str, Line] = {}
@@ -467,8 +502,12 @@ def _parse_topology(lines: list[Line], nodes: dict[str, _Node], warnings: list[s
     for line in lines:
         key, value = line.first()
         if key != "switchname":
-            if key == "blockname":
-                warnings.append(f"{line.where}: topology/block lines are not imported")
+            if key in ("blockname", "blocksizes"):
+                if blocks is None:
+                    warnings.append(f"{line.where}: topology/block lines are not imported: slurm.conf "
+                                    f"does not say TopologyPlugin=topology/block")
+                else:
+                    _parse_block(line, key, value, nodes, blocks, warnings)
                 continue
             raise line.fail(f"expected SwitchName=... (got {line.raw_keys[0]}=)")
         what = f"SwitchName={value}"
@@ -556,8 +595,17 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
     if untyped:
         warnings.append(f"nodes {_collect(untyped)} have untyped GPUs (Gres=gpu:N, no gres.conf Type); gpu_type {UNTYPED_GPU!r}")
     partitions = _parse_partitions(lines, nodes, warnings)
-    topo_conf = conf_dir / "topology.conf"
-    switches = _parse_topology(_read_conf(topo_conf, conf_dir), nodes, warnings) if topo_conf.exists() else []
+    topo_conf, topo_yaml = conf_dir / "topology.conf", conf_dir / "topology.yaml"
+    plugin = next((ln.first()[1].lower() for ln in reversed(lines) if ln.first()[0] == "topologyplugin"), None)
+    blocks = _Blocks() if plugin == "topology/block" else None
+    if topo_yaml.exists():  # 25.05 on: Slurm reads it and ignores topology.conf
+        blocks = _Blocks()
+        switches = _parse_topology_yaml(topo_yaml, nodes, warnings, blocks)
+        if topo_conf.exists():
+            warnings.append(f"{topo_conf}: not read: topology.yaml is there, and Slurm reads that instead")
+        topo_conf = topo_yaml
+    else:
+        switches = _parse_topology(_read_conf(topo_conf, conf_dir), nodes, warnings, blocks) if topo_conf.exists() else []
 
     cluster = None
     for line in lines:
@@ -598,9 +646,11 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
         "gpu_types": gpu_types,
         "nodes": node_docs,
     }
+    if blocks is not None and blocks.blocks:
+        _block_doc(doc, blocks, topo_conf, warnings)
     if switches:
         doc["switches"] = switches
-    else:
+    elif not doc.get("nvlink_blocks"):
         warnings.append("no topology.conf switches: leaf-switch placement cannot be planned")
     if not partitions:  # a site file needs one; name it so that nobody mistakes it for a Slurm partition
         partitions = [{"name": NO_PARTITION, "nodes": _collect(nodes)}]
@@ -609,6 +659,102 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
     doc["partitions"] = partitions
     doc["accounts"] = {}
     return doc, warnings
+
+
+def _block_doc(doc: dict, blocks: _Blocks, where: Path, warnings: list[str]) -> None:
+    """Slurm's blocks as the site's NVLink domains (``nvlink_blocks``): what a step that must stay
+    inside one asks with --segment. A block with fewer known nodes than the base size is left out."""
+    base = blocks.sizes[0] if blocks.sizes else 1
+    domains = []
+    for name, members in blocks.blocks.items():
+        if len(members) < base:
+            warnings.append(f"{where}: block {name} has {len(members)} known nodes, fewer than the base block size "
+                            f"{base}; left out")
+            continue
+        domains.append({"name": name, "nodes": _collect(members)})
+    if not domains:
+        warnings.append(f"{where}: no block with known nodes: NVLink domains cannot be planned")
+        return
+    doc["nvlink_blocks"] = True
+    if blocks.sizes:
+        doc["block_sizes"] = list(blocks.sizes)
+    doc["nvlink_domains"] = domains
+
+
+def _parse_topology_yaml(path: Path, nodes: dict[str, _Node], warnings: list[str], blocks: _Blocks) -> list[dict]:
+    """topology.yaml (25.05 on): its block topologies' blocks go to ``blocks``; the switches of
+    its first tree topology are returned as topology.conf's would be. Several topologies of one
+    kind (partitions choose theirs with Topology=) are merged for blocks; only the first tree is read."""
+    from slurmgov.site import yamlfile
+
+    doc = yamlfile.load(path)
+
+    def fail(loc: tuple, msg: str) -> InputError:
+        return InputError(f"{doc.where(loc)}: {msg}")
+
+    if not isinstance(doc.data, list):
+        raise fail((), "expected a list of topologies (- topology: NAME)")
+    switches: list[dict] = []
+    for i, topo in enumerate(doc.data):
+        if not isinstance(topo, dict) or not isinstance(topo.get("topology"), str):
+            raise fail((i,), "each entry needs `topology: NAME`")
+        tname = topo["topology"]
+        if "block" in topo:
+            spec = topo["block"]
+            if not isinstance(spec, dict) or not isinstance(spec.get("blocks", []), list):
+                raise fail((i, "block"), f"topology {tname}: block: expected block_sizes and a list of blocks")
+            sizes = spec.get("block_sizes")
+            if sizes is not None:
+                if (not isinstance(sizes, list) or not sizes or not all(type(x) is int and x > 0 for x in sizes)
+                        or any(b <= a for a, b in zip(sizes, sizes[1:]))):
+                    raise fail((i, "block", "block_sizes"), f"topology {tname}: block_sizes: sizes in nodes, "
+                                                            "each larger than the one before")
+                if blocks.sizes and blocks.sizes != sizes:
+                    warnings.append(f"{doc.where((i, 'block', 'block_sizes'))}: topology {tname}: block_sizes "
+                                    f"{sizes} differ from an earlier topology's {blocks.sizes}; the first kept")
+                blocks.sizes = blocks.sizes or list(sizes)
+            for j, b in enumerate(spec.get("blocks", [])):
+                loc = (i, "block", "blocks", j)
+                if not isinstance(b, dict) or not isinstance(b.get("block"), str) or not NAME.match(b["block"]):
+                    raise fail(loc, f"topology {tname}: each block needs `block: NAME` ({NAME.pattern})")
+                if b["block"] in blocks.blocks:
+                    raise fail(loc, f"topology {tname}: block {b['block']} already defined")
+                members = []
+                try:
+                    listed = hostlist.expand_hostlist(str(b.get("nodes") or ""))
+                except hostlist.BadHostlist as exc:
+                    raise fail(loc, f"block {b['block']}: nodes: bad hostlist: {exc}") from None
+                for n in listed:
+                    if n in nodes:
+                        members.append(n)
+                    else:
+                        warnings.append(f"{doc.where(loc)}: block {b['block']}: node {n} is not in slurm.conf; left out")
+                blocks.blocks[b["block"]] = members
+        elif "tree" in topo:
+            if switches:
+                warnings.append(f"{doc.where((i,))}: topology {tname}: a second tree topology; not imported")
+                continue
+            switches = _tree_from_yaml(doc, i, topo, nodes, warnings)
+    return switches
+
+
+def _tree_from_yaml(doc, i: int, topo: dict, nodes: dict[str, _Node], warnings: list[str]) -> list[dict]:
+    """A tree topology of topology.yaml, read through topology.conf's own checks."""
+    spec = topo["tree"]
+    if not isinstance(spec, dict) or not isinstance(spec.get("switches"), list):
+        raise InputError(f"{doc.where((i, 'tree'))}: topology {topo['topology']}: tree: expected a list of switches")
+    lines = []
+    for j, sw in enumerate(spec["switches"]):
+        if not isinstance(sw, dict) or not isinstance(sw.get("switch"), str):
+            raise InputError(f"{doc.where((i, 'tree', 'switches', j))}: each switch needs `switch: NAME`")
+        pairs = [("switchname", sw["switch"])]
+        raw = ["switch"]
+        for key in ("nodes", "children"):
+            if sw.get(key) is not None:
+                pairs.append(("nodes" if key == "nodes" else "switches", str(sw[key])))
+                raw.append(key)
+        lines.append(Line(Path(doc.path), doc.line((i, "tree", "switches", j)) or 0, pairs, raw))
+    return _parse_topology(lines, nodes, warnings)
 
 
 def to_yaml(doc: dict, warnings: Sequence[str] = ()) -> str:

@@ -15,6 +15,7 @@ own, between the batches before and after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import grp
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from slurmgov.errors import InputError, LedgerError, LedgerUnavailable, SlurmgovError
 from slurmgov.ledger import rules
+from slurmgov.ledger.cpu import PREFIX as CPU_PREFIX
+from slurmgov.ledger.cpu import cpu_account, cpu_token, is_cpu_account, of_cpu_account
 from slurmgov.ledger.store import HoldRow, Ledger
 from slurmgov.site.model import NAME, Site
 from slurmgov.site.shared import shared_path
@@ -73,8 +76,9 @@ def settle_token(event: journal.Settle) -> str:
 
 
 def base_token(key: str) -> str:
-    """The job's token of a hold key: a rerun hold (``<token>@rerun<n>``) belongs to its job."""
-    return key[len("slurm:"):].split("@")[0]
+    """The job's token of a hold key: a rerun hold (``<token>@rerun<n>``) and a CPU hold
+    (``cpu:<token>``, ledger/cpu.py) belong to its job."""
+    return key[len("slurm:"):].split("@")[0].removeprefix(CPU_PREFIX)
 
 
 def rerun_key(token: str, job_id: str, n: int, array: bool) -> str:
@@ -117,9 +121,28 @@ def mixed_weight(gpu_type: str | None, cost_gpu_s: float, gpus: float, minutes: 
 
 def _usage_hold(site: Site, token: str, account: str, gpu_seconds: float, ts: float, user: str | None = None) -> tuple:
     """A hold (Bulk.admit_many's row) of what a job without one used: priced at the dearest
-    weight, as the charge of an untyped job is. ``user``: whose job it was, where known (sacct)."""
+    weight, as the charge of an untyped job is. ``user``: whose job it was, where known (sacct).
+    In a CPU account (``cpu:<account>``): CPU-seconds at the dearest partition's CPU weight."""
+    if is_cpu_account(account):
+        w = max_cpu_weight(site)
+        return (hold_key(token), account, "sbatch", {"job": gpu_seconds * w / 3600}, user, f"{token};-;1;{w!r}", ts)
     return (hold_key(token), account, "sbatch", {"job": gpu_seconds * site.weight(None) / 3600}, user,
             f"{token};-;1", ts)
+
+
+def max_cpu_weight(site: Site) -> float:
+    """The dearest weight per CPU-hour (a job whose partition is not known is charged at it)."""
+    return max((p.cpu_weight for p in site.partitions), default=1.0)
+
+
+def priced_weight(account: str, gpu_type: str | None, cost_s: float, units: float, minutes: float,
+                  tasks: int) -> float | None:
+    """The weight a hold keeps in its memo: a CPU hold's always (its partition's, which its settle
+    line does not name: cost over CPU-seconds), a GPU hold's where it mixes types (mixed_weight)."""
+    if is_cpu_account(account):
+        unit = units * minutes * 60 * tasks
+        return cost_s / unit if unit > 0 else None
+    return mixed_weight(gpu_type, cost_s, units, minutes, tasks)
 
 
 def _tasks(event: journal.Admit, site: Site) -> int:
@@ -138,7 +161,8 @@ def _tasks(event: journal.Admit, site: Site) -> int:
 def _admit_memo(event: journal.Admit, site: Site) -> str:
     tasks = _tasks(event, site)
     return hold_memo(event.token, event.gpu_type, tasks,
-                     mixed_weight(event.gpu_type, event.cost_gpu_s, event.gpus, event.time_limit_min, tasks))
+                     priced_weight(event.account, event.gpu_type, event.cost_gpu_s, event.gpus, event.time_limit_min,
+                                   tasks))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -243,8 +267,8 @@ def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
     # the settle line has neither type nor array size: the hold keeps the latest type and the most tasks
     tasks = max(event.tasks, run_tasks(h.run_id) if h else 1)
     run_id = hold_memo(event.key, event.gpu_type, tasks,
-                       mixed_weight(event.gpu_type, event.new_cost_gpu_s, event.gpus, event.time_limit_min,
-                                    event.tasks))
+                       priced_weight(event.account, event.gpu_type, event.new_cost_gpu_s, event.gpus,
+                                     event.time_limit_min, event.tasks))
     create = {"workflow": "sbatch", "shares": {"job": event.new_cost_gpu_s / 3600}, "user": user_name(event.user),
               "run_id": run_id, "now": event.ts}
     ledger.reprice(key, event.mod_id, event.account, (event.new_cost_gpu_s - event.old_cost_gpu_s) / 3600,
@@ -253,9 +277,10 @@ def apply_modify(ledger: Ledger, site: Site, event: journal.Modify) -> None:
 
 
 def _override_reason(event: journal.Modify) -> str:
+    unit = "CPU-h" if is_cpu_account(event.account) else "GPU-h"
     return (f"job {event.job_id} (owner uid {event.user}) changed by uid {event.modify_uid} past the budget: "
-            f"{event.old_cost_gpu_s / 3600:.2f} GPU-h on {event.old_account} -> "
-            f"{event.new_cost_gpu_s / 3600:.2f} GPU-h on {event.account} (hold {event.key}, change {event.mod_id})")
+            f"{event.old_cost_gpu_s / 3600:.2f} {unit} on {event.old_account} -> "
+            f"{event.new_cost_gpu_s / 3600:.2f} {unit} on {event.account} (hold {event.key}, change {event.mod_id})")
 
 
 # requeue_echo: `scontrol requeue` of a job that already ended makes jobcomp write that run again,
@@ -332,6 +357,7 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
     unbilled: dict[str, set[str]] = {}  # account without a budget -> its jobs without a hold, unbilled
     chunk: list = []
     final: dict[str, bool] = {}  # state -> Job.final; a few states, a million rows
+    cpu_budgeted = {of_cpu_account(a) for a in ledger.account_names() if is_cpu_account(a)}
     for job in jobs:
         if job.token:
             seen.add(job.token)
@@ -341,9 +367,11 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
             f = final[job.state] = job.final
         if f and (job.token or job.gpus):
             chunk.append(job)
-            if len(chunk) >= RECONCILE_CHUNK:
-                _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
-                chunk = []
+        if f and job.cpus and job.account in cpu_budgeted:
+            chunk.append(cpu_job(job))  # its CPUs, on its account's CPU budget, by the same rules
+        if len(chunk) >= RECONCILE_CHUNK:
+            _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
+            chunk = []
     if chunk:
         _reconcile_chunk(ledger, site, chunk, now, drift, unbilled)
     drift.extend(f"account {a} has no budget in the ledger: {len(ids)} GPU job(s) without a hold left unbilled"
@@ -396,15 +424,19 @@ def price_params(site: Site) -> PriceParams:
     """What the snapshot tells the hook to price with (write_snapshot), and what the governor prices with."""
     nodes = site.topology.nodes
     per_part = {}
+    per_part_cpus = {}
+    cpu_weight = {p.name: p.cpu_weight for p in site.partitions}
     for name, members in site.topology.partitions.items():
         mine = [nodes[n] for n in members if n in nodes]
         types = {n.gpu_type for n in mine if n.gpus}
         per_part[name] = (max((n.gpus for n in mine), default=0), types.pop() if len(types) == 1 else None)
+        per_part_cpus[name] = (max((n.cpus for n in mine), default=0), cpu_weight.get(name, 1.0))
     return PriceParams(
         weights={t: g.weight for t, g in site.gpu_types.items()}, default_weight=site.weight(None),
         default_time_min=site.partition(None).default_time_s // 60,
         max_gpus_per_node=max((n.gpus for n in nodes.values()), default=0),
-        total_gpus=sum(n.gpus for n in nodes.values()), partition_gpus=per_part)
+        total_gpus=sum(n.gpus for n in nodes.values()), partition_gpus=per_part,
+        partition_cpus=per_part_cpus, max_cpus_per_node=max((n.cpus for n in nodes.values()), default=0))
 
 
 def site_partitions(site: Site) -> list[HookPartition]:
@@ -489,6 +521,14 @@ def release_ended(ledger: Ledger, jobs: list, seen: set[str], queued: list[Queue
             drift.append(f"hold {key[len('slurm:'):]}: no such job in Slurm after {grace_s:g} s; released")
     ledger.close_holds(closing)
     return drift
+
+
+def cpu_job(job: Job) -> Job:
+    """A sacct row's CPUs as a row of the CPU budget's ledger account (ledger/cpu.py): the same
+    charge key and hold the settle line's CPU event has (job id ``cpu:<id>``, token ``cpu:<token>``)."""
+    return dataclasses.replace(job, job_id=cpu_token(job.job_id), account=cpu_account(job.account),
+                               token=cpu_token(job.token) if job.token else None, gpus=job.cpus, cpus=0,
+                               array_job_id=cpu_token(job.array_job_id) if job.array_job_id else None)
 
 
 def sacct_settle(job) -> journal.Settle:
@@ -674,6 +714,8 @@ def _sync_once(ledger: Ledger, site: Site, conf_dir: str | Path, state_dir: str 
     tighten_journals(conf_dir)
     for acct, a in site.accounts.items():
         ledger.ensure_account(acct, a.budget_gpu_hours, a.period, **a.terms())
+        if a.budget_cpu_hours is not None:  # its CPU budget: an account of its own (ledger/cpu.py)
+            ledger.ensure_account(cpu_account(acct), a.budget_cpu_hours, a.period, **a.terms())
     if site.default_budget is not None and slurm is not None and hasattr(slurm, "associated_accounts"):
         rep.seeded += seed_defaults(ledger, site, slurm.associated_accounts(), "in Slurm's associations")
     cursors = journal.Cursors(Path(state_dir) / "governor-cursors.json")
@@ -729,7 +771,15 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         events.append((offset, event))
     # an account the hook admitted under fail-open, or whose job it never held, may have no budget yet
     rep.seeded += seed_defaults(ledger, site, {e.account for _, e in events}, "in the hook journal")
-    errors = _apply_events(ledger, site, [e for _, e in events], one_by_one, rep)
+    # each event, then what it means for its account's CPU budget (where it has one), in file order
+    flat: list[tuple[int, object]] = []
+    cpu = _CpuEvents(ledger, site)
+    for i, (_, event) in enumerate(events):
+        flat.append((i, event))
+        flat += [(i, e) for e in cpu.of(event)]
+    errors: dict[int, SlurmgovError] = {}
+    for j, failure in _apply_events(ledger, site, [e for _, e in flat], one_by_one, rep).items():
+        errors.setdefault(flat[j][0], failure)
     for i, (offset, event) in enumerate(events):
         if i in errors:
             problems.append((offset, f"{path}@{offset}: {errors[i]}"))
@@ -740,6 +790,55 @@ def _ingest(ledger: Ledger, site: Site, path: Path, lines: list[tuple[int, str]]
         elif event.token or event.gpus:
             rep.settled += 1
     rep.problems.extend(msg for _, msg in sorted(problems, key=lambda p: p[0]))
+
+
+class _CpuEvents:
+    """A journal event's meaning for the CPU budget of its account, as events on that budget's
+    ledger account (``cpu:<account>``, slurmgov/ledger/cpu.py) and the job's CPU hold (token
+    ``cpu:<token>``), applied by the same code as GPU events: none where the account has no CPU
+    budget in the ledger, or the line carries no CPUs (a hook or jobcomp older than CPU budgets)."""
+
+    def __init__(self, ledger: Ledger, site: Site):
+        self.ledger, self.site = ledger, site
+        self.budgeted = {of_cpu_account(a) for a in ledger.account_names() if is_cpu_account(a)}
+        self.held: set[str] = set()  # CPU tokens admitted in this batch
+
+    def _has_hold(self, token: str) -> bool:
+        return token in self.held or self.ledger.find_hold(hold_key(token)) is not None
+
+    def of(self, e) -> list:
+        if not self.budgeted or e.account not in self.budgeted:
+            return []
+        if isinstance(e, journal.Admit):
+            if e.cpus <= 0:
+                return []
+            self.held.add(cpu_token(e.token))
+            return [journal.Admit(e.ts, e.serial, cpu_token(e.token), cpu_account(e.account), e.user, e.cpu_cost_s,
+                                  e.cpus, e.time_limit_min, None, e.tasks or 1, 0.0, 0)]
+        if isinstance(e, journal.Modify):
+            if e.cpus <= 0 and e.old_cpu_cost_s <= 0:
+                return []
+            self.held.add(cpu_token(e.key))
+            old = cpu_account(e.old_account) if e.old_account in self.budgeted else cpu_account(e.account)
+            return [journal.Modify(e.ts, e.serial, cpu_token(e.key), cpu_account(e.account), e.user, e.new_cpu_cost_s,
+                                   e.cpus, e.time_limit_min, None, e.job_id, old, e.old_cpu_cost_s, e.modify_uid,
+                                   e.override, cpu_token(e.mod_id), e.tasks)]
+        if isinstance(e, journal.Settle):
+            token = cpu_token(e.token) if e.token else None
+            if token is not None and not self._has_hold(token):
+                if not e.cpus:
+                    return []  # nothing held for its CPUs (held before its account had a CPU budget), none used
+                # its CPU hold, from what it used, under the key reconcile gives it too (cpu_job)
+                row = _usage_hold(self.site, token, cpu_account(e.account), e.cpu_seconds, e.start or e.end or time.time())
+                key, account, workflow, shares, user, run_id, ts = row
+                self.ledger.admit(key, account, workflow, shares, user=user, run_id=run_id, now=ts, enforce=False)
+                self.held.add(token)
+            if token is None and not e.cpus:
+                return []  # nothing held for its CPUs, and it used none
+            # job id cpu:<id>: its charge and, without a CPU hold, its usage hold are keyed apart from the GPU ones
+            return [journal.Settle(cpu_token(e.job_id), token, cpu_account(e.account), e.cpus or 0, None, e.start,
+                                   e.end, e.state, e.array, e.restart_cnt)]
+        return []
 
 
 def _apply_events(ledger: Ledger, site: Site, events: list, one_by_one: bool,
@@ -946,15 +1045,19 @@ def write_snapshot(ledger: Ledger, site: Site, path: str | Path, journal_offset:
     except (OSError, ValueError, KeyError):
         previous = None
     params = price_params(site)
+    balances = ledger.balances()
     snap = snapshot.Snapshot(
         serial=snapshot.next_serial(previous), written=int(time.time()), max_age_s=site.snapshot_max_age_s,
         fail_policy=site.fail_policy, default_time_min=params.default_time_min,
         max_gpus_per_node=params.max_gpus_per_node or 0,  # price_params always sets it
         total_gpus=params.total_gpus, journal_offset=journal_offset,
         default_weight=params.default_weight, weights=dict(params.weights),
-        available_gpu_s={b.account: b.available_h * 3600 for b in ledger.balances()},
+        available_gpu_s={b.account: b.available_h * 3600 for b in balances if not is_cpu_account(b.account)},
         operator_uids=operator_uids(site), partition_gpus=dict(params.partition_gpus),
         user_caps=snapshot_user_caps(ledger),
+        available_cpu_s={of_cpu_account(b.account): b.available_h * 3600 for b in balances if is_cpu_account(b.account)},
+        partition_cpus=dict(params.partition_cpus), default_cpu_weight=params.default_cpu_weight,
+        max_cpus_per_node=params.max_cpus_per_node,
     )
     snapshot.write(path, snap)
     return snap.serial

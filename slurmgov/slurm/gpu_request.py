@@ -30,6 +30,7 @@ from slurmgov.site.units import slurm_seconds
 
 # sbatch long options that take a value (``--opt val`` as well as ``--opt=val``).  Options
 # with an optional value (``--exclusive[=user]``) only take one after ``=`` and are absent here.
+# ``segment``: 23.11 on (topology/block), what the planner asks of a block site.
 _LONG_WITH_VALUE = frozenset("""
 account acctg-freq array batch bb bbf begin chdir cluster-constraint clusters comment
 constraint container core-spec cores-per-socket cpu-freq cpus-per-gpu cpus-per-task deadline
@@ -38,7 +39,7 @@ gpu-bind gpu-freq gpus gpus-per-node gpus-per-socket gpus-per-task gres gres-fla
 input job-name kill-on-invalid-dep licenses mail-type mail-user mcs-label mem mem-bind
 mem-per-cpu mem-per-gpu mincpus network nodefile nodelist nodes ntasks ntasks-per-core
 ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode output partition power prefer
-priority profile qos reservation signal sockets-per-node switches thread-spec
+priority profile qos reservation segment signal sockets-per-node switches thread-spec
 threads-per-core time time-min tmp uid wckey wrap
 """.split())
 _LONG_FLAGS = frozenset("""
@@ -104,6 +105,11 @@ class HookView:
     partition: str | None = None
     array_inx: str | None = None
     tasks_in_array: int | None = None
+    # CPUs (priced only for an account with a CPU budget): -c, Slurm's min_cpus, --mincpus
+    cpus_per_task: int | None = None
+    min_cpus: int | None = None
+    pn_min_cpus: int | None = None
+    cpus_per_tres: str | None = None  # --cpus-per-gpu: "gres:gpu:8"
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,10 @@ class PriceParams:
     total_gpus: int | None = None
     sockets_per_node: int = 1
     partition_gpus: Mapping[str, tuple[int, str | None]] = field(default_factory=dict)  # name -> (GPUs per node, type)
+    # CPU pricing: name -> (CPUs per node, weight per CPU-hour); partitions without one: these
+    partition_cpus: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    default_cpu_weight: float = 1.0
+    max_cpus_per_node: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,20 @@ class HookPrice:
     pin_time: bool = False  # the hook sets the job's time limit to tl
     pin_nodes: bool = False  # the hook sets the job's maximum node count to nodes
     cost: float = 0.0  # weighted GPU-seconds, all array tasks
+
+
+@dataclass(frozen=True)
+class HookCpuPrice:
+    """The hook's CPU price of a view (cpu_price): what an account with a CPU budget pays."""
+
+    cpus: float  # CPUs per array task, worst case, unweighted
+    weighted: float  # weighted CPUs per array task
+    nodes: int
+    tasks: int  # array tasks
+    tl: int  # minutes priced
+    pin_time: bool
+    pin_nodes: bool  # the hook sets the job's maximum node count to nodes
+    cost: float  # weighted CPU-seconds, all array tasks
 
 
 @dataclass(frozen=True)
@@ -213,6 +237,8 @@ def view_from_job_desc(d: Mapping) -> HookView:
         num_tasks=_set_num(d.get("num_tasks")), ntasks_per_node=_set_num16(d.get("ntasks_per_node")),
         sockets_per_node=_set_num16(d.get("sockets_per_node")), shared=_set_num16(d.get("shared")),
         time_limit=_time_of(d.get("time_limit")), partition=d.get("partition"), array_inx=d.get("array_inx"),
+        cpus_per_task=_set_num16(d.get("cpus_per_task")), min_cpus=_set_num(d.get("min_cpus")),
+        pn_min_cpus=_set_num16(d.get("pn_min_cpus")), cpus_per_tres=d.get("cpus_per_tres"),
     )
 
 
@@ -429,6 +455,67 @@ def _price(view: HookView, params: PriceParams, partitions: list[HookPartition])
         nodes=nodes, max_nodes=max_nodes, tasks=arr, types="+".join(sorted(typeset)) or "-",
         tl=tl, pin_time=pin_time, pin_nodes=pin_nodes, cost=best[1] * arr * tl * 60,
     )
+
+
+def hook_cpu_price(view: HookView, params: PriceParams, partitions, gpus: float = 0) -> HookCpuPrice | HookRefusal:
+    """The hook's worst-case CPU price of a view (cpu_price in plugins/job_submit.lua); ``gpus``:
+    the GPUs per array task its GPU price counts (``hook_price``), which --cpus-per-gpu multiplies."""
+    try:
+        return _cpu_price(view, params, list(partitions), gpus)
+    except _Refused as r:
+        return HookRefusal(r.reason, r.message)
+
+
+_CPUS_PER_GPU = re.compile(r"gres[:/]gpu:([0-9]+)")
+
+
+def _cpus_per_gpu(tres) -> int | None:
+    """CPUs per GPU of a cpus_per_tres string (cpus_per_gpu), or None."""
+    if not isinstance(tres, str):
+        return None
+    found = [int(m[1]) for item in tres.split(",") if item and (m := _CPUS_PER_GPU.fullmatch(item))]
+    return max(found) if found else None
+
+
+def _cpu_price(view: HookView, params: PriceParams, partitions: list[HookPartition], gpus: float) -> HookCpuPrice:
+    parts = _job_partitions(view.partition, partitions)
+    max_nodes = view.max_nodes
+    nodes = max(1 if view.min_nodes is None else view.min_nodes, 1 if max_nodes is None else max_nodes)
+    tpn = view.ntasks_per_node
+    if tpn is not None and tpn > 0 and view.num_tasks is not None:
+        nodes = max(nodes, math.ceil(view.num_tasks / tpn))  # the nodes --ntasks-per-node spreads -n over
+    cpt = view.cpus_per_task if view.cpus_per_task is not None and view.cpus_per_task > 0 else 1
+    tasks = max(view.num_tasks or 0, tpn * nodes if tpn is not None else 0, 1)
+    cpus = max(float(tasks) * cpt, view.min_cpus or 0, float(view.pn_min_cpus or 0) * nodes, nodes)
+    cpg = _cpus_per_gpu(view.cpus_per_tres)
+    if cpg is not None:
+        cpus = max(cpus, cpg * gpus)  # --cpus-per-gpu x the GPUs priced
+    whole = view.shared == 0 or any(p.max_share == 0 for p in parts)
+    best: tuple[float, float] | None = None  # (weighted, cpus)
+
+    def consider(cpn, w) -> None:
+        nonlocal best
+        c = max(cpus, float(cpn) * nodes) if whole else cpus
+        cand = (c * w, c)
+        if best is None or cand[0] > best[0] or (cand[0] == best[0] and cand[1] > best[1]):
+            best = cand
+
+    for p in parts:
+        pc = params.partition_cpus.get(p.name)
+        if pc is not None:
+            consider(pc[0], pc[1])
+        else:
+            consider(params.max_cpus_per_node or 0, params.default_cpu_weight)
+    if best is None:
+        consider(params.max_cpus_per_node or 0, params.default_cpu_weight)
+    assert best is not None
+    arr = view.tasks_in_array if view.tasks_in_array is not None else hook_array_count(view.array_inx)
+    tl, pin_time, err = hook_time_limit_min(view.time_limit, parts, params.default_time_min)
+    if tl is None:
+        raise _Refused("bad_time", err or "job has no time limit")
+    pin_nodes = max_nodes is None and (whole or tpn is not None or view.pn_min_cpus is not None)
+    return HookCpuPrice(cpus=best[1], weighted=best[0], nodes=nodes, tasks=arr, tl=tl, pin_time=pin_time,
+                        pin_nodes=pin_nodes, cost=best[0] * arr * tl * 60)
 
 
 def never_placeable(p: HookPrice, params: PriceParams) -> str | None:

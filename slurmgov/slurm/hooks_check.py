@@ -135,6 +135,7 @@ class HookConf:
     journal_path: str
     fail_policy: str  # for a missing or unreadable snapshot
     ignored: list[str] = field(default_factory=list)  # lines the hook ignores, said so
+    cpu_budgets: bool = False  # the site has CPU budgets: fail_policy closed holds CPU jobs too
 
 
 def read_hook_conf(conf_dir: str | Path) -> HookConf:
@@ -160,6 +161,8 @@ def read_hook_conf(conf_dir: str | Path) -> HookConf:
                 conf.fail_policy = value
             else:
                 conf.ignored.append(f"{path}:{n}: fail_policy {value!r} is not open or closed; the hook ignores it")
+        elif key == "cpu_budgets":
+            conf.cpu_budgets = value == "yes"
         elif key == "default_time_min" and not re.fullmatch(r"\d+", value):
             conf.ignored.append(f"{path}:{n}: default_time_min {value!r} is not a whole number; the hook ignores it")
     return conf
@@ -177,6 +180,7 @@ class SnapshotInfo:
     stale: bool | None = None
     fail_policy: str | None = None
     accounts: list[str] = field(default_factory=list)
+    cpu_accounts: int = 0  # accounts with a CPU budget (cpu_account lines)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -215,6 +219,8 @@ def read_snapshot(path: str | Path, now: float) -> SnapshotInfo:
                 info.error = f"bad line {i} (account)"
                 return info
             accounts.append(f[1])
+        elif f[0] == "cpu_account":
+            info.cpu_accounts += 1
         elif f[0] in ("serial", "written", "max_age_s", "fail_policy"):
             ok = len(f) == 2 and (re.fullmatch(r"\d+", f[1]) if f[0] == "serial" else
                                   f[1] in ("open", "closed") if f[0] == "fail_policy" else _NUM.match(f[1]))
@@ -624,9 +630,13 @@ def _summarise(rep: Report) -> None:
         rep.warnings.append(f"{rep.slurm_conf.path}: JobCompType={rep.slurm_conf.job_comp_type or '(unset)'} is not "
                             "jobcomp/lua: no settle lines, holds close only by reconciliation with sacct")
     if not s.readable:
-        rep.warnings.append(f"snapshot {s.path} unreadable ({s.error}): GPU jobs are "
+        jobs = "GPU and CPU jobs are" if rep.hook_conf.cpu_budgets else "GPU jobs are"
+        rep.warnings.append(f"snapshot {s.path} unreadable ({s.error}): {jobs} "
                             f"{'admitted unchecked' if rep.fail_policy == 'open' else 'refused'} "
                             f"(fail_policy {rep.fail_policy}, from {HOOK_CONF})")
+    elif s.cpu_accounts and not rep.hook_conf.cpu_budgets:
+        rep.warnings.append(f"snapshot {s.path} gives {s.cpu_accounts} account(s) a CPU budget but {HOOK_CONF} does not "
+                            "say `cpu_budgets yes`: while the snapshot is unreadable, CPU jobs pass unchecked")
     elif s.stale:
         rep.warnings.append(f"snapshot {s.path} is stale ({s.age_s} s old, max {s.max_age_s:g} s): GPU jobs are "
                             f"{'admitted unchecked' if s.fail_policy == 'open' else 'refused'} (fail_policy "

@@ -35,6 +35,8 @@ class Admit:
     time_limit_min: int
     gpu_type: str | None
     tasks: int | None = None  # array tasks; None on a line written before the hook wrote them (10 fields)
+    cpu_cost_s: float = 0.0  # weighted CPU-seconds, worst case, all array tasks (0: CPUs not budgeted; 13 fields)
+    cpus: int = 0  # CPUs per array task the CPU cost covers
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Modify:
     override: bool  # an operator grew the job past the account's budget
     mod_id: str
     tasks: int
+    new_cpu_cost_s: float = 0.0  # weighted CPU-seconds after the change (0: CPUs not budgeted; 20 fields)
+    old_cpu_cost_s: float = 0.0
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,16 @@ class Settle:
     state: str
     array: str | None = None  # <array_job_id>_<task_id>, or <array_job_id>_* for the never-started rest
     restart_cnt: int = 0  # how often the job was requeued before this run
+    cpus: int | None = None  # allocated CPUs (12 fields on); None on an older line
 
     @property
     def gpu_seconds(self) -> float:
         return self.gpus * max(0, self.end - self.start) if self.start else 0.0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Unweighted CPU-seconds used (0 on a line without CPUs)."""
+        return (self.cpus or 0) * max(0, self.end - self.start) if self.start else 0.0
 
     @property
     def array_rest(self) -> bool:
@@ -145,25 +156,32 @@ def _admit(f: list[str]) -> Admit:
         tasks = _count(f[10], "tasks")
         if tasks < 1:
             raise ValueError(f"tasks {f[10]!r} is not a count >= 1")
+    cpu_cost, cpus = 0.0, 0
+    if len(f) >= 13:  # the CPU cost and CPUs, since CPU budgets
+        cpu_cost, cpus = _num(f[11], "CPU cost"), _count(f[12], "CPUs")
     return Admit(_num(f[1], "time"), _count(f[2], "serial"), _key(f[3], "token"), f[4], f[5], _num(f[6], "cost"),
-                 _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), tasks)
+                 _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), tasks, cpu_cost, cpus)
 
 
 def _modify(f: list[str]) -> Modify:
     if not _NOT_SPACE.search(f[10]):
         raise ValueError("modify line without a job id")
+    cpu = (_num(f[17], "new CPU cost"), _num(f[18], "old CPU cost"), _count(f[19], "CPUs")) if len(f) >= 20 \
+        else (0.0, 0.0, 0)
     return Modify(_num(f[1], "time"), _count(f[2], "serial"), _key(f[3], "key"), f[4], f[5], _num(f[6], "new cost"),
                   _count(f[7], "GPUs"), _count(f[8], "time limit"), _opt(f[9]), f[10], f[11],
                   _num(f[12], "old cost"), f[13], _flag(f[14], "override"), _key(f[15], "mod_id"),
-                  max(1, _count(f[16], "tasks")))
+                  max(1, _count(f[16], "tasks")), *cpu)
 
 
 def _settle(f: list[str]) -> Settle:
     if not _NOT_SPACE.search(f[7]):
         raise ValueError("settle line without a job state")
     extra = f[8:11] if len(f) >= 11 else ["-", "-", "-"]  # gpu_type, array, restart_cnt: not in 8-field lines
+    cpus = _count(f[11], "CPUs") if len(f) >= 12 else None
     return Settle(f[1], _opt(f[2]), f[3], _count(f[4], "GPUs"), _opt(extra[0]), _count(f[5], "start"),
-                  _count(f[6], "end"), f[7], _opt(extra[1]), _count("0" if extra[2] == "-" else extra[2], "restarts"))
+                  _count(f[6], "end"), f[7], _opt(extra[1]), _count("0" if extra[2] == "-" else extra[2], "restarts"),
+                  cpus)
 
 
 def _probe(f: list[str]) -> Probe:
@@ -175,7 +193,7 @@ def _probe(f: list[str]) -> Probe:
 # only ever added at the end, so a line with more fields than its kind's newest count is read as
 # that count (the extra fields are a later version's); a count between two versions (a settle
 # line of 9 or 10 fields) was never written and is refused.
-FIELD_COUNTS = {"admit": (10, 11), "modify": (17,), "settle": (8, 11), "probe": (4,), "refuse": (5,)}
+FIELD_COUNTS = {"admit": (10, 11, 13), "modify": (17, 20), "settle": (8, 11, 12), "probe": (4,), "refuse": (5,)}
 
 
 def known_count(kind: str, n: int) -> bool:

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from slurmgov.errors import InputError, SlurmgovError
+from slurmgov.ledger.cpu import is_cpu_account
 from slurmgov.slurm import commands as slurm_cli
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -200,7 +201,8 @@ def sync_limits(ledger, env=None, dry_run: bool = False, sacctmgr: str = "sacctm
     that get the same value, otherwise one per value. ``weight``: the price weight to convert by,
     normally ``site.weight(None)`` (see the module doc). Returns one LimitChange per ledger
     account, sorted by name. A name sacctmgr could misread is refused before anything runs."""
-    balances = sorted(ledger.balances(now), key=lambda b: b.account)
+    # GPU budgets only: a CPU budget (cpu:<account>, ledger/cpu.py) is the submit hook's alone
+    balances = sorted((b for b in ledger.balances(now) if not is_cpu_account(b.account)), key=lambda b: b.account)
     for b in balances:
         check_account_name(b.account)
     if not balances:

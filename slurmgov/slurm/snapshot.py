@@ -45,6 +45,11 @@ class Snapshot:
     sockets_per_node: int | None = None  # None: no such line (the hook takes 1)
     # capped users: (account, uid) -> (available weighted GPU-seconds, cap in weighted GPU-seconds)
     user_caps: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    # CPU budgets: accounts with one -> available weighted CPU-seconds (absent: CPUs not budgeted)
+    available_cpu_s: dict[str, float] = field(default_factory=dict)
+    partition_cpus: dict[str, tuple[int, float]] = field(default_factory=dict)  # CPUs per node, weight per CPU-h
+    default_cpu_weight: float | None = None  # None: no such line (the hook takes 1.0)
+    max_cpus_per_node: int | None = None  # None: no such line
 
     def render(self) -> str:
         """The file's text. Names the hook could misread (TAB, CR, LF, anything outside
@@ -52,15 +57,19 @@ class Snapshot:
         count) raises ValueError: the hook would find the whole file unreadable."""
         for what, x in [("written", self.written), ("max_age_s", self.max_age_s),
                         ("default_weight", self.default_weight), *self.weights.items(),
-                        *self.available_gpu_s.items(),
+                        *self.available_gpu_s.items(), *self.available_cpu_s.items(),
+                        *((f"partition_cpus {p}", w) for p, (_, w) in self.partition_cpus.items()),
+                        ("default_cpu_weight", 1.0 if self.default_cpu_weight is None else self.default_cpu_weight),
                         *((f"user {a} {u}", x) for (a, u), pair in self.user_caps.items() for x in pair)]:
             if not math.isfinite(x):
                 raise ValueError(f"snapshot: {what} is {x!r}, not a finite number")
         ints = [self.serial, self.default_time_min, self.max_gpus_per_node, self.total_gpus, self.journal_offset,
-                self.sockets_per_node, *(n for n, _ in self.partition_gpus.values()), *(u for _, u in self.user_caps)]
+                self.sockets_per_node, *(n for n, _ in self.partition_gpus.values()), *(u for _, u in self.user_caps),
+                self.max_cpus_per_node, *(n for n, _ in self.partition_cpus.values())]
         if any(n is not None and (not isinstance(n, int) or n < 0) for n in ints) or self.default_time_min <= 0:
             raise ValueError("snapshot: a count, serial or default_time_min is negative or not an integer")
-        if self.default_weight < 0 or any(w < 0 for w in self.weights.values()):
+        if self.default_weight < 0 or any(w < 0 for w in self.weights.values()) \
+                or any(w < 0 for _, w in self.partition_cpus.values()) or (self.default_cpu_weight or 0) < 0:
             raise ValueError("snapshot: a weight is negative")
         if self.fail_policy not in FAIL_POLICIES:
             raise ValueError(f"snapshot: fail_policy {self.fail_policy!r} is not open or closed")
@@ -88,6 +97,14 @@ class Snapshot:
             raise ValueError(f"snapshot: a user's uid is beyond {MAX_UID}")
         lines += [f"user\t{a}\t{u}\t{max(0.0, avail):.3f}\t{max(0.0, cap):.3f}"
                   for (a, u), (avail, cap) in sorted(self.user_caps.items()) if _SAFE.match(a)]
+        # CPU budgets (a hook older than them ignores these keys and never prices CPUs)
+        if self.default_cpu_weight is not None:
+            lines.append(f"default_cpu_weight\t{self.default_cpu_weight:g}")
+        if self.max_cpus_per_node is not None:
+            lines.append(f"max_cpus_per_node\t{self.max_cpus_per_node}")
+        lines += [f"partition_cpus\t{p}\t{n}\t{w:g}" for p, (n, w) in sorted(self.partition_cpus.items()) if _SAFE.match(p)]
+        lines += [f"cpu_account\t{a}\t{max(0.0, v):.3f}" for a, v in sorted(self.available_cpu_s.items())
+                  if _SAFE.match(a)]
         return "\n".join(lines) + "\nend\n"
 
 
@@ -145,7 +162,7 @@ def _whole(x: float) -> float:
     return int(x) if x.is_integer() else x
 
 
-_INT_KEYS = ("serial", "max_gpus_per_node", "total_gpus", "sockets_per_node", "journal_offset")
+_INT_KEYS = ("serial", "max_gpus_per_node", "total_gpus", "sockets_per_node", "journal_offset", "max_cpus_per_node")
 
 
 def parse(text: str) -> Snapshot:
@@ -164,6 +181,8 @@ def parse(text: str) -> Snapshot:
     operators: list[int] = []
     accounts: list[tuple[str, float]] = []
     users: list[tuple[tuple[str, int], tuple[float, float]]] = []
+    cpu_accounts: list[tuple[str, float]] = []
+    partition_cpus: dict[str, tuple[int, float]] = {}
     ended = False
     for i, ln in enumerate(lines, 1):
         ln = ln.removesuffix("\r")
@@ -189,6 +208,12 @@ def parse(text: str) -> Snapshot:
             if uid is None or uid > MAX_UID or avail is None or cap is None:
                 raise ValueError(f"bad line {i} (user)")
             users.append(((f[1], uid), (avail, cap)))
+        elif ln.startswith("cpu_account\t") or ln == "cpu_account":
+            f = ln.split("\t")
+            v = lua_num(f[2]) if len(f) == 3 and f[1] and f[2] else None
+            if v is None:
+                raise ValueError(f"bad line {i} (cpu_account)")
+            cpu_accounts.append((f[1], v))
         elif ln and not ln.startswith("#"):
             f = ln.split("\t")
             key, arg = f[0], (f[1] if len(f) > 1 else None)
@@ -204,7 +229,7 @@ def parse(text: str) -> Snapshot:
             elif key == "default_time_min":
                 s[key] = n = lua_int(arg)
                 bad = n is None or n <= 0 or len(f) != 2
-            elif key == "default_weight":
+            elif key in ("default_weight", "default_cpu_weight"):
                 s[key] = x = lua_num(arg)
                 bad = x is None or x < 0 or len(f) != 2
             elif key == "weight":
@@ -222,6 +247,12 @@ def parse(text: str) -> Snapshot:
                 bad = len(f) != 4 or f[1] == "" or n is None
                 if not bad and n is not None:
                     partition_gpus[f[1]] = (n, None if f[3] == "-" else f[3])
+            elif key == "partition_cpus":
+                n = lua_int(f[2] if len(f) > 2 else None)
+                w = lua_num(f[3] if len(f) > 3 else None)
+                bad = len(f) != 4 or f[1] == "" or n is None or w is None or w < 0
+                if not bad and n is not None and w is not None:
+                    partition_cpus[f[1]] = (n, w)
             else:
                 bad = False  # an unknown key: a later version's, ignored
             if bad:
@@ -239,6 +270,10 @@ def parse(text: str) -> Snapshot:
     udup = next((x for x, y in zip(keys, keys[1:]) if x[0] == y[0]), None)
     if udup is not None:
         raise ValueError(f"duplicate user {_printable(udup[1])} {udup[2]}")
+    cnames = sorted(a.encode("utf-8", "surrogateescape") for a, _ in cpu_accounts)
+    cdup = next((a for a, b in zip(cnames, cnames[1:]) if a == b), None)
+    if cdup is not None:
+        raise ValueError(f"duplicate cpu_account {_printable(cdup.decode('utf-8', 'surrogateescape'))}")
     return Snapshot(
         serial=s["serial"], written=_whole(s["written"]), max_age_s=_whole(s["max_age_s"]),
         fail_policy=s.get("fail_policy", "closed"), default_time_min=s.get("default_time_min", 60),
@@ -246,6 +281,8 @@ def parse(text: str) -> Snapshot:
         journal_offset=s.get("journal_offset"), total_gpus=s.get("total_gpus"), weights=weights,
         available_gpu_s=dict(accounts), operator_uids=operators, partition_gpus=partition_gpus,
         sockets_per_node=s.get("sockets_per_node"), user_caps=dict(users),
+        available_cpu_s=dict(cpu_accounts), partition_cpus=partition_cpus,
+        default_cpu_weight=s.get("default_cpu_weight"), max_cpus_per_node=s.get("max_cpus_per_node"),
     )
 
 
@@ -270,4 +307,6 @@ def read_price_params(path: str | Path):
         weights=snap.weights, default_weight=snap.default_weight, default_time_min=snap.default_time_min,
         max_gpus_per_node=snap.max_gpus_per_node, total_gpus=snap.total_gpus,
         sockets_per_node=max(1, snap.sockets_per_node or 1), partition_gpus=snap.partition_gpus,
+        partition_cpus=snap.partition_cpus, max_cpus_per_node=snap.max_cpus_per_node,
+        default_cpu_weight=1.0 if snap.default_cpu_weight is None else snap.default_cpu_weight,
     )

@@ -19,6 +19,9 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
       part=name|default_time|max_time|flag_default|max_share    (part_list, keyed by name)
       w=type|weight  pg=name|gpus|type  default_weight= default_time_min= max_gpus_per_node=
       sockets_per_node=           snapshot pricing parameters (hook defaults when absent)
+      pc=name|cpus|weight  default_cpu_weight= max_cpus_per_node=   CPU pricing parameters
+  cmd=cpu_price                   cpu_price(view, snap, part_list, GPUs of price(view, ...)), the view
+                                  as for price (desc_view and add_cpu_view of d.*)
   cmd=desc_view  d.<field>=...    the view of a job_desc
   cmd=rec_view   r.<field>=...  [stash=1 s.<field>=... | ac=<AdminComment>]
                                   rec_view(job_rec, stash): the s.* table, parse_stash(ac), or nil
@@ -29,8 +32,10 @@ part/w/pg/acct are separated by the byte 0x1f (an empty sub-field is nil).
                                   these account lines (in this order), then lookup_account
   cmd=parse_snapshot data=<text> lookup=name ...          parse_snapshot, then lookup_account
   cmd=snapshot_file file=<path>   parse_snapshot of a file: every value read (golden files)
-  cmd=journal_file file=<path>    journal_charge of each line of a file (golden files)
+  cmd=journal_file file=<path>    journal_charge of each line of a file (golden files): account,
+                                  GPU amount, uid, CPU amount
   cmd=submit d.<field>=... part=... uid=   slurm_job_submit (its files: the hook's own dir)
+  cmd=modify d.<field>=... r.<field>=... part=... uid=   slurm_job_modify (its files: the same)
   budget=<n>                      VM instructions before the case is stopped (default 2e8)
 
 Output line: id TAB status TAB fields.  status is ok, no (the function's own refusal or
@@ -55,11 +60,11 @@ local SEP = "\31"
 local NUMERIC = {
 	min_nodes = true, max_nodes = true, num_tasks = true, ntasks_per_node = true,
 	sockets_per_node = true, shared = true, time_limit = true, tasks_in_array = true,
-	min_cpus = true, array_task_cnt = true, job_id = true,
+	min_cpus = true, array_task_cnt = true, job_id = true, cpus_per_task = true, pn_min_cpus = true,
 }
 local VIEW_FIELDS = { "tres_per_node", "tres_per_job", "tres_per_task", "tres_per_socket", "min_nodes",
 	"max_nodes", "num_tasks", "ntasks_per_node", "sockets_per_node", "shared", "time_limit", "partition",
-	"array_inx", "tasks_in_array" }
+	"array_inx", "tasks_in_array", "cpus_per_task", "min_cpus", "pn_min_cpus", "cpus_per_tres" }
 
 local function unescape(s)
 	return (string.gsub(s, "\\(.)", function(c)
@@ -143,7 +148,13 @@ local function snap_params(c)
 		local f = split(g, SEP)
 		snap.partition_gpus[f[1]] = { n = tonumber(f[2]), type = (f[3] ~= nil and f[3] ~= "") and f[3] or nil }
 	end
-	for _, k in ipairs({ "default_weight", "default_time_min", "max_gpus_per_node", "sockets_per_node" }) do
+	snap.partition_cpus = {}
+	for _, g in ipairs(c.multi.pc or {}) do
+		local f = split(g, SEP)
+		snap.partition_cpus[f[1]] = { n = tonumber(f[2]), w = tonumber(f[3]) }
+	end
+	for _, k in ipairs({ "default_weight", "default_time_min", "max_gpus_per_node", "sockets_per_node",
+		"default_cpu_weight", "max_cpus_per_node" }) do
 		if c.single[k] ~= nil then snap[k] = tonumber(c.single[k]) end
 	end
 	return snap
@@ -173,8 +184,19 @@ function CMDS.price(c)
 		"pin_time=" .. b(p.pin_time), "pin_nodes=" .. b(p.pin_nodes), "cost=" .. num(p.cost) }, "\t")
 end
 
+function CMDS.cpu_price(c)
+	local v
+	if next(c.v) ~= nil then v = c.v else v = H.add_cpu_view(H.desc_view(c.d), c.d) end
+	local g = H.price(v, snap_params(c), part_list(c)) -- the GPUs --cpus-per-gpu multiplies
+	local p, reason, msg = H.cpu_price(v, snap_params(c), part_list(c), (g and g.any_gpu) and g.gpus or 0)
+	if not p then return "no\t" .. clean(reason) .. "\t" .. clean(msg) end
+	return table.concat({ "ok", "cpus=" .. num(p.cpus), "weighted=" .. num(p.weighted), "nodes=" .. num(p.nodes),
+		"tasks=" .. num(p.tasks), "tl=" .. num(p.tl), "pin_time=" .. b(p.pin_time),
+		"pin_nodes=" .. b(p.pin_nodes), "cost=" .. num(p.cost) }, "\t")
+end
+
 function CMDS.desc_view(c)
-	return "ok\t" .. view_fields(H.desc_view(c.d))
+	return "ok\t" .. view_fields(H.add_cpu_view(H.desc_view(c.d), c.d))
 end
 
 function CMDS.rec_view(c)
@@ -263,14 +285,21 @@ function CMDS.snapshot_file(c)
 		local avail, cap = H.lookup_user(snap.users, acct, uid)
 		u[#u + 1] = clean(acct) .. SEP .. uid .. SEP .. num(avail) .. SEP .. num(cap)
 	end
-	table.sort(w); table.sort(g); table.sort(o); table.sort(a); table.sort(u)
+	local ca, pc = {}, {}
+	for name in string.gmatch(snap.cpu_accounts, "\ncpu_account\t([^\t]*)\t") do
+		ca[#ca + 1] = clean(name) .. SEP .. num(H.cpu_budget(snap, name))
+	end
+	for n, x in pairs(snap.partition_cpus) do pc[#pc + 1] = clean(n) .. SEP .. num(x.n) .. SEP .. num(x.w) end
+	table.sort(w); table.sort(g); table.sort(o); table.sort(a); table.sort(u); table.sort(ca); table.sort(pc)
 	return table.concat({ "ok", "serial=" .. clean(snap.serial_str), "written=" .. num(snap.written),
 		"max_age_s=" .. num(snap.max_age_s), "fail_policy=" .. clean(snap.fail_policy),
 		"default_time_min=" .. num(snap.default_time_min), "default_weight=" .. num(snap.default_weight),
 		"sockets_per_node=" .. num(snap.sockets_per_node), "max_gpus_per_node=" .. num(snap.max_gpus_per_node),
 		"total_gpus=" .. num(snap.total_gpus), "journal_offset=" .. num(snap.journal_offset),
 		"weights=" .. table.concat(w, ","), "partition_gpus=" .. table.concat(g, ","),
-		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ","), "users=" .. table.concat(u, ",") }, "\t")
+		"operators=" .. table.concat(o, ","), "accounts=" .. table.concat(a, ","), "users=" .. table.concat(u, ","),
+		"cpu_accounts=" .. table.concat(ca, ","), "partition_cpus=" .. table.concat(pc, ","),
+		"default_cpu_weight=" .. num(snap.default_cpu_weight), "max_cpus_per_node=" .. num(snap.max_cpus_per_node) }, "\t")
 end
 
 -- cmd=journal_file file=<path>: per whole line of the file (as charged_since splits them), what
@@ -278,8 +307,8 @@ end
 function CMDS.journal_file(c)
 	local out = { "ok" }
 	for line in string.gmatch(slurp(c.single.file), "([^\n]*)\n") do
-		local acct, add, uid = H.journal_charge(H.split_tabs(line))
-		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add) .. SEP .. clean(uid)) or "-"
+		local acct, add, uid, cpu = H.journal_charge(H.split_tabs(line))
+		out[#out + 1] = acct and (clean(acct) .. SEP .. num(add) .. SEP .. clean(uid) .. SEP .. num(cpu)) or "-"
 	end
 	return table.concat(out, "\t")
 end
@@ -293,6 +322,15 @@ function CMDS.submit(c)
 	local rc = slurm_job_submit(c.d, parts, tonumber(c.single.uid or "0"))
 	local said = (#user_msgs > 0) and table.concat(user_msgs, " | ") or "-"
 	return "ok\t" .. num(rc) .. "\t" .. clean(c.d.admin_comment or "-") .. "\t" .. clean(said)
+end
+
+-- cmd=modify d.<field>=... r.<field>=... part=... uid=<n>: slurm_job_modify (job_desc d, job_rec r)
+-- with the files of the hook's directory, as cmd=submit. Result: rc, the change's time limit and
+-- maximum node count after the hook (or "-").
+function CMDS.modify(c)
+	local parts = part_list(c)
+	local rc = slurm_job_modify(c.d, c.r, parts, tonumber(c.single.uid or "0"))
+	return "ok\t" .. num(rc) .. "\t" .. num(c.d.time_limit) .. "\t" .. num(c.d.max_nodes)
 end
 
 local function budget_exceeded() error("instruction budget exceeded", 2) end

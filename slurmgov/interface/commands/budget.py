@@ -29,6 +29,7 @@ from slurmgov.interface.commands.common import (
     wait_option,
 )
 from slurmgov.interface.tables import Table, show, tsv
+from slurmgov.ledger.cpu import cpu_account, is_cpu_account, of_cpu_account
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.policy import authz
 from slurmgov.policy.forecast import forecasts
@@ -92,6 +93,33 @@ def budget_set(account, gpu_hours, period, reason, rollover_pct, expires, no_exp
     ledger.set_budget(account, gpu_hours, period, actor=authz.whoami(), reason=reason,
                       rollover_pct=rollover_pct, expires=when, clear_expiry=no_expiry, role=role)
     _print_budget(ledger, account)
+
+
+@budget.command("set-cpu")
+@click.argument("account", shell_complete=_complete_accounts)
+@click.argument("cpu_hours", type=click.FloatRange(min=0))
+@click.option("--period", type=click.Choice(["monthly", "quarterly", "none"]), default=None,
+              help="How often the CPU budget renews (default: keep it; a new one: the site file's account's, else monthly).")
+@click.option("--reason", default="", help="Why: kept in the audit log.")
+@site_option
+@wait_option
+def budget_set_cpu(account, cpu_hours, period, reason, site_path):
+    """Set ACCOUNT's CPU budget to CPU_HOURS (weighted CPU-hours per period: CPUs x hours x the
+    partition's cpu_weight). Once an account has one, the submit hook prices its jobs' CPUs (GPU
+    jobs and CPU-only jobs) and refuses what the CPU budget cannot pay for; accounts without one
+    are not priced for CPUs. Admins only, as `budget set`; audited (account cpu:ACCOUNT).
+
+    
+    Example:
+      slurmgov budget set-cpu chem-ai 5000 --reason "CPU allocation 2027"
+    """
+    ledger, role = _change_ledger(site_path, "budget.set", [account], seed=False)
+    terms = _site(site_path).accounts.get(account)
+    if period is None and terms is not None and cpu_account(account) not in ledger.account_names():
+        period = terms.period  # a new CPU budget renews as the site file's account does
+    ledger.set_budget(cpu_account(account), cpu_hours, period, actor=authz.whoami(), reason=reason, role=role)
+    b = ledger.balance(cpu_account(account))
+    out.print(f"account {account}: CPU budget {b.budget_h:.2f} CPU-h ({b.period}), {b.available_h:.2f} available")
 
 
 @budget.command("grant")
@@ -262,15 +290,25 @@ def budget_show(account, site_path, as_json, fmt):
     ledger = _ledger(site)
     for name in site.accounts:
         ensure_budget(ledger, site, name)
-    balances = [ledger.balance(account)] if account else [b for b in ledger.balances() if mine is None or
-                                                          b.account in mine]
+    everything = ledger.balances()
+    # CPU budgets are ledger accounts cpu:<account> (ledger/cpu.py): shown beside their account
+    cpu = {of_cpu_account(b.account): b for b in everything if is_cpu_account(b.account)}
+    balances = [ledger.balance(account)] if account else [b for b in everything if not is_cpu_account(b.account)
+                                                          and (mine is None or b.account in mine)]
     now = time.time()
     fc = {f.account: f for f in forecasts(ledger, now)}
     if as_json:
-        _json([{**dataclasses.asdict(b), **{k: v for k, v in dataclasses.asdict(fc[b.account]).items() if k != "account"}}
+        _json([{**dataclasses.asdict(b), **{k: v for k, v in dataclasses.asdict(fc[b.account]).items() if k != "account"},
+                **({"cpu": _cpu_json(cpu[b.account])} if b.account in cpu else {})}
                for b in balances])
     else:
-        report.balance_table(balances, out, fc, fmt)
+        report.balance_table(balances, out, fc, fmt, cpu={b.account: cpu[b.account] for b in balances if b.account in cpu})
+
+
+def _cpu_json(b) -> dict:
+    """An account's CPU budget in `budget show --json` (weighted CPU-hours)."""
+    return {"period": b.period, "budget_h": b.budget_h, "charged_h": b.charged_h, "held_h": b.held_h,
+            "available_h": b.available_h, "carried_h": b.carried_h}
 
 
 @click.command()

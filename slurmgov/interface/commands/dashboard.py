@@ -10,6 +10,7 @@ import click
 from slurmgov.errors import SlurmgovError
 from slurmgov.interface.commands.common import _ledger, _site, _state_dir, out, site_option, wait_option
 from slurmgov.ledger.seed import ensure_budget
+from slurmgov.policy import authz
 
 
 @click.command("dashboard")
@@ -20,6 +21,8 @@ from slurmgov.ledger.seed import ensure_budget
 def dashboard_cmd(site_path, host, port):
     """Serve the site-wide page: every account's budget, burn-down and forecast, recent
     workflows with their cost and idle time, waste by account, placement and free GPU slots.
+    For admins and operators (as the API's /site): it shows every account. The address it
+    prints carries a token made for this start; the page's data is served to no one without it.
 
     \b
     Example:
@@ -28,6 +31,7 @@ def dashboard_cmd(site_path, host, port):
     from slurmgov.interface import site_dashboard
 
     site = _site(site_path)
+    authz.require(site, "usage.read", None)  # the whole site: admins and operators, exit 6 otherwise
     ledger = _ledger(site)
     for name in site.accounts:
         ensure_budget(ledger, site, name)
