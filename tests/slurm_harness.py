@@ -252,7 +252,13 @@ def _munge_works(env: dict, sock: Path) -> bool:
 class SlurmCluster:
     """One test cluster under ``root``; call ``start()`` then ``stop()``."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, release: str | None = None, topology: str = "tree"):
+        """``release``: SLURMGOV_SLURM's unless given; ``topology``: "tree" (leaf1, leaf2 under
+        spine) or "block" (topology/block, 23.11 on: blocks nvl1 = gpu[01-02] and nvl2 =
+        gpu[03-04], BlockSizes=2, as two 2-node NVLink domains)."""
+        if topology not in ("tree", "block"):
+            raise HarnessError(f"topology {topology!r}: tree or block")
+        self.topology = topology
         self.root = Path(root).resolve()
         self.conf_dir = self.root / "etc"
         self.state_dir = self.root / "state"
@@ -274,7 +280,11 @@ class SlurmCluster:
         self.partition = PARTITION
         self.accounts = ACCOUNTS
         self.default_account = DEFAULT_ACCOUNT
-        self.release = slurm_release.selected()
+        self.release = release or slurm_release.selected()
+        if release is not None and release not in slurm_release.RELEASES:
+            raise HarnessError(f"Slurm {release}: the harness knows {', '.join(slurm_release.RELEASES)}")
+        if topology == "block" and self.release == "22.05":
+            raise HarnessError("topology/block needs Slurm 23.11 or later, not 22.05")
         self.chroot: slurm_release.Chroot | None = None  # None: the host's Slurm (22.05)
         # How Slurm spells a GRES in TresPerNode & co.: "gres:gpu:1" in 22.05, "gres/gpu:1" from 23.11.
         self.gres = "gres:" if self.release == "22.05" else "gres/"
@@ -547,7 +557,7 @@ SlurmdParameters=config_overrides
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
-TopologyPlugin=topology/tree
+TopologyPlugin=topology/{self.topology}
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort={self.dbd_port}
@@ -579,7 +589,10 @@ PartitionName={UNLIMITED_PARTITION} Nodes=gpu[01-04] Default=NO State=UP
         (self.conf_dir / "topology.conf").write_text(
             "SwitchName=leaf1 Nodes=gpu[01-02]\n"
             "SwitchName=leaf2 Nodes=gpu[03-04]\n"
-            "SwitchName=spine Switches=leaf[1-2]\n")
+            "SwitchName=spine Switches=leaf[1-2]\n" if self.topology == "tree" else
+            "BlockName=nvl1 Nodes=gpu[01-02]\n"
+            "BlockName=nvl2 Nodes=gpu[03-04]\n"
+            "BlockSizes=2\n")
         dbd = self.conf_dir / "slurmdbd.conf"
         dbd.write_text(f"""\
 AuthType=auth/munge
@@ -810,10 +823,12 @@ StorageLoc=slurm_acct_db
         self.stop()
 
 
-def start_cluster(tmpdir: str | os.PathLike, timeout: float = 60) -> SlurmCluster:
-    """Start a cluster under ``tmpdir``; raise HarnessError (daemons stopped) on failure."""
+def start_cluster(tmpdir: str | os.PathLike, timeout: float = 60, release: str | None = None,
+                  topology: str = "tree") -> SlurmCluster:
+    """Start a cluster under ``tmpdir`` (of ``release``, default SLURMGOV_SLURM's; ``topology``
+    tree or block); raise HarnessError (daemons stopped) on failure."""
     ok, why = can_run()
     if not ok:
         raise HarnessError(why)
-    return SlurmCluster(tmpdir).start(timeout=timeout)
+    return SlurmCluster(tmpdir, release, topology).start(timeout=timeout)
 
