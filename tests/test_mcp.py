@@ -509,11 +509,11 @@ def test_on_slurm_a_user_acts_only_for_the_accounts_slurm_associates_them_with(s
 @pytest.mark.slurm
 def test_on_slurm_the_accounts_are_each_users_own(slurm_cluster, home_of):
     c = slurm_cluster
-    assoc = sorted(c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", "user=nobody", "format=account",
+    assoc = sorted(c.run("sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={c.user}", "format=account",
                          check=True).stdout.split())
 
     async def main():
-        async with Client(_as(c, "nobody", home_of("nobody"))) as client:
+        async with Client(_as(c, c.user, home_of(c.user))) as client:
             res = await client.read_resource("slurmgov://accounts")
             return [b["account"] for b in json.loads(res.contents[0].text)]
 
