@@ -66,8 +66,10 @@ def test_a_failed_install_into_a_cached_chroot_names_the_step_and_unmounts(tmp_p
     """A cached chroot made with another package list gets the missing ones installed in place; when
     that fails, the error names the step, its /proc and /dev are unmounted and it stays as it was."""
     dest = slurm_release.chroot_dir("24.11")
-    if os.geteuid() != 0 or slurm_release._marker(dest) is None:
-        pytest.skip("needs root and the Slurm 24.11 chroot already made (SLURMGOV_SLURM=24.11 makes it)")
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        (pytest.fail if os.environ.get("CI", "").lower() in ("1", "true", "yes") else pytest.skip)(
+            "needs root and debootstrap")
+    slurm_release.ensure_chroot("24.11", tmp_path / "make.log")  # made once, if missing; the suite's 24.11 tests share it
     before = slurm_release._marker(dest)
     mounted_before = _mounts_under(dest)
     monkeypatch.setattr(slurm_release, "PACKAGES", (*slurm_release.PACKAGES, "slurmgov-no-such-package"))
