@@ -22,15 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 8  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+SCHEMA_VERSION = 9  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
 # 5: each account's running total of what its open holds still hold (accounts.held_ms);
 # 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions);
 # 7: the role a change was made under (audit.role: admin, operator, manager);
 # 8: per-user caps inside an account (user_caps) and the indexes that sum a user's charges and holds
+# 9: each user's running total of what they were charged per account and month (user_charged),
+#    instead of the index of every charge by user (charges_user) that every charge insert kept up
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
-TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps")
+TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps",
+          "user_charged")
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ def ddl(d: Dialect) -> list[str]:
             completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
         *user_caps_ddl(d),
+        *user_charged_ddl(d),
         "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
         "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
@@ -283,7 +287,7 @@ def role_ddl(d: Dialect) -> list[tuple[str, str, str]]:
 def user_caps_ddl(d: Dialect) -> list[str]:
     """Version 8. A user may spend at most ``cap_ms`` of an account's budget per period (the
     account's period): what the user's charges in the period and open holds in the account add up
-    to. The two indexes read one user's charges and open holds, not the whole account's."""
+    to. The index reads one user's open holds, not the whole account's (their charges: version 9)."""
     T = d.text
     return [
         f"""CREATE TABLE IF NOT EXISTS user_caps (
@@ -292,10 +296,29 @@ def user_caps_ddl(d: Dialect) -> list[str]:
             cap_ms BIGINT NOT NULL CHECK (cap_ms >= 0),
             updated_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (account, user_name))""",
-        "CREATE INDEX IF NOT EXISTS charges_user ON charges (account, user_name, ended)",
         "CREATE INDEX IF NOT EXISTS holds_user_open ON holds (account, user_name) WHERE state = 'open'",
     ]
 
+
+def user_charged_ddl(d: Dialect) -> list[str]:
+    """Version 9. What each user was charged in an account, per UTC month of the charges' end
+    (rules.charge_month): a running total moved by every charge insert in its transaction
+    (USER_CHARGED_ADD), as accounts.held_ms is for open holds; a user's cap sums the period's
+    months (USER_CHARGED_IN), a few rows. It replaces version 8's index charges_user (account,
+    user_name, ended), which every charge insert updated at a scattered page. The migration drops
+    that index and fills the totals from the charges (USER_CHARGES_ALL)."""
+    T = d.text
+    return [
+        f"""CREATE TABLE IF NOT EXISTS user_charged (
+            account {T} NOT NULL,
+            user_name {T} NOT NULL,
+            month {T} NOT NULL,
+            amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
+            PRIMARY KEY (account, user_name, month))""",
+    ]
+
+
+USER_INDEX_DROP = "DROP INDEX IF EXISTS charges_user"  # version 8's, replaced by user_charged (version 9)
 
 # The open holds with a lease, by account and lease end: an admission's look for its account's
 # lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
@@ -367,8 +390,13 @@ USER_CAP_INSERT = "INSERT INTO user_caps (account, user_name, cap_ms, updated_at
 USER_CAP_UPDATE = "UPDATE user_caps SET cap_ms = ?, updated_at = ? WHERE account = ? AND user_name = ?"
 USER_CAP_DELETE = "DELETE FROM user_caps WHERE account = ? AND user_name = ?"
 USER_CAPS_ALL = "SELECT account, user_name, cap_ms FROM user_caps ORDER BY account, user_name"
-USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
-    WHERE account = ? AND user_name = ? AND ended >= ? AND ended < ?"""
+# (version 9: a user's charges in a period are the sum of their months' running totals)
+USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM user_charged
+    WHERE account = ? AND user_name = ? AND month >= ? AND month < ?"""
+USER_CHARGED_ADD = """INSERT INTO user_charged (account, user_name, month, amount_ms) VALUES (?, ?, ?, ?)
+    ON CONFLICT (account, user_name, month) DO UPDATE SET amount_ms = user_charged.amount_ms + excluded.amount_ms"""
+USER_CHARGES_ALL = "SELECT account, user_name, ended, amount_ms FROM charges WHERE user_name IS NOT NULL"
+USER_CHARGED_ALL = "SELECT account, user_name, month, amount_ms FROM user_charged ORDER BY account, user_name, month"
 USER_HELD = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM holds h
     JOIN hold_shares s ON s.hold_key = h.hold_key
     WHERE h.account = ? AND h.user_name = ? AND h.state = 'open'"""

@@ -525,6 +525,13 @@ class Ledger:
             if version < 8:
                 for stmt in S.user_caps_ddl(self._d):
                     self._x(stmt)
+            if version < 9:
+                self._x(S.USER_INDEX_DROP)
+                for stmt in S.user_charged_ddl(self._d):
+                    self._x(stmt)
+                # from the charges, under the write lock: exact from here on (each charge's month by
+                # the one rule, in Python, not by an engine's date functions)
+                self._add_user_charged(_user_deltas(self._x(S.USER_CHARGES_ALL)))
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -719,8 +726,8 @@ class Ledger:
         if row is None:
             return None
         kind = self._one(S.ACCOUNT_BALANCE, (account,))[1]
-        key, start, end = period_of(kind, ts)
-        charged = self._one(S.USER_CHARGED_IN, (account, user, start, end))[0]
+        key = period_of(kind, ts)[0]
+        charged = self._one(S.USER_CHARGED_IN, (account, user, *R.period_months(kind, ts)))[0]
         held = self._one(S.USER_HELD, (account, user))[0]
         return key, row[0], charged, held
 
@@ -1072,6 +1079,17 @@ class Ledger:
         if delta:
             self._x(S.HELD_ADD, (delta, account))
 
+    def _add_user_charged(self, deltas: dict[tuple[str, str, str], int]) -> None:
+        """Move users' running totals of what they were charged (schema version 9) by the charges
+        this transaction recorded: every charge insert calls this (Bulk too)."""
+        if deltas:
+            self._conn.cursor().executemany(self._d.sql(S.USER_CHARGED_ADD),
+                                            [(*k, ms) for k, ms in sorted(deltas.items())])
+
+    def user_charged(self) -> list[tuple[str, str, str, float]]:
+        """(account, user, month, GPU-h charged) of every user's running total (schema version 9)."""
+        return [(a, u, m, _h(ms)) for a, u, m, ms in self._read(lambda: self._x(S.USER_CHARGED_ALL).fetchall())]
+
     def _release_hold(self, hold_key: str, account: str, state: str, ts: float) -> None:
         """Close the open hold ``hold_key`` of ``account``: every share released, the total too."""
         self._held(account, -self._one(S.HOLD_REMAINING, (hold_key,))[0])
@@ -1206,6 +1224,7 @@ class Ledger:
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
                    gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time(), *tokens)
             self._x(S.CHARGE_INSERT, row)
+            self._add_user_charged(_user_deltas([(row[2], row[6], t1, ms)]))
             share = self._one(S.SHARE_GET, (hold_key, step))
             if share is not None and (take := R.share_draw(h.state, share[1], ms)):
                 self._x(S.SHARE_SET, (share[1] - take, hold_key, step))
@@ -1317,6 +1336,18 @@ class Ledger:
     def close_holds(self, pairs, batch: int = BULK_ROWS) -> int:
         """Close many holds ((hold_key, state) pairs), the rules of close(). Returns how many were open."""
         return self._in_batches(pairs, batch, "close_many")
+
+
+def _user_deltas(charges) -> dict[tuple[str, str, str], int]:
+    """(account, user, month) -> ms of (account, user, ended, amount_ms) charges: what they add
+    to the users' running totals (rules.charge_month); a charge without a user adds nothing."""
+    out: dict[tuple[str, str, str], int] = {}
+    month = R.charge_month
+    for account, user, ended, ms in charges:
+        if user is not None:
+            k = (account, user, month(ended))
+            out[k] = out.get(k, 0) + ms
+    return out
 
 
 class HoldRow(NamedTuple):  # a tuple: bulk reads build hundreds of thousands of them
@@ -1532,6 +1563,7 @@ class Bulk:
                 share[1] -= take
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
+        self._l._add_user_charged(_user_deltas((r[2], r[6], r[12], r[10]) for r in out))
         self._add_held(held)
         self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
         return [row[0] for row in out]
