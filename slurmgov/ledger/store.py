@@ -77,6 +77,9 @@ _ENGINE_WAIT_MAX_S = 86_400.0  # one engine wait at most (an infinite --wait wai
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
 _PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 _PG_HINT = "pip install 'slurmgov[postgres]'"
+# key sets and rows as bulk statements take them (SQLite: one JSON text): plain lists of strings
+# and numbers, so no walk for circular references; no spaces
+_JSON = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 _BULK_KEYS = 50_000  # keys per bulk lookup query: one round trip for many keys
 BULK_ROWS = 50_000  # rows per import transaction: other writers wait for at most one batch
 
@@ -1383,6 +1386,11 @@ class Bulk:
         self._l = ledger
         self._locked: set[str] = set()
         self._accounts: set[str] | None = None
+        # SQLite: BEGIN IMMEDIATE holds the whole database for this transaction, so a hold read in
+        # it stays what the database has, but for what this Bulk writes itself (admit_many and
+        # close_many keep this up to date): a batch's plan, its closes and its charges read each
+        # hold once. PostgreSQL reads again: a hold may change until its account is locked.
+        self._memo: dict[str, HoldRow] | None = None if ledger._d.row_locks else {}
 
     def _keyed(self, q: str, col: str, keys, before: tuple = ()):
         """Run ``q`` (with ``{keys}``) for ``col`` in ``keys``, a few thousand keys a statement;
@@ -1391,7 +1399,7 @@ class Bulk:
         q = d.in_keys(q, col)
         for i in range(0, len(keys), _BULK_KEYS):
             part = keys[i:i + _BULK_KEYS]
-            yield self._l._x(q, (*before, json.dumps(part) if d.keys_as_json else part))
+            yield self._l._x(q, (*before, _JSON(part) if d.keys_as_json else part))
 
     def _select(self, q: str, col: str, keys) -> list:
         return [row for cur in self._keyed(q, col, keys) for row in cur.fetchall()]
@@ -1441,7 +1449,13 @@ class Bulk:
             raise R.no_budget(account)
 
     def holds(self, keys) -> dict[str, HoldRow]:
-        return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
+        memo = self._memo
+        if memo is None:
+            return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
+        keys = list(dict.fromkeys(keys))
+        for r in self._select(S.HOLDS_BULK, "hold_key", [k for k in keys if k not in memo]):
+            memo[r[0]] = HoldRow._make(r)
+        return {k: h for k in keys if (h := memo.get(k)) is not None}
 
     def _locked_holds(self, keys) -> dict[str, HoldRow]:
         """The holds, read after their accounts are locked (read again until no hold has moved to
@@ -1478,7 +1492,7 @@ class Bulk:
             return out
         for i in range(0, len(rows), _BULK_KEYS):
             part = rows[i:i + _BULK_KEYS]
-            for n, hk, s in self._l._x(d.charge_check, (json.dumps(part),)).fetchall():
+            for n, hk, s in self._l._x(d.charge_check, (_JSON(part),)).fetchall():
                 out[i + n] = (hk, s)
         return out
 
@@ -1523,6 +1537,8 @@ class Bulk:
             new[key] = (account, workflow, want)
         self._insert(S.HOLD_ROWS, holds)
         self._insert(S.SHARE_ROWS, shares)
+        if self._memo is not None:
+            self._memo.update((r[0], HoldRow(r[0], r[1], r[2], r[3], r[4], r[6], r[7])) for r in holds)
         held: dict[str, int] = {}
         for account, _, want in new.values():
             held[account] = held.get(account, 0) + sum(want.values())
@@ -1589,4 +1605,6 @@ class Bulk:
         self._update(S.SHARES_RELEASE_BULK, "hold_key", closing)
         for state in CLOSED_STATES:
             self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))
+        if self._memo is not None:
+            self._memo.update((k, holds[k]._replace(state=st)) for k, st in closing.items())
         return list(closing)
