@@ -231,9 +231,9 @@ def _job(uid: int, gpus: int, minutes: int, **extra) -> dict:
 
 def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
     """Version 9 keeps what each user was charged per account and month as running totals instead
-    of version 8's index charges_user: a version 8 ledger migrates in place, its totals filled
-    from the charges recorded (users, months, the charges without a user left out), the index
-    dropped, and a cap reads the same as before."""
+    of version 8's index charges_user, and indexes only the open holds by account: a version 8
+    ledger migrates in place, its totals filled from the charges recorded (users, months, the
+    charges without a user left out), the old index dropped, and a cap reads the same as before."""
     led = Ledger.open(db)
     led.set_budget("chem", 10.0, actor="test")
     led.set_user_cap("chem", "alice", 2.0, actor="admin")
@@ -247,6 +247,7 @@ def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
     assert before == [("chem", "alice", "2026-05", 0.75), ("chem", "bob", "2026-06", 0.75)]
     led.disconnect()
     stmts = ["DROP TABLE user_charged", "CREATE INDEX charges_user ON charges (account, user_name, ended)",
+             "DROP INDEX holds_open", "CREATE INDEX holds_open ON holds (account, state)",
              "UPDATE schema_version SET version = 8"]  # version 8's shape
     if db.startswith("sqlite:///"):
         conn = sqlite3.connect(db[len("sqlite://"):])
@@ -271,6 +272,11 @@ def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
         led.admit("a2", "chem", "wf", {"s": 1.5}, user="alice", now=NOW)
     led.charge("c5", "a1", "s", 4, 3600, 0.25, None, None, NOW, "done")  # a charge after it adds up
     assert led.user_charged()[0] == ("chem", "alice", "2026-05", 1.0)
+    # the open holds' index now holds the open ones only: what they hold reads the same
+    assert [h["hold_key"] for h in led.holds_open()] == ["a1", "n1"] and led.check_held() == []
+    led.close("a1", "done")
+    assert [h["hold_key"] for h in led.holds_open()] == ["n1"] and led.check_held() == []
+    assert led.balance("chem", now=NOW).held_h == 0  # n1 was charged in full: its share holds nothing
     assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 9
     led.disconnect()
 

@@ -529,6 +529,8 @@ class Ledger:
                 for stmt in S.user_caps_ddl(self._d):
                     self._x(stmt)
             if version < 9:
+                self._x(S.OPEN_INDEX_DROP)
+                self._x(S.OPEN_INDEX)
                 self._x(S.USER_INDEX_DROP)
                 for stmt in S.user_charged_ddl(self._d):
                     self._x(stmt)
