@@ -164,7 +164,7 @@ def test_a_version_6_or_7_ledger_gains_user_caps_on_open(db, version):
     led.set_budget("chem", 10.0, actor="test")
     led.admit("a1", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
     led.disconnect()
-    stmts = ["DROP TABLE user_charged", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
+    stmts = ["DROP TABLE user_charged", "DROP TABLE account_charged", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
              f"UPDATE schema_version SET version = {version}"]
     if version < 7:
         stmts.insert(0, "ALTER TABLE audit DROP COLUMN role")
@@ -230,10 +230,11 @@ def _job(uid: int, gpus: int, minutes: int, **extra) -> dict:
 
 
 def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
-    """Version 9 keeps what each user was charged per account and month as running totals instead
-    of version 8's index charges_user, and indexes only the open holds by account: a version 8
-    ledger migrates in place, its totals filled from the charges recorded (users, months, the
-    charges without a user left out), the old index dropped, and a cap reads the same as before."""
+    """Version 9 keeps what each account and each user in it were charged per month as running
+    totals instead of version 8's indexes charges_period and charges_user, and indexes only the
+    open holds by account: a version 8 ledger migrates in place, its totals filled from the
+    charges recorded (users, months; a charge without a user counts for its account only), the
+    old indexes dropped, and balances and caps read the same as before."""
     led = Ledger.open(db)
     led.set_budget("chem", 10.0, actor="test")
     led.set_user_cap("chem", "alice", 2.0, actor="admin")
@@ -245,8 +246,11 @@ def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
     led.charge("c4", "n1", "s", 1, 3600, 1.0, None, None, NOW, "done")  # no user: no cap counts it
     before = led.user_charged()
     assert before == [("chem", "alice", "2026-05", 0.75), ("chem", "bob", "2026-06", 0.75)]
+    balances = {t: led.balance("chem", now=t) for t in (NOW, MONTH_START)}
+    assert [b.charged_h for b in balances.values()] == [1.75, 0.75]
     led.disconnect()
     stmts = ["DROP TABLE user_charged", "CREATE INDEX charges_user ON charges (account, user_name, ended)",
+             "DROP TABLE account_charged", "CREATE INDEX charges_period ON charges (account, ended)",
              "DROP INDEX holds_open", "CREATE INDEX holds_open ON holds (account, state)",
              "UPDATE schema_version SET version = 8"]  # version 8's shape
     if db.startswith("sqlite:///"):
@@ -263,11 +267,13 @@ def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
                 conn.execute(stmt)
     led = Ledger.open(db)
     assert led.user_charged() == before
+    assert {t: led.balance("chem", now=t) for t in balances} == balances  # the accounts' totals too
     assert led._read(lambda: led._one(led._d.sql(
         "SELECT COUNT(*) FROM charges WHERE user_name = ?"), ("alice",)))[0] == 2
-    has_index = ("SELECT 1 FROM sqlite_master WHERE name = 'charges_user'" if db.startswith("sqlite")
-                 else "SELECT to_regclass('charges_user')")
-    assert led._read(lambda: led._one(has_index)) in (None, (None,))
+    for index in ("charges_user", "charges_period"):
+        has_index = (f"SELECT 1 FROM sqlite_master WHERE name = '{index}'" if db.startswith("sqlite")
+                     else f"SELECT to_regclass('{index}')")
+        assert led._read(lambda q=has_index: led._one(q)) in (None, (None,))
     with pytest.raises(BudgetRefused, match="user alice has 1.2 GPU-h left"):
         led.admit("a2", "chem", "wf", {"s": 1.5}, user="alice", now=NOW)
     led.charge("c5", "a1", "s", 4, 3600, 0.25, None, None, NOW, "done")  # a charge after it adds up

@@ -27,14 +27,15 @@ SCHEMA_VERSION = 9  # 2: attributions; 3: rollover and expiry terms; 4: run leas
 # 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions);
 # 7: the role a change was made under (audit.role: admin, operator, manager);
 # 8: per-user caps inside an account (user_caps) and the indexes that sum a user's charges and holds
-# 9: each user's running total of what they were charged per account and month (user_charged),
-#    instead of the index of every charge by user (charges_user) that every charge insert kept up;
-#    the index of holds by account holds only the open ones (holds_open)
+# 9: running totals of what each account, and each user in it, was charged per month
+#    (account_charged, user_charged), instead of the indexes of every charge by account and by user
+#    (charges_period, charges_user) that every charge insert kept up; the index of holds by account
+#    holds only the open ones (holds_open)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
 TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps",
-          "user_charged")
+          "account_charged", "user_charged")
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,8 @@ def ddl(d: Dialect) -> list[str]:
             completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
         *user_caps_ddl(d),
-        *user_charged_ddl(d),
+        *charged_ddl(d),
         OPEN_INDEX,
-        "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
         LEASE_INDEX,
         *d.extra_ddl,
@@ -301,15 +301,21 @@ def user_caps_ddl(d: Dialect) -> list[str]:
     ]
 
 
-def user_charged_ddl(d: Dialect) -> list[str]:
-    """Version 9. What each user was charged in an account, per UTC month of the charges' end
-    (rules.charge_month): a running total moved by every charge insert in its transaction
-    (USER_CHARGED_ADD), as accounts.held_ms is for open holds; a user's cap sums the period's
-    months (USER_CHARGED_IN), a few rows. It replaces version 8's index charges_user (account,
-    user_name, ended), which every charge insert updated at a scattered page. The migration drops
-    that index and fills the totals from the charges (USER_CHARGES_ALL)."""
+def charged_ddl(d: Dialect) -> list[str]:
+    """Version 9. What each account, and each user in it, was charged per UTC month of the charges'
+    end (rules.charge_month): running totals moved by every charge insert in its transaction
+    (ACCOUNT_CHARGED_ADD, USER_CHARGED_ADD), as accounts.held_ms is for open holds; a balance and a
+    user's cap sum their period's months (CHARGED_IN, USER_CHARGED_IN), a few rows. They replace
+    the indexes charges_period (account, ended) and charges_user (account, user_name, ended) that
+    every charge insert updated, each at a scattered page. The migration drops those indexes and
+    fills the totals from the charges (CHARGES_MONTHS)."""
     T = d.text
     return [
+        f"""CREATE TABLE IF NOT EXISTS account_charged (
+            account {T} NOT NULL,
+            month {T} NOT NULL,
+            amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
+            PRIMARY KEY (account, month))""",
         f"""CREATE TABLE IF NOT EXISTS user_charged (
             account {T} NOT NULL,
             user_name {T} NOT NULL,
@@ -319,7 +325,8 @@ def user_charged_ddl(d: Dialect) -> list[str]:
     ]
 
 
-USER_INDEX_DROP = "DROP INDEX IF EXISTS charges_user"  # version 8's, replaced by user_charged (version 9)
+# the indexes version 9 replaced by account_charged and user_charged
+CHARGE_INDEX_DROPS = ("DROP INDEX IF EXISTS charges_period", "DROP INDEX IF EXISTS charges_user")
 # The open holds by account. Every read of holds by account asks for the open ones only; until
 # version 9 it was (account, state) over every hold, so each close moved the hold's entry into its
 # account's closed ones, at a scattered page. Now a close only removes the entry, from a small
@@ -402,7 +409,10 @@ USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM use
     WHERE account = ? AND user_name = ? AND month >= ? AND month < ?"""
 USER_CHARGED_ADD = """INSERT INTO user_charged (account, user_name, month, amount_ms) VALUES (?, ?, ?, ?)
     ON CONFLICT (account, user_name, month) DO UPDATE SET amount_ms = user_charged.amount_ms + excluded.amount_ms"""
-USER_CHARGES_ALL = "SELECT account, user_name, ended, amount_ms FROM charges WHERE user_name IS NOT NULL"
+ACCOUNT_CHARGED_ADD = """INSERT INTO account_charged (account, month, amount_ms) VALUES (?, ?, ?)
+    ON CONFLICT (account, month) DO UPDATE SET amount_ms = account_charged.amount_ms + excluded.amount_ms"""
+CHARGES_MONTHS = "SELECT account, user_name, ended, amount_ms FROM charges"  # what the totals are made of
+CHARGED_CLEAR = ("DELETE FROM account_charged", "DELETE FROM user_charged")  # before the migration fills them
 USER_CHARGED_ALL = "SELECT account, user_name, month, amount_ms FROM user_charged ORDER BY account, user_name, month"
 USER_HELD = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM holds h
     JOIN hold_shares s ON s.hold_key = h.hold_key
@@ -414,8 +424,9 @@ AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budge
 
 # What an account has charged in [start, end) and what its open holds still reserve.
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
-CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
-    WHERE account = ? AND ended >= ? AND ended < ?"""
+# (version 9: the sum of its months' running totals, given as [first, end) month keys)
+CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM account_charged
+    WHERE account = ? AND month >= ? AND month < ?"""
 # What its open holds still reserve: a running total per account (version 5), read by every
 # balance, moved by every write to an open hold's shares in the same transaction (HELD_ADD), so an
 # admission reads one row instead of summing the account's open holds. HELD_CHECK: each account

@@ -531,12 +531,11 @@ class Ledger:
             if version < 9:
                 self._x(S.OPEN_INDEX_DROP)
                 self._x(S.OPEN_INDEX)
-                self._x(S.USER_INDEX_DROP)
-                for stmt in S.user_charged_ddl(self._d):
+                for stmt in (*S.CHARGE_INDEX_DROPS, *S.charged_ddl(self._d), *S.CHARGED_CLEAR):
                     self._x(stmt)
                 # from the charges, under the write lock: exact from here on (each charge's month by
                 # the one rule, in Python, not by an engine's date functions)
-                self._add_user_charged(_user_deltas(self._x(S.USER_CHARGES_ALL)))
+                self._add_charged(_charged_deltas(self._x(S.CHARGES_MONTHS)))
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -926,14 +925,15 @@ class Ledger:
         if row is None:
             raise R.no_budget(account)
         budget, kind, pct, expires = row
-        key, start, end = period_of(kind, ts)
-        charged = self._one(S.CHARGED_IN, (account, start, end))[0]
+        key, start, _ = period_of(kind, ts)
+        charged = self._one(S.CHARGED_IN, (account, *R.period_months(kind, ts)))[0]
         held = self._one(S.HELD_GET, (account,))[0]  # the running total: one row, however many holds
         carried = 0
         if R.expired(expires, ts):
             budget = 0
         elif (window := R.rollover_window(kind, pct, start)) is not None and self._existed_before(account, start):
-            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *window))[0])
+            months = (R.charge_month(window[0]), R.charge_month(window[1]))
+            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *months))[0])
             budget += carried
         return key, budget, charged, held, carried, expires
 
@@ -1084,12 +1084,13 @@ class Ledger:
         if delta:
             self._x(S.HELD_ADD, (delta, account))
 
-    def _add_user_charged(self, deltas: dict[tuple[str, str, str], int]) -> None:
-        """Move users' running totals of what they were charged (schema version 9) by the charges
-        this transaction recorded: every charge insert calls this (Bulk too)."""
-        if deltas:
-            self._conn.cursor().executemany(self._d.sql(S.USER_CHARGED_ADD),
-                                            [(*k, ms) for k, ms in sorted(deltas.items())])
+    def _add_charged(self, deltas: tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]) -> None:
+        """Move the accounts' and users' running totals of what they were charged per month (schema
+        version 9) by the charges this transaction recorded (_charged_deltas): every charge insert
+        calls this (Bulk too)."""
+        for q, d in zip((S.ACCOUNT_CHARGED_ADD, S.USER_CHARGED_ADD), deltas):
+            if d:
+                self._conn.cursor().executemany(self._d.sql(q), [(*k, ms) for k, ms in sorted(d.items())])
 
     def user_charged(self) -> list[tuple[str, str, str, float]]:
         """(account, user, month, GPU-h charged) of every user's running total (schema version 9)."""
@@ -1229,7 +1230,7 @@ class Ledger:
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
                    gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time(), *tokens)
             self._x(S.CHARGE_INSERT, row)
-            self._add_user_charged(_user_deltas([(row[2], row[6], t1, ms)]))
+            self._add_charged(_charged_deltas([(row[2], row[6], t1, ms)]))
             share = self._one(S.SHARE_GET, (hold_key, step))
             if share is not None and (take := R.share_draw(h.state, share[1], ms)):
                 self._x(S.SHARE_SET, (share[1] - take, hold_key, step))
@@ -1343,16 +1344,19 @@ class Ledger:
         return self._in_batches(pairs, batch, "close_many")
 
 
-def _user_deltas(charges) -> dict[tuple[str, str, str], int]:
-    """(account, user, month) -> ms of (account, user, ended, amount_ms) charges: what they add
-    to the users' running totals (rules.charge_month); a charge without a user adds nothing."""
-    out: dict[tuple[str, str, str], int] = {}
+def _charged_deltas(charges) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]:
+    """What (account, user, ended, amount_ms) charges add to the running totals (schema version 9):
+    (account, month) -> ms and (account, user, month) -> ms, by rules.charge_month; a charge
+    without a user adds to its account's only."""
+    accounts: dict[tuple[str, str], int] = {}
+    users: dict[tuple[str, str, str], int] = {}
     month = R.charge_month
     for account, user, ended, ms in charges:
+        m = month(ended)
+        accounts[account, m] = accounts.get((account, m), 0) + ms
         if user is not None:
-            k = (account, user, month(ended))
-            out[k] = out.get(k, 0) + ms
-    return out
+            users[account, user, m] = users.get((account, user, m), 0) + ms
+    return accounts, users
 
 
 class HoldRow(NamedTuple):  # a tuple: bulk reads build hundreds of thousands of them
@@ -1581,7 +1585,7 @@ class Bulk:
                 share[1] -= take
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
-        self._l._add_user_charged(_user_deltas((r[2], r[6], r[12], r[10]) for r in out))
+        self._l._add_charged(_charged_deltas((r[2], r[6], r[12], r[10]) for r in out))
         self._add_held(held)
         self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
         return [row[0] for row in out]
