@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import grp
 import logging
 import os
@@ -324,6 +325,26 @@ def reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None =
     Jobs are taken in order, as if one by one, but in chunks: each chunk reads the holds and
     charges it needs with a few queries and writes what is missing in one transaction.
     """
+    with _no_cycle_collection():
+        return _reconcile(ledger, site, jobs, live_tokens, now, grace_s, partitions)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """Pause Python's cycle collector: a pass allocates millions of acyclic rows and keys beside
+    a million sacct rows, and the collector walked them again and again (about 1.1 s of a
+    1,000,000-job pass). Reference counting still frees everything; the collector runs again after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None, grace_s: float,
+               partitions) -> list[str]:
     now = time.time() if now is None else now
     jobs = list(jobs)
     queued = [Queued("", q, "RUNNING") if isinstance(q, str) else q for q in live_tokens]
