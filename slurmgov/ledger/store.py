@@ -1088,9 +1088,11 @@ class Ledger:
         """Move the accounts' and users' running totals of what they were charged per month (schema
         version 9) by the charges this transaction recorded (_charged_deltas): every charge insert
         calls this (Bulk too)."""
-        for q, d in zip((S.ACCOUNT_CHARGED_ADD, S.USER_CHARGED_ADD), deltas):
-            if d:
-                self._conn.cursor().executemany(self._d.sql(q), [(*k, ms) for k, ms in sorted(d.items())])
+        accounts, users = deltas
+        for q, rows in ((S.ACCOUNT_CHARGED_ADD, [(*k, ms) for k, ms in sorted(accounts.items())]),
+                        (S.USER_CHARGED_ADD, [(*k, ms) for k, ms in sorted(users.items())])):
+            if rows:
+                self._conn.cursor().executemany(self._d.sql(q), rows)
 
     def user_charged(self) -> list[tuple[str, str, str, float]]:
         """(account, user, month, GPU-h charged) of every user's running total (schema version 9)."""
