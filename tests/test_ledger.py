@@ -1105,7 +1105,8 @@ def test_a_version_6_ledger_gains_the_audit_role_and_keeps_its_trail(db):
     led.set_budget("chem", 10.0, "none", actor="alice", reason="before roles")
     led.disconnect()
     with raw(db) as (conn, _):  # as version 6 had it: no audit.role, no user_caps (version 8)
-        for stmt in ("ALTER TABLE audit DROP COLUMN role", "DROP INDEX charges_user", "DROP INDEX holds_user_open",
+        for stmt in ("ALTER TABLE audit DROP COLUMN role", "DROP TABLE user_charged", "DROP TABLE account_charged",
+                     "DROP INDEX holds_user_open",
                      "DROP TABLE user_caps", "UPDATE schema_version SET version = 6"):
             conn.execute(stmt)
         if db.startswith("sqlite"):
@@ -1119,7 +1120,7 @@ def test_a_version_6_ledger_gains_the_audit_role_and_keeps_its_trail(db):
         ("alice", "set", None), ("daemon", "grant", "operator"), ("daemon", "release", "operator"),
         ("nobody", "user-cap", "manager")]
     with raw(db) as (conn, _):
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION == 8
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == ledger_schema.SCHEMA_VERSION == 9
     led.disconnect()
 
 

@@ -1,5 +1,5 @@
 """Per-user caps inside an account (issue 15, point 4): the ledger's rules, on SQLite and on the
-session's PostgreSQL server (tests/pg_harness.py), and the schema migration to version 8."""
+session's PostgreSQL server (tests/pg_harness.py), and the schema migrations to versions 8 and 9."""
 
 from __future__ import annotations
 
@@ -77,6 +77,37 @@ def test_charges_count_against_the_cap_in_their_period_only(led):
     assert (u.period, u.charged_h, u.held_h) == ("2026-06", 0.0, 2.0)
 
 
+MONTH_START = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()
+
+
+def test_a_charge_counts_in_the_month_it_ended_to_the_second(led):
+    """A user's charges are kept as running totals per month of their end (schema 9): a charge
+    that ended half a second before the month turned counts in the old month, one that ended at
+    the turn in the new one, as the charges' own end times say; quarterly and open-ended periods
+    sum their months."""
+    led.admit("a1", "chem", "wf", {"s": 1.0}, user="alice", now=NOW, enforce=False)
+    led.charge("c1", "a1", "s", 1, 3600, 0.25, None, None, MONTH_START - 0.5, "done")
+    led.charge("c2", "a1", "s", 2, 3600, 0.5, None, None, MONTH_START, "done", user="alice")
+    led.bulk(lambda b: b.charge_many([dict(charge_key="c3", hold_key="a1", step="s", attempt=3, gpu_seconds=3600,
+                                           weight=0.125, gpu_type=None, started=None, ended=MONTH_START + 1e-3,
+                                           status="done")]))
+    led.charge("c4", "a1", "s", 4, 3600, 1.0, None, None, NOW, "done", user="bob")  # another user's
+    led.close("a1", "done")
+    assert led.user_charged() == [("chem", "alice", "2026-05", 0.25), ("chem", "alice", "2026-06", 0.625),
+                                  ("chem", "bob", "2026-05", 1.0)]
+    [u] = led.user_balances(now=MONTH_START - 1)
+    assert (u.period, u.charged_h, u.available_h) == ("2026-05", 0.25, 1.75)
+    [u] = led.user_balances(now=MONTH_START)
+    assert (u.period, u.charged_h, u.available_h) == ("2026-06", 0.625, 1.375)
+    led.set_budget("chem", 10.0, "quarterly", actor="test")  # April-June: both months
+    [u] = led.user_balances(now=MONTH_START)
+    assert (u.period, u.charged_h) == ("2026-Q2", 0.875)
+    led.set_budget("chem", 10.0, "none", actor="test")
+    led.set_user_cap("chem", "alice", 1.0, actor="admin")
+    with pytest.raises(BudgetRefused, match="user alice has 0.1 GPU-h left"):
+        led.admit("a2", "chem", "wf", {"s": 0.2}, user="alice", now=NOW)
+
+
 def test_work_admitted_elsewhere_is_recorded_and_counts(led):
     """The submit hook admits a Slurm job; the governor records it (enforce=False) past the cap,
     as it records one past the account's budget, and the user's next admission sees it."""
@@ -133,7 +164,7 @@ def test_a_version_6_or_7_ledger_gains_user_caps_on_open(db, version):
     led.set_budget("chem", 10.0, actor="test")
     led.admit("a1", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
     led.disconnect()
-    stmts = ["DROP INDEX charges_user", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
+    stmts = ["DROP TABLE user_charged", "DROP TABLE account_charged", "DROP INDEX holds_user_open", "DROP TABLE user_caps",
              f"UPDATE schema_version SET version = {version}"]
     if version < 7:
         stmts.insert(0, "ALTER TABLE audit DROP COLUMN role")
@@ -153,7 +184,7 @@ def test_a_version_6_or_7_ledger_gains_user_caps_on_open(db, version):
     led.set_user_cap("chem", "alice", 1.5, actor="admin", role="manager")
     with pytest.raises(BudgetRefused, match="0.5 GPU-h left of their per-user cap of 1.5 GPU-h"):
         led.admit("a2", "chem", "wf", {"s": 1.0}, user="alice", now=NOW)
-    assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 8
+    assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 9
     assert [(a["action"], a["role"]) for a in led.audit()] == [("set", None), ("user-cap", "manager")]
     led.disconnect()
 
@@ -196,6 +227,64 @@ def _submit(lua51, d, jobs: list[dict]) -> list[list[str]]:
 def _job(uid: int, gpus: int, minutes: int, **extra) -> dict:
     return {"tres_per_node": f"gres:gpu:{gpus}", "time_limit": minutes, "user_id": str(uid), "min_nodes": 1,
             "max_nodes": 1, **extra}
+
+
+def test_a_version_8_ledger_gains_its_users_running_totals_on_open(db):
+    """Version 9 keeps what each account and each user in it were charged per month as running
+    totals instead of version 8's indexes charges_period and charges_user, and indexes only the
+    open holds by account: a version 8 ledger migrates in place, its totals filled from the
+    charges recorded (users, months; a charge without a user counts for its account only), the
+    old indexes dropped, and balances and caps read the same as before."""
+    led = Ledger.open(db)
+    led.set_budget("chem", 10.0, actor="test")
+    led.set_user_cap("chem", "alice", 2.0, actor="admin")
+    led.admit("a1", "chem", "wf", {"s": 1.0}, user="alice", now=NOW, enforce=False)
+    led.charge("c1", "a1", "s", 1, 3600, 0.5, None, None, NOW, "done")
+    led.charge("c2", "a1", "s", 2, 3600, 0.25, None, None, MONTH_START - 0.5, "done")
+    led.charge("c3", "a1", "s", 3, 3600, 0.75, None, None, MONTH_START, "done", user="bob")
+    led.admit("n1", "chem", "wf", {"s": 1.0}, now=NOW)
+    led.charge("c4", "n1", "s", 1, 3600, 1.0, None, None, NOW, "done")  # no user: no cap counts it
+    before = led.user_charged()
+    assert before == [("chem", "alice", "2026-05", 0.75), ("chem", "bob", "2026-06", 0.75)]
+    balances = {t: led.balance("chem", now=t) for t in (NOW, MONTH_START)}
+    assert [b.charged_h for b in balances.values()] == [1.75, 0.75]
+    led.disconnect()
+    stmts = ["DROP TABLE user_charged", "CREATE INDEX charges_user ON charges (account, user_name, ended)",
+             "DROP TABLE account_charged", "CREATE INDEX charges_period ON charges (account, ended)",
+             "DROP INDEX holds_open", "CREATE INDEX holds_open ON holds (account, state)",
+             "UPDATE schema_version SET version = 8"]  # version 8's shape
+    if db.startswith("sqlite:///"):
+        conn = sqlite3.connect(db[len("sqlite://"):])
+        for stmt in stmts:
+            conn.execute(stmt)
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+            for stmt in stmts:
+                conn.execute(stmt)
+    led = Ledger.open(db)
+    assert led.user_charged() == before
+    assert {t: led.balance("chem", now=t) for t in balances} == balances  # the accounts' totals too
+    assert led._read(lambda: led._one(led._d.sql(
+        "SELECT COUNT(*) FROM charges WHERE user_name = ?"), ("alice",)))[0] == 2
+    for index in ("charges_user", "charges_period"):
+        has_index = (f"SELECT 1 FROM sqlite_master WHERE name = '{index}'" if db.startswith("sqlite")
+                     else f"SELECT to_regclass('{index}')")
+        assert led._read(lambda q=has_index: led._one(q)) in (None, (None,))
+    with pytest.raises(BudgetRefused, match="user alice has 1.2 GPU-h left"):
+        led.admit("a2", "chem", "wf", {"s": 1.5}, user="alice", now=NOW)
+    led.charge("c5", "a1", "s", 4, 3600, 0.25, None, None, NOW, "done")  # a charge after it adds up
+    assert led.user_charged()[0] == ("chem", "alice", "2026-05", 1.0)
+    # the open holds' index now holds the open ones only: what they hold reads the same
+    assert [h["hold_key"] for h in led.holds_open()] == ["a1", "n1"] and led.check_held() == []
+    led.close("a1", "done")
+    assert [h["hold_key"] for h in led.holds_open()] == ["n1"] and led.check_held() == []
+    assert led.balance("chem", now=NOW).held_h == 0  # n1 was charged in full: its share holds nothing
+    assert led._read(lambda: led._one(ledger_schema.VERSION_GET))[0] == ledger_schema.SCHEMA_VERSION == 9
+    led.disconnect()
 
 
 def test_the_hook_refuses_a_user_past_their_cap_and_admits_another(lua51, tmp_path):

@@ -109,6 +109,31 @@ def period_of(kind: str, ts: float) -> tuple[str, float, float]:
     return key, start.timestamp(), end.timestamp()
 
 
+def charge_month(ts: float) -> str:
+    """The UTC month ('YYYY-MM') whose per-user running total a charge that ended at epoch time
+    ``ts`` adds to (schema version 9). Periods start and end on whole seconds at a month's first
+    instant, so the month of floor(ts) is in [start, end) exactly when ts is; a time no calendar
+    holds gets a key outside every month: before -FOREVER '!', after FOREVER '9999-99', and
+    '0000-00' / '9999-98' between, inside only the open-ended period, as the charges' own
+    ``ended`` comparisons had it."""
+    if ts < -FOREVER:
+        return "!"
+    if ts >= FOREVER:
+        return "9999-99"
+    try:
+        d = datetime.fromtimestamp(math.floor(ts), timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return "0000-00" if ts < 0 else "9999-98"
+    return f"{d.year:04d}-{d.month:02d}"
+
+
+def period_months(kind: str, ts: float) -> tuple[str, str]:
+    """(first, end) month keys of the period holding ``ts``: a charge counts in the period exactly
+    when first <= charge_month(ended) < end."""
+    _, start, end = period_of(kind, ts)
+    return charge_month(start), charge_month(end)
+
+
 def expired(expires: float | None, ts: float) -> bool:
     """An account past its expiry has no budget at ``ts``."""
     return expires is not None and ts >= expires

@@ -22,15 +22,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 8  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
+SCHEMA_VERSION = 9  # 2: attributions; 3: rollover and expiry terms; 4: run leases on holds;
 # 5: each account's running total of what its open holds still hold (accounts.held_ms);
 # 6: the tokens a step reported (prompt_tokens, completion_tokens on charges and attributions);
 # 7: the role a change was made under (audit.role: admin, operator, manager);
 # 8: per-user caps inside an account (user_caps) and the indexes that sum a user's charges and holds
+# 9: running totals of what each account, and each user in it, was charged per month
+#    (account_charged, user_charged), instead of the indexes of every charge by account and by user
+#    (charges_period, charges_user) that every charge insert kept up; the index of holds by account
+#    holds only the open ones (holds_open)
 # The largest amount a column can hold: BIGINT (PostgreSQL) and INTEGER (SQLite) are signed 64-bit.
 MAX_MS = 2**63 - 1
 SCHEMA_LOCK_KEY = 8317151746168680310  # PostgreSQL: the advisory lock of Dialect.schema_lock ('slurmgov')
-TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps")
+TABLES = ("schema_version", "accounts", "audit", "holds", "hold_shares", "charges", "attributions", "user_caps",
+          "account_charged", "user_charged")
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,8 @@ def ddl(d: Dialect) -> list[str]:
             completion_tokens BIGINT CHECK (completion_tokens >= 0))""",
         *attribution_ddl(d),
         *user_caps_ddl(d),
-        "CREATE INDEX IF NOT EXISTS holds_open ON holds (account, state)",
-        "CREATE INDEX IF NOT EXISTS charges_period ON charges (account, ended)",
+        *charged_ddl(d),
+        OPEN_INDEX,
         "CREATE INDEX IF NOT EXISTS charges_hold ON charges (hold_key)",
         LEASE_INDEX,
         *d.extra_ddl,
@@ -283,7 +288,7 @@ def role_ddl(d: Dialect) -> list[tuple[str, str, str]]:
 def user_caps_ddl(d: Dialect) -> list[str]:
     """Version 8. A user may spend at most ``cap_ms`` of an account's budget per period (the
     account's period): what the user's charges in the period and open holds in the account add up
-    to. The two indexes read one user's charges and open holds, not the whole account's."""
+    to. The index reads one user's open holds, not the whole account's (their charges: version 9)."""
     T = d.text
     return [
         f"""CREATE TABLE IF NOT EXISTS user_caps (
@@ -292,10 +297,42 @@ def user_caps_ddl(d: Dialect) -> list[str]:
             cap_ms BIGINT NOT NULL CHECK (cap_ms >= 0),
             updated_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (account, user_name))""",
-        "CREATE INDEX IF NOT EXISTS charges_user ON charges (account, user_name, ended)",
         "CREATE INDEX IF NOT EXISTS holds_user_open ON holds (account, user_name) WHERE state = 'open'",
     ]
 
+
+def charged_ddl(d: Dialect) -> list[str]:
+    """Version 9. What each account, and each user in it, was charged per UTC month of the charges'
+    end (rules.charge_month): running totals moved by every charge insert in its transaction
+    (ACCOUNT_CHARGED_ADD, USER_CHARGED_ADD), as accounts.held_ms is for open holds; a balance and a
+    user's cap sum their period's months (CHARGED_IN, USER_CHARGED_IN), a few rows. They replace
+    the indexes charges_period (account, ended) and charges_user (account, user_name, ended) that
+    every charge insert updated, each at a scattered page. The migration drops those indexes and
+    fills the totals from the charges (CHARGES_MONTHS)."""
+    T = d.text
+    return [
+        f"""CREATE TABLE IF NOT EXISTS account_charged (
+            account {T} NOT NULL,
+            month {T} NOT NULL,
+            amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
+            PRIMARY KEY (account, month))""",
+        f"""CREATE TABLE IF NOT EXISTS user_charged (
+            account {T} NOT NULL,
+            user_name {T} NOT NULL,
+            month {T} NOT NULL,
+            amount_ms BIGINT NOT NULL CHECK (amount_ms >= 0),
+            PRIMARY KEY (account, user_name, month))""",
+    ]
+
+
+# the indexes version 9 replaced by account_charged and user_charged
+CHARGE_INDEX_DROPS = ("DROP INDEX IF EXISTS charges_period", "DROP INDEX IF EXISTS charges_user")
+# The open holds by account. Every read of holds by account asks for the open ones only; until
+# version 9 it was (account, state) over every hold, so each close moved the hold's entry into its
+# account's closed ones, at a scattered page. Now a close only removes the entry, from a small
+# index; a read of all open holds (release_ended's) reads it instead of the whole table.
+OPEN_INDEX = "CREATE INDEX IF NOT EXISTS holds_open ON holds (account) WHERE state = 'open'"
+OPEN_INDEX_DROP = "DROP INDEX IF EXISTS holds_open"  # (account, state), before version 9
 
 # The open holds with a lease, by account and lease end: an admission's look for its account's
 # lapsed leases reads only those that lapsed, not every open hold of the account (version 5).
@@ -367,8 +404,16 @@ USER_CAP_INSERT = "INSERT INTO user_caps (account, user_name, cap_ms, updated_at
 USER_CAP_UPDATE = "UPDATE user_caps SET cap_ms = ?, updated_at = ? WHERE account = ? AND user_name = ?"
 USER_CAP_DELETE = "DELETE FROM user_caps WHERE account = ? AND user_name = ?"
 USER_CAPS_ALL = "SELECT account, user_name, cap_ms FROM user_caps ORDER BY account, user_name"
-USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
-    WHERE account = ? AND user_name = ? AND ended >= ? AND ended < ?"""
+# (version 9: a user's charges in a period are the sum of their months' running totals)
+USER_CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM user_charged
+    WHERE account = ? AND user_name = ? AND month >= ? AND month < ?"""
+USER_CHARGED_ADD = """INSERT INTO user_charged (account, user_name, month, amount_ms) VALUES (?, ?, ?, ?)
+    ON CONFLICT (account, user_name, month) DO UPDATE SET amount_ms = user_charged.amount_ms + excluded.amount_ms"""
+ACCOUNT_CHARGED_ADD = """INSERT INTO account_charged (account, month, amount_ms) VALUES (?, ?, ?)
+    ON CONFLICT (account, month) DO UPDATE SET amount_ms = account_charged.amount_ms + excluded.amount_ms"""
+CHARGES_MONTHS = "SELECT account, user_name, ended, amount_ms FROM charges"  # what the totals are made of
+CHARGED_CLEAR = ("DELETE FROM account_charged", "DELETE FROM user_charged")  # before the migration fills them
+USER_CHARGED_ALL = "SELECT account, user_name, month, amount_ms FROM user_charged ORDER BY account, user_name, month"
 USER_HELD = """SELECT CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIGINT) FROM holds h
     JOIN hold_shares s ON s.hold_key = h.hold_key
     WHERE h.account = ? AND h.user_name = ? AND h.state = 'open'"""
@@ -379,8 +424,9 @@ AUDIT_LIST = """SELECT seq, at, actor, account, action, old_budget_ms, new_budge
 
 # What an account has charged in [start, end) and what its open holds still reserve.
 # (CAST: PostgreSQL sums BIGINTs as NUMERIC; the ledger wants exact integers back.)
-CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM charges
-    WHERE account = ? AND ended >= ? AND ended < ?"""
+# (version 9: the sum of its months' running totals, given as [first, end) month keys)
+CHARGED_IN = """SELECT CAST(COALESCE(SUM(amount_ms), 0) AS BIGINT) FROM account_charged
+    WHERE account = ? AND month >= ? AND month < ?"""
 # What its open holds still reserve: a running total per account (version 5), read by every
 # balance, moved by every write to an open hold's shares in the same transaction (HELD_ADD), so an
 # admission reads one row instead of summing the account's open holds. HELD_CHECK: each account

@@ -78,6 +78,9 @@ _ENGINE_WAIT_MAX_S = 86_400.0  # one engine wait at most (an infinite --wait wai
 _CONNECT_TIMEOUT_S = 10  # PostgreSQL, unless the URL says connect_timeout=
 _PG_URL = re.compile(r"postgres(ql)?://", re.IGNORECASE)
 _PG_HINT = "pip install 'slurmgov[postgres]'"
+# key sets and rows as bulk statements take them (SQLite: one JSON text): plain lists of strings
+# and numbers, so no walk for circular references; no spaces
+_JSON = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 _BULK_KEYS = 50_000  # keys per bulk lookup query: one round trip for many keys
 BULK_ROWS = 50_000  # rows per import transaction: other writers wait for at most one batch
 
@@ -526,6 +529,14 @@ class Ledger:
             if version < 8:
                 for stmt in S.user_caps_ddl(self._d):
                     self._x(stmt)
+            if version < 9:
+                self._x(S.OPEN_INDEX_DROP)
+                self._x(S.OPEN_INDEX)
+                for stmt in (*S.CHARGE_INDEX_DROPS, *S.charged_ddl(self._d), *S.CHARGED_CLEAR):
+                    self._x(stmt)
+                # from the charges, under the write lock: exact from here on (each charge's month by
+                # the one rule, in Python, not by an engine's date functions)
+                self._add_charged(_charged_deltas(self._x(S.CHARGES_MONTHS)))
             self._x(S.VERSION_SET, (S.SCHEMA_VERSION,))
 
     def disconnect(self) -> None:
@@ -720,8 +731,8 @@ class Ledger:
         if row is None:
             return None
         kind = self._one(S.ACCOUNT_BALANCE, (account,))[1]
-        key, start, end = period_of(kind, ts)
-        charged = self._one(S.USER_CHARGED_IN, (account, user, start, end))[0]
+        key = period_of(kind, ts)[0]
+        charged = self._one(S.USER_CHARGED_IN, (account, user, *R.period_months(kind, ts)))[0]
         held = self._one(S.USER_HELD, (account, user))[0]
         return key, row[0], charged, held
 
@@ -915,14 +926,15 @@ class Ledger:
         if row is None:
             raise R.no_budget(account)
         budget, kind, pct, expires = row
-        key, start, end = period_of(kind, ts)
-        charged = self._one(S.CHARGED_IN, (account, start, end))[0]
+        key, start, _ = period_of(kind, ts)
+        charged = self._one(S.CHARGED_IN, (account, *R.period_months(kind, ts)))[0]
         held = self._one(S.HELD_GET, (account,))[0]  # the running total: one row, however many holds
         carried = 0
         if R.expired(expires, ts):
             budget = 0
         elif (window := R.rollover_window(kind, pct, start)) is not None and self._existed_before(account, start):
-            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *window))[0])
+            months = (R.charge_month(window[0]), R.charge_month(window[1]))
+            carried = R.carried(budget, pct, self._one(S.CHARGED_IN, (account, *months))[0])
             budget += carried
         return key, budget, charged, held, carried, expires
 
@@ -1081,6 +1093,20 @@ class Ledger:
         if delta:
             self._x(S.HELD_ADD, (delta, account))
 
+    def _add_charged(self, deltas: tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]) -> None:
+        """Move the accounts' and users' running totals of what they were charged per month (schema
+        version 9) by the charges this transaction recorded (_charged_deltas): every charge insert
+        calls this (Bulk too)."""
+        accounts, users = deltas
+        for q, rows in ((S.ACCOUNT_CHARGED_ADD, [(*k, ms) for k, ms in sorted(accounts.items())]),
+                        (S.USER_CHARGED_ADD, [(*k, ms) for k, ms in sorted(users.items())])):
+            if rows:
+                self._conn.cursor().executemany(self._d.sql(q), rows)
+
+    def user_charged(self) -> list[tuple[str, str, str, float]]:
+        """(account, user, month, GPU-h charged) of every user's running total (schema version 9)."""
+        return [(a, u, m, _h(ms)) for a, u, m, ms in self._read(lambda: self._x(S.USER_CHARGED_ALL).fetchall())]
+
     def _release_hold(self, hold_key: str, account: str, state: str, ts: float) -> None:
         """Close the open hold ``hold_key`` of ``account``: every share released, the total too."""
         self._held(account, -self._one(S.HOLD_REMAINING, (hold_key,))[0])
@@ -1215,6 +1241,7 @@ class Ledger:
             row = (charge_key, hold_key, h.account, workflow or h.workflow, step, attempt, user or h.user,
                    gpu_type, float(gpu_seconds), float(weight), ms, t0, t1, status, time.time(), *tokens)
             self._x(S.CHARGE_INSERT, row)
+            self._add_charged(_charged_deltas([(row[2], row[6], t1, ms)]))
             share = self._one(S.SHARE_GET, (hold_key, step))
             if share is not None and (take := R.share_draw(h.state, share[1], ms)):
                 self._x(S.SHARE_SET, (share[1] - take, hold_key, step))
@@ -1328,6 +1355,21 @@ class Ledger:
         return self._in_batches(pairs, batch, "close_many")
 
 
+def _charged_deltas(charges) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]:
+    """What (account, user, ended, amount_ms) charges add to the running totals (schema version 9):
+    (account, month) -> ms and (account, user, month) -> ms, by rules.charge_month; a charge
+    without a user adds to its account's only."""
+    accounts: dict[tuple[str, str], int] = {}
+    users: dict[tuple[str, str, str], int] = {}
+    month = R.charge_month
+    for account, user, ended, ms in charges:
+        m = month(ended)
+        accounts[account, m] = accounts.get((account, m), 0) + ms
+        if user is not None:
+            users[account, user, m] = users.get((account, user, m), 0) + ms
+    return accounts, users
+
+
 class HoldRow(NamedTuple):  # a tuple: bulk reads build hundreds of thousands of them
     """A hold as bulk reads return it (no shares): enough to decide what a batch must write."""
     hold_key: str
@@ -1361,6 +1403,11 @@ class Bulk:
         self._l = ledger
         self._locked: set[str] = set()
         self._accounts: set[str] | None = None
+        # SQLite: BEGIN IMMEDIATE holds the whole database for this transaction, so a hold read in
+        # it stays what the database has, but for what this Bulk writes itself (admit_many and
+        # close_many keep this up to date): a batch's plan, its closes and its charges read each
+        # hold once. PostgreSQL reads again: a hold may change until its account is locked.
+        self._memo: dict[str, HoldRow] | None = None if ledger._d.row_locks else {}
 
     def _keyed(self, q: str, col: str, keys, before: tuple = ()):
         """Run ``q`` (with ``{keys}``) for ``col`` in ``keys``, a few thousand keys a statement;
@@ -1369,7 +1416,7 @@ class Bulk:
         q = d.in_keys(q, col)
         for i in range(0, len(keys), _BULK_KEYS):
             part = keys[i:i + _BULK_KEYS]
-            yield self._l._x(q, (*before, json.dumps(part) if d.keys_as_json else part))
+            yield self._l._x(q, (*before, _JSON(part) if d.keys_as_json else part))
 
     def _select(self, q: str, col: str, keys) -> list:
         return [row for cur in self._keyed(q, col, keys) for row in cur.fetchall()]
@@ -1419,7 +1466,13 @@ class Bulk:
             raise R.no_budget(account)
 
     def holds(self, keys) -> dict[str, HoldRow]:
-        return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
+        memo = self._memo
+        if memo is None:
+            return {r[0]: HoldRow._make(r) for r in self._select(S.HOLDS_BULK, "hold_key", keys)}
+        keys = list(dict.fromkeys(keys))
+        for r in self._select(S.HOLDS_BULK, "hold_key", [k for k in keys if k not in memo]):
+            memo[r[0]] = HoldRow._make(r)
+        return {k: h for k in keys if (h := memo.get(k)) is not None}
 
     def _locked_holds(self, keys) -> dict[str, HoldRow]:
         """The holds, read after their accounts are locked (read again until no hold has moved to
@@ -1456,7 +1509,7 @@ class Bulk:
             return out
         for i in range(0, len(rows), _BULK_KEYS):
             part = rows[i:i + _BULK_KEYS]
-            for n, hk, s in self._l._x(d.charge_check, (json.dumps(part),)).fetchall():
+            for n, hk, s in self._l._x(d.charge_check, (_JSON(part),)).fetchall():
                 out[i + n] = (hk, s)
         return out
 
@@ -1501,6 +1554,8 @@ class Bulk:
             new[key] = (account, workflow, want)
         self._insert(S.HOLD_ROWS, holds)
         self._insert(S.SHARE_ROWS, shares)
+        if self._memo is not None:
+            self._memo.update((r[0], HoldRow(r[0], r[1], r[2], r[3], r[4], r[6], r[7])) for r in holds)
         held: dict[str, int] = {}
         for account, _, want in new.values():
             held[account] = held.get(account, 0) + sum(want.values())
@@ -1541,6 +1596,7 @@ class Bulk:
                 share[1] -= take
                 changed.add((hk, step))
         self._insert(S.CHARGE_ROWS, out)
+        self._l._add_charged(_charged_deltas((r[2], r[6], r[12], r[10]) for r in out))
         self._add_held(held)
         self._set_shares([(shares[hk][st][1], hk, st) for hk, st in sorted(changed)])
         return [row[0] for row in out]
@@ -1566,4 +1622,6 @@ class Bulk:
         self._update(S.SHARES_RELEASE_BULK, "hold_key", closing)
         for state in CLOSED_STATES:
             self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))
+        if self._memo is not None:
+            self._memo.update((k, holds[k]._replace(state=st)) for k, st in closing.items())
         return list(closing)
