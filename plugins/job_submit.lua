@@ -759,6 +759,20 @@ local function time_limit_min(tl, parts, default_time_min)
 	return tl, false
 end
 
+-- Array tasks and the minutes priced (with whether the hook pins them), as both prices count
+-- them; or nil, reason-code, message.
+local function tasks_and_time(v, parts, default_time_min)
+	local arr = v.tasks_in_array
+	if not arr then
+		local aerr
+		arr, aerr = array_count(v.array_inx)
+		if not arr then return nil, "bad_request", aerr end
+	end
+	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, default_time_min)
+	if not tl then return nil, "bad_time", terr end
+	return arr, tl, pin_time
+end
+
 -- GPUs per node of an exclusive (whole-node) job and their type: the largest of the job's
 -- partitions (snapshot partition_gpus lines), else max_gpus_per_node.
 local function whole_node_gpus(parts, snap)
@@ -846,14 +860,8 @@ local function price(v, snap, part_list)
 	local names = {}
 	for t in pairs(typeset) do names[#names + 1] = t end
 	table.sort(names)
-	local arr = v.tasks_in_array
-	if not arr then
-		local aerr
-		arr, aerr = array_count(v.array_inx)
-		if not arr then return nil, "bad_request", aerr end
-	end
-	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, snap.default_time_min)
-	if not tl then return nil, "bad_time", terr end
+	local arr, tl, pin_time = tasks_and_time(v, parts, snap.default_time_min)
+	if not arr then return nil, tl, pin_time end
 	-- Per-node (and whole-node) GPUs multiply by nodes: a job with no maximum node count
 	-- could be spread wider than it paid for (-n 8 --gres=gpu:1 over 8 nodes).
 	local pin_nodes = (max_nodes == nil) and (v.tres_per_node ~= nil or v.tres_per_socket ~= nil or whole)
@@ -898,14 +906,8 @@ local function cpu_price(v, snap, part_list, gpus)
 		if pc then consider(pc.n, pc.w) else consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
 	end
 	if not best then consider(snap.max_cpus_per_node or 0, snap.default_cpu_weight or 1.0) end
-	local arr = v.tasks_in_array
-	if not arr then
-		local aerr
-		arr, aerr = array_count(v.array_inx)
-		if not arr then return nil, "bad_request", aerr end
-	end
-	local tl, pin_time, terr = time_limit_min(v.time_limit, parts, snap.default_time_min)
-	if not tl then return nil, "bad_time", terr end
+	local arr, tl, pin_time = tasks_and_time(v, parts, snap.default_time_min)
+	if not arr then return nil, tl, pin_time end
 	return {
 		cpus = best_cpus, weighted = best, nodes = nodes, tasks = arr, tl = tl, pin_time = pin_time,
 		pin_nodes = (max_nodes == nil) and (whole or tpn ~= nil or v.pn_min_cpus ~= nil),

@@ -3,9 +3,11 @@ reading or writing the hook files of a test cluster (tests/slurm_harness.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -154,3 +156,24 @@ def import_kernels(what: str):
     tk = import_kernels()  # our own package: an import error here must fail
     assert tk.HAVE_TRITON, "triton imports but slurmgov_kernels could not import its kernels"
     return torch, tk
+
+
+@contextlib.contextmanager
+def governing(cluster, env: dict, *governor_args: str):
+    """The hooks installed into ``cluster`` and a `slurmgov governor` keeping its snapshot fresh
+    and settling its jobs, with ``env``; stopped (SIGINT, then killed) and the queue emptied after."""
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "slurmgov"), "hooks", "install", "--slurm-conf-dir", str(cluster.conf_dir)], env=env,
+                   check=True, capture_output=True)
+    gov = subprocess.Popen([str(bin_dir / "slurmgov"), "governor", "--slurm-conf-dir", str(cluster.conf_dir),
+                            "--interval", "0.5", *governor_args],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield gov
+    finally:
+        gov.send_signal(signal.SIGINT)
+        try:
+            gov.wait(15)
+        except subprocess.TimeoutExpired:
+            gov.kill()
+        cluster.cancel_all()

@@ -57,7 +57,8 @@ def chroot_dir(release: str) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(name: str):
+def cache_lock(name: str):
+    """One test session at a time fills the cache (the release chroots, and the .deb test's)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -122,7 +123,7 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
     if _marker(dest) == want:
         return dest, None
     if _marker(dest) is not None:  # made with an older package list: add what is missing, in place
-        with _locked(dest.name):
+        with cache_lock(dest.name):
             if _marker(dest) != want:
                 t0 = time.monotonic()
                 # Only our own mounts: a running cluster of another session may have its own in there.
@@ -139,7 +140,7 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
     if shutil.which("debootstrap") is None:
         raise ReleaseError(f"building the Slurm {release} chroot: step 'debootstrap' failed: debootstrap "
                            "is not installed (apt-get install debootstrap)")
-    with _locked(dest.name):
+    with cache_lock(dest.name):
         if _marker(dest) is not None:  # another session made it meanwhile
             return ensure_chroot(release, log)
         t0 = time.monotonic()

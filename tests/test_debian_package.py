@@ -11,7 +11,6 @@ downloaded .debs, and the wheels of slurmgov's dependencies."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
 import build_deb  # noqa: E402
+from slurm_release import DEVICES, cache_lock  # noqa: E402  (the same cache, lock and devices)
 
 CACHE = Path(os.environ.get("SLURMGOV_TEST_CACHE", "/var/cache/slurmgov-test"))
 MIRROR = os.environ.get("SLURMGOV_TEST_MIRROR", "http://deb.debian.org/debian")
@@ -52,18 +52,6 @@ def _run(cmd: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProc
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     assert p.returncode == 0, f"{' '.join(cmd)}: exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
-
-
-@contextlib.contextmanager
-def _locked(name: str):
-    """One test session at a time fills the cache."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
-
-
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 
 
 @contextlib.contextmanager
@@ -106,7 +94,7 @@ APT = ("apt-get", "-y", "-q", "-o", "APT::Sandbox::User=root", "-o", "Dpkg::Use-
 
 def _base_chroot() -> Path:
     """The cached minbase chroot, made once: debootstrap, apt lists, man-db."""
-    with _locked("base"):
+    with cache_lock("base"):
         if (BASE / "usr/bin/man").exists():
             return BASE
         ARCHIVES.mkdir(parents=True, exist_ok=True)
@@ -128,7 +116,7 @@ def _wheelhouse() -> Path:
     """The wheels of slurmgov's dependencies, downloaded once per set of requirements."""
     key = hashlib.sha256("\n".join(build_deb.requirements()).encode()).hexdigest()[:12]
     dest = CACHE / f"wheelhouse-{key}"
-    with _locked("wheelhouse"):
+    with cache_lock("wheelhouse"):
         if not (dest / ".complete").exists():
             shutil.rmtree(dest, ignore_errors=True)
             build_deb.fill_wheelhouse(dest)

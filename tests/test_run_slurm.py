@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import sacct_state
+from helpers import governing, sacct_state
 
 from slurmgov.intent import run_records
 from slurmgov.ledger.store import Ledger
@@ -44,20 +44,8 @@ def governed(slurm_cluster, home):
         if p.exists():
             p.unlink()
     env = {**c.env, "SLURMGOV_HOME": str(home), "SLURMGOV_SITE": str(SITE), "COLUMNS": "200"}
-    subprocess.run([str(BIN / "slurmgov"), "hooks", "install", "--slurm-conf-dir", str(c.conf_dir)], env=env,
-                   check=True, capture_output=True)
-    gov = subprocess.Popen([str(BIN / "slurmgov"), "governor", "--slurm-conf-dir", str(c.conf_dir), "--interval", "0.5",
-                            "--placement-every", "0.3"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with governing(c, env, "--placement-every", "0.3"):
         yield c, env
-    finally:
-        gov.send_signal(signal.SIGINT)
-        try:
-            gov.wait(15)
-        except subprocess.TimeoutExpired:
-            gov.kill()
-        c.cancel_all()
 
 
 @pytest.fixture

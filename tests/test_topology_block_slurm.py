@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import slurm_release
+from helpers import governing
 from slurm_harness import HarnessError, can_run, start_cluster
 
 from slurmgov.site.model import Site
@@ -71,19 +71,8 @@ def governed(block_cluster, tmp_path_factory):
     text = site_path.read_text().replace("accounts: {}", "accounts:\n  physics: {budget_gpu_hours: 50}")
     assert "accounts:\n  physics:" in text, text
     site_path.write_text(text)
-    subprocess.run([str(BIN / "slurmgov"), "hooks", "install", "--slurm-conf-dir", str(c.conf_dir)], env=env,
-                   check=True, capture_output=True)
-    gov = subprocess.Popen([str(BIN / "slurmgov"), "governor", "--slurm-conf-dir", str(c.conf_dir), "--interval", "0.5"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with governing(c, env):
         yield c, env, site_path
-    finally:
-        gov.send_signal(signal.SIGINT)
-        try:
-            gov.wait(15)
-        except subprocess.TimeoutExpired:
-            gov.kill()
-        c.cancel_all()
 
 
 def sg(env, c, *args, check=0, timeout=300):
