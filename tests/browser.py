@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 
+import host_apt
 import pytest
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -25,11 +26,7 @@ def find() -> str | None:
 def ensure() -> str:
     exe = find()
     if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-        if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(cmd, env=env, capture_output=True)
+        host_apt.install("chromium")
         exe = find()
     if exe is None:
         reason = "no chromium (install Debian's chromium package, or run the tests as root on Debian)"

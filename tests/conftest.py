@@ -19,6 +19,42 @@ from pg_harness import pg_url  # noqa: E402, F401
 from slurm_fixtures import clean_hook_conf, gov, slurm_cluster  # noqa: E402, F401
 
 
+def pytest_configure(config):
+    import release_runs
+    import slurm_release
+
+    try:
+        release_runs.others()
+    except slurm_release.ReleaseError as e:  # a typo in SLURMGOV_SLURM or _RELEASES: one line, exit 4
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_collection_modifyitems(config, items):
+    # A test on the session's Slurm cluster is marked `cluster` (and `slurm`) by the fixture it
+    # uses, not by hand: `-m cluster` is then exactly the tests to run again on another release.
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker("cluster")
+            item.add_marker("slurm")
+    # The other releases' runs are waited for last, so that they run beside everything else.
+    items.sort(key=lambda item: item.path.name == "test_releases.py")
+
+
+def pytest_collection_finish(session):
+    waits = [item for item in session.items if item.path.name == "test_releases.py"]
+    if waits and not session.config.option.collectonly:
+        import release_runs
+
+        releases = [item.callspec.params["release"] for item in waits
+                    if hasattr(item, "callspec") and item.callspec.params.get("release")]
+        release_runs.start(releases, session.config._tmp_path_factory.getbasetemp() / "releases")
+
+
+def pytest_unconfigure(config):
+    if "release_runs" in sys.modules:
+        sys.modules["release_runs"].stop_all()
+
+
 @pytest.fixture(autouse=True)
 def slurmgov_home(tmp_path, monkeypatch):
     """Every test gets its own ledger and run records, never the user's."""

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import host_apt
 import pytest
 import yaml
 from slurm_fixtures import _unavailable
@@ -119,14 +120,7 @@ def render_snapshot(params: PriceParams, accounts: dict[str, float], *, serial: 
 
 # ------------------------------------------------------------------------------- lua5.1
 def _install_lua(log: Path) -> str | None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "lua5.1"]
-    with open(log, "ab") as fh:
-        r = subprocess.run(cmd, check=False, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], check=False, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                           timeout=600)
-            subprocess.run(cmd, check=False, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+    host_apt.install("lua5.1", log=log)
     return shutil.which("lua5.1")
 
 

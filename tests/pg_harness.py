@@ -34,6 +34,7 @@ import tempfile
 import time
 from urllib.parse import quote
 
+import host_apt
 import pytest
 
 ROLE, PASSWORD, DBNAME = "ledger", "pg-harness-pw", "ledger_test"
@@ -72,14 +73,9 @@ def _install() -> tuple[bool, str]:
         _install_tried = (False, "PostgreSQL is not installed (no initdb) and this is not root with "
                                  "apt-get to install it: apt-get install postgresql")
         return _install_tried
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
     try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-        if r.returncode != 0:  # the package lists may be missing or stale
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=INSTALL_TIMEOUT_S)
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        r = host_apt.install("postgresql", timeout=INSTALL_TIMEOUT_S)
+    except OSError as e:
         _install_tried = (False, f"apt-get install postgresql failed: {e}")
         return _install_tried
     if r.returncode != 0 or find_bindir() is None:

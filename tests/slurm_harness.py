@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import host_apt
 import slurm_release
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def _ensure_packages(log: Path) -> None:
     """Install the Debian packages when any binary or plugin is missing."""
     if not _missing_binaries() and _plugin_dir() is not None:
         return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=_SEARCH_PATH)
+    env = {"PATH": _SEARCH_PATH}
     # Keep maintainer scripts from starting system-wide daemons we would not own.
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = False
@@ -136,12 +137,7 @@ def _ensure_packages(log: Path) -> None:
         policy.chmod(0o755)
         made_policy = True
     try:
-        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES]
-        with open(log, "ab") as fh:
-            r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
-            if r.returncode != 0:
-                subprocess.run(["apt-get", "update"], env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
-                r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+        r = host_apt.install(*APT_PACKAGES, log=log, env=env)
     finally:
         if made_policy:
             policy.unlink(missing_ok=True)
@@ -159,13 +155,7 @@ def _ensure_jwt_plugin(log: Path) -> str:
         return ""
     if os.geteuid() != 0 or _which("apt-get") is None:
         return f"{JWT_PLUGIN} is missing (apt-get install {JWT_PACKAGE}) and cannot be installed here"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", PATH=_SEARCH_PATH)
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", JWT_PACKAGE]
-    with open(log, "ab") as fh:
-        r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
-        if r.returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
-            subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+    host_apt.install(JWT_PACKAGE, log=log, env={"PATH": _SEARCH_PATH})
     plugin_dir = _plugin_dir()
     if plugin_dir is None or not (plugin_dir / JWT_PLUGIN).exists():
         return f"apt-get install {JWT_PACKAGE} did not give {JWT_PLUGIN} (see {log})"

@@ -27,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
 import build_deb  # noqa: E402
+import host_apt  # noqa: E402
 from slurm_release import DEVICES, cache_lock  # noqa: E402  (the same cache, lock and devices)
 
 CACHE = Path(os.environ.get("SLURMGOV_TEST_CACHE", "/var/cache/slurmgov-test"))
@@ -135,9 +136,7 @@ def deb(tmp_path_factory, timings) -> Path:
         _skip("needs root on Debian (debootstrap, chroot, mount)")
     missing = [t for t in BUILD_TOOLS if subprocess.run(["dpkg", "-s", t], capture_output=True).returncode != 0]
     if missing:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        p = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
-                           capture_output=True, text=True, timeout=900, check=False)
+        p = host_apt.install(*missing)
         if p.returncode != 0:
             _skip(f"apt-get install {' '.join(missing)} failed: {p.stderr.strip()[-300:]}")
     t = time.monotonic()

@@ -16,9 +16,7 @@ import pytest
 from helpers import admin_comment, as_nobody, journal, nobody_sbatch, show_job, write_snapshot
 from slurm_harness import PARTITION, PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UNLIMITED_PARTITION
 
-pytestmark = pytest.mark.usefixtures("clean_hook_conf")
-
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("clean_hook_conf")]
 
 
 def modify_lines(c, jobid: str) -> list[list[str]]:

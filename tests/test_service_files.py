@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import click
+import host_apt
 import pytest
 from test_governor import admit, append, env  # noqa: F401  (env: a fixture)
 
@@ -34,9 +35,7 @@ def need_tool(name: str, package: str) -> str:
     """The path of ``name``; as root on Debian its package is installed when missing (as the Slurm
     harness does); otherwise skipped, and under CI=true a failure."""
     if shutil.which(name) is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", package], env=env,
-                       capture_output=True, timeout=600, check=False)
+        host_apt.install(package)
     found = shutil.which(name)
     if found is None:
         (pytest.fail if ci() else pytest.skip)(f"{name} is not installed (apt-get install {package})")

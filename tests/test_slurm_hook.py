@@ -16,8 +16,6 @@ from slurm_harness import PARTITION_DEFAULT_TIME_MIN, PARTITION_MAX_TIME_MIN, UN
 
 from slurmgov.slurm.gpu_request import parse_sbatch_args, worst_case_gpu_seconds
 
-pytestmark = pytest.mark.slurm
-
 
 def settles(cluster) -> list[list[str]]:
     if not cluster.settle_path.exists():
@@ -29,7 +27,7 @@ def slurmgov_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if "slurmgov:" in ln]
 
 
-pytestmark = pytest.mark.usefixtures("clean_hook_conf")
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("clean_hook_conf")]
 
 
 def test_cluster_is_up(slurm_cluster):

@@ -43,6 +43,18 @@ def test_a_run_with_an_unknown_release_stops_before_any_cluster(tmp_path):
     assert "Traceback" not in p.stdout + p.stderr
 
 
+def test_an_unknown_release_among_the_others_stops_the_run_in_one_line(tmp_path):
+    env = {**os.environ, "SLURMGOV_RELEASES": "22.05,24.1", "PYTHONPATH": str(ROOT)}
+    env.pop("CI", None)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_releases.py"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert ("SLURMGOV_RELEASES names '24.1', not a Slurm release the test harness knows; supported: 22.05, "
+            "24.11, 26.05") in p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert not list((ROOT / "tests").glob("**/releases/slurm-*"))  # no child was started
+
+
 def _mounts_under(path: Path) -> list[str]:
     return [ln.split()[1] for ln in Path("/proc/self/mounts").read_text().splitlines()
             if ln.split()[1].startswith(str(path))]
