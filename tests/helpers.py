@@ -38,6 +38,9 @@ def as_nobody(c, *cmd):
     return c.run("runuser", "-u", c.user, "--", *cmd, cwd="/", env=c.unprivileged_env())
 
 
+_PYTHON_AS: dict[tuple[str | None, str], str] = {}
+
+
 def python_as(c, user: str) -> tuple[str, dict]:
     """(interpreter, environment) with which ``user`` can run this checkout's slurmgov (and the test
     environment's packages): this interpreter if ``user`` may run it, else the system's python of the
@@ -50,6 +53,9 @@ def python_as(c, user: str) -> tuple[str, dict]:
     env = dict(base, PYTHONPATH=os.pathsep.join(paths), PYTHONDONTWRITEBYTECODE="1")
     for key in ("SLURMGOV_HOME", "SLURMGOV_SITE", "SLURMGOV_LEDGER"):
         env.pop(key, None)
+    found = (str(c.root) if c is not None else None, user)
+    if found in _PYTHON_AS:  # the probe imports mcp (2-3 s): once per cluster and user, not per call
+        return _PYTHON_AS[found], env
     tried = []
     for py in (sys.executable, shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin")):
         if not py:
@@ -58,6 +64,7 @@ def python_as(c, user: str) -> tuple[str, dict]:
         r = (c.run(*cmd, env=env, cwd="/", timeout=60) if c is not None else
              subprocess.run(cmd, env=env, cwd="/", timeout=60, capture_output=True, text=True, check=False))
         if r.returncode == 0:
+            _PYTHON_AS[found] = py
             return py, env
         tried.append(f"{py}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}")
     why = f"no python that user {user} can run slurmgov with ({'; '.join(tried)})"
