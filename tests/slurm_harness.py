@@ -630,10 +630,14 @@ StorageLoc=slurm_acct_db
         # The host's MariaDB on every release: 24.11's slurmdbd against trixie's MariaDB 11.8 dies in
         # _check_mysql_concat_is_sane (client error 5027); the database is not what a site's release changes.
         log = self.log_dir / "mariadb-install-db.log"
+        # A temporary directory of its own: side by side (one session per release), bootstraps sharing
+        # /tmp failed with "Could not remove temporary table: '/tmp/#sql-temptable-...'".
+        tmp = self.run_dir / "mysql-tmp"
+        tmp.mkdir(exist_ok=True)
         with open(log, "wb") as fh:
             r = subprocess.run([_which("mariadb-install-db"), "--no-defaults", f"--datadir={self.db_dir}",
                                 "--user=root", "--auth-root-authentication-method=normal",
-                                "--skip-test-db", "--skip-name-resolve"],
+                                "--skip-test-db", "--skip-name-resolve", f"--tmpdir={tmp}"],
                                stdout=fh, stderr=subprocess.STDOUT, env=self.env, timeout=120)
         if r.returncode != 0:
             raise HarnessError(f"mariadb-install-db failed{self._tail(log)}")
@@ -643,7 +647,7 @@ StorageLoc=slurm_acct_db
             _which("mariadbd"), "--no-defaults", f"--datadir={self.db_dir}", "--user=root",
             f"--socket={self.run_dir}/mysqld.sock", f"--port={self.db_port}", "--bind-address=127.0.0.1",
             f"--pid-file={self.run_dir}/mariadbd.pid", f"--log-error={log}", "--skip-grant-tables",
-            "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+            "--skip-name-resolve", "--skip-log-bin", f"--tmpdir={tmp}", "--innodb-buffer-pool-size=32M",
             "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=0"])
         self._wait("mariadbd", lambda: _port_open(self.db_port), deadline, p, log)
 
