@@ -13,6 +13,7 @@ quarterly 'YYYY-Qn', or 'none' (one period, 'all').
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from datetime import datetime, timezone
@@ -120,10 +121,18 @@ def charge_month(ts: float) -> str:
         return "!"
     if ts >= FOREVER:
         return "9999-99"
+    return _day_month(math.floor(ts) // 86400)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_month(day: int) -> str:
+    """The month of UTC day ``day`` (days since the epoch): months begin at a day's first second,
+    so every second of a day is in its month, and the calendar's ends fall on whole days too;
+    a bulk pass's charges end on a few hundred days, computed once each."""
     try:
-        d = datetime.fromtimestamp(math.floor(ts), timezone.utc)
+        d = datetime.fromtimestamp(day * 86400, timezone.utc)
     except (OverflowError, ValueError, OSError):
-        return "0000-00" if ts < 0 else "9999-98"
+        return "0000-00" if day < 0 else "9999-98"
     return f"{d.year:04d}-{d.month:02d}"
 
 

@@ -1623,5 +1623,6 @@ class Bulk:
         for state in CLOSED_STATES:
             self._update(S.HOLDS_CLOSE_BULK, "hold_key", [k for k, st in closing.items() if st == state], (state, now))
         if self._memo is not None:
-            self._memo.update((k, holds[k]._replace(state=st)) for k, st in closing.items())
+            # (_make, not _replace: 77,000 holds close in a 1,000,000-job reconcile)
+            self._memo.update((k, HoldRow._make((*holds[k][:5], st, holds[k][6]))) for k, st in closing.items())
         return list(closing)

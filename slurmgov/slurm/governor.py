@@ -312,6 +312,7 @@ def _settle_charge(site: Site, key: str, run_id: str | None, event: journal.Sett
     return row, int(tasks)
 
 
+@functools.lru_cache(maxsize=1024)  # a few states (and uids cancelling), checked for every charge of a pass
 def is_final(status: str) -> bool:
     """A charge's status is a Slurm state, perhaps with detail: 'CANCELLED by 1234' is final."""
     return (status.split() or [""])[0].upper() in FINAL
@@ -380,17 +381,18 @@ def _reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None,
     rows: list[tuple[str, str, int]] = []  # each chunk job's (charge key, hold key, sacct's GPU-seconds)
     final: dict[str, bool] = {}  # state -> Job.final; a few states, a million rows
     cpu_budgeted = {of_cpu_account(a) for a in ledger.account_names() if is_cpu_account(a)}
+    # a million rows: names bound once (each global or attribute lookup costs per row)
+    see, take, row, ck_of, hk_of = seen.add, chunk.append, rows.append, charge_key, hold_key
     for job in jobs:
         if (token := job.token):
-            seen.add(token)
+            see(token)
         else:
             seen.update(job.keys)
         if (f := final.get(job.state)) is None:
             f = final[job.state] = job.final
         if f and (token or job.gpus):
-            chunk.append(job)
-            rows.append((charge_key(job.job_id, job.start), hold_key(token or job_key(job.job_id)),
-                         job.gpus * job.elapsed))
+            take(job)
+            row((ck_of(job.job_id, job.start), hk_of(token or job_key(job.job_id)), job.gpus * job.elapsed))
         if f and job.cpus and job.account in cpu_budgeted:
             cj = cpu_job(job)  # its CPUs, on its account's CPU budget, by the same rules
             chunk.append(cj)
@@ -399,6 +401,7 @@ def _reconcile(ledger: Ledger, site: Site, jobs, live_tokens, now: float | None,
         if len(chunk) >= RECONCILE_CHUNK:
             _reconcile_chunk(ledger, site, chunk, rows, now, drift, unbilled)
             chunk, rows = [], []
+            take, row = chunk.append, rows.append
     if chunk:
         _reconcile_chunk(ledger, site, chunk, rows, now, drift, unbilled)
     drift.extend(f"account {a} has no budget in the ledger: {len(ids)} GPU job(s) without a hold left unbilled"
@@ -510,7 +513,9 @@ def _ended(jobs: list[Job], wanted: set[str]) -> dict[str, str]:
     sacct (a requeued job by its latest run)."""
     runs: dict[str, dict[str, Job]] = {}
     for job in jobs:
-        for key in (job.token,) if job.token else job.keys:
+        if (token := job.token) and token not in wanted:
+            continue  # most rows: a token not asked about (no key tuple built for it)
+        for key in (token,) if token else job.keys:
             if key in wanted:
                 mine = runs.setdefault(key, {})
                 prev = mine.get(job.job_id)
