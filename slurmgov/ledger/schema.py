@@ -447,7 +447,11 @@ HOLD_GET = """SELECT hold_key, account, workflow, user_name, run_id, amount_ms, 
     FROM holds WHERE hold_key = ?"""
 HOLD_INSERT = """INSERT INTO holds (hold_key, account, workflow, user_name, run_id, amount_ms, state, created_at)
     VALUES (?, ?, ?, ?, ?, ?, 'open', ?)"""
-HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\' ORDER BY hold_key"""
+# Ordered by an expression, not the column: SQLite otherwise walks the whole primary key (every
+# hold, open or not: 872,000 after a 1,000,000-job reconcile) to skip a sort, where holds_open
+# lists the few thousand open ones; the order is the same (hold_key || '' is hold_key).
+HOLDS_OPEN = """SELECT hold_key, created_at FROM holds WHERE state = 'open' AND hold_key LIKE ? ESCAPE '\\'
+    ORDER BY hold_key || ''"""
 HOLD_CLOSE = "UPDATE holds SET state = ?, closed_at = ? WHERE hold_key = ? AND state = 'open'"
 HOLD_LEASE = "UPDATE holds SET lease_until = ? WHERE hold_key = ? AND state = 'open'"
 # (HOLDS_LAPSED_OF, an admission's, reads LEASE_INDEX: only its account's open leases that lapsed)
