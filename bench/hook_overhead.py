@@ -73,8 +73,8 @@ def set_mode(c, mode: str, hook_src: str) -> None:
     time.sleep(1.1)  # slurmctld reloads the script when its mtime (in seconds) changes
     c.run("scontrol", "reconfigure", check=True)
     time.sleep(1.0)
-    # From 24.05 reconfigure re-executes slurmctld (a new process reads slurm.conf and takes over
-    # the listening socket); wait until it answers again before timing anything.
+    # From 24.05 reconfigure re-executes slurmctld (in the foreground, as here, in place: same pid)
+    # and it answers nothing meanwhile; wait until it answers again before timing anything.
     deadline = time.monotonic() + 60
     while "UP" not in c.run("scontrol", "ping", timeout=10).stdout:
         if time.monotonic() > deadline:
@@ -150,11 +150,11 @@ def wait_purged(c, timeout: float = 90) -> int:
     and removed their state directories: deleting 300 jobs' files is real work for the kernel,
     and it must not fall into the next round. Returns how many nudge jobs it submitted.
 
-    22.05 removes a purged job's directory at once. 24.11 and 26.05 hand them to a thread that
-    deletes the queue when a later purge wakes it: after a round's burst the wake-up can be
-    missed and the directories stay until the next purge (seen for 50 jobs, not for 5), so when
-    the queue is empty and they are still there a few seconds later, one job is submitted and
-    cancelled to bring a purge that wakes it again."""
+    22.05 removes a purged job's directory with its record. 24.11 and 26.05 queue them for a
+    separate thread that a purge wakes; after a round's burst of cancellations the directories
+    were seen to stay, with an empty queue, until some later purge (for 50 jobs, not for 5: a
+    missed wake-up, it seems), so when they are still there a few seconds after the queue
+    emptied, one job is submitted and cancelled to bring a purge, which deletes them all."""
     deadline = time.monotonic() + timeout
     nudges, empty_since = 0, None
     while time.monotonic() < deadline:
