@@ -33,7 +33,7 @@ PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "libexpa
 OPTIONAL_PACKAGES = ("slurm-wlm-jwt-plugin",)  # auth/jwt: the tests that need tokens skip without it
 # Client commands the project and the tests call; each gets a wrapper that runs the chroot's.
 CLIENTS = ("sbatch", "srun", "salloc", "scancel", "scontrol", "squeue", "sinfo", "sacct", "sacctmgr",
-           "sreport", "sprio", "sshare", "sstat", "strigger", "sattach", "munge", "unmunge")
+           "sreport", "sprio", "sshare", "sstat", "strigger", "sattach", "sdiag", "munge", "unmunge")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 MARKER = ".slurmgov-complete"
