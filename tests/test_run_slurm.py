@@ -212,7 +212,10 @@ def wait_started(proc, mark, timeout=60) -> None:
 
 def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, governed, tmp_path):
     c, env = governed
-    proc, mark = one_step_run(c, env, tmp_path, "kill-me", "echo $SLURM_JOB_ID >> {mark}; sleep 4; echo done", 1,
+    # The first attempt cannot finish by itself (it waits until killed), so the kill always lands
+    # mid-step: with a short sleep a slow cancel let the step end first, on a busy 24.11 cluster.
+    proc, mark = one_step_run(c, env, tmp_path, "kill-me",
+                              "echo $SLURM_JOB_ID >> {mark}; [ $(wc -l < {mark}) -gt 1 ] || sleep 600; echo done", 1,
                               "--json")
     wait_started(proc, mark)
     first = mark.read_text().split()[0]
