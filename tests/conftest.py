@@ -31,20 +31,39 @@ def pytest_configure(config):
     import slurm_release
 
     try:
-        release_runs.others()
+        release_runs.releases()
     except slurm_release.ReleaseError as e:  # a typo in SLURMGOV_SLURM or _RELEASES: one line, exit 4
         raise pytest.UsageError(str(e)) from None
+    config.pluginmanager.register(_LeaveClusterTestsToTheReleaseRuns(), "slurmgov-release-runs")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m and -k select by these marks
 def pytest_collection_modifyitems(config, items):
     # A test on the session's Slurm cluster is marked `cluster` (and `slurm`) by the fixture it
-    # uses, not by hand: `-m cluster` is then exactly the tests to run again on another release.
+    # uses, not by hand: `-m cluster` is then exactly the tests to run on each release.
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker("cluster")
             item.add_marker("slurm")
-    # The other releases' runs are waited for last, so that they run beside everything else.
-    items.sort(key=lambda item: item.path.name == "test_releases.py")
+
+
+class _LeaveClusterTestsToTheReleaseRuns:
+    """Where the release runs are among the tests (tests/test_releases.py), their children run the
+    cluster tests on each release, this session's included: this session leaves those to them and
+    waits for the children last, so that they run beside everything else."""
+
+    @pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they do
+    def pytest_collection_modifyitems(self, config, items):
+        import release_runs
+        import slurm_release
+
+        waits = [item for item in items if item.path.name == "test_releases.py"]
+        if waits and slurm_release.selected() in release_runs.releases():
+            left = [item for item in items if item.get_closest_marker("cluster")]
+            if left:
+                config.hook.pytest_deselected(items=left)
+                items[:] = [item for item in items if not item.get_closest_marker("cluster")]
+        items.sort(key=lambda item: item.path.name == "test_releases.py")
 
 
 def pytest_collection_finish(session):

@@ -1,12 +1,12 @@
-"""The session's Slurm tests on the other releases, each in its own pytest session beside this one.
+"""The tests on the session's Slurm cluster, run on every release, each in its own pytest session.
 
-The README test command runs every test on the release SLURMGOV_SLURM names (default 22.05) and,
-while it does, the tests marked ``cluster`` (those on the session's Slurm cluster, see
-conftest.py) once more on each other release in SLURMGOV_RELEASES (default all three), each
-in a child ``pytest -m cluster`` with SLURMGOV_SLURM set to it. The clusters are independent
-(private munge socket, free ports, their own directories) and mostly wait on Slurm, so side by
-side they cost little more wall time than one. tests/test_releases.py waits for each child and
-fails with its failures.
+The README test command runs the tests marked ``cluster`` (those on the session's Slurm cluster,
+see conftest.py) once on each release in SLURMGOV_RELEASES (default all three), each in a child
+``pytest -m cluster`` with SLURMGOV_SLURM set to that release, all side by side with the main
+session, which runs everything else. The clusters are independent (private munge socket, free
+ports, their own directories) and mostly wait on Slurm, so the three cost little more wall time
+than one, and the main session's CPU-bound tests run meanwhile. tests/test_releases.py waits for
+each child and fails with its failures.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ class SpecError(ValueError):
     pass
 
 
-def others() -> list[str]:
-    """The releases the children run: SLURMGOV_RELEASES (comma-separated; empty: none) less the
-    session's own. An unknown name raises ReleaseError naming the supported ones."""
-    own = slurm_release.selected()
+def releases() -> list[str]:
+    """The releases the children run: SLURMGOV_RELEASES (comma-separated; empty: none). An unknown
+    name (there or in SLURMGOV_SLURM) raises ReleaseError naming the supported ones."""
+    slurm_release.selected()
     raw = os.environ.get("SLURMGOV_RELEASES")
     wanted = list(slurm_release.RELEASES) if raw is None else [r.strip() for r in raw.split(",") if r.strip()]
     for r in wanted:
         if r not in slurm_release.RELEASES:
             raise slurm_release.ReleaseError(f"SLURMGOV_RELEASES names {r!r}, not a Slurm release the test "
                                              f"harness knows; supported: {', '.join(slurm_release.RELEASES)}")
-    return [r for r in wanted if r != own]
+    return list(dict.fromkeys(wanted))
 
 
 @dataclass
@@ -110,14 +110,15 @@ def wait(release: str, timeout: float = WAIT_S) -> Outcome:
     except subprocess.TimeoutExpired:
         os.killpg(child.proc.pid, signal.SIGKILL)
         rc = child.proc.wait()
-    seconds = time.monotonic() - child.started
+    seconds = time.monotonic() - child.started  # until waited for; the child's own time if it wrote it
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     try:
         suite = ET.parse(child.junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        for k in counts:
-            counts[k] = int(suite.get(k, 0)) if suite is not None else 0
-    except (OSError, ET.ParseError):
+        if suite is not None:
+            counts = {k: int(suite.get(k, 0)) for k in counts}
+            seconds = float(suite.get("time", seconds))
+    except (OSError, ET.ParseError, ValueError):
         pass
     text = child.log.read_text(errors="replace") if child.log.exists() else ""
     problems = [line for line in text.splitlines() if re.match(r"(FAILED|ERROR|SKIPPED) ", line)]

@@ -1,8 +1,9 @@
 """Every test on the session's Slurm cluster passes on each Slurm release a site runs.
 
 The children that run them were started when collection finished (conftest.py,
-tests/release_runs.py), so they ran beside this session; these tests, ordered last, wait for
-them. Under CI=true a child's skip is a failure, as it is in this session.
+tests/release_runs.py), so they ran beside this session, which then leaves those tests to them;
+these tests, ordered last, wait for them. Under CI=true a child's skip is a failure, as it is
+in this session.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import pytest
 import release_runs
 
-RELEASES = release_runs.others()  # checked in conftest.pytest_configure
+RELEASES = release_runs.releases()  # checked in conftest.pytest_configure
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(release_runs.WAIT_S + 60)  # it waits for a whole session; the child bounds each test
 @pytest.mark.parametrize("release", RELEASES or [pytest.param(None, marks=pytest.mark.skip(
-    reason="SLURMGOV_RELEASES names no release but this session's"))])
+    reason="SLURMGOV_RELEASES names no release"))])
 def test_cluster_tests_pass_on(release):
     out = release_runs.wait(release)
     ran = out.counts["tests"]
