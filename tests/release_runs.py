@@ -27,10 +27,6 @@ TESTS = Path(__file__).resolve().parent
 WAIT_S = 3600.0  # a child's own tests time out after 300 s each; this bounds a wedged child
 
 
-class SpecError(ValueError):
-    pass
-
-
 def releases() -> list[str]:
     """The releases the children run: SLURMGOV_RELEASES (comma-separated; empty: none). An unknown
     name (there or in SLURMGOV_SLURM) raises ReleaseError naming the supported ones."""
