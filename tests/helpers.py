@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -127,6 +128,16 @@ def journal(cluster, serial: str | None = None) -> list[list[str]]:
 def settled(c) -> list[str]:
     """jobcomp's settle file, a line each."""
     return c.settle_path.read_text().splitlines() if c.settle_path.exists() else []
+
+
+def settle_of(c, job: str) -> bool:
+    """Whether jobcomp has written a settle line for ``job``."""
+    return any(ln.split("\t")[1:2] == [job] for ln in settled(c))
+
+
+def sync(sg, c, *extra) -> dict:
+    """``slurmgov sync --json`` against the test cluster (``sg``: the gov fixture's CLI runner); its report."""
+    return json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json", *extra).stdout)
 
 
 def sacct_state(job: dict) -> str:

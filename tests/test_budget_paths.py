@@ -15,20 +15,12 @@ import subprocess
 import time
 
 import pytest
-from helpers import as_nobody, governor_sees_final, nobody_sbatch, settled, wait_for
+from helpers import as_nobody, governor_sees_final, nobody_sbatch, settle_of, settled, sync, wait_for
 
 pytestmark = pytest.mark.slurm
 
 NOOP_HOOK = ("function slurm_job_submit(j, p, u) return slurm.SUCCESS end\n"
              "function slurm_job_modify(j, r, p, u) return slurm.SUCCESS end\n")
-
-
-def sync(sg, c, *extra):
-    return json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json", *extra).stdout)
-
-
-def settle_of(c, job: str) -> bool:
-    return any(ln.split("\t")[1:2] == [job] for ln in settled(c))
 
 
 def hold_of(ledger, job: str):

@@ -9,19 +9,14 @@ and as root), an account without a CPU budget, a lost settle line (sacct)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from helpers import as_nobody, governor_sees_final, nobody_sbatch, show_job
+from helpers import as_nobody, governor_sees_final, nobody_sbatch, show_job, sync, wait_for
 
 from slurmgov.slurm import journal
 
 pytestmark = pytest.mark.slurm
-
-
-def sync(sg, c, *extra):
-    return json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json", *extra).stdout)
 
 
 def journal_events(c) -> list:
@@ -125,10 +120,8 @@ def test_reconcile_bills_cpus_from_sacct(gov):
     assert (rows[unheld].cpus, rows[held].cpus) == (2, 3)  # AllocCPUS, from sacct --json
     # slurmdbd lists an ended job under `sacct -j` seconds before the governor's time window does
     # (seen once on a busy 22.05): a pass before that bills it only on the next pass.
-    deadline = time.time() + 60
-    while not (governor_sees_final(c, unheld) and governor_sees_final(c, held)):
-        assert time.time() < deadline, "sacct's window never listed both jobs as ended"
-        time.sleep(0.5)
+    wait_for(lambda: governor_sees_final(c, unheld) and governor_sees_final(c, held), timeout=60,
+             what="sacct's window to list both jobs as ended")
     before = ledger.balance("cpu:physics").charged_h  # (the ledger is the session's: earlier tests' charges)
     rep = sync(sg, c)
     assert rep["problems"] == [], rep

@@ -13,16 +13,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import governor_sees_final, settled, wait_for
+from helpers import governor_sees_final, journal, settle_of, sync, wait_for
 
 pytestmark = pytest.mark.slurm
 
 # srun's and salloc's own command prints the allocation's id: neither prints it otherwise
 PRINT_ID = ("sh", "-c", "echo JOB=$SLURM_JOB_ID")
-
-
-def sync(sg, c, *extra) -> dict:
-    return json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json", *extra).stdout)
 
 
 def allocate(c, tool: str, *args: str):
@@ -43,8 +39,7 @@ def tokens_of(c, job: str) -> list[str]:
 
 
 def admits(c) -> list[list[str]]:
-    return [ln.split("\t") for ln in c.journal_path.read_text().splitlines() if ln.startswith("admit\t")] \
-        if c.journal_path.exists() else []
+    return [ln for ln in journal(c) if ln[0] == "admit"]
 
 
 @pytest.mark.parametrize("tool", ["srun", "salloc"])
@@ -69,7 +64,7 @@ def test_an_interactive_allocation_is_held_then_charged_what_it_used(gov, tool):
     [token] = tokens_of(c, job)
     [adm] = [a for a in admits(c) if a[3] == token]
     assert (adm[4], float(adm[6])) == ("physics", 2 * 6 * 60.0)
-    wait_for(lambda: any(ln.split("\t")[1:2] == [job] for ln in settled(c)), timeout=60, what="its settle line")
+    wait_for(lambda: settle_of(c, job), timeout=60, what="its settle line")
     wait_for(lambda: governor_sees_final(c, job), timeout=60, what="sacct to show it ended")
     rep = sync(sg, c)
     assert not rep["problems"], rep

@@ -4,17 +4,12 @@ governor holds each job on its user."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
-from helpers import as_nobody, nobody_sbatch
+from helpers import as_nobody, nobody_sbatch, sync
 
 pytestmark = pytest.mark.slurm
-
-
-def sync(sg, c, *extra):
-    return json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json", *extra).stdout)
 
 
 def test_sbatch_past_a_users_cap_is_refused_while_another_user_is_admitted(gov):
