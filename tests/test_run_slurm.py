@@ -214,8 +214,11 @@ def test_killed_allocation_is_resubmitted_and_nothing_is_charged_twice(sg, gover
     c, env = governed
     # The first attempt cannot finish by itself (it waits until killed), so the kill always lands
     # mid-step: with a short sleep a slow cancel let the step end first, on a busy 24.11 cluster.
+    # `exec`: Slurm's SIGTERM may reach the sleep before the shell, and a shell still there would
+    # go on to `echo done` and end the step well in the dying job (seen once on an idle 24.11:
+    # proctrack/linuxproc signals the deepest processes of the tree first, kill_tree.c).
     proc, mark = one_step_run(c, env, tmp_path, "kill-me",
-                              "echo $SLURM_JOB_ID >> {mark}; [ $(wc -l < {mark}) -gt 1 ] || sleep 600; echo done", 1,
+                              "echo $SLURM_JOB_ID >> {mark}; [ $(wc -l < {mark}) -gt 1 ] || exec sleep 600; echo done", 1,
                               "--json")
     wait_started(proc, mark)
     first = mark.read_text().split()[0]
