@@ -15,7 +15,7 @@ A run is --rounds such rounds; its ratio is the median of its rounds' own hook/n
 A round is 1,000 jobs by default (300 before the ninth session): at the 250-350 jobs/s this machine
 now reaches, 300 jobs took about a second, and one round's ratio swung by 20% with whatever else
 the kernel did in that second (three runs of one commit's 300-job bench printed 1.066, 0.909 and
-0.956); 1,000-job rounds took about 3 s and their runs agreed within 0.02 (bench/RESULTS.md).
+0.956); 1,000-job rounds took 3-7 s, and 22.05's three runs agreed within 0.02 (bench/RESULTS.md).
 Each size gets --runs runs and the bench prints every run's ratio and their median (issue 11's
 target: >= 0.95 hook/none at 10,000 accounts, median of three runs), and noop/none (what
 job_submit/lua itself costs on that release). Also printed: jobs/s,
