@@ -163,6 +163,51 @@ def test_shell_completion_of_commands_and_the_sites_accounts(root):
     assert complete("slurmgov budget transfer chem-ai b") == ["bio-ml"]
 
 
+# What completion of command names and --version must not import: they run at every TAB, and these
+# cost 0.4-0.8 s of start-up (the root group imports a command's module only when it is looked up).
+HEAVY = ("pydantic", "rich", "yaml", "dask", "distributed", "slurmgov.site.model", "slurmgov.ledger.store",
+         "slurmgov.interface.commands")
+
+
+def _modules_loaded_by(args: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    """Run the CLI's entry point in a fresh interpreter; its stdout and the HEAVY modules it imported."""
+    code = ("import atexit, sys\n"
+            f"heavy = {HEAVY!r}\n"
+            "atexit.register(lambda: print('LOADED', sorted({m.split('.')[0] if not m.startswith('slurmgov') else m "
+            "for m in sys.modules if m.startswith(heavy)}), file=sys.stderr))\n"
+            "from slurmgov.interface.cli import main\n"
+            f"main({args!r})\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
+                       timeout=120, check=False)
+    loaded = [ln for ln in p.stderr.splitlines() if ln.startswith("LOADED ")]
+    assert p.returncode == 0 and len(loaded) == 1, p.stderr
+    return p.stdout, eval(loaded[0][len("LOADED "):])
+
+
+def test_every_command_loads_under_its_name_and_completing_a_name_imports_none_of_them():
+    from click import Context
+
+    from slurmgov.interface.cli import cli
+
+    ctx = Context(cli)
+    names = cli.list_commands(ctx)
+    assert {"run", "plan", "budget", "usage", "sync", "governor", "hooks", "mcp", "api"} <= set(names)
+    for name in names:  # a name listed in --help that loads another command (or none) would fail only when used
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+    assert cli.get_command(ctx, "no-such-command") is None
+
+    env = {"_SLURMGOV_COMPLETE": "bash_complete", "COMP_WORDS": "slurmgov ", "COMP_CWORD": "1"}
+    out, loaded = _modules_loaded_by([], env)
+    assert [ln.split(",", 1)[1] for ln in out.splitlines()] == names and loaded == []
+    out, loaded = _modules_loaded_by(["--version"], {})
+    assert out.startswith("slurmgov, version ") and loaded == []
+    # looking a command up imports its module, and completion inside a command still works
+    out, loaded = _modules_loaded_by([], {**env, "COMP_WORDS": "slurmgov budget s", "COMP_CWORD": "2"})
+    assert [ln.split(",", 1)[1] for ln in out.splitlines()] == ["set", "set-cpu", "show"]
+    assert "slurmgov.interface.commands.budget" in loaded and "pydantic" in loaded
+
+
 def test_budget_terms_rollover_and_expiry_from_the_cli_and_the_site_file(root, tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text((root / "site_configs" / "local.yaml").read_text().replace(

@@ -1,1 +1,1 @@
-"""The `slurmgov` subcommands, one module per command group; `slurmgov.interface.cli` registers them."""
+"""The `slurmgov` subcommands, one module per command group; `slurmgov.interface.cli` imports each when its command is used."""
