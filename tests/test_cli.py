@@ -187,7 +187,7 @@ def _modules_loaded_by(args: list[str], env: dict[str, str]) -> tuple[str, list[
 def test_every_command_loads_under_its_name_and_completing_a_name_imports_none_of_them():
     from click import Context
 
-    from slurmgov.interface.cli import cli
+    from slurmgov.interface.cli import COMMANDS, cli
 
     ctx = Context(cli)
     names = cli.list_commands(ctx)
@@ -195,11 +195,15 @@ def test_every_command_loads_under_its_name_and_completing_a_name_imports_none_o
     for name in names:  # a name listed in --help that loads another command (or none) would fail only when used
         command = cli.get_command(ctx, name)
         assert command is not None and command.name == name
+        # what zsh and fish show beside the name is the command's own one-line help
+        assert COMMANDS[name][2] == command.get_short_help_str()
     assert cli.get_command(ctx, "no-such-command") is None
 
     env = {"_SLURMGOV_COMPLETE": "bash_complete", "COMP_WORDS": "slurmgov ", "COMP_CWORD": "1"}
     out, loaded = _modules_loaded_by([], env)
     assert [ln.split(",", 1)[1] for ln in out.splitlines()] == names and loaded == []
+    out, loaded = _modules_loaded_by([], {**env, "_SLURMGOV_COMPLETE": "zsh_complete", "COMP_WORDS": "slurmgov bu"})
+    assert out.split("\n")[:3] == ["plain", "budget", "Read and set accounts' GPU-hour budgets."] and loaded == []
     out, loaded = _modules_loaded_by(["--version"], {})
     assert out.startswith("slurmgov, version ") and loaded == []
     # looking a command up imports its module, and completion inside a command still works

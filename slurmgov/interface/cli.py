@@ -19,16 +19,29 @@ from click.shell_completion import CompletionItem
 from slurmgov import __version__
 from slurmgov.interface.errors import EXIT_CODES, guarded
 
-# Each command: (its module in slurmgov.interface.commands, the click object there). A command's
-# module is imported when the command is looked up, so `slurmgov --version` and shell completion of
-# command names (run at every TAB) start without the site model, the ledger and their libraries
-# (pydantic, rich, the Slurm parsers): 0.1 s, not 0.5-0.9 s (bench/cli_startup.py).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "plan": ("run", "plan"), "run": ("run", "run"), "runs": ("runs", "runs"), "holds": ("runs", "holds"),
-    "budget": ("budget", "budget"), "audit": ("budget", "audit"), "waste": ("budget", "waste"),
-    "usage": ("budget", "usage"), "sync": ("slurm", "sync"), "governor": ("slurm", "governor_loop"),
-    "dashboard": ("dashboard", "dashboard_cmd"), "limits": ("slurm", "limits"), "topology": ("topology", "topology"),
-    "hooks": ("slurm", "hooks"), "mcp": ("mcp", "mcp_cmd"), "api": ("api", "api_cmd"),
+# Each command: its module in slurmgov.interface.commands, the click object there, and the
+# one-line help completion shows beside its name (zsh, fish: a test keeps it equal to the
+# command's own). A command's module is imported when the command is looked up, so
+# `slurmgov --version` and shell completion of command names (run at every TAB) start without the
+# site model, the ledger and their libraries (pydantic, rich, the Slurm parsers): 0.1 s, not
+# 0.5-0.9 s (bench/cli_startup.py).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "api": ("api", "api_cmd", "Serve budgets, usage, runs, holds and..."),
+    "audit": ("budget", "audit", "Every budget change: who (as which role),..."),
+    "budget": ("budget", "budget", "Read and set accounts' GPU-hour budgets."),
+    "dashboard": ("dashboard", "dashboard_cmd", "Serve the site-wide page: every account's..."),
+    "governor": ("slurm", "governor_loop", "Run the governor: a sync pass every..."),
+    "holds": ("runs", "holds", "List open holds: what each still reserves,..."),
+    "hooks": ("slurm", "hooks", "Install the Slurm hooks (job_submit.lua,..."),
+    "limits": ("slurm", "limits", "Slurm's own limits, kept in step with the..."),
+    "mcp": ("mcp", "mcp_cmd", "Serve slurmgov to AI agents over the Model..."),
+    "plan": ("run", "plan", "Show how JOBSPEC maps onto allocations,..."),
+    "run": ("run", "run", "Plan, price, admit against the budget, run..."),
+    "runs": ("runs", "runs", "List workflow runs, most recently written..."),
+    "sync": ("slurm", "sync", "One governor pass: ingest the hooks'..."),
+    "topology": ("topology", "topology", "The site's shape: nodes, NVLink domains,..."),
+    "usage": ("budget", "usage", "Charged GPU time, grouped by account,..."),
+    "waste": ("budget", "waste", "Allocated GPU time that sat idle: pilot..."),
 }
 
 
@@ -42,14 +55,15 @@ class LazyGroup(click.Group):
         where = COMMANDS.get(cmd_name)
         if where is None:
             return None
-        module, attr = where
+        module, attr, _ = where
         command: click.Command = getattr(importlib.import_module(f"slurmgov.interface.commands.{module}"), attr)
         return command
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-        """The command names, without importing their commands for the help text beside each (zsh and
-        fish show it; bash does not): completion runs at every TAB. Then the root's own options."""
-        names = [CompletionItem(name) for name in self.list_commands(ctx) if name.startswith(incomplete)]
+        """The command names and their one-line help, without importing the commands: completion
+        runs at every TAB. Then the root's own options."""
+        names = [CompletionItem(name, help=COMMANDS[name][2]) for name in self.list_commands(ctx)
+                 if name.startswith(incomplete)]
         return names + click.Command.shell_complete(self, ctx, incomplete)
 
 
