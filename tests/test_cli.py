@@ -212,6 +212,14 @@ def test_every_command_loads_under_its_name_and_completing_a_name_imports_none_o
     assert "slurmgov.interface.commands.budget" in loaded and "pydantic" in loaded
 
 
+def test_a_group_run_without_its_command_prints_its_help_as_click_does():
+    for args in ([], ["budget"], ["hooks"]):
+        p = sg(*args, check=2)  # click 8.2 on: exit 2, the help on stderr
+        first = p.stderr.splitlines()[0]
+        assert first == f"Usage: {' '.join(['slurmgov', *args])} [OPTIONS] COMMAND [ARGS]...", p.stderr
+        assert "Commands:" in p.stderr and "(usage:" not in p.stderr and p.stdout == ""
+
+
 def test_budget_terms_rollover_and_expiry_from_the_cli_and_the_site_file(root, tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text((root / "site_configs" / "local.yaml").read_text().replace(

@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -28,6 +29,11 @@ Exit codes:
 """
 
 
+# click 8.2 on: a group run without a command raises this, carrying the group's help (8.1 printed
+# the help itself and exited 0, through click.exceptions.Exit)
+_NO_COMMAND: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def guarded(prog: str):
     """Wrap a click entry point: SlurmgovError -> its one line and exit code; no tracebacks."""
 
@@ -46,6 +52,9 @@ def guarded(prog: str):
                 except OSError:
                     pass
                 sys.exit(128 + signum if signum else 130)
+            except _NO_COMMAND as exc:  # `slurmgov budget`: the group's help, as click prints it
+                click.echo(exc.format_message(), err=True)
+                sys.exit(2)
             except click.UsageError as exc:  # one line, not click's three (usage, hint, error)
                 cmd = exc.ctx.command_path if exc.ctx else prog
                 usage = " ".join(exc.ctx.get_usage().split()[1:]) if exc.ctx else f"{cmd} --help"
