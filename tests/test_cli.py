@@ -171,17 +171,17 @@ HEAVY = ("pydantic", "rich", "yaml", "dask", "distributed", "slurmgov.site.model
 
 def _modules_loaded_by(args: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
     """Run the CLI's entry point in a fresh interpreter; its stdout and the HEAVY modules it imported."""
-    code = ("import atexit, sys\n"
+    code = ("import atexit, json, sys\n"
             f"heavy = {HEAVY!r}\n"
-            "atexit.register(lambda: print('LOADED', sorted({m.split('.')[0] if not m.startswith('slurmgov') else m "
-            "for m in sys.modules if m.startswith(heavy)}), file=sys.stderr))\n"
+            "atexit.register(lambda: print('LOADED', json.dumps(sorted({m.split('.')[0] if not m.startswith('slurmgov') "
+            "else m for m in sys.modules if m.startswith(heavy)})), file=sys.stderr))\n"
             "from slurmgov.interface.cli import main\n"
             f"main({args!r})\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env},
                        timeout=120, check=False)
     loaded = [ln for ln in p.stderr.splitlines() if ln.startswith("LOADED ")]
     assert p.returncode == 0 and len(loaded) == 1, p.stderr
-    return p.stdout, eval(loaded[0][len("LOADED "):])
+    return p.stdout, json.loads(loaded[0][len("LOADED "):])
 
 
 def test_every_command_loads_under_its_name_and_completing_a_name_imports_none_of_them():

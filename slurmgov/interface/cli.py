@@ -24,7 +24,7 @@ from slurmgov.interface.errors import EXIT_CODES, guarded
 # command's own). A command's module is imported when the command is looked up, so
 # `slurmgov --version` and shell completion of command names (run at every TAB) start without the
 # site model, the ledger and their libraries (pydantic, rich, the Slurm parsers): 0.1 s, not
-# 0.5-0.9 s (bench/cli_startup.py).
+# 0.55-0.95 s (bench/cli_startup.py).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "api": ("api", "api_cmd", "Serve budgets, usage, runs, holds and..."),
     "audit": ("budget", "audit", "Every budget change: who (as which role),..."),
