@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -385,6 +386,41 @@ class SlurmCluster:
                 return state
             time.sleep(0.1)
         raise HarnessError(f"job {jobid} still {state} after {timeout}s (wanted {sorted(want)})")
+
+    def requeue(self, jobid: str, timeout: float = 30) -> float:
+        """``scontrol requeue`` a batch job and wait until its run has wound down (PENDING again).
+        Returns the wall-clock time the requeue had been answered by, for :meth:`start_requeued`."""
+        self.run("scontrol", "requeue", str(jobid), check=True)
+        answered = time.time()
+        deadline = time.monotonic() + timeout
+        while (state := self.job_state(jobid)) != "PENDING":
+            if time.monotonic() > deadline:
+                raise HarnessError(f"requeued job {jobid} still {state} after {timeout}s")
+            time.sleep(0.1)
+        return answered
+
+    def start_requeued(self, jobid: str, requeued_at: float, timeout: float = 5) -> None:
+        """Start a requeued job now instead of after Slurm's requeue delay (the credential lifetime,
+        two minutes). slurmd refuses a launch credential stamped in the same whole second as the
+        previous run's revocation (cred_revoked: ``ctime <= revoked``) and the job ends FAILED, so
+        the clock must first have passed the second the requeue was answered in."""
+        deadline = time.monotonic() + timeout
+        while time.time() < int(requeued_at) + 1:
+            if time.monotonic() > deadline:  # a clock stepped backwards: say so, do not hang
+                raise HarnessError(f"the clock did not pass {int(requeued_at) + 1} within {timeout}s")
+            time.sleep(0.05)
+        self.run("scontrol", "update", f"jobid={jobid}", "StartTime=now", check=True)
+
+    def job_story(self, jobid: str, lines: int = 40) -> str:
+        """What Slurm says of a job, for a failed assertion: scontrol, sacct (every run), and the
+        daemons' log lines that name it."""
+        show = self.run("scontrol", "show", "job", "-o", str(jobid), timeout=10)
+        acct = self.run("sacct", "-n", "-P", "-D", "-j", str(jobid),
+                        "-o", "JobID,State,ExitCode,Start,End,NodeList,Reason", timeout=10)
+        names = re.compile(rf"(JobId={jobid}\b|[Jj]ob {jobid}\b|\[{jobid}\.)")
+        logged = [f"{log.name}: {ln}" for log in sorted(self.log_dir.glob("slurm*.log"))
+                  for ln in log.read_text(errors="replace").splitlines() if names.search(ln)]
+        return "\n".join([show.stdout.strip() or show.stderr.strip(), acct.stdout.strip(), *logged[-lines:]])
 
     def node_states(self) -> dict[str, str]:
         r = self.run("sinfo", "-h", "-N", "-o", "%N %T", timeout=10)

@@ -154,13 +154,12 @@ def test_a_finished_job_requeued_is_held_again_and_charged_per_run(gov):
     wait_for(lambda: settle_of(c, job))
     sync(sg, c)
     assert ledger.balance("physics").held_h == 0
-    assert c.run("scontrol", "requeue", job).returncode == 0  # Slurm asks no hook about this
-    wait_for(lambda: c.job_state(job) == "PENDING")
+    requeued_at = c.requeue(job)  # Slurm asks no hook about this
     rep = sync(sg, c)
     assert not rep["problems"], rep
     assert ledger.balance("physics").held_h == pytest.approx(0.1)  # the next run's price, held again
-    c.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=True)
-    assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED"
+    c.start_requeued(job, requeued_at)
+    assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED", c.job_story(job)
     wait_for(lambda: sum(ln.split("\t")[1:2] == [job] and ln.split("\t")[7] == "COMPLETED" for ln in settled(c)) >= 2)
     rep = sync(sg, c)
     assert not rep["problems"], rep

@@ -181,14 +181,17 @@ def test_planned_leaf_switch_allocation_lands_under_one_leaf(gov, root):
 def test_requeued_job_is_charged_once_per_run(gov):
     c, sg, gsbatch, ledger = gov
     sg("hooks", "install", "--slurm-conf-dir", c.conf_dir)
-    p = c.sbatch(["-A", "physics", "--requeue", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap", "sleep 2"])
+    # the first run marks that its script runs, then waits to be requeued; the second finishes.
+    # Requeued only once the script runs: RUNNING in slurmctld comes before slurmd has launched it,
+    # and a requeue during the launch has slurmd kill the job's steps a second later, by then the
+    # second run's (it ended FAILED on a busy machine).
+    ran = c.work_dir / f"requeue-{time.time_ns()}"
+    p = c.sbatch(["-A", "physics", "--requeue", "--gres=gpu:h100:1", "-t", "5", "--parsable", "--wrap",
+                  f"if [ -e {ran} ]; then sleep 1; else touch {ran}; sleep 300; fi"])
     job = p.stdout.strip().split(";")[0]
-    c.wait_job(job, ("RUNNING",), timeout=30)
-    time.sleep(1)
-    c.run("scontrol", "requeue", job, check=True)
-    wait_for(lambda: c.job_state(job) == "PENDING")
-    c.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=True)  # skip Slurm's requeue delay
-    assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED"
+    wait_for(ran.exists, timeout=60, what="the first run's script to start")
+    c.start_requeued(job, c.requeue(job))  # without Slurm's two-minute requeue delay
+    assert c.wait_job(job, ("COMPLETED",), timeout=60) == "COMPLETED", c.job_story(job)
     wait_for(lambda: sum(f"\t{job}\t" in ln for ln in settled(c)) >= 2)
     rep = json.loads(sg("sync", "--slurm-conf-dir", c.conf_dir, "--json").stdout)
     assert not [d for d in rep["drift"] if d.startswith(f"job {job}:")]
