@@ -279,15 +279,16 @@ def test_bad_input_is_400_naming_the_field_and_changes_nothing(local):
     big = {"gpu_hours": 1, "reason": "x" * (64 * 1024)}  # a body over the API's 64 KiB is not read
     status, body = server.post("/budgets/chem-ai/grant", admin, big)
     assert status == 413 and body["error"] == "body: more than 65,536 bytes", body
-    status, body = server.post("/budgets/Bad$Name/grant", admin, {"gpu_hours": 1})
-    assert status == 400 and body["error"].startswith("account:")
+    for bad in ("Bad$Name", "chem-ai%0A"):  # (a trailing newline passes Python's `$`)
+        status, body = server.post(f"/budgets/{bad}/grant", admin, {"gpu_hours": 1})
+        assert status == 400 and body["error"].startswith("account:"), (bad, body)
     status, body = server.post("/transfers", admin, {"source": "chem-ai", "gpu_hours": 1})
     assert status == 400 and body["error"] == "dest: missing"
     status, body = server.post("/holds/run%3Ax/release", admin, {})
     assert status == 400 and body["error"] == "reason: missing"
     for query, field in (("/usage?by=colour", "by"), ("/usage?from=yesterday", "from"), ("/usage?to=nan", "to"),
                          ("/usage?fro=2026-01-01", "fro"), ("/runs?limit=0", "limit"), ("/runs?limit=x", "limit"),
-                         ("/usage?account=a%20b", "account")):
+                         ("/usage?account=a%20b", "account"), ("/usage?account=chem-ai%0A", "account")):
         status, body = server.get(query, admin)
         assert status == 400 and body["error"].startswith(f"{field}:"), (query, body)
     assert ledger.audit() == audit

@@ -424,6 +424,8 @@ def test_a_run_id_given_must_be_new_and_a_name(root):
     assert p.stderr.strip() == "slurmgov: run_id: run 20261201T000000-aaaaaa already exists; a new run needs a new id"
     p = sg("run", spec, "--run-id", "../../etc/x", check=2)
     assert p.stderr.strip().startswith("slurmgov: run_id: '../../etc/x' is not a run id")
+    p = sg("run", spec, "--run-id", "x\n", check=2)  # a file name and a hold key never end in a newline
+    assert p.stderr.strip().startswith("slurmgov: run_id: 'x\\n' is not a run id")
     assert sg("runs", "show", "../../etc/passwd", check=2).stderr.count("\n") == 1
     assert sg("holds", "--json", check=0).stdout.strip() == "[]"  # nothing was held
 

@@ -104,9 +104,11 @@ def test_the_writer_writes_the_golden_file():
     snap = snapshot.Snapshot(
         serial=1795592000123, written=1795592000, max_age_s=600, fail_policy="closed", default_time_min=60,
         max_gpus_per_node=4, default_weight=1.0, journal_offset=4096, total_gpus=16, sockets_per_node=2,
-        weights={"h100": 2.0, "a100": 1.0}, available_gpu_s={"chem-ai": 12600.0, "bio-ml": -3.0, "bad\tname": 1.0},
-        operator_uids=[0, 1001], partition_gpus={"gpu": (4, "h100"), "cpu": (0, None)},
-        user_caps={("chem-ai", 1001): (3600.0, 7200.0), ("bio-ml", 0): (-5.0, 36000.0), ("bad\tname", 7): (1.0, 1.0)})
+        weights={"h100": 2.0, "a100": 1.0, "h200\n": 1.0},
+        available_gpu_s={"chem-ai": 12600.0, "bio-ml": -3.0, "bad\tname": 1.0, "physics\n": 1.0},
+        operator_uids=[0, 1001], partition_gpus={"gpu": (4, "h100"), "cpu": (0, None), "big\n": (8, "h100")},
+        user_caps={("chem-ai", 1001): (3600.0, 7200.0), ("bio-ml", 0): (-5.0, 36000.0), ("bad\tname", 7): (1.0, 1.0),
+                   ("physics\n", 8): (1.0, 1.0)})  # names with a tab or a trailing newline are left out
     assert snap.render() == (GOLDEN / "snapshot" / "writer.txt").read_text()
     read = snapshot.parse(snap.render())
     assert read.available_gpu_s == {"bio-ml": 0.0, "chem-ai": 12600.0}

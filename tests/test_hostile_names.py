@@ -28,6 +28,7 @@ HOSTILE = [
     "`id`",
     "x'); DROP TABLE holds; --",             # SQL
     "chem-ai\nadmit\t1\t2",                  # a forged journal/snapshot line
+    "chem-ai\n",                             # Python's `$` matches before a trailing newline
     '"quoted"',
     "a" * 5000,                              # very long
     "-A",                                    # an option in disguise

@@ -182,7 +182,7 @@ class FakeLedger:
         return [B(n, 1.0) for n in self.names]
 
 
-@pytest.mark.parametrize("bad", ["-a", "a b", "a,b", "a;rm", "", "x" * 65, "a=b", "ä"])
+@pytest.mark.parametrize("bad", ["-a", "a b", "a,b", "a;rm", "", "x" * 65, "a=b", "ä", "ok\n"])
 def test_hostile_names_are_refused_before_any_call(tmp_path, bad):
     fake = FakeSlurm(tmp_path, usage={"ok": 0})
     with pytest.raises(InputError) as e:

@@ -316,9 +316,11 @@ def test_hostile_input_is_one_line_and_changes_nothing(site, ledger, http_server
             await refused("budget_status", {"account": "rival"}, "may not act for account rival")
             await refused("budget_status", {"account": "x'; DROP TABLE accounts;--"}, "is not an account name")
             await refused("budget_status", {"account": "%a+"}, "is not an account name")
+            await refused("budget_status", {"account": "chem-ai\n"}, "is not an account name")
             await refused("suggest_cheaper", {"jobspec": SPEC, "account": "rival"}, "may not act for account rival")
             for tool in ("run_status", "explain_cost", "cancel_run"):
                 await refused(tool, {"run_id": "../../etc/passwd"}, "is not a run id")
+                await refused(tool, {"run_id": "x\n"}, "is not a run id")
                 await refused(tool, {"run_id": "nope-123"}, "no run 'nope-123'")
                 await refused(tool, {"run_id": foreign["run_id"]}, "is user mallory's")
             with pytest.raises(mcp.MCPError, match="may not act for account rival"):

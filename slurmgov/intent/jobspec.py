@@ -24,10 +24,10 @@ from pydantic import (
 from slurmgov.context.kv_size import DTYPE_BYTES, PRESETS, KVShape
 from slurmgov.errors import InputError
 from slurmgov.site import yamlfile
+from slurmgov.site.names import PATTERN
 from slurmgov.site.units import parse_memory_mb, parse_time_seconds
 
-# Names end up in Slurm job names, sacctmgr, SQL and the Lua hook's data: keep them plain.
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Names (site.names) end up in Slurm job names, sacctmgr, SQL and the Lua hook's data: kept plain.
 CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 Within = Literal["node", "nvlink-domain", "leaf-switch", "any"]
 
@@ -79,7 +79,7 @@ class Context(Strict):
     model: Model | str
     tokens: int = Field(ge=1, le=100_000_000, description="context tokens per sequence")
     sequences: int = Field(1, ge=1, le=1_000_000)
-    share: str | None = Field(None, pattern=NAME, description="steps with the same key reuse one KV prefix")
+    share: str | None = Field(None, pattern=PATTERN, description="steps with the same key reuse one KV prefix")
     kv_fp8: Literal["never", "if-needed", "always"] = Field(
         "never", description="KV cache in fp8 (e4m3, 1 byte): 'if-needed' when the model's dtype does not fit the GPUs asked"
     )
@@ -102,7 +102,7 @@ class Context(Strict):
 
 
 class Step(Strict):
-    id: str = Field(pattern=NAME)
+    id: str = Field(pattern=PATTERN)
     run: str | None = Field(None, min_length=1, description="shell command")
     call: str | None = Field(None, description="Python callable module:function")
     params: dict[str, Any] = Field(default_factory=dict)
@@ -121,7 +121,7 @@ class Step(Strict):
     @field_validator("call")
     @classmethod
     def _call(cls, v):
-        if v is not None and not CALLABLE.match(v):
+        if v is not None and not CALLABLE.fullmatch(v):
             raise ValueError(f"{v!r} is not a Python callable; write module.path:function")
         return v
 
@@ -129,7 +129,7 @@ class Step(Strict):
     @classmethod
     def _env(cls, v):
         for k in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
                 raise ValueError(f"{k!r} is not an environment variable name")
         return v
 
@@ -163,10 +163,10 @@ class Source:
 
 
 class Workflow(Strict):
-    workflow: str = Field(pattern=NAME)
-    account: str = Field(pattern=NAME)
+    workflow: str = Field(pattern=PATTERN)
+    account: str = Field(pattern=PATTERN)
     description: str = ""
-    partition: str | None = Field(None, pattern=NAME)
+    partition: str | None = Field(None, pattern=PATTERN)
     on_failure: Literal["continue", "cancel"] = "continue"
     steps: tuple[Step, ...] = Field(min_length=1, max_length=100_000)
     _source: Source | None = PrivateAttr(None)

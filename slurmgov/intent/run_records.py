@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 from pathlib import Path
 
 from slurmgov.errors import InputError
 from slurmgov.site.model import slurmgov_home
+from slurmgov.site.names import is_name
 
 
 def runs_dir() -> Path:
     return slurmgov_home() / "runs"
 
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file name, a hold key, a Slurm comment
 
 
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it is one a run could have (letters, digits, . _ -): never a path."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not is_name(run_id):  # a file name, a hold key, a Slurm comment
         raise InputError(f"run_id: {str(run_id)[:80]!r} is not a run id (letters, digits, . _ -; at most 64)")
     return run_id
 

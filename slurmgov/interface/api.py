@@ -71,6 +71,7 @@ from slurmgov.ledger.seed import ensure_budget
 from slurmgov.ledger.store import Ledger
 from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
+from slurmgov.site import names
 from slurmgov.slurm.commands import coordinator_accounts, user_accounts
 from slurmgov.slurm.governor import cap_uid
 
@@ -81,13 +82,10 @@ SITE_ISSUER = "slurmgov"  # the `iss` of the tokens `slurmgov api token issue` s
 MAX_BODY = 64 * 1024
 MAX_LIFESPAN_S = 366 * 86400
 ASSOCIATIONS_TTL_S = 60  # how long Slurm's answer on a user's accounts is taken as still true
-USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HOLD_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,200}$")
 # the API's actions, as authz names them (account None: the whole site)
 ACTIONS = {"read": "usage.read", "grant": "budget.grant", "transfer": "budget.transfer", "release": "holds.release",
            "cap": "usercap.set"}
-USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")  # as `budget user-cap set` takes a user name
 
 
 class ApiError(Exception):
@@ -145,7 +143,7 @@ def site_key(path: Path, create: bool = False) -> bytes:
 
 def issue_token(key: bytes, user: str, lifespan_s: int, now: float | None = None) -> str:
     """A site token for ``user``, good for ``lifespan_s`` seconds."""
-    if not USER.match(user):
+    if not names.is_user_name(user):
         raise InputError(f"--user: {user!r} is not a user name")
     if not 1 <= lifespan_s <= MAX_LIFESPAN_S:
         raise InputError(f"--lifespan: {lifespan_s} s; give 1 to {MAX_LIFESPAN_S} seconds")
@@ -189,7 +187,7 @@ class Tokens:
         except jwt.PyJWTError as exc:
             raise ApiError(401, f"bad token: {_one_line(exc)}") from None
         user = claims.get("sub" if site else "sun")
-        if not isinstance(user, str) or not USER.match(user):
+        if not names.is_user_name(user):
             raise ApiError(401, f"bad token: no user name in its {'sub' if site else 'sun'} claim")
         return Identity(user, "site" if site else "slurm")
 
@@ -198,7 +196,7 @@ class Tokens:
 
 
 def _account(value: Any, name: str = "account") -> str:
-    if not isinstance(value, str) or not ACCOUNT.match(value):
+    if not names.is_name(value):
         raise ApiError(400, f"{name}: {str(value)[:80]!r} is not an account name (letters, digits, . _ -)")
     return value
 
@@ -279,8 +277,8 @@ def _list(name: str) -> dict:
     return {"type": "array", "items": _ref(name)}
 
 
-_ACCOUNT_P = Param("account", "path", {"type": "string", "pattern": ACCOUNT.pattern}, "An account name.", True)
-_ACCOUNT_Q = Param("account", "query", {"type": "string", "pattern": ACCOUNT.pattern},
+_ACCOUNT_P = Param("account", "path", {"type": "string", "pattern": names.PATTERN}, "An account name.", True)
+_ACCOUNT_Q = Param("account", "query", {"type": "string", "pattern": names.PATTERN},
                    "Only this account (default: every account the caller may read).")
 _FROM = Param("from", "query", {"type": "string"},
               "Charges that ended at or after: ISO 8601 (UTC unless it says) or epoch seconds.")
@@ -377,7 +375,7 @@ OPS: tuple[Op, ...] = (
        _list("UserCap"), (_ACCOUNT_Q,)),
     Op("POST", "/budgets/{account}/caps/{user}", "set_cap", "Set or remove a user's cap in an account (admins and "
        "the account's managers), as `slurmgov budget user-cap set|remove`.", _ref("UserCap"),
-       (_ACCOUNT_P, Param("user", "path", {"type": "string", "pattern": USER.pattern}, "A user name.", True)),
+       (_ACCOUNT_P, Param("user", "path", {"type": "string", "pattern": names.USER_PATTERN}, "A user name.", True)),
        body=_ref("CapChange"), errors=(400, 401, 403, 404)),
     Op("POST", "/holds/{hold_key}/release", "release",
        "Release an open hold: what it still reserves goes back to its account (admins, operators).", _ref("Released"),
@@ -526,14 +524,14 @@ class Api:
 
     def run(self, who: Identity, q: dict, body: Any) -> dict:
         run_id = q["run_id"]
-        if not run_records.RUN_ID.match(run_id):
+        if not names.is_name(run_id):
             raise ApiError(400, f"run_id: {run_id[:80]!r} is not a run id")
         if not run_records.record_path(run_id).exists():
             raise ApiError(404, f"no run {run_id}")
         doc = run_records.read(run_id)
         account = doc.get("account")
         if doc.get("user") != who.user:  # as `slurmgov runs show`: one's own run, or a readable account's
-            if not isinstance(account, str) or not ACCOUNT.match(account):
+            if not names.is_name(account):
                 raise ApiError(403, f"{who.user} may not read run {run_id} of user {doc.get('user')}: "
                                     f"it names no account")
             self._require(who, "read", account)
@@ -598,7 +596,7 @@ class Api:
 
     def set_cap(self, who: Identity, q: dict, body: dict) -> dict:
         account, user = _account(q["account"]), q["user"]
-        if not USER.match(user):
+        if not names.is_user_name(user):
             raise ApiError(400, f"user: {user[:80]!r} is not a user name")
         fields = _fields(body, {"gpu_hours": True, "reason": False})
         hours = None if fields["gpu_hours"] is None else _hours(fields["gpu_hours"])
@@ -614,7 +612,7 @@ class Api:
 
     def release(self, who: Identity, q: dict, body: dict) -> dict:
         key = q["hold_key"]
-        if not HOLD_KEY.match(key):
+        if not HOLD_KEY.fullmatch(key):
             raise ApiError(400, f"hold_key: {key[:80]!r} is not a hold key")
         reason = _text(_fields(body, {"reason": True})["reason"], "reason", required=True)
         if self._role(who) not in (authz.ADMIN, authz.OPERATOR):  # as `holds release`: refused before

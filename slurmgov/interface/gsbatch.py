@@ -20,7 +20,6 @@ gsbatch-only options (removed before sbatch sees the arguments):
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from slurmgov.interface.errors import guarded
 from slurmgov.ledger.store import Ledger
 from slurmgov.policy.authz import whoami
 from slurmgov.site import model as site_mod
+from slurmgov.site.names import is_name
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm import snapshot
 from slurmgov.slurm.governor import price_params, site_partitions
@@ -46,8 +46,6 @@ from slurmgov.slurm.gpu_request import (
     parse_sbatch_args,
 )
 from slurmgov.slurm.hooks_check import read_hook_conf
-
-TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _split_own(argv: list[str]) -> tuple[dict, list[str]]:
@@ -219,7 +217,7 @@ def _tagged(args: list[str], tag: str | None) -> list[str]:
     if not wf or any(a == "--comment" or a.startswith("--comment=") for a in args):
         return args
     for name in (wf, step):
-        if name and not TAG_NAME.match(name):
+        if name and not is_name(name):
             raise InputError(f"--gsbatch-tag: {name!r} is not a workflow or step name")
     comment = f"slurmgov:wf={wf}" + (f",step={step}" if step else "")
     return [f"--comment={comment}", *args]

@@ -39,6 +39,7 @@ from slurmgov.policy.authz import whoami
 from slurmgov.policy.forecast import forecasts
 from slurmgov.site import model as site_mod
 from slurmgov.site import yamlfile
+from slurmgov.site.names import is_name
 from slurmgov.slurm.commands import user_accounts
 
 log = logging.getLogger("slurmgov.mcp")
@@ -47,7 +48,6 @@ MAX_JOBSPEC_BYTES = 256 * 1024  # an agent's jobspec: a workflow, not a data set
 MAX_STEPS = 1000
 MAX_REFUSAL_STEPS = 200  # a larger infeasible jobspec gets its first refusal only
 MAX_VALUES = 200_000  # values in the jobspec, aliases expanded
-ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ADMIT_WAIT_S = 120  # how long submit_workflow waits for its run to be admitted or refused
 CANCEL_WAIT_S = 60
 RECENT_RUNS = 20
@@ -116,7 +116,7 @@ class Desk:
         return list(cached[1])
 
     def authorize(self, account: Any, field: str = "account") -> str:
-        if not isinstance(account, str) or not ACCOUNT.match(account):
+        if not is_name(account):
             raise InputError(f"{field}: {str(account)[:80]!r} is not an account name (letters, digits, . _ -)")
         if account not in self.accounts():
             how = "Slurm associates" if self.site.executor == "slurm" else f"site {self.site.site} lists"

@@ -4,7 +4,7 @@ An account's optional CPU budget is the ledger account ``cpu:<account>``, and a 
 hold is the hold of token ``cpu:<token>`` in it: every money rule (admission with the held total,
 charge, close, period, rollover, audit, reconcile) applies to CPU budgets unchanged, written once in
 rules.py and the Ledger, with CPU holds and charges keyed apart from GPU ones. No site account
-(site.model.NAME), Slurm account the hook can see (snapshot names) or token contains ``:`` in its
+(site.names), Slurm account the hook can see (snapshot names) or token contains ``:`` in its
 first part, so ``cpu:`` names collide with none. Amounts in a CPU account are weighted CPU-hours
 where a GPU account's are weighted GPU-hours.
 """

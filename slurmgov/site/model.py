@@ -7,7 +7,6 @@ Validated as strictly as a jobspec; errors name the file, line and field.
 from __future__ import annotations
 
 import os
-import re
 from datetime import date, datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -18,12 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slurmgov.errors import InputError
 from slurmgov.site import yamlfile
+from slurmgov.site.names import PATTERN, is_name, is_user_name
 from slurmgov.site.shared import shared_path
 from slurmgov.site.topology import Topology, TopologyError
 from slurmgov.site.units import format_time, parse_memory_mb, parse_time_seconds
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-USER = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"  # a Unix user or group name
 
 
 class Strict(BaseModel):
@@ -82,7 +79,7 @@ class NodeGroup(Strict):
 
 
 class Domain(Strict):
-    name: str = Field(pattern=NAME)
+    name: str = Field(pattern=PATTERN)
     nodes: str
 
     @field_validator("nodes")
@@ -93,7 +90,7 @@ class Domain(Strict):
 
 
 class Switch(Strict):
-    name: str = Field(pattern=NAME)
+    name: str = Field(pattern=PATTERN)
     nodes: str | None = None
     switches: str | None = None
 
@@ -107,7 +104,7 @@ class Switch(Strict):
 
 
 class Partition(Strict):
-    name: str = Field(pattern=NAME)
+    name: str = Field(pattern=PATTERN)
     nodes: str
     default: bool = False
     default_time_s: int = Field(3600, alias="default_time")
@@ -139,7 +136,7 @@ class Account(Strict):
     @classmethod
     def _manager_names(cls, v):
         for name in v:
-            if not re.match(USER, name):
+            if not is_user_name(name):
                 raise ValueError(f"manager {name!r} is not a user name")
         return v
 
@@ -167,7 +164,7 @@ class Admins(Strict):
     @classmethod
     def _names(cls, v):
         for name in v:
-            if not re.match(USER, name):
+            if not is_user_name(name):
                 raise ValueError(f"{name!r} is not a user or group name")
         return v
 
@@ -193,7 +190,7 @@ class Managers(Strict):
 
 
 class Site(Strict):
-    site: str = Field(pattern=NAME)
+    site: str = Field(pattern=PATTERN)
     description: str = ""
     executor: Literal["local", "slurm"] = "slurm"
     gpu_types: dict[str, GpuType] = Field(default_factory=dict)
@@ -223,8 +220,8 @@ class Site(Strict):
     @classmethod
     def _acct_names(cls, v):
         for k in v:
-            if not re.match(NAME, k):
-                raise ValueError(f"account name {k!r} must match {NAME}")
+            if not is_name(k):
+                raise ValueError(f"account name {k!r} must match {PATTERN}")
             if k != k.lower():  # Slurm keeps account names in lower case, and so the hook compares them
                 raise ValueError(f"account name {k!r}: Slurm account names are lower case; write {k.lower()!r}")
         return v

@@ -319,7 +319,7 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
 
 
 def _askable(user: str) -> None:
-    if not _USER.match(user):
+    if not _USER.fullmatch(user):
         raise SlurmgovError(f"user name {user!r} is not one sacctmgr can be asked about")
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import hostlist
 
 from slurmgov.errors import InputError
+from slurmgov.site.names import PATTERN, is_name
 from slurmgov.site.units import format_time, slurm_seconds
 
 __all__ = ["GPU_MEMORY_GB", "import_site", "to_yaml"]
@@ -43,7 +44,6 @@ __all__ = ["GPU_MEMORY_GB", "import_site", "to_yaml"]
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "a100": 80, "l40s": 48, "gb200": 186, "mi300x": 192}
 FALLBACK_GPU_MEMORY_GB = 80
 UNTYPED_GPU = "gpu"  # gpu_type given to GPUs that neither slurm.conf nor gres.conf type
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as in site.py
 MAX_INCLUDE_DEPTH = 16
 NO_PARTITION = "all"  # the partition written when slurm.conf has none (a site file needs one)
 
@@ -389,8 +389,8 @@ def _parse_partitions(lines: list[Line], nodes: dict[str, _Node], warnings: list
             continue
         merged = {**defaults, **attrs}
         what = f"PartitionName={value}"
-        if not NAME.match(value):
-            raise line.fail(f"{what}: slurmgov partition names match {NAME.pattern}")
+        if not is_name(value):
+            raise line.fail(f"{what}: slurmgov partition names match {PATTERN}")
         if value in seen:
             raise line.fail(f"{what}: partition already defined at {seen[value].where}")
         seen[value] = line
@@ -478,8 +478,8 @@ def _parse_block(line: Line, key: str, value: str, nodes: dict[str, _Node], out:
         out.sizes = sizes
         return
     what = f"BlockName={value}"
-    if not NAME.match(value):
-        raise line.fail(f"{what}: slurmgov block names match {NAME.pattern}")
+    if not is_name(value):
+        raise line.fail(f"{what}: slurmgov block names match {PATTERN}")
     if value in out.blocks:
         raise line.fail(f"{what}: block already defined")
     members = []
@@ -511,8 +511,8 @@ def _parse_topology(lines: list[Line], nodes: dict[str, _Node], warnings: list[s
                 continue
             raise line.fail(f"expected SwitchName=... (got {line.raw_keys[0]}=)")
         what = f"SwitchName={value}"
-        if not NAME.match(value):
-            raise line.fail(f"{what}: slurmgov switch names match {NAME.pattern}")
+        if not is_name(value):
+            raise line.fail(f"{what}: slurmgov switch names match {PATTERN}")
         if value in where:
             raise line.fail(f"{what}: switch already defined at {where[value].where}")
         where[value] = line
@@ -612,8 +612,8 @@ def import_site(conf_dir, site_name: str | None = None, gpu_memory_gb: float | N
         if line.first()[0] == "clustername":
             cluster = line.first()[1]
     name = site_name or cluster or conf_dir.resolve().name
-    if not NAME.match(name):
-        raise InputError(f"{slurm_conf}: site name {name!r} must match {NAME.pattern}; pass site_name")
+    if not is_name(name):
+        raise InputError(f"{slurm_conf}: site name {name!r} must match {PATTERN}; pass site_name")
 
     gpu_types: dict[str, dict] = {}
     for n in nodes.values():
@@ -715,8 +715,8 @@ def _parse_topology_yaml(path: Path, nodes: dict[str, _Node], warnings: list[str
                 blocks.sizes = blocks.sizes or list(sizes)
             for j, b in enumerate(spec.get("blocks", [])):
                 loc = (i, "block", "blocks", j)
-                if not isinstance(b, dict) or not isinstance(b.get("block"), str) or not NAME.match(b["block"]):
-                    raise fail(loc, f"topology {tname}: each block needs `block: NAME` ({NAME.pattern})")
+                if not isinstance(b, dict) or not is_name(b.get("block")):
+                    raise fail(loc, f"topology {tname}: each block needs `block: NAME` ({PATTERN})")
                 if b["block"] in blocks.blocks:
                     raise fail(loc, f"topology {tname}: block {b['block']} already defined")
                 members = []

@@ -23,7 +23,6 @@ import grp
 import logging
 import os
 import pwd
-import re
 import shutil
 import stat
 import time
@@ -35,7 +34,8 @@ from slurmgov.ledger import rules
 from slurmgov.ledger.cpu import PREFIX as CPU_PREFIX
 from slurmgov.ledger.cpu import cpu_account, cpu_token, is_cpu_account, of_cpu_account
 from slurmgov.ledger.store import HoldRow, Ledger
-from slurmgov.site.model import NAME, Site
+from slurmgov.site.model import Site
+from slurmgov.site.names import is_name
 from slurmgov.site.shared import shared_path
 from slurmgov.slurm import journal, snapshot
 from slurmgov.slurm.commands import FINAL, Job, Queued, job_key
@@ -209,7 +209,7 @@ def seed_defaults(ledger: Ledger, site: Site, accounts, where: str) -> list[str]
     seeded = []
     for account in sorted(set(accounts)):
         # (a name the site file could not hold, or the hook's snapshot could not carry, gets nothing)
-        if re.match(NAME, account) and account not in site.accounts and ledger.ensure_account(
+        if is_name(account) and account not in site.accounts and ledger.ensure_account(
                 account, d.budget_gpu_hours, d.period, actor="slurmgov",
                 reason=DEFAULT_REASON.format(where=where), **d.terms()):
             log.info("account %s: seeded the default budget of %g GPU-h (%s)", account, d.budget_gpu_hours, where)

@@ -215,7 +215,7 @@ def read_snapshot(path: str | Path, now: float) -> SnapshotInfo:
             continue
         f = line.split("\t")
         if f[0] == "account":
-            if len(f) != 3 or not f[1] or not _NUM.match(f[2]) or f[1] in accounts:
+            if len(f) != 3 or not f[1] or not _NUM.fullmatch(f[2]) or f[1] in accounts:
                 info.error = f"bad line {i} (account)"
                 return info
             accounts.append(f[1])
@@ -223,7 +223,7 @@ def read_snapshot(path: str | Path, now: float) -> SnapshotInfo:
             info.cpu_accounts += 1
         elif f[0] in ("serial", "written", "max_age_s", "fail_policy"):
             ok = len(f) == 2 and (re.fullmatch(r"\d+", f[1]) if f[0] == "serial" else
-                                  f[1] in ("open", "closed") if f[0] == "fail_policy" else _NUM.match(f[1]))
+                                  f[1] in ("open", "closed") if f[0] == "fail_policy" else _NUM.fullmatch(f[1]))
             if not ok:
                 info.error = f"bad line {i} ({f[0]})"
                 return info

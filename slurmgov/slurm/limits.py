@@ -42,16 +42,15 @@ the sync after each settlement (``slurmgov sync``) and at the start of each peri
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 from slurmgov.errors import InputError, SlurmgovError
 from slurmgov.ledger.cpu import is_cpu_account
+from slurmgov.site.names import PATTERN, is_name
 from slurmgov.slurm import commands as slurm_cli
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRES = "gres/gpu"
 MS_PER_MIN = 60_000
 MS_PER_H = 3_600_000
@@ -83,8 +82,8 @@ class LimitChange:
 
 
 def check_account_name(account: str) -> str:
-    if not isinstance(account, str) or not NAME.match(account):
-        raise InputError(f"account name {account!r} must match {NAME.pattern}; not passed to sacctmgr")
+    if not is_name(account):
+        raise InputError(f"account name {account!r} must match {PATTERN}; not passed to sacctmgr")
     return account
 
 

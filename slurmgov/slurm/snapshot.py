@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slurmgov.site.names import is_name
+
 MAGIC = "slurmgov-snapshot"
 VERSION = 1
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_UID = 4294967295  # a ``user`` line's uid is at most this (a 32-bit uid), in both readers
 FAIL_POLICIES = ("open", "closed")
 
@@ -53,7 +54,7 @@ class Snapshot:
 
     def render(self) -> str:
         """The file's text. Names the hook could misread (TAB, CR, LF, anything outside
-        ``_SAFE``) are left out; a number the hook would refuse (nan, inf, a negative weight or
+        a name (``site.names``)) are left out; a number the hook would refuse (nan, inf, a negative weight or
         count) raises ValueError: the hook would find the whole file unreadable."""
         for what, x in [("written", self.written), ("max_age_s", self.max_age_s),
                         ("default_weight", self.default_weight), *self.weights.items(),
@@ -87,24 +88,24 @@ class Snapshot:
             lines.append(f"total_gpus\t{self.total_gpus}")
         if self.sockets_per_node is not None:
             lines.append(f"sockets_per_node\t{self.sockets_per_node}")
-        lines += [f"weight\t{t}\t{w:g}" for t, w in sorted(self.weights.items()) if _SAFE.match(t)]
+        lines += [f"weight\t{t}\t{w:g}" for t, w in sorted(self.weights.items()) if is_name(t)]
         lines += [f"operator_uid\t{uid}" for uid in sorted(set(self.operator_uids)) if uid >= 0]
-        lines += [f"partition_gpus\t{p}\t{n}\t{t if t and _SAFE.match(t) else '-'}"
-                  for p, (n, t) in sorted(self.partition_gpus.items()) if _SAFE.match(p)]
+        lines += [f"partition_gpus\t{p}\t{n}\t{t if t and is_name(t) else '-'}"
+                  for p, (n, t) in sorted(self.partition_gpus.items()) if is_name(p)]
         # Names that could confuse a line-oriented reader never reach the file.
-        lines += [f"account\t{a}\t{max(0.0, v):.3f}" for a, v in sorted(self.available_gpu_s.items()) if _SAFE.match(a)]
+        lines += [f"account\t{a}\t{max(0.0, v):.3f}" for a, v in sorted(self.available_gpu_s.items()) if is_name(a)]
         if any(u > MAX_UID for _, u in self.user_caps):
             raise ValueError(f"snapshot: a user's uid is beyond {MAX_UID}")
         lines += [f"user\t{a}\t{u}\t{max(0.0, avail):.3f}\t{max(0.0, cap):.3f}"
-                  for (a, u), (avail, cap) in sorted(self.user_caps.items()) if _SAFE.match(a)]
+                  for (a, u), (avail, cap) in sorted(self.user_caps.items()) if is_name(a)]
         # CPU budgets (a hook older than them ignores these keys and never prices CPUs)
         if self.default_cpu_weight is not None:
             lines.append(f"default_cpu_weight\t{self.default_cpu_weight:g}")
         if self.max_cpus_per_node is not None:
             lines.append(f"max_cpus_per_node\t{self.max_cpus_per_node}")
-        lines += [f"partition_cpus\t{p}\t{n}\t{w:g}" for p, (n, w) in sorted(self.partition_cpus.items()) if _SAFE.match(p)]
+        lines += [f"partition_cpus\t{p}\t{n}\t{w:g}" for p, (n, w) in sorted(self.partition_cpus.items()) if is_name(p)]
         lines += [f"cpu_account\t{a}\t{max(0.0, v):.3f}" for a, v in sorted(self.available_cpu_s.items())
-                  if _SAFE.match(a)]
+                  if is_name(a)]
         return "\n".join(lines) + "\nend\n"
 
 

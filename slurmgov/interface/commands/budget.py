@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
 import time
 
 import click
 
-from slurmgov.intent import jobspec
 from slurmgov.interface import report
 from slurmgov.interface.commands.common import (
     _busy,
@@ -33,6 +31,7 @@ from slurmgov.ledger.cpu import cpu_account, is_cpu_account, of_cpu_account
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.policy import authz
 from slurmgov.policy.forecast import forecasts
+from slurmgov.site.names import is_name, is_user_name
 from slurmgov.slurm.governor import cap_uid
 
 
@@ -46,7 +45,7 @@ def _change_ledger(site_path, action, accounts, gpu_hours=None, seed=True):
     caller's right to ``action`` are checked; the role it acts under, for the audit trail."""
     site = _site(site_path)
     for account in accounts:
-        if not re.match(jobspec.NAME, account):
+        if not is_name(account):
             raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
     # budget set is an admin's alone: Slurm need not be asked who else the caller is
     who = authz.caller() if action == "budget.set" else _who(site)
@@ -180,9 +179,9 @@ def _cap_ledger(site_path, account, user):
     """(ledger, role): the ledger (``account`` seeded from the site file), once the names and the
     caller's right to cap ``account``'s users are checked."""
     site = _site(site_path)
-    if not re.match(jobspec.NAME, account):
+    if not is_name(account):
         raise click.BadParameter(f"{account!r} is not an account name", param_hint="ACCOUNT")
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", user):
+    if not is_user_name(user):
         raise click.BadParameter(f"{user!r} is not a user name", param_hint="USER")
     role = may_cap_users(site, account)
     ledger = _ledger(site)

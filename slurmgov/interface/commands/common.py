@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from datetime import timezone
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from slurmgov.interface import tables
 from slurmgov.ledger.store import DEFAULT_WAIT_S, Ledger
 from slurmgov.policy import authz
 from slurmgov.site import model as site_mod
+from slurmgov.site.names import is_name
 from slurmgov.slurm.commands import coordinator_accounts, user_accounts
 
 out = Console()
@@ -68,7 +68,7 @@ def _who(site: site_mod.Site) -> authz.Caller:
 def _readable(site: site_mod.Site, account: str | None = None) -> frozenset[str] | None:
     """The accounts the caller may read (None: all); with ``account``, refuse it (exit 6) unless
     it is one of them."""
-    if account is not None and not re.match(site_mod.NAME, account):
+    if account is not None and not is_name(account):
         raise click.BadParameter(f"{account[:80]!r} is not an account name", param_hint="ACCOUNT")
     who = _who(site)
     if account is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import signal
 import sys
 import time
@@ -12,7 +11,6 @@ import time
 import click
 
 from slurmgov.errors import SlurmgovError
-from slurmgov.intent import jobspec
 from slurmgov.interface.commands.common import (
     _busy,
     _complete_accounts,
@@ -32,6 +30,7 @@ from slurmgov.interface.signals import Stopped, stop_on_signals, stopped_by
 from slurmgov.interface.tables import Table, show
 from slurmgov.ledger.seed import ensure_budget
 from slurmgov.policy.metrics import GovernorMetrics
+from slurmgov.site.names import is_name
 from slurmgov.slurm import commands as slurm_cli
 from slurmgov.slurm import governor as governor_mod
 from slurmgov.slurm import hooks_check, placement
@@ -246,7 +245,7 @@ def hooks_check_cmd(conf_dir, site_path, account, as_json):
       slurmgov hooks check --slurm-conf-dir /etc/slurm --site /etc/slurmgov/site.yaml
     """
     site = _site(site_path)
-    if account is not None and not re.match(jobspec.NAME, account):
+    if account is not None and not is_name(account):
         raise click.BadParameter(f"{account!r} is not an account name", param_hint="--account")
     hooks_check.require_hook_dir(conf_dir)
     hook_conf = hooks_check.read_hook_conf(conf_dir)
