@@ -113,6 +113,21 @@ def test_bad_option_value_is_one_line(tmp_path):
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--gres" in p.stderr
 
 
+@pytest.mark.parametrize("args,option", [
+    (["-N", "\u00b2"], "--nodes"),            # str.isdigit() takes '²', int() refuses it
+    (["-N", "1-\u00b2"], "--nodes"),
+    (["-N", "\u0661\u0662"], "--nodes"),      # int() reads Arabic-Indic '١٢' as 12; sbatch refuses it
+    (["--array=0-3%\u00b2"], "--array"),
+    (["--array=\u0660-\u0663"], "--array"),
+    (["-t", "\u0661\u0660"], "--time"),
+    (["--gres=gpu:h100:\u0664"], "--gres"),
+])
+def test_digits_sbatch_would_not_read_are_a_one_line_refusal(tmp_path, args, option):
+    p = gsbatch("--gsbatch-preview", "--gres=gpu:1", *args, "--wrap", "true")
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and option in p.stderr and "internal error" not in p.stderr
+
+
 def test_help_lists_gsbatchs_options_and_sbatchs_and_submits_nothing(tmp_path):
     sbatch = tmp_path / "sbatch"  # a stand-in that records whether it was asked to submit
     sbatch.write_text(f"#!/bin/sh\nif [ \"$1\" = --help ]; then echo 'Usage: sbatch [OPTIONS(0)...]'; exit 0; fi\n"

@@ -655,7 +655,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _read_body(request: Request) -> Any:
-    if request.headers.get("content-length", "0").isdigit() and int(request.headers.get("content-length", "0")) > MAX_BODY:
+    length = request.headers.get("content-length", "0")
+    if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
         raise ApiError(413, f"body: more than {MAX_BODY:,} bytes")
     raw = await request.body()
     if len(raw) > MAX_BODY:

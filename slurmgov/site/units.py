@@ -6,7 +6,8 @@ import re
 
 _TIME = re.compile(
     r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"  # D-HH[:MM[:SS]]
-    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"  # MM | MM:SS | HH:MM:SS
+    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$",  # MM | MM:SS | HH:MM:SS
+    re.ASCII,  # Slurm reads ASCII digits only; Python's \d also takes '١٢' (and int() reads it as 12)
 )
 
 
@@ -50,7 +51,7 @@ def format_time(seconds: float) -> str:
     return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
 
 
-_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.IGNORECASE)
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$", re.IGNORECASE | re.ASCII)
 _MEM_MULT = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 

@@ -170,7 +170,7 @@ def _admit_memo(event: journal.Admit, site: Site) -> str:
 def user_name(uid: str | None) -> str | None:
     """The user a journal line's uid is: its passwd name (what ``slurmgov run`` records as the
     user, and what a per-user cap names), else the uid as written."""
-    if uid is None or not uid.isdigit():
+    if uid is None or not (uid.isascii() and uid.isdigit()):
         return uid
     try:
         return pwd.getpwuid(int(uid)).pw_name
@@ -183,7 +183,7 @@ def user_uid(name: str) -> int | None:
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
-        return int(name) if name.isdigit() else None
+        return int(name) if name.isascii() and name.isdigit() else None
 
 
 def cap_uid(user: str) -> int:

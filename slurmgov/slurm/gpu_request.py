@@ -65,11 +65,11 @@ SBATCH_ENV = {
     "SBATCH_PARTITION": "partition", "SBATCH_THREADS_PER_CORE": "threads-per-core", "SBATCH_TIMELIMIT": "time",
 }
 
-_COUNT = re.compile(r"^(\d+)([kKmMgG]?)$")
+_COUNT = re.compile(r"^(\d+)([kKmMgG]?)$", re.ASCII)  # (ASCII: sbatch reads no other digits)
 _TYPE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SUFFIX = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _UNLIMITED = {"unlimited", "infinite", "-1"}
-_ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+_ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$", re.ASCII)
 _MAX_ARRAY_WORK = 5_000_000
 
 # Slurm's "not set" and "unlimited" values, as the hook sees them in job_desc and part_list.
@@ -615,7 +615,7 @@ def parse_array_size(text: str, opt: str = "--array") -> int:
     body = text.strip()
     if "%" in body:
         body, _, limit = body.rpartition("%")
-        if not limit.isdigit():
+        if not _digits(limit):
             raise InputError(f"{opt}: bad task limit in {text!r}")
     ids: set[int] = set()
     work = 0
@@ -635,8 +635,14 @@ def parse_array_size(text: str, opt: str = "--array") -> int:
     return len(ids)
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only, as sbatch's strtol reads them: str.isdigit() also takes '²' (int()
+    refuses it) and '١٢' (int() reads 12)."""
+    return text.isascii() and text.isdigit()
+
+
 def _positive_int(text: str, opt: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
+    if not _digits(text.strip()) or int(text) < 1:
         raise InputError(f"{opt}: {text!r} is not a positive integer")
     return int(text)
 
@@ -647,7 +653,7 @@ def _node_range(text: str) -> tuple[int, int]:
     n = _positive_int(lo, "--nodes")
     if not sep:
         return n, n
-    if not hi.strip().isdigit():
+    if not _digits(hi.strip()):
         raise InputError(f"--nodes: {text!r} is not a node count (N or N-M)")
     m = int(hi)
     if m and m < n:
