@@ -121,8 +121,10 @@ def test_bad_option_value_is_one_line(tmp_path):
     (["--array=\u0660-\u0663"], "--array"),
     (["-t", "\u0661\u0660"], "--time"),
     (["--gres=gpu:h100:\u0664"], "--gres"),
+    (["--gres=gpu:h100\n:2"], "--gres"),      # Python's $ matched before the newline: priced as h100
+    (["--gpus=h100\n:2"], "--gpus"),
 ])
-def test_digits_sbatch_would_not_read_are_a_one_line_refusal(tmp_path, args, option):
+def test_values_sbatch_would_not_read_are_a_one_line_refusal(tmp_path, args, option):
     p = gsbatch("--gsbatch-preview", "--gres=gpu:1", *args, "--wrap", "true")
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and option in p.stderr and "internal error" not in p.stderr

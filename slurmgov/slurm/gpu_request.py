@@ -65,11 +65,12 @@ SBATCH_ENV = {
     "SBATCH_PARTITION": "partition", "SBATCH_THREADS_PER_CORE": "threads-per-core", "SBATCH_TIMELIMIT": "time",
 }
 
-_COUNT = re.compile(r"^(\d+)([kKmMgG]?)$", re.ASCII)  # (ASCII: sbatch reads no other digits)
-_TYPE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# fullmatch only: Python's $ also matches before a trailing newline ("h100\n" is no type)
+_COUNT = re.compile(r"(\d+)([kKmMgG]?)", re.ASCII)  # (ASCII: sbatch reads no other digits)
+_TYPE = re.compile(r"[A-Za-z0-9_.\-]+")
 _SUFFIX = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _UNLIMITED = {"unlimited", "infinite", "-1"}
-_ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$", re.ASCII)
+_ARRAY_ITEM = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?", re.ASCII)
 _MAX_ARRAY_WORK = 5_000_000
 
 # Slurm's "not set" and "unlimited" values, as the hook sees them in job_desc and part_list.
@@ -557,7 +558,7 @@ class GpuRequest:
 
 
 def _count(text: str, opt: str) -> int:
-    m = _COUNT.match(text)
+    m = _COUNT.fullmatch(text)
     if not m:
         raise InputError(f"{opt}: {text!r} is not a GPU count")
     return int(m[1]) * _SUFFIX[m[2].lower()]
@@ -581,7 +582,7 @@ def _gpu_list(value: str, opt: str, *, gres: bool) -> list[tuple[str | None, int
         if len(parts) == 0:
             gtype, n = None, 1
         elif len(parts) == 1:
-            if _COUNT.match(parts[0]):
+            if _COUNT.fullmatch(parts[0]):
                 gtype, n = None, _count(parts[0], opt)
             elif gres:
                 gtype, n = parts[0], 1
@@ -591,7 +592,7 @@ def _gpu_list(value: str, opt: str, *, gres: bool) -> list[tuple[str | None, int
             gtype, n = parts[0], _count(parts[1], opt)
         else:
             raise InputError(f"{opt}: {item!r} has too many ':' parts")
-        if gtype is not None and not _TYPE.match(gtype):
+        if gtype is not None and not _TYPE.fullmatch(gtype):
             raise InputError(f"{opt}: bad GPU type {gtype!r}")
         out.append((gtype, n))
     return out
@@ -620,7 +621,7 @@ def parse_array_size(text: str, opt: str = "--array") -> int:
     ids: set[int] = set()
     work = 0
     for item in body.split(","):
-        m = _ARRAY_ITEM.match(item.strip())
+        m = _ARRAY_ITEM.fullmatch(item.strip())
         if not m:
             raise InputError(f"{opt}: {item!r} is not N, N-M or N-M:S")
         a = int(m[1])
@@ -787,7 +788,7 @@ def _gpu_records(tres: str | None) -> list[tuple[str | None, int]]:
             continue
         if len(parts) == 1:
             out.append((None, 1))
-        elif _COUNT.match(parts[-1]):
+        elif _COUNT.fullmatch(parts[-1]):
             out.append((parts[1] if len(parts) > 2 else None, _count(parts[-1], "--gres")))
         else:
             out.append((parts[1], 1))
