@@ -121,7 +121,7 @@ def test_bad_option_value_is_one_line(tmp_path):
     (["--array=\u0660-\u0663"], "--array"),
     (["-t", "\u0661\u0660"], "--time"),
     (["--gres=gpu:h100:\u0664"], "--gres"),
-    (["--gres=gpu:h100\n:2"], "--gres"),      # Python's $ matched before the newline: priced as h100
+    (["--gres=gpu:h100\n:2"], "--gres"),      # $ matched before the newline: the preview priced 2 GPUs
     (["--gpus=h100\n:2"], "--gpus"),
 ])
 def test_values_sbatch_would_not_read_are_a_one_line_refusal(tmp_path, args, option):
