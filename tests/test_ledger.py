@@ -844,8 +844,9 @@ def test_bulk_imports_refuse_what_one_call_refuses(led):
     assert [h for h, _ in led.open_holds()] == ["h"] and len(led.charges()) == 1  # a refused batch wrote nothing
 
 
+@pytest.mark.parametrize("sieve", [True, False], ids=["sieved", "each-row-checked"])
 @pytest.mark.parametrize("chunk", [2, 1000])
-def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_path, root, monkeypatch, chunk):
+def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_path, root, monkeypatch, chunk, sieve):
     import time as _time
 
     from test_governor import (
@@ -864,6 +865,8 @@ def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_p
         led.set_budget("physics", 10.0, "quarterly", actor="test")
         jobs, live = build_mixed(led, site, now)
     monkeypatch.setattr(governor, "RECONCILE_CHUNK", chunk)
+    if not sieve:  # the ledger's charges are never read for the sieve: every final row is checked exactly
+        monkeypatch.setattr(governor, "SIEVE_READ_RATIO", 0)
     drift = governor.reconcile(bulk, site, jobs, live, now=now)
     assert drift == reconcile_one_by_one(one, site, jobs, live, now) and len(drift) == 17
     tokens = mixed_keys(jobs)
@@ -874,6 +877,72 @@ def test_bulk_reconcile_matches_one_job_at_a_time_on_each_backend(backend, tmp_p
     assert ledger_state(bulk, tokens) == before
     one.disconnect()
     bulk.disconnect()
+
+
+@pytest.mark.parametrize("page", [1, 2, None], ids=["pages-of-1", "pages-of-2", "one-page"])
+def test_reconcile_checks_exactly_only_the_rows_the_sieve_cannot_vouch_for(backend, tmp_path, root, monkeypatch,
+                                                                          page):
+    """A charge on the job's hold within half a GPU-second of what sacct says is vouched for by its
+    signature, read with every charge of the jobs' key range (a million such rows cost set lookups,
+    not a database check each); every other final row is checked exactly, with the ±1 GPU-s
+    tolerance, so the drift is what checking every row gives."""
+    import time as _time
+
+    from slurmgov.ledger import store
+    from slurmgov.ledger.store import Bulk
+    from slurmgov.site import model as site_mod
+    from slurmgov.slurm import governor
+    from slurmgov.slurm.commands import Job
+    site = site_mod.load(root / "site_configs" / "demo-cluster.yaml")
+    led = Ledger.open(fresh(backend, tmp_path / "sieve"))
+    led.set_budget("physics", 10.0, "quarterly", actor="test")
+    now = _time.time()
+    t = int(now) - 5000
+    # e: its settle line was lost; i: a charge of weight 0 may hold any number, even past BIGINT
+    recorded = {"a": 120, "b": 120.4, "c": 120.8, "d": 121.5, "f": 120, "h": 120, "i": 1e300}
+    for i, tok in enumerate("abcdefghi", 1):
+        led.admit(governor.hold_key(tok), "physics", "sbatch", {"job": 1.0}, run_id=f"{tok};-;1", now=t - 100,
+                  enforce=False)
+        if tok in recorded:
+            led.charge(charge_key=governor.charge_key(str(i), t), hold_key=governor.hold_key(tok),
+                       gpu_seconds=recorded[tok], step="job", attempt=1, weight=0.0 if tok == "i" else 1.0,
+                       gpu_type=None, started=t, ended=t + 60, status="completed")
+    jobs = [Job(str(i), "physics", "COMPLETED", tok, 2, t, t + 60, 60) for i, tok in enumerate("abcde", 1)]
+    jobs.append(Job("6", "physics", "RUNNING", "f", 2, t, 0, 60))  # its charge agrees, but it runs: nothing to do
+    jobs.append(Job("7", "physics", "RUNNING", "g", 2, t, 0, 60))  # no charge, and it runs: nothing to do
+    jobs.append(Job("8", "physics", "COMPLETED", "h", 2, t, t + 60, 60))  # agrees: on a later page of signatures
+    jobs.append(Job("9", "physics", "COMPLETED", "i", 2, t, t + 60, 60))  # 1e300 GPU-s recorded: checked exactly
+    checked: list[str] = []
+    exact = Bulk.unmatched_charges
+
+    def spy(self, rows):
+        checked.extend(ck for ck, _, _ in rows)
+        return exact(self, rows)
+
+    monkeypatch.setattr(Bulk, "unmatched_charges", spy)
+    if page:  # the signatures read a page at a time: 7 charges in pages of 1 or 2
+        monkeypatch.setattr(store, "_SIGNATURE_PAGE", page)
+    drift = governor.reconcile(led, site, jobs, ["f", "g"], now=now)
+    assert checked == [f"slurm:job:{i}@{t}" for i in (3, 4, 5, 9)]
+    assert [d for d in drift if d.startswith("job ")] == [
+        "job 4: ledger charged 121.5 GPU-s, sacct says 120",  # 0.8 apart (job 3) is within the tolerance
+        "job 5: no settle line; settled from sacct (120 GPU-s)",
+        "job 9: ledger charged 1e+300 GPU-s, sacct says 120"]
+    assert [c["gpu_seconds"] for c in led.charges("slurm:e")] == [120]
+    led.disconnect()
+
+
+def test_a_rows_signature_is_its_charges_as_the_ledger_writes_it():
+    """The sieve compares texts: the one reconcile builds inline for a sacct row must be the one
+    store.signature gives for its charge key, hold key and GPU-seconds, with a token or without."""
+    from slurmgov.ledger.store import signature
+    from slurmgov.slurm import governor
+    from slurmgov.slurm.commands import Job, job_key
+    rows = [Job("12_3", "physics", "COMPLETED", "tok", 4, 1000, 1600, 600),
+            Job("13", "physics", "FAILED", None, 2, 2000, 2060, 60)]
+    assert governor.signatures(rows) == [
+        signature(governor.charge_key("12_3", 1000), governor.hold_key("tok"), 2400),
+        signature(governor.charge_key("13", 2000), governor.hold_key(job_key("13")), 120)]
 
 
 def test_concurrent_bulk_reconciles_settle_each_job_once(backend, tmp_path, root):

@@ -72,9 +72,14 @@ class Dialect:
         LEFT JOIN charges AS c ON c.charge_key = json_extract(k.value, '$[0]')
         WHERE c.charge_key IS NULL OR c.hold_key <> json_extract(k.value, '$[1]')
            OR abs(c.gpu_seconds - json_extract(k.value, '$[2]')) > 1"""
+    text_agg: str = "group_concat"  # texts joined by a separator (SQLite before 3.44 has no string_agg)
 
     def sql(self, q: str) -> str:
         return q if self.placeholder == "?" else q.replace("?", self.placeholder)
+
+    def aggregated(self, q: str) -> str:
+        """``q`` with its ``{agg}`` replaced by this engine's text aggregate."""
+        return q.replace("{agg}", self.text_agg)
 
     def in_keys(self, q: str, col: str) -> str:
         """``q`` with its ``{keys}`` replaced by this engine's test of ``col`` against a key set."""
@@ -142,6 +147,7 @@ POSTGRES = Dialect(
                      unnest(CAST(? AS BIGINT[])) AS remaining_ms) AS v
         WHERE hold_shares.hold_key = v.hold_key AND hold_shares.step = v.step""",
     charge_check=None,
+    text_agg="string_agg",
 )
 
 
@@ -505,6 +511,20 @@ HELD_OF_BULK = """SELECT h.account, CAST(COALESCE(SUM(s.remaining_ms), 0) AS BIG
 HOLDS_CLOSE_BULK = "UPDATE holds SET state = ?, closed_at = ? WHERE state = 'open' AND {keys}"
 CHARGE_SECONDS_BULK = "SELECT charge_key, hold_key, gpu_seconds FROM charges WHERE {keys}"
 CHARGE_STATUS_BULK = "SELECT hold_key, charge_key, status FROM charges WHERE {keys}"
+# reconcile's first sieve (Ledger.charge_signatures): how many charges a key range holds, counted
+# no further than a limit; then, a page at a time in key order, each one's "charge_key SEP hold_key
+# SEP GPU-seconds rounded" (from 1e15 on "-", which no row's signature has: a charge of weight 0 may
+# hold any number, and PostgreSQL refuses a BIGINT out of range), the page's signatures joined into one text ({agg}: the dialect's
+# text_agg; one string crosses into Python, not a row object per charge). The first page starts
+# at the range's low key, each next one after the last key seen.
+CHARGES_IN_RANGE = """SELECT COUNT(*) FROM (SELECT 1 FROM charges WHERE charge_key >= ? AND charge_key <= ?
+    LIMIT ?) AS r"""
+_SIGNATURES = """SELECT {agg}(s, CAST(? AS TEXT)) FROM (SELECT charge_key || CAST(? AS TEXT) || hold_key
+    || CAST(? AS TEXT) || CASE WHEN gpu_seconds < 1e15 THEN CAST(CAST(round(gpu_seconds) AS BIGINT) AS TEXT)
+    ELSE '-' END AS s FROM charges
+    WHERE charge_key %s ? AND charge_key <= ? ORDER BY charge_key LIMIT ?) AS p"""
+CHARGE_SIGNATURES_FIRST = _SIGNATURES % ">="
+CHARGE_SIGNATURES_NEXT = _SIGNATURES % ">"
 
 
 def insert_sql(table: str, cols: tuple[str, ...]) -> str:

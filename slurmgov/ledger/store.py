@@ -84,6 +84,15 @@ _JSON = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
 _BULK_KEYS = 50_000  # keys per bulk lookup query: one round trip for many keys
 BULK_ROWS = 50_000  # rows per import transaction: other writers wait for at most one batch
 
+SIGNATURE_SEP = "\x1f"  # between a charge signature's fields: in no charge key, hold key or number
+_PAGE_SEP = "\x1e"  # between the signatures of a page
+_SIGNATURE_PAGE = 250_000  # charges per page of signatures: one text of ~20 MB
+
+
+def signature(charge_key: str, hold_key: str, gpu_seconds: int) -> str:
+    """What Ledger.charge_signatures gives a charge of ``gpu_seconds`` (a whole number)."""
+    return f"{charge_key}{SIGNATURE_SEP}{hold_key}{SIGNATURE_SEP}{gpu_seconds}"
+
 
 @dataclass(frozen=True)
 class Balance:
@@ -987,6 +996,30 @@ class Ledger:
         """(hold_key, created_at) of every open hold whose key starts with ``prefix``."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         return self._read(lambda: [tuple(r) for r in self._x(S.HOLDS_OPEN, (pattern,)).fetchall()])
+
+    def charge_signatures(self, low: str, high: str, limit: int) -> set[str] | None:
+        """``signature(charge_key, hold_key, gpu_seconds)`` of every charge whose key lies in
+        [``low``, ``high``], GPU-seconds rounded to a whole number; None if there are more than
+        ``limit`` of them (reading them all would cost more than looking up the few wanted).
+
+        A row whose signature is in the set has its charge, on that hold, within half a GPU-second:
+        set lookups in C sieve out a million such rows; the rest are checked exactly. Charges are
+        never rewritten or deleted, so what this read saw stays true for a later transaction."""
+        def read() -> set[str] | None:
+            (n,) = self._x(S.CHARGES_IN_RANGE, (low, high, limit + 1)).fetchone()
+            if n > limit:
+                return None
+            out: set[str] = set()
+            q, after = S.CHARGE_SIGNATURES_FIRST, low
+            while True:
+                (text,) = self._x(self._d.aggregated(q), (_PAGE_SEP, SIGNATURE_SEP, SIGNATURE_SEP, after, high,
+                                                          _SIGNATURE_PAGE)).fetchone()
+                page = text.split(_PAGE_SEP) if text else []
+                out.update(page)
+                if len(page) < _SIGNATURE_PAGE:
+                    return out
+                q, after = S.CHARGE_SIGNATURES_NEXT, max(page).split(SIGNATURE_SEP, 1)[0]
+        return self._read(read)
 
     def admit(self, hold_key: str, account: str, workflow: str, shares: dict[str, float], user: str | None = None,
               run_id: str | None = None, now=None, enforce: bool = True, lease_s: float | None = None) -> Hold:

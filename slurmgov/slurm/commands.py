@@ -44,7 +44,8 @@ def _keys(token: str | None, job_id: str, array_job_id: str | None) -> tuple[str
     return (job_key(job_id),)
 
 
-def _final(state: str) -> bool:
+def final_state(state: str) -> bool:
+    """Whether a sacct or squeue state is one a job never leaves (its first word: "CANCELLED by 0")."""
     return (state.split() or [""])[0] in FINAL
 
 
@@ -66,7 +67,7 @@ class Job:
 
     @property
     def final(self) -> bool:
-        return _final(self.state)
+        return final_state(self.state)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -96,7 +97,7 @@ class Queued:
     @property
     def live(self) -> bool:
         """Pending, running, or on its way back (requeued): it can still use GPUs."""
-        return not _final(self.state)
+        return not final_state(self.state)
 
 
 def run(cmd: list[str], env=None, timeout: float = 60, ok_codes=(0,)) -> str:
