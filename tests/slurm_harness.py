@@ -203,14 +203,28 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _proc_state(pid: int) -> str | None:
-    """Single-letter state from /proc/PID/stat, or None if the process is gone."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields from the third (the state) on, or None if the process is gone."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name is in parentheses and may contain spaces: split after the last ')'.
-    return data.rsplit(")", 1)[1].split()[0]
+    return data.rsplit(")", 1)[1].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    """Single-letter state from /proc/PID/stat, or None if the process is gone."""
+    fields = _proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks after boot (stat field 22), or None if gone.
+    With its PID it names one process for good: PIDs wrap (pid_max is 32768 here) and a later
+    process, another release's cluster's for one, may get a PID a stopped daemon had."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def _alive(pid: int) -> bool:
@@ -283,7 +297,7 @@ class SlurmCluster:
         self.uid = pwd.getpwnam(self.user).pw_uid
         self.users = ("root", self.user)
         self._procs: list[tuple[str, subprocess.Popen]] = []
-        self.started_pids: list[int] = []  # kept after stop() so callers can check them
+        self.started: list[tuple[int, int | None]] = []  # (PID, start ticks); kept after stop() for checks
         self._logs: list = []
         self.bringup_s: float | None = None  # daemons up to 4 idle nodes, package install excluded
         self.install_s: float | None = None
@@ -507,7 +521,7 @@ class SlurmCluster:
                              env=env or self.env, cwd=self.root, start_new_session=True,
                              preexec_fn=_die_with_parent)
         self._procs.append((name, p))
-        self.started_pids.append(p.pid)
+        self.started.append((p.pid, _start_ticks(p.pid)))  # not reaped yet: its /proc entry is there
         return p
 
     def _wait(self, what: str, ok, deadline: float, proc: subprocess.Popen | None = None,
@@ -791,19 +805,12 @@ StorageLoc=slurm_acct_db
     def running_pids(self) -> list[int]:
         """PIDs of daemons this object started that are still alive (zombies do not count).
 
-        A PID could in principle be reused by an unrelated process after stop(); the command
-        name is checked to make that harmless.
+        A PID alone does not say which process it is: after a restart's or a stop()'s reaping
+        it may be reused, by a ``slurmgov`` command or another cluster's ``slurmstepd`` among
+        others (stop 28's CI failed so). The start time taken at spawn decides.
         """
-        out = []
-        for pid in self.started_pids:
-            if _alive(pid):
-                try:
-                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                except OSError:
-                    continue
-                if comm.startswith(("slurm", "munged", "mariadbd", "mysqld")):
-                    out.append(pid)
-        return out
+        return [pid for pid, ticks in self.started
+                if ticks is not None and _alive(pid) and _start_ticks(pid) == ticks]
 
     # ------------------------------------------------------ fault injection
     def stop_slurmctld(self, timeout: float = 15) -> None:
