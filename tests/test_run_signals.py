@@ -33,6 +33,11 @@ def slurmgov(*args, env=None) -> subprocess.CompletedProcess:
                           env=env, timeout=120, check=False)
 
 
+def _default_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def start_run(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, int]:
     """A run whose first step finishes (and is charged) and whose second runs until stopped,
     with a background child in its process group: (the run's process, that child's pid)."""
@@ -43,10 +48,12 @@ def start_run(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, int]:
         "  - {id: warm, run: 'sleep 0.2', resources: {gpus: 1, time: '00:05:00'}}\n"
         f"  - {{id: long, after: [warm], run: 'sleep 300 & echo $! > {pidfile}; wait', "
         "resources: {gpus: 2, time: '00:10:00'}}\n")
-    # as from a terminal: SIGINT not ignored even where the test runner's parent ignores it
+    # as from a terminal or a batch system: none of the signals sent here ignored, even where
+    # the test runner was started ignoring them (`nohup` ignores SIGHUP, and the run rightly keeps
+    # an ignored SIGHUP ignored: interface/signals.py)
     proc = subprocess.Popen([sys.executable, "-m", "slurmgov.interface.cli", "run", str(spec), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_default_signals)
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the long step to start")
     except AssertionError:
@@ -63,7 +70,8 @@ def the_run(env) -> dict:
 
 @pytest.fixture
 def env(tmp_path, slurmgov_home):
-    e = dict(os.environ, SLURMGOV_HOME=str(slurmgov_home), PYTHONPATH=str(ROOT))
+    (tmp_path / "tmp").mkdir()  # the run's temporary files: this test's own, not the machine's /tmp
+    e = dict(os.environ, SLURMGOV_HOME=str(slurmgov_home), PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path / "tmp"))
     e.pop("SLURMGOV_LEASE_S", None)
     return e
 
@@ -106,7 +114,7 @@ def test_a_killed_run_leaves_a_lease_that_lapses_and_the_next_command_releases(t
     (row,) = [a for a in ledger.audit() if a["action"] == "release"]
     assert run["hold_key"] in row["reason"]
     # and no step input file is left behind by the killed run
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("sg-long-*.json"))
+    assert not list(Path(env["TMPDIR"]).glob("sg-*.json"))
 
 
 def test_runs_cancel_stops_a_running_run_and_holds_release_frees_a_stuck_hold(tmp_path, env):
