@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import host_apt
+
 DEFAULT = "22.05"
 # release -> Debian suite serving it (None: the host's packages).
 RELEASES: dict[str, str | None] = {"22.05": None, "24.11": "trixie", "26.05": "sid"}
@@ -137,9 +139,12 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
                 (dest / MARKER).write_text(want)
                 return dest, time.monotonic() - t0
         return dest, None
+    if shutil.which("debootstrap") is None and os.geteuid() == 0:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        host_apt.install("debootstrap", log=log)  # a fresh Debian lacks it, as it lacks Slurm
     if shutil.which("debootstrap") is None:
         raise ReleaseError(f"building the Slurm {release} chroot: step 'debootstrap' failed: debootstrap "
-                           "is not installed (apt-get install debootstrap)")
+                           f"is not installed (apt-get install debootstrap; see {log})")
     with cache_lock(dest.name):
         if _marker(dest) is not None:  # another session made it meanwhile
             return ensure_chroot(release, log)
