@@ -116,12 +116,13 @@ def test_reconcile_bills_cpus_from_sacct(gov):
     lines = c.settle_path.read_text().splitlines(keepends=True)
     with open(c.settle_path, "w") as fh:  # its settle line is lost
         fh.writelines(x for x in lines if admit.token not in x)
-    rows = {j.job_id: j for j in sacct_jobs(env=c.env, job_ids=[unheld, held])}
-    assert (rows[unheld].cpus, rows[held].cpus) == (2, 3)  # AllocCPUS, from sacct --json
     # slurmdbd lists an ended job under `sacct -j` seconds before the governor's time window does
-    # (seen once on a busy 22.05): a pass before that bills it only on the next pass.
+    # (seen once on a busy 22.05): a pass before that bills it only on the next pass. Until slurmdbd
+    # has the job's end, sacct may still show AllocCPUS 0 (a busy 22.05 did): read the rows after.
     wait_for(lambda: governor_sees_final(c, unheld) and governor_sees_final(c, held), timeout=60,
              what="sacct's window to list both jobs as ended")
+    rows = {j.job_id: j for j in sacct_jobs(env=c.env, job_ids=[unheld, held])}
+    assert (rows[unheld].cpus, rows[held].cpus) == (2, 3)  # AllocCPUS, from sacct --json
     before = ledger.balance("cpu:physics").charged_h  # (the ledger is the session's: earlier tests' charges)
     rep = sync(sg, c)
     assert rep["problems"] == [], rep
