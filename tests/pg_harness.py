@@ -35,6 +35,7 @@ import time
 from urllib.parse import quote
 
 import host_apt
+import procs
 import pytest
 
 ROLE, PASSWORD, DBNAME = "ledger", "pg-harness-pw", "ledger_test"
@@ -128,6 +129,7 @@ class Server:
         self.log = os.path.join(self.dir, "server.log")
         self.port: int | None = None
         self.pid: int | None = None  # the postmaster's, from postmaster.pid
+        self.pid_ticks: int | None = None  # and when it started: its PID is free for others once it exits
         self._proc: subprocess.Popen | None = None  # runuser (as root) or the postmaster itself
         self._admin = None
         os.chmod(self.dir, 0o700)
@@ -184,7 +186,8 @@ class Server:
             with open(os.path.join(self.data, "postmaster.pid")) as f:
                 self.pid = int(f.readline().strip())
         except (OSError, ValueError):
-            pass
+            return
+        self.pid_ticks = procs.start_ticks(self.pid)
 
     def _log_tail(self) -> str:
         try:
@@ -246,16 +249,16 @@ class Server:
             except Exception:
                 pass
             self._admin = None
-        if self.pid is not None and _alive(self.pid):
+        if self.pid is not None and self._postmaster_runs():
             try:
                 self._sh([self._bin("pg_ctl"), "stop", "-D", self.data, "-m", "fast", "-w", "-t", "20"],
                          timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 pass
             deadline = time.monotonic() + 20
-            while _alive(self.pid) and time.monotonic() < deadline:
+            while self._postmaster_runs() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(self.pid):  # pg_ctl could not stop it: the postmaster's PID, and no other
+            if self._postmaster_runs():  # pg_ctl could not stop it: that postmaster, not a PID's later owner
                 os.kill(self.pid, signal.SIGKILL)
         if self._proc is not None:
             try:
@@ -264,22 +267,13 @@ class Server:
                 self._proc.kill()  # only ever our own child
                 self._proc.wait()
             self._proc = None
-        self.pid = None
+        self.pid = self.pid_ticks = None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) is not a running server
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    def _postmaster_runs(self) -> bool:
+        """The postmaster this server started still runs. Once it exits, its parent (runuser, as
+        root) reaps it and its PID may go to any process: a PID alone would have stop() wait for
+        that stranger, then SIGKILL it."""
+        return self.pid is not None and procs.still_running(self.pid, self.pid_ticks)
 
 
 _server: Server | None = None

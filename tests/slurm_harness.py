@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import host_apt
+import procs
 import slurm_release
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -201,34 +202,6 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields from the third (the state) on, or None if the process is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    return data.rsplit(")", 1)[1].split()
-
-
-def _proc_state(pid: int) -> str | None:
-    """Single-letter state from /proc/PID/stat, or None if the process is gone."""
-    fields = _proc_stat(pid)
-    return fields[0] if fields else None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks after boot (stat field 22), or None if gone.
-    With its PID it names one process for good: PIDs wrap (pid_max is 32768 here) and a later
-    process, another release's cluster's for one, may get a PID a stopped daemon had."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _alive(pid: int) -> bool:
-    return _proc_state(pid) not in (None, "Z", "X")
 
 
 def _die_with_parent() -> None:
@@ -521,7 +494,7 @@ class SlurmCluster:
                              env=env or self.env, cwd=self.root, start_new_session=True,
                              preexec_fn=_die_with_parent)
         self._procs.append((name, p))
-        self.started.append((p.pid, _start_ticks(p.pid)))  # not reaped yet: its /proc entry is there
+        self.started.append((p.pid, procs.start_ticks(p.pid)))  # not reaped yet: its /proc entry is there
         return p
 
     def _wait(self, what: str, ok, deadline: float, proc: subprocess.Popen | None = None,
@@ -810,7 +783,7 @@ StorageLoc=slurm_acct_db
         others (stop 28's CI failed so). The start time taken at spawn decides.
         """
         return [pid for pid, ticks in self.started
-                if ticks is not None and _alive(pid) and _start_ticks(pid) == ticks]
+                if procs.still_running(pid, ticks)]
 
     # ------------------------------------------------------ fault injection
     def stop_slurmctld(self, timeout: float = 15) -> None:

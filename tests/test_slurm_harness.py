@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slurm_harness import SlurmCluster, _start_ticks  # noqa: E402
+from procs import start_ticks  # noqa: E402
+from slurm_harness import SlurmCluster  # noqa: E402
 
 
 def test_a_daemon_left_running_is_known_by_its_start_time_not_by_a_pid_reused_since(tmp_path):
@@ -23,7 +24,7 @@ def test_a_daemon_left_running_is_known_by_its_start_time_not_by_a_pid_reused_si
     shutil.copy("/bin/sleep", fake)
     other = subprocess.Popen([str(fake), "300"])
     try:
-        ticks = _start_ticks(other.pid)
+        ticks = start_ticks(other.pid)
         assert ticks is not None
         cluster.started.append((other.pid, ticks - 1))  # the earlier process that had this PID
         assert cluster.running_pids() == [daemon.pid]
