@@ -38,9 +38,15 @@ def _default_signals() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def start_run(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, int]:
+def _as_under_nohup() -> None:
+    _default_signals()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does before it runs the command
+
+
+def start_run(tmp_path: Path, env: dict, preexec=_default_signals) -> tuple[subprocess.Popen, int]:
     """A run whose first step finishes (and is charged) and whose second runs until stopped,
-    with a background child in its process group: (the run's process, that child's pid)."""
+    with a background child in its process group: (the run's process, that child's pid).
+    ``preexec``: the signal dispositions it starts with."""
     pidfile = tmp_path / "child.pid"
     spec = tmp_path / "sig.yaml"
     spec.write_text(
@@ -53,7 +59,7 @@ def start_run(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, int]:
     # an ignored SIGHUP ignored: interface/signals.py)
     proc = subprocess.Popen([sys.executable, "-m", "slurmgov.interface.cli", "run", str(spec), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_default_signals)
+                            preexec_fn=preexec)
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the long step to start")
     except AssertionError:
@@ -93,6 +99,21 @@ def test_a_signalled_run_settles_its_hold_charges_what_ran_and_ends_its_steps(tm
     assert charges["long"]["status"] == "cancelled" and charges["long"]["gpu_seconds"] > 0
     bal = ledger.balance("chem-ai")
     assert bal.held_h == 0 and bal.charged_h == pytest.approx(sum(c["charged_h"] for c in charges.values()))
+
+
+def test_a_run_started_under_nohup_outlives_a_hangup_and_still_stops_on_sigterm(tmp_path, env):
+    """`nohup slurmgov run ...`: the user asked the run to outlive the terminal. The hangup comes
+    first and the run handles only the first signal it takes, so an exit by SIGTERM (143, not
+    129) shows the hangup was ignored, without waiting to see that nothing happens."""
+    proc, child = start_run(tmp_path, env, preexec=_as_under_nohup)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err[-2000:]
+    assert "running steps were stopped" in err and "Traceback" not in err
+    wait_for(lambda: gone(child), what="the step's background child to die")
+    run = the_run(env)
+    assert run["state"] == "cancelled" and run["hold_state"] == "cancelled" and run["held_h"] == 0
 
 
 def test_a_killed_run_leaves_a_lease_that_lapses_and_the_next_command_releases(tmp_path, env):
