@@ -111,6 +111,17 @@ def _make_dev(where: Path) -> None:
         os.symlink(target, where / name)
 
 
+def ensure_debootstrap(release: str, log: Path) -> None:
+    """debootstrap, installed (root on Debian) where it is missing: a fresh Debian lacks it, as it
+    lacks Slurm; else ReleaseError."""
+    if shutil.which("debootstrap") is None and os.geteuid() == 0:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        host_apt.install("debootstrap", log=log)
+    if shutil.which("debootstrap") is None:
+        raise ReleaseError(f"building the Slurm {release} chroot: step 'debootstrap' failed: debootstrap "
+                           f"is not installed (apt-get install debootstrap; see {log})")
+
+
 def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
     """The release's chroot, made when missing: (its path, seconds spent making it or None if cached).
 
@@ -139,12 +150,7 @@ def ensure_chroot(release: str, log: Path) -> tuple[Path, float | None]:
                 (dest / MARKER).write_text(want)
                 return dest, time.monotonic() - t0
         return dest, None
-    if shutil.which("debootstrap") is None and os.geteuid() == 0:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        host_apt.install("debootstrap", log=log)  # a fresh Debian lacks it, as it lacks Slurm
-    if shutil.which("debootstrap") is None:
-        raise ReleaseError(f"building the Slurm {release} chroot: step 'debootstrap' failed: debootstrap "
-                           f"is not installed (apt-get install debootstrap; see {log})")
+    ensure_debootstrap(release, log)
     with cache_lock(dest.name):
         if _marker(dest) is not None:  # another session made it meanwhile
             return ensure_chroot(release, log)

@@ -5,7 +5,6 @@ failed and leaves nothing mounted or half-made."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,10 +59,15 @@ def _mounts_under(path: Path) -> list[str]:
             if ln.split()[1].startswith(str(path))]
 
 
+def _need_root_and_debootstrap(log: Path) -> None:
+    """Root, and debootstrap (installed here if missing, as a chroot's first build does)."""
+    if os.geteuid() != 0:
+        (pytest.fail if os.environ.get("CI", "").lower() in ("1", "true", "yes") else pytest.skip)("needs root")
+    slurm_release.ensure_debootstrap("24.11", log)
+
+
 def test_a_chroot_that_cannot_be_made_says_which_step_and_leaves_nothing(tmp_path, monkeypatch):
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        (pytest.fail if os.environ.get("CI", "").lower() in ("1", "true", "yes") else pytest.skip)(
-            "needs root and debootstrap")
+    _need_root_and_debootstrap(tmp_path / "apt.log")
     monkeypatch.setattr(slurm_release, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(slurm_release, "MIRROR", "http://127.0.0.1:9/debian")  # nothing listens there
     log = tmp_path / "build.log"
@@ -78,9 +82,7 @@ def test_a_failed_install_into_a_cached_chroot_names_the_step_and_unmounts(tmp_p
     """A cached chroot made with another package list gets the missing ones installed in place; when
     that fails, the error names the step, its /proc and /dev are unmounted and it stays as it was."""
     dest = slurm_release.chroot_dir("24.11")
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        (pytest.fail if os.environ.get("CI", "").lower() in ("1", "true", "yes") else pytest.skip)(
-            "needs root and debootstrap")
+    _need_root_and_debootstrap(tmp_path / "apt.log")
     slurm_release.ensure_chroot("24.11", tmp_path / "make.log")  # made once, if missing; the suite's 24.11 tests share it
     before = slurm_release._marker(dest)
     mounted_before = _mounts_under(dest)
