@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 from helpers import wait_for
 
@@ -17,15 +18,6 @@ from slurmgov.ledger.store import Ledger
 from slurmgov.site import model as site_mod
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def gone(pid: int) -> bool:
-    """The process is dead (a zombie nobody reaped counts: it runs nothing)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
 
 
 def slurmgov(*args, env=None) -> subprocess.CompletedProcess:
@@ -90,7 +82,7 @@ def test_a_signalled_run_settles_its_hold_charges_what_ran_and_ends_its_steps(tm
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == code, err[-2000:]
     assert "running steps were stopped" in err and "Traceback" not in err
-    wait_for(lambda: gone(child), what="the step's background child to die")
+    wait_for(lambda: not procs.alive(child), what="the step's background child to die")
     run = the_run(env)
     assert run["state"] == "cancelled" and run["hold_state"] == "cancelled" and run["held_h"] == 0
     ledger = Ledger.open(site_mod.load(ROOT / "site_configs" / "local.yaml").ledger_url())
@@ -111,7 +103,7 @@ def test_a_run_started_under_nohup_outlives_a_hangup_and_still_stops_on_sigterm(
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 143, err[-2000:]
     assert "running steps were stopped" in err and "Traceback" not in err
-    wait_for(lambda: gone(child), what="the step's background child to die")
+    wait_for(lambda: not procs.alive(child), what="the step's background child to die")
     run = the_run(env)
     assert run["state"] == "cancelled" and run["hold_state"] == "cancelled" and run["held_h"] == 0
 
@@ -123,7 +115,7 @@ def test_a_killed_run_leaves_a_lease_that_lapses_and_the_next_command_releases(t
     assert held["state"] == "running" and held["held_h"] > 0
     proc.kill()
     proc.communicate(timeout=30)
-    wait_for(lambda: gone(child), what="the guard to kill the step's process group")
+    wait_for(lambda: not procs.alive(child), what="the guard to kill the step's process group")
     assert the_run(env)["state"] == "lost"  # its process is gone; `runs` says so at once
     # The lease lapses 3 s after the last renewal; any command that opens the ledger releases it.
     wait_for(lambda: not json.loads(slurmgov("holds", "--json", env=env).stdout), what="the lease to lapse")
@@ -145,7 +137,7 @@ def test_runs_cancel_stops_a_running_run_and_holds_release_frees_a_stuck_hold(tm
     assert r.returncode == 0, r.stderr
     assert "cancelled" in r.stdout
     assert proc.wait(timeout=60) == 143
-    wait_for(lambda: gone(child), what="the step's child to die")
+    wait_for(lambda: not procs.alive(child), what="the step's child to die")
     assert the_run(env)["hold_state"] == "cancelled"
 
     ledger = Ledger.open(site_mod.load(ROOT / "site_configs" / "local.yaml").ledger_url())

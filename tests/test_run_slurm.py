@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import procs
 import pytest
 from helpers import governing, sacct_state
 
@@ -286,16 +287,9 @@ def test_a_killed_runs_pilot_ends_and_takes_its_step_with_it(governed, tmp_path)
         assert time.time() < deadline, "the pilot job outlived its killed run"
         time.sleep(1)
     deadline = time.time() + 30
-    while not _dead(step_pid):
+    while procs.alive(step_pid):
         assert time.time() < deadline, "the step's process outlived its pilot"
         time.sleep(0.2)
-
-
-def _dead(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 def test_over_budget_workflow_submits_nothing(sg, governed):
