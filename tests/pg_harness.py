@@ -249,7 +249,7 @@ class Server:
             except Exception:
                 pass
             self._admin = None
-        if self.pid is not None and self._postmaster_runs():
+        if self._postmaster_runs():
             try:
                 self._sh([self._bin("pg_ctl"), "stop", "-D", self.data, "-m", "fast", "-w", "-t", "20"],
                          timeout=30)
