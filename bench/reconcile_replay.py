@@ -10,6 +10,16 @@ machine) before its few seconds of reconcile; this builds it once, then each run
 fresh copy twice and prints both passes' wall and CPU seconds, the fingerprint of holds, shares
 and charges (equal between commits: the same end state) and whether the second pass changed
 nothing. Alternate the commits (ABAB) and compare medians: the machine's speed drifts.
+
+    .venv/bin/python bench/reconcile_replay.py floor /tmp/rr
+
+what the first pass costs the database alone, and whether the rest could hide beside it: the pass
+is run once with every statement it sends recorded (text and parameters, as given), then those
+statements alone are sent again, in order, to a fresh copy, with no Python planning between them;
+then once more in a second thread while this one does pure Python work (the rows' signatures,
+built over and over) of about the pass's Python time. Python runs one thread at a time; only
+SQLite's own steps let go of that lock, so the last line says how much of the shorter of the two
+the second core actually hid.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("prep", "time"))
+    ap.add_argument("what", choices=("prep", "time", "floor"))
     ap.add_argument("dir", type=Path, help="where the built jobs and ledger are kept")
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose slurmgov reconciles (default: this)")
     ap.add_argument("--jobs", type=int, default=1_000_000)
@@ -58,6 +69,8 @@ def main() -> int:
         return 0
     with open(args.dir / "jobs.pkl", "rb") as f:
         jobs, live = pickle.load(f)
+    if args.what == "floor":
+        return floor(args.dir, site, jobs, live, rs)
     with tempfile.TemporaryDirectory() as d:
         shutil.copy(args.dir / "ledger.sqlite", f"{d}/ledger.sqlite")
         with Ledger.open(f"sqlite:///{d}/ledger.sqlite") as ledger:
@@ -76,6 +89,90 @@ def main() -> int:
           f"fingerprint {fp}; drift {drifts[0]}; second pass {'changed nothing: OK' if ok else 'CHANGED: FAILED'}; "
           f"load {os.getloadavg()[0]:.1f}")
     return 0 if ok else 1
+
+
+def floor(src: Path, site, jobs, live, rs) -> int:
+    """Print the first pass's time, its statements' time alone, and their overlap with Python."""
+    import gc
+    import sqlite3
+
+    from slurmgov.ledger.store import Bulk, Ledger
+    from slurmgov.slurm import governor
+
+    sent: list[tuple[str, str, object]] = []
+    run_one, run_many = Ledger._x, Bulk._many
+
+    def one(self, q, params=()):
+        sent.append(("one", self._d.sql(q), params))
+        return run_one(self, q, params)
+
+    def many(self, q, rows):
+        if rows:
+            sent.append(("many", self._l._d.sql(q), list(rows)))
+        return run_many(self, q, rows)
+
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copy(src / "ledger.sqlite", f"{d}/ledger.sqlite")
+        with Ledger.open(f"sqlite:///{d}/ledger.sqlite") as ledger:
+            Ledger._x, Bulk._many = one, many
+            try:
+                t = time.perf_counter()
+                governor.reconcile(ledger, site, jobs, live, now=rs.NOW, grace_s=rs.GRACE_S)
+                whole = time.perf_counter() - t
+            finally:
+                Ledger._x, Bulk._many = run_one, run_many
+
+    def fresh(d: str) -> sqlite3.Connection:
+        shutil.copy(src / "ledger.sqlite", f"{d}/ledger.sqlite")
+        conn = sqlite3.connect(f"{d}/ledger.sqlite", isolation_level=None, check_same_thread=False)
+        for stmt in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"):
+            conn.execute(stmt)
+        return conn
+
+    def send(conn: sqlite3.Connection) -> None:
+        for kind, q, params in sent:
+            if kind == "many":
+                conn.executemany(q, params)
+            elif "busy_timeout" not in q:  # the lock wait: nobody else is writing
+                conn.execute(q, params).fetchall()
+
+    def python(rounds: int) -> None:
+        for _ in range(rounds):
+            governor.signatures(jobs)
+
+    was = gc.isenabled()
+    gc.disable()  # as reconcile runs
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            conn = fresh(d)
+            t, c = time.perf_counter(), time.process_time()
+            send(conn)
+            alone, alone_cpu = time.perf_counter() - t, time.process_time() - c
+            conn.close()
+        t = time.perf_counter()
+        python(1)
+        rounds = max(1, round((whole - alone) / (time.perf_counter() - t)))
+        t = time.perf_counter()
+        python(rounds)
+        py = time.perf_counter() - t
+        with tempfile.TemporaryDirectory() as d:
+            conn = fresh(d)
+            t = time.perf_counter()
+            beside = threading.Thread(target=send, args=(conn,))
+            beside.start()
+            python(rounds)
+            beside.join()
+            both = time.perf_counter() - t
+            conn.close()
+    finally:
+        if was:
+            gc.enable()
+    print(f"first pass {whole:.2f} s; its {len(sent)} statements alone {alone:.2f} s ({alone_cpu:.2f} s CPU), "
+          f"{alone / whole:.0%} of it; so its Python ~{whole - alone:.2f} s")
+    print(f"those statements in a second thread beside {py:.2f} s of Python: {both:.2f} s, against {alone + py:.2f} s "
+          f"one after the other: {(alone + py - both) / min(alone, py):.0%} of the shorter hidden; "
+          f"load {os.getloadavg()[0]:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
