@@ -93,9 +93,9 @@ def main() -> int:
 
 def floor(src: Path, site, jobs, live, rs) -> int:
     """Print the first pass's time, its statements' time alone, and their overlap with Python."""
-    import gc
     import sqlite3
 
+    from slurmgov.ledger import schema
     from slurmgov.ledger.store import Bulk, Ledger
     from slurmgov.slurm import governor
 
@@ -125,24 +125,24 @@ def floor(src: Path, site, jobs, live, rs) -> int:
     def fresh(d: str) -> sqlite3.Connection:
         shutil.copy(src / "ledger.sqlite", f"{d}/ledger.sqlite")
         conn = sqlite3.connect(f"{d}/ledger.sqlite", isolation_level=None, check_same_thread=False)
-        for stmt in ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"):
+        for stmt in schema.SQLITE.session:  # as a ledger's connection is set up
             conn.execute(stmt)
         return conn
+
+    lock_wait = schema.SQLITE.lock_wait.split("{")[0]
 
     def send(conn: sqlite3.Connection) -> None:
         for kind, q, params in sent:
             if kind == "many":
                 conn.executemany(q, params)
-            elif "busy_timeout" not in q:  # the lock wait: nobody else is writing
+            elif not q.startswith(lock_wait):  # the lock wait: nobody else is writing
                 conn.execute(q, params).fetchall()
 
     def python(rounds: int) -> None:
         for _ in range(rounds):
             governor.signatures(jobs)
 
-    was = gc.isenabled()
-    gc.disable()  # as reconcile runs
-    try:
+    with governor._no_cycle_collection():  # as reconcile runs
         with tempfile.TemporaryDirectory() as d:
             conn = fresh(d)
             t, c = time.perf_counter(), time.process_time()
@@ -164,9 +164,6 @@ def floor(src: Path, site, jobs, live, rs) -> int:
             beside.join()
             both = time.perf_counter() - t
             conn.close()
-    finally:
-        if was:
-            gc.enable()
     print(f"first pass {whole:.2f} s; its {len(sent)} statements alone {alone:.2f} s ({alone_cpu:.2f} s CPU), "
           f"{alone / whole:.0%} of it; so its Python ~{whole - alone:.2f} s")
     print(f"those statements in a second thread beside {py:.2f} s of Python: {both:.2f} s, against {alone + py:.2f} s "
